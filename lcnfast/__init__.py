@@ -1,0 +1,22 @@
+"""lcnfast: fast gradient flows of linear convolutional networks.
+
+Public API (see README.md):
+
+- :class:`Architecture` -- ``(d0; k; s)``, Prop. 1.1.
+- :mod:`lcnfast.losses` -- the losses of Theorem 3.8.
+- :class:`Problem` -- empirical risk, final filter, gradient and Hessian (Numba kernels).
+- :mod:`lcnfast.data` -- teacher data and initial filters.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import data, losses
+from .architecture import Architecture
+from .problem import Problem
+
+try:
+    __version__ = version("lcnfast")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["Architecture", "Problem", "losses", "data", "__version__"]

@@ -1,0 +1,280 @@
+"""Loss functions of the paper (eq. 1.8 and section 3.3), as per-coordinate functions of the
+residual ``r = z - y``.
+
+Every loss is a sum over output coordinates and samples of a scalar function ``l(r)``:
+
+=====================  ===========================================  =======================
+constructor            l(r)                                         Theorem 3.8 covers it
+=====================  ===========================================  =======================
+``square()``           r**2  (no 1/2, eq. 1.8)                      yes
+``lp(p)``              |r|**p / p                                   for even p
+``pseudo_huber(d)``    d * sqrt(1 + r**2 / d**2)                    d > 0
+``generalized_huber``  log(exp(a r) + exp(-a r) + b) / a            a > 0, b > -2
+``log_cosh(a)``        log(cosh(a r)) / a                           a > 0
+=====================  ===========================================  =======================
+
+Values, first and second derivatives are evaluated without overflow for any finite residual
+(log cosh and the generalized Huber loss are rewritten in terms of ``exp(-2 a |r|)``).
+Inside kernels a loss is chosen by an integer code and two float parameters (no function
+arguments to jitted code); :class:`Loss` carries both.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+__all__ = ["Loss", "square", "lp", "pseudo_huber", "generalized_huber", "log_cosh"]
+
+SQUARE, LP, PSEUDO_HUBER, GENERALIZED_HUBER, LOG_COSH = 0, 1, 2, 3, 4
+_NAMES = {
+    SQUARE: "square",
+    LP: "lp",
+    PSEUDO_HUBER: "pseudo_huber",
+    GENERALIZED_HUBER: "generalized_huber",
+    LOG_COSH: "log_cosh",
+}
+
+
+# ----------------------------------------------------------------------------- scalar kernels
+@nb.njit(cache=True, inline="always")
+def loss_value(code, p0, p1, r):
+    """l(r) for loss ``code`` with parameters ``(p0, p1)``."""
+    if code == SQUARE:
+        return r * r
+    elif code == LP:
+        return abs(r) ** p0 / p0
+    elif code == PSEUDO_HUBER:
+        return p0 * math.hypot(1.0, r / p0)
+    elif code == GENERALIZED_HUBER:
+        a = p0 * abs(r)
+        e = math.exp(-a)
+        return (a + math.log1p(e * e + p1 * e)) / p0
+    else:  # LOG_COSH
+        a = p0 * abs(r)
+        e = math.exp(-2.0 * a)
+        return (a + math.log1p(e) - math.log(2.0)) / p0
+
+
+@nb.njit(cache=True, inline="always")
+def loss_d1(code, p0, p1, r):
+    """l'(r)."""
+    if code == SQUARE:
+        return 2.0 * r
+    elif code == LP:
+        if r == 0.0:
+            return 0.0
+        return math.copysign(abs(r) ** (p0 - 1.0), r)
+    elif code == PSEUDO_HUBER:
+        u = r / p0
+        return u / math.hypot(1.0, u)
+    elif code == GENERALIZED_HUBER:
+        a = p0 * abs(r)
+        e = math.exp(-a)
+        e2 = e * e
+        return math.copysign((1.0 - e2) / (1.0 + e2 + p1 * e), r)
+    else:  # LOG_COSH
+        return math.tanh(p0 * r)
+
+
+@nb.njit(cache=True, inline="always")
+def loss_d2(code, p0, p1, r):
+    """l''(r). For lp with 1 < p < 2 it is +inf at r = 0 (and 0 for p = 1, r != 0)."""
+    if code == SQUARE:
+        return 2.0
+    elif code == LP:
+        if p0 == 1.0:
+            return 0.0
+        if p0 == 2.0:
+            return 1.0
+        if r == 0.0:
+            return math.inf if p0 < 2.0 else 0.0
+        return (p0 - 1.0) * abs(r) ** (p0 - 2.0)
+    elif code == PSEUDO_HUBER:
+        c = 1.0 / math.hypot(1.0, r / p0)
+        return c * c * c / p0
+    elif code == GENERALIZED_HUBER:
+        a = p0 * abs(r)
+        e = math.exp(-a)
+        e2 = e * e
+        den = 1.0 + e2 + p1 * e
+        return p0 * (4.0 * e2 + p1 * e * (1.0 + e2)) / (den * den)
+    else:  # LOG_COSH
+        a = p0 * abs(r)
+        e = math.exp(-2.0 * a)
+        den = 1.0 + e
+        return p0 * 4.0 * e / (den * den)
+
+
+@nb.njit(cache=True)
+def _eval_array(code, p0, p1, r, order, out):
+    fr = r.ravel()
+    fo = out.ravel()
+    for i in range(fr.size):
+        if order == 0:
+            fo[i] = loss_value(code, p0, p1, fr[i])
+        elif order == 1:
+            fo[i] = loss_d1(code, p0, p1, fr[i])
+        else:
+            fo[i] = loss_d2(code, p0, p1, fr[i])
+
+
+# ----------------------------------------------------------------------------- public objects
+@dataclass(frozen=True)
+class Loss:
+    """A per-coordinate loss ``l(r)`` of the residual ``r = z - y``.
+
+    Use the constructors (:func:`square`, :func:`lp`, ...) rather than this class directly.
+
+    Attributes
+    ----------
+    name : str
+    code : int
+        Integer code used inside kernels.
+    params : tuple of float
+        ``(p0, p1)``: ``p`` for lp, ``delta`` for pseudo-Huber, ``(alpha, beta)`` for the
+        generalized Huber loss, ``alpha`` for log-cosh (unused entries are 0).
+    """
+
+    name: str
+    code: int
+    params: tuple
+
+    @property
+    def convex(self):
+        """Whether l is convex (generalized Huber only for beta >= 0)."""
+        if self.code == GENERALIZED_HUBER:
+            return self.params[1] >= 0.0
+        return True
+
+    @property
+    def analytic(self):
+        """Whether l is real-analytic (lp only for even p), as Theorem 3.8 needs."""
+        if self.code == LP:
+            p = self.params[0]
+            return float(p).is_integer() and int(p) % 2 == 0
+        return True
+
+    @property
+    def param_dict(self):
+        """The loss parameters by name."""
+        names = {
+            SQUARE: (),
+            LP: ("p",),
+            PSEUDO_HUBER: ("delta",),
+            GENERALIZED_HUBER: ("alpha", "beta"),
+            LOG_COSH: ("alpha",),
+        }[self.code]
+        return {n: self.params[i] for i, n in enumerate(names)}
+
+    def _eval(self, r, order):
+        r = np.asarray(r, dtype=np.float64)
+        out = np.empty_like(r)
+        _eval_array(self.code, self.params[0], self.params[1], np.ascontiguousarray(r), order, out)
+        return out if out.ndim else float(out)
+
+    def value(self, r):
+        """l(r), elementwise."""
+        return self._eval(r, 0)
+
+    def derivative(self, r):
+        """l'(r), elementwise."""
+        return self._eval(r, 1)
+
+    def second_derivative(self, r):
+        """l''(r), elementwise."""
+        return self._eval(r, 2)
+
+    def l1_slack(self, d_N):
+        """The constant ``c`` of eq. (3.9) for one sample: ``||Wx - y||_1 <= l(Wx, y) + c``.
+
+        None for lp (the paper uses Lemma 3.6 directly) and for the square loss.
+        """
+        if self.code == PSEUDO_HUBER:
+            return 0.0
+        if self.code == GENERALIZED_HUBER:
+            a, b = self.params
+            return d_N * math.log(2.0 / (2.0 + b)) / a if b < 0 else 0.0
+        if self.code == LOG_COSH:
+            return d_N * math.log(2.0) / self.params[0]
+        return None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.param_dict.items())
+        return f"{self.name}({args})"
+
+
+def _positive(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def square():
+    """Square loss ``l(r) = r**2`` (eq. 1.8; no factor 1/2)."""
+    return Loss("square", SQUARE, (0.0, 0.0))
+
+
+def lp(p):
+    """l_p loss ``|r|**p / p`` for ``p >= 1``.
+
+    Theorem 3.8 covers even p only; other p give a non-analytic loss and a warning.
+    """
+    p = _positive(p, "p")
+    if p < 1:
+        raise ValueError(f"p must be >= 1, got {p!r}")
+    if not (p.is_integer() and int(p) % 2 == 0):
+        warnings.warn(
+            f"lp loss with p={p:g} is not analytic (p is not an even integer): "
+            "Theorem 3.8 does not cover it",
+            stacklevel=2,
+        )
+    return Loss("lp", LP, (p, 0.0))
+
+
+def pseudo_huber(delta):
+    """Pseudo-Huber loss ``delta * sqrt(1 + r**2 / delta**2)``, ``delta > 0``."""
+    return Loss("pseudo_huber", PSEUDO_HUBER, (_positive(delta, "delta"), 0.0))
+
+
+def generalized_huber(alpha, beta):
+    """Generalized Huber loss ``log(exp(alpha r) + exp(-alpha r) + beta) / alpha``.
+
+    ``alpha > 0`` and ``beta > -2``; convex only for ``beta >= 0``.
+    """
+    alpha = _positive(alpha, "alpha")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a real number, got {beta!r}")
+    beta = float(beta)
+    if not math.isfinite(beta) or beta <= -2.0:
+        raise ValueError(f"beta must be a finite number > -2, got {beta!r}")
+    return Loss("generalized_huber", GENERALIZED_HUBER, (alpha, beta))
+
+
+def log_cosh(alpha):
+    """log-cosh loss ``log(cosh(alpha r)) / alpha``, ``alpha > 0``."""
+    return Loss("log_cosh", LOG_COSH, (_positive(alpha, "alpha"), 0.0))
+
+
+def from_dict(d):
+    """Inverse of ``{"name": loss.name, **loss.param_dict}`` (used to read Dataset attributes)."""
+    d = dict(d)
+    name = d.pop("name")
+    ctor = {
+        "square": square,
+        "lp": lp,
+        "pseudo_huber": pseudo_huber,
+        "generalized_huber": generalized_huber,
+        "log_cosh": log_cosh,
+    }.get(name)
+    if ctor is None:
+        raise ValueError(f"unknown loss name {name!r}")
+    return ctor(**d)

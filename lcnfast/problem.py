@@ -1,0 +1,239 @@
+"""The empirical risk of an LCN on fixed data (paper section 1.2):
+``L(w) = sum_i l(pi(w) * x_i, y_i)``, a sum over samples and output coordinates, with the
+paper's scaling (no 1/m, no 1/2).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import _kernels as K
+from .architecture import Architecture
+from .losses import SQUARE, Loss
+
+
+def n_chunks(W):
+    """Number of prange chunks for a batch W (K, n): a few per thread, at most K."""
+    return max(1, min(W.shape[0], 8 * numba.get_num_threads()))
+
+__all__ = ["Problem"]
+
+
+def _finite_matrix(a, name, shape):
+    if isinstance(a, (str, bytes)) or a is None:
+        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}")
+    try:
+        a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numeric array: {e}") from None
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return a
+
+
+class Problem:
+    """Empirical risk of an architecture on data ``X`` (d0, m), ``Y`` (d_N, m) under a loss.
+
+    Everything reusable is computed once: ``X`` and ``Y`` transposed (so that every
+    convolution window is contiguous) and, for the square loss, the window Gram ``A``
+    (k_v, k_v), ``b`` (k_v,) and ``||Y||_F^2`` so that ``L(v) = v^T A v - 2 b^T v + ||Y||^2``.
+
+    Every method taking parameters accepts one vector (n_params,) or a batch (K, n_params)
+    and returns the matching shape (a float for one vector where the result is scalar).
+
+    Parameters
+    ----------
+    arch : Architecture
+    X : array_like (d0, m)
+        Inputs as columns.
+    Y : array_like (d_N, m)
+        Targets as columns.
+    loss : Loss
+        From :mod:`lcnfast.losses`.
+    use_gram : bool, optional
+        Square loss only: evaluate through the window Gram (default True). False forces the
+        pass over the data (a reference and a check; other losses always pass over the data).
+
+    Notes
+    -----
+    The Gram path computes the loss as ``v^T A v - 2 b^T v + ||Y||^2``, whose absolute rounding
+    error is about ``eps * (||Y||^2 + v^T A v)``: near an exact fit use ``use_gram=False`` when
+    the loss value itself (not its gradient) is needed to many digits.
+    """
+
+    def __init__(self, arch, X, Y, loss, *, use_gram=True):
+        if not isinstance(arch, Architecture):
+            raise TypeError(f"arch must be an Architecture, got {type(arch).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(
+                f"loss must be a Loss from lcnfast.losses (e.g. losses.square()), got {loss!r}"
+            )
+        X = np.asarray(X) if not isinstance(X, (str, bytes)) else X
+        if getattr(X, "ndim", 0) != 2:
+            raise ValueError(f"X must be a 2-d array of shape (d0={arch.d0}, m)")
+        m = X.shape[1]
+        if m < 1:
+            raise ValueError("X must have at least one sample (column)")
+        self.arch = arch
+        self.loss_fn = loss
+        self.X = _finite_matrix(X, "X", (arch.d0, m))
+        self.Y = _finite_matrix(Y, "Y", (arch.d_N, m))
+        self.X.setflags(write=False)
+        self.Y.setflags(write=False)
+        self.m = m
+        self.use_gram = bool(use_gram) and loss.code == SQUARE
+        Xt = np.ascontiguousarray(self.X.T)
+        Yt = np.ascontiguousarray(self.Y.T)
+        self.A, self.b = self._window_gram(Xt, Yt)
+        self.yy = float(np.sum(Yt * Yt))
+        kv = arch.k_v
+        self._model = K.Model(
+            code=loss.code,
+            p0=float(loss.params[0]),
+            p1=float(loss.params[1]),
+            k=np.asarray(arch.k, np.int64),
+            S=np.asarray(arch.dilations, np.int64),
+            offs=np.asarray(arch.offsets, np.int64),
+            k_v=kv,
+            s_v=arch.s_v,
+            d_N=arch.d_N,
+            use_gram=self.use_gram,
+            A=self.A if self.use_gram else np.zeros((0, 0)),
+            b=self.b if self.use_gram else np.zeros(0),
+            yy=self.yy,
+            Xt=Xt,
+            Yt=Yt,
+        )
+
+    def _window_gram(self, Xt, Yt):
+        """Window Gram A (k_v, k_v) and b (k_v,), summed over samples and output positions."""
+        a = self.arch
+        win = sliding_window_view(Xt, a.k_v, axis=1)[:, :: a.s_v, :]  # (m, d_N, k_v)
+        A = np.einsum("ijn,ijq->nq", win, win, optimize=True)
+        b = np.einsum("ij,ijn->n", Yt, win, optimize=True)
+        A = 0.5 * (A + A.T)
+        A.setflags(write=False)
+        b.setflags(write=False)
+        return A, b
+
+    # ------------------------------------------------------------------ input handling
+    def _params(self, w, name="w"):
+        """Validate parameters; returns (W (K, n) contiguous float64, single: bool)."""
+        if isinstance(w, (str, bytes)) or w is None:
+            raise TypeError(f"{name} must be a numeric array, got {type(w).__name__}")
+        try:
+            W = np.asarray(w, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a numeric array: {e}") from None
+        n = self.arch.n_params
+        if W.ndim == 1 and W.shape[0] == n:
+            single = True
+            W = W[None, :]
+        elif W.ndim == 2 and W.shape[1] == n:
+            single = False
+        else:
+            raise ValueError(
+                f"{name} must have shape (n_params,) = ({n},) or (K, {n}), got {W.shape}"
+            )
+        if not np.all(np.isfinite(W)):
+            raise ValueError(f"{name} contains NaN or Inf")
+        return np.ascontiguousarray(W), single
+
+    @property
+    def model(self):
+        """The kernel-side description of this problem (:class:`lcnfast._kernels.Model`)."""
+        return self._model
+
+    # ------------------------------------------------------------------ evaluations
+    def final_filter(self, w):
+        """Final filter ``v = pi(w)`` (Prop. 2.1): (k_v,) or (K, k_v)."""
+        W, single = self._params(w)
+        md = self._model
+        V = K.final_filter_batch(W, md.k, md.S, md.offs, md.k_v, n_chunks(W))
+        return V[0] if single else V
+
+    def predict(self, w):
+        """Network output ``V X``: (d_N, m) or (K, d_N, m)."""
+        W, single = self._params(w)
+        Z = K.predict_batch(self._model, W, n_chunks(W))
+        return Z[0] if single else Z
+
+    def loss(self, w):
+        """Empirical risk ``L(w)``: float or (K,)."""
+        W, single = self._params(w)
+        out = K.loss_batch(self._model, W, n_chunks(W))
+        return float(out[0]) if single else out
+
+    def loss_and_grad(self, w):
+        """``(L(w), grad L(w))``: (float, (n_params,)) or ((K,), (K, n_params))."""
+        W, single = self._params(w)
+        L = np.empty(W.shape[0])
+        G = np.empty_like(W)
+        K.loss_grad_batch(self._model, W, L, G, n_chunks(W))
+        return (float(L[0]), G[0]) if single else (L, G)
+
+    def grad(self, w):
+        """Gradient ``grad L(w)``: (n_params,) or (K, n_params)."""
+        return self.loss_and_grad(w)[1]
+
+    def hessian(self, w):
+        """Hessian of L: (n_params, n_params) or (K, n_params, n_params)."""
+        W, single = self._params(w)
+        H = K.hessian_batch(self._model, W, n_chunks(W))
+        return H[0] if single else H
+
+    def jacobian(self, w):
+        """Jacobian of ``pi`` at w: (k_v, n_params) or (K, k_v, n_params)."""
+        W, single = self._params(w)
+        md = self._model
+        J = K.jacobian_batch(W, md.k, md.S, md.k_v, n_chunks(W))
+        return J[0] if single else J
+
+    def function_space_loss(self, v):
+        """L as a function of the final filter v (k_v,) (the convex problem for convex losses)."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (self.arch.k_v,):
+            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
+        return float(K.fs_loss(self._model, np.ascontiguousarray(v)))
+
+    def function_space_grad(self, v):
+        """(L(v), dL/dv) for a final filter v (k_v,)."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (self.arch.k_v,):
+            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
+        G = np.empty(self.arch.k_v)
+        L = K.fs_loss_grad(self._model, np.ascontiguousarray(v), G)
+        return float(L), G
+
+    def function_space_hessian(self, v):
+        """d^2 L / dv^2 (k_v, k_v) at a final filter v."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (self.arch.k_v,):
+            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
+        H = np.empty((self.arch.k_v, self.arch.k_v))
+        K.fs_hessian(self._model, np.ascontiguousarray(v), H)
+        return H
+
+    # ------------------------------------------------------------------ data conditions
+    def rank_info(self):
+        """Rank and smallest singular value of ``X X^T`` (d0, d0) and of the window Gram ``A``.
+
+        Ranks use numpy's default tolerance ``max(shape) * eps * sigma_max``.
+        Returns a dict with keys ``xxt_rank``, ``xxt_min_sv``, ``gram_rank``, ``gram_min_sv``.
+        """
+        XXt = self.X @ self.X.T
+        sx = np.linalg.svd(XXt, compute_uv=False)
+        sa = np.linalg.svd(self.A, compute_uv=False)
+        return {
+            "xxt_rank": int(np.linalg.matrix_rank(XXt)),
+            "xxt_min_sv": float(sx[-1]),
+            "gram_rank": int(np.linalg.matrix_rank(self.A)),
+            "gram_min_sv": float(sa[-1]),
+        }
+
+    def __repr__(self):
+        return f"Problem({self.arch!r}, m={self.m}, loss={self.loss_fn!r})"
