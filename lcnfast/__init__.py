@@ -6,12 +6,16 @@ Public API (see README.md):
 - :mod:`lcnfast.losses` -- the losses of Theorem 3.8.
 - :class:`Problem` -- empirical risk, final filter, gradient and Hessian (Numba kernels).
 - :mod:`lcnfast.data` -- teacher data and initial filters.
+- :func:`gradient_flow`, :func:`gradient_descent` -- many flows at once, as xarray Datasets.
+- :func:`to_netcdf`, :func:`open_dataset` -- atomic, compressed netCDF round trip.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import data, losses
 from .architecture import Architecture
+from .flows import STATUS, gradient_descent, gradient_flow, threads
+from .io import open_dataset, to_netcdf
 from .problem import Problem
 
 try:
@@ -19,4 +23,16 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["Architecture", "Problem", "losses", "data", "__version__"]
+__all__ = [
+    "Architecture",
+    "Problem",
+    "losses",
+    "data",
+    "gradient_flow",
+    "gradient_descent",
+    "threads",
+    "STATUS",
+    "to_netcdf",
+    "open_dataset",
+    "__version__",
+]

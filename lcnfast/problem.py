@@ -10,6 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import _kernels as K
+from . import _lanes
 from .architecture import Architecture
 from .losses import SQUARE, Loss
 
@@ -173,7 +174,7 @@ class Problem:
         W, single = self._params(w)
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
-        K.loss_grad_batch(self._model, W, L, G, n_chunks(W))
+        _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):

@@ -1,0 +1,623 @@
+"""Numba kernels integrating many gradient flows ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) at once.
+
+Private module: inputs are validated by :mod:`lcnfast.flows`.
+
+Two methods, each advancing every flow on its own (no lockstep):
+
+- explicit Euler = gradient descent ``w <- w - h grad L(w)``;
+- Dormand-Prince 5(4) with FSAL and a per-flow step size. Conventions follow scipy's
+  ``RK45`` (the reference behaviour): RMS error norm of ``err / (atol + rtol max(|y|,|y_new|))``,
+  step factor ``SAFETY * err^(-1/5)`` clipped to [MIN_FACTOR, MAX_FACTOR] and to <= 1 right
+  after a rejection, Hairer's initial step (``scipy.integrate._ivp.common.select_initial_step``),
+  and ``min_step = 10 ulp(t)``. Values at save times come from the 4th-order continuous
+  extension of the accepted step (Shampine's dense output, as scipy), so saving never changes
+  the steps; a save time equal to the end of a step takes the step's own state.
+
+Layout and load balancing: ``prange`` runs one worker per thread. A worker advances
+``LANES`` flows side by side (:mod:`lcnfast._lanes`): every Runge-Kutta stage or Euler step
+evaluates the gradients of all its lanes in one SIMD pass, while each lane keeps its own time,
+step size, accept/reject decisions and stopping rule. When a lane's flow stops, the lane takes
+the next unstarted flow from a counter shared by all workers (an atomic fetch-and-add), so
+uneven flows never leave a core idle. One-off evaluations of a single flow (its start, the
+initial step, dense-output saves) use the one-flow kernel :func:`_kernels.loss_grad_ws`. Each
+flow's arithmetic is the same whatever its lane, worker or batch, so results are bitwise
+identical for any thread count and batch composition. Nothing is raised from parallel code:
+every flow ends with a status code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._kernels import loss_grad_ws, new_workspace
+from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+# ----------------------------------------------------------------------------- status codes
+CONVERGED = 0  # ||grad L|| <= grad_tol on an accepted step
+REACHED_END = 1  # t_end (rk45) or n_steps (Euler) reached
+MAX_STEPS = 2  # rk45: max_steps attempted steps exhausted before t_end
+STEP_UNDERFLOW = 3  # rk45: step size fell below 10 ulp(t)
+NON_FINITE = 4  # the state, loss or gradient became NaN or Inf
+STATUS_MEANINGS = ("converged", "reached_end", "max_steps", "step_underflow", "non_finite")
+
+# ----------------------------------------------------------------------------- Dormand-Prince
+# Butcher tableau of Dormand & Prince (1980), RK5(4)7M; C, A, B: the 5th-order solution;
+# E = B_hat - B_5 (with the FSAL stage) gives the 4th-order error estimate; P: Shampine's
+# continuous extension, y(t + x h) = y + h sum_j K_j sum_q P[j, q] x^(q+1).
+DP_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0])
+DP_A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [1 / 5, 0.0, 0.0, 0.0, 0.0],
+        [3 / 40, 9 / 40, 0.0, 0.0, 0.0],
+        [44 / 45, -56 / 15, 32 / 9, 0.0, 0.0],
+        [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0.0],
+        [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    ]
+)
+DP_B = np.array([35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84])
+DP_E = np.array(
+    [-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40]
+)
+DP_P = np.array(
+    [
+        [1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+        [0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+        [0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+        [0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+        [0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423],
+    ]
+)
+SAFETY = 0.9
+MIN_FACTOR = 0.2  # largest decrease of h in one rejection
+MAX_FACTOR = 10.0  # largest increase of h after an accepted step
+ERROR_EXPONENT = -1.0 / 5.0  # -1 / (error estimator order + 1)
+
+
+# ----------------------------------------------------------------------------- options, outputs
+class RKOptions(NamedTuple):
+    t_end: float
+    rtol: float
+    atol: float
+    grad_tol: float  # < 0: never stop on the gradient
+    max_steps: int  # attempted (accepted + rejected) steps per flow
+    save_t: np.ndarray  # (T,) increasing save times in [0, t_end]
+
+
+class EulerOptions(NamedTuple):
+    h: float
+    n_steps: int
+    grad_tol: float  # < 0: never stop on the gradient
+    save_every: int  # save after every save_every steps (and at step 0)
+    n_save: int  # number of saved rows (T)
+
+
+class FlowOutputs(NamedTuple):
+    """Per-flow results, preallocated by the caller (K flows, n params, T save times)."""
+
+    w_final: np.ndarray  # (K, n)
+    v_final: np.ndarray  # (K, k_v)
+    loss_init: np.ndarray  # (K,)
+    loss_final: np.ndarray  # (K,)
+    grad_norm_init: np.ndarray  # (K,)
+    grad_norm_final: np.ndarray  # (K,)
+    t_final: np.ndarray  # (K,)
+    status: np.ndarray  # (K,) int8
+    n_accepted: np.ndarray  # (K,) int64
+    n_rejected: np.ndarray  # (K,) int64
+    n_grad_evals: np.ndarray  # (K,) int64
+    max_loss_increase: np.ndarray  # (K,) max over accepted steps of L(new) - L(old)
+    v_l1_max: np.ndarray  # (K,) max over accepted states of ||v||_1
+    w_norm_max: np.ndarray  # (K,) max over accepted states of ||w||_2
+    save_w: np.ndarray  # (K, T, n), NaN where not reached
+    save_loss: np.ndarray  # (K, T)
+    save_grad_norm: np.ndarray  # (K, T)
+
+
+# ----------------------------------------------------------------------------- helpers
+@intrinsic
+def _fetch_add(typingctx, arr, idx, val):
+    """Atomically ``old = arr[idx]; arr[idx] += val; return old`` for an int64 array."""
+    sig = types.int64(arr, idx, val)
+
+    def codegen(context, builder, signature, args):
+        arr_v, idx_v, val_v = args
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, arr_v)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx_v])
+        return builder.atomic_rmw("add", ptr, val_v, "seq_cst")
+
+    return sig, codegen
+
+
+@nb.njit(**_JIT)
+def _norm2(x):
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += x[i] * x[i]
+    return math.sqrt(acc)
+
+
+@nb.njit(**_JIT)
+def _l1(x):
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += abs(x[i])
+    return acc
+
+
+# ----------------------------------------------------------------------------- lane bookkeeping
+@nb.njit(**_JIT)
+def _lane_norm2(X, b):
+    acc = 0.0
+    for i in range(X.shape[0]):
+        acc += X[i, b] * X[i, b]
+    return math.sqrt(acc)
+
+
+@nb.njit(**_JIT)
+def _lane_l1(X, b):
+    acc = 0.0
+    for i in range(X.shape[0]):
+        acc += abs(X[i, b])
+    return acc
+
+
+@nb.njit(**_JIT)
+def _lane_finite(X, b):
+    for i in range(X.shape[0]):
+        if not math.isfinite(X[i, b]):
+            return False
+    return True
+
+
+@nb.njit(**_JIT)
+def _record(out, f, v1, wn):
+    """Update the running maxima of ||v||_1 and ||w||_2 with an accepted state."""
+    if v1 > out.v_l1_max[f]:
+        out.v_l1_max[f] = v1
+    if wn > out.w_norm_max[f]:
+        out.w_norm_max[f] = wn
+
+
+@nb.njit(**_JIT)
+def _start(out, f):
+    out.v_l1_max[f] = 0.0
+    out.w_norm_max[f] = 0.0
+    out.max_loss_increase[f] = -math.inf
+
+
+@nb.njit(**_JIT)
+def _finish_lane(out, f, Y, V, b, L, gn, t, status, n_acc, n_rej, evals):
+    for i in range(Y.shape[0]):
+        out.w_final[f, i] = Y[i, b]
+    for i in range(V.shape[0]):
+        out.v_final[f, i] = V[i, b]
+    out.loss_final[f] = L
+    out.grad_norm_final[f] = gn
+    out.t_final[f] = t
+    out.status[f] = status
+    out.n_accepted[f] = n_acc
+    out.n_rejected[f] = n_rej
+    out.n_grad_evals[f] = evals
+
+
+@nb.njit(**_JIT)
+def _park(Y, b):
+    """Give an idle lane a harmless state (zeros) so it computes nothing non-finite."""
+    for i in range(Y.shape[0]):
+        Y[i, b] = 0.0
+
+
+# ----------------------------------------------------------------------------- Euler
+@nb.njit(**_JIT)
+def _euler_worker(model, W0, opt, out, counter):
+    K, n = W0.shape
+    N = model.k.shape[0]
+    kv = model.k_v
+    lws = new_lane_workspace(model)
+    Y = np.zeros((n, LANES))
+    G = np.zeros((n, LANES))
+    L = np.zeros(LANES)
+    L_prev = np.zeros(LANES)
+    flow = np.full(LANES, -1, np.int64)
+    step = np.zeros(LANES, np.int64)
+    h = opt.h
+    while True:
+        n_active = 0
+        for b in range(LANES):
+            if flow[b] < 0:
+                f = _fetch_add(counter, 0, 1)
+                if f < K:
+                    flow[b] = f
+                    step[b] = 0
+                    for i in range(n):
+                        Y[i, b] = W0[f, i]
+                    _start(out, f)
+                else:
+                    _park(Y, b)
+            if flow[b] >= 0:
+                n_active += 1
+        if n_active == 0:
+            break
+        loss_grad_lanes(model, Y, lws, G, L)
+        P = lws.P
+        for b in range(LANES):
+            f = flow[b]
+            if f < 0:
+                continue
+            j = step[b]
+            gn = _lane_norm2(G, b)
+            if j == 0:
+                out.loss_init[f] = L[b]
+                out.grad_norm_init[f] = gn
+            elif L[b] - L_prev[b] > out.max_loss_increase[f]:
+                out.max_loss_increase[f] = L[b] - L_prev[b]
+            _record(out, f, _lane_l1(P[N, :kv], b), _lane_norm2(Y, b))
+            if j % opt.save_every == 0 and j // opt.save_every < opt.n_save:
+                r = j // opt.save_every
+                for i in range(n):
+                    out.save_w[f, r, i] = Y[i, b]
+                out.save_loss[f, r] = L[b]
+                out.save_grad_norm[f, r] = gn
+            status = -1
+            if not (math.isfinite(L[b]) and math.isfinite(gn)):
+                status = NON_FINITE
+            elif gn <= opt.grad_tol:
+                status = CONVERGED
+            elif j >= opt.n_steps:
+                status = REACHED_END
+            if status >= 0:
+                _finish_lane(out, f, Y, P[N, :kv], b, L[b], gn, j * h, status, j, 0, j + 1)
+                flow[b] = -1
+                continue
+            for i in range(n):
+                Y[i, b] -= h * G[i, b]
+            step[b] = j + 1
+            L_prev[b] = L[b]
+
+
+@nb.njit(parallel=True, **_JIT)
+def euler_batch(model, W0, opt, out, n_workers):
+    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``."""
+    counter = np.zeros(1, np.int64)
+    for _wk in nb.prange(n_workers):
+        _euler_worker(model, W0, opt, out, counter)
+
+
+# ----------------------------------------------------------------------------- Dormand-Prince
+@nb.njit(**_JIT)
+def _initial_step(model, y0, f0, t_end, opt, ws, y1, g1):
+    """Hairer's initial step (scipy's select_initial_step, order 4); one gradient evaluation."""
+    n = y0.shape[0]
+    d0 = 0.0
+    d1 = 0.0
+    for i in range(n):
+        sc = opt.atol + abs(y0[i]) * opt.rtol
+        d0 += (y0[i] / sc) ** 2
+        d1 += (f0[i] / sc) ** 2
+    d0 = math.sqrt(d0 / n)
+    d1 = math.sqrt(d1 / n)
+    if d0 < 1e-5 or d1 < 1e-5:
+        h0 = 1e-6
+    else:
+        h0 = 0.01 * d0 / d1
+    h0 = min(h0, t_end)
+    for i in range(n):
+        y1[i] = y0[i] + h0 * f0[i]
+    loss_grad_ws(model, y1, ws, g1)
+    d2 = 0.0
+    for i in range(n):
+        sc = opt.atol + abs(y0[i]) * opt.rtol
+        d2 += ((-g1[i] - f0[i]) / sc) ** 2
+    d2 = math.sqrt(d2 / n) / h0
+    if not math.isfinite(d2):
+        return h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / 5.0)
+    return min(100.0 * h0, h1, t_end)
+
+
+class _RKLanes(NamedTuple):
+    """Per-worker state of LANES Dormand-Prince flows (lane index last)."""
+
+    flow: np.ndarray  # (LANES,) flow index, -1 idle
+    t: np.ndarray  # (LANES,) current time
+    h_abs: np.ndarray  # (LANES,) proposed step size
+    h: np.ndarray  # (LANES,) step size of the current attempt (0 for idle lanes)
+    min_step: np.ndarray  # (LANES,)
+    rejected: np.ndarray  # (LANES,) bool: the current step had a rejection
+    n_acc: np.ndarray  # (LANES,) int64
+    n_rej: np.ndarray  # (LANES,) int64
+    evals: np.ndarray  # (LANES,) int64
+    si: np.ndarray  # (LANES,) int64 next save index
+    L: np.ndarray  # (LANES,) loss at y
+    gn: np.ndarray  # (LANES,) ||grad L|| at y
+    L_new: np.ndarray  # (LANES,)
+    Y: np.ndarray  # (n, LANES) state
+    Y_new: np.ndarray  # (n, LANES)
+    Ytmp: np.ndarray  # (n, LANES) stage points / error estimate
+    Kst: np.ndarray  # (7, n, LANES) stages, Kst[0] = f(y) (FSAL)
+    G: np.ndarray  # (n, LANES) gradients from the lane kernel
+    V: np.ndarray  # (k_v, LANES) final filter at y
+    y1: np.ndarray  # (n,) one-flow scratch
+    y2: np.ndarray  # (n,)
+    g1: np.ndarray  # (n,)
+
+
+@nb.njit(**_JIT)
+def _rk_lanes(n, kv):
+    z = np.zeros(LANES)
+    zi = np.zeros(LANES, np.int64)
+    return _RKLanes(
+        np.full(LANES, -1, np.int64),
+        z.copy(),
+        z.copy(),
+        z.copy(),
+        z.copy(),
+        np.zeros(LANES, np.bool_),
+        zi.copy(),
+        zi.copy(),
+        zi.copy(),
+        zi.copy(),
+        z.copy(),
+        z.copy(),
+        z.copy(),
+        np.zeros((n, LANES)),
+        np.zeros((n, LANES)),
+        np.zeros((n, LANES)),
+        np.zeros((7, n, LANES)),
+        np.zeros((n, LANES)),
+        np.zeros((kv, LANES)),
+        np.zeros(n),
+        np.zeros(n),
+        np.zeros(n),
+    )
+
+
+@nb.njit(**_JIT)
+def _rk_finish(out, s, b, status):
+    f = s.flow[b]
+    _finish_lane(
+        out, f, s.Y, s.V, b, s.L[b], s.gn[b], s.t[b], status, s.n_acc[b], s.n_rej[b], s.evals[b]
+    )
+    s.flow[b] = -1
+    s.h[b] = 0.0
+    _park(s.Y, b)
+    for q in range(7):
+        _park(s.Kst[q], b)
+
+
+@nb.njit(**_JIT)
+def _rk_save_row(out, f, r, s, b, L, gn):
+    for i in range(s.Y.shape[0]):
+        out.save_w[f, r, i] = s.Y[i, b]
+    out.save_loss[f, r] = L
+    out.save_grad_norm[f, r] = gn
+
+
+@nb.njit(**_JIT)
+def _rk_start(model, W0, opt, out, s, b, f, ws):
+    """Put flow f into lane b: first evaluation, saves at t = 0, stop checks, initial step.
+    Returns True if the flow is running (False: it already finished)."""
+    n = W0.shape[1]
+    N = model.k.shape[0]
+    kv = model.k_v
+    s.flow[b] = f
+    y = s.y1
+    for i in range(n):
+        y[i] = W0[f, i]
+        s.Y[i, b] = y[i]
+    L = loss_grad_ws(model, y, ws, s.g1)
+    gn = _norm2(s.g1)
+    for i in range(n):
+        s.Kst[0, i, b] = -s.g1[i]
+    for i in range(kv):
+        s.V[i, b] = ws.prefix[N, i]
+    s.t[b] = 0.0
+    s.L[b] = L
+    s.gn[b] = gn
+    s.n_acc[b] = 0
+    s.n_rej[b] = 0
+    s.evals[b] = 1
+    s.rejected[b] = False
+    _start(out, f)
+    out.loss_init[f] = L
+    out.grad_norm_init[f] = gn
+    _record(out, f, _l1(ws.prefix[N, :kv]), _norm2(y))
+    si = 0
+    while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
+        _rk_save_row(out, f, si, s, b, L, gn)
+        si += 1
+    s.si[b] = si
+    if not (math.isfinite(L) and math.isfinite(gn)):
+        _rk_finish(out, s, b, NON_FINITE)
+        return False
+    if gn <= opt.grad_tol:
+        _rk_finish(out, s, b, CONVERGED)
+        return False
+    for i in range(n):
+        s.y2[i] = -s.g1[i]  # f(y0)
+    s.h_abs[b] = _initial_step(model, y, s.y2, opt.t_end, opt, ws, s.y1, s.g1)
+    s.evals[b] += 1
+    return True
+
+
+@nb.njit(**_JIT)
+def _rk_prepare(opt, out, s, b):
+    """Checks before attempting a step in lane b and its step size; False if it stopped."""
+    t = s.t[b]
+    if not s.rejected[b]:  # a new step
+        if t >= opt.t_end:
+            _rk_finish(out, s, b, REACHED_END)
+            return False
+        s.min_step[b] = 10.0 * (np.nextafter(t, math.inf) - t)
+        if s.h_abs[b] < s.min_step[b]:
+            s.h_abs[b] = s.min_step[b]
+    if s.n_acc[b] + s.n_rej[b] >= opt.max_steps:
+        _rk_finish(out, s, b, MAX_STEPS)
+        return False
+    if not (s.h_abs[b] >= s.min_step[b]):  # also catches NaN
+        _rk_finish(out, s, b, STEP_UNDERFLOW)
+        return False
+    t_new = t + s.h_abs[b]
+    if t_new > opt.t_end:
+        t_new = opt.t_end
+    s.h[b] = t_new - t
+    s.h_abs[b] = s.h[b]
+    return True
+
+
+@nb.njit(**_JIT)
+def _rk_attempt(model, s, lws):
+    """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b])."""
+    n = s.Y.shape[0]
+    Kst = s.Kst
+    for st in range(1, 6):
+        for i in range(n):
+            for b in range(LANES):
+                acc = 0.0
+                for q in range(st):
+                    acc += DP_A[st, q] * Kst[q, i, b]
+                s.Ytmp[i, b] = s.Y[i, b] + s.h[b] * acc
+        loss_grad_lanes(model, s.Ytmp, lws, s.G, s.L_new)
+        for i in range(n):
+            for b in range(LANES):
+                Kst[st, i, b] = -s.G[i, b]
+    for i in range(n):
+        for b in range(LANES):
+            acc = 0.0
+            for q in range(6):
+                acc += DP_B[q] * Kst[q, i, b]
+            s.Y_new[i, b] = s.Y[i, b] + s.h[b] * acc
+    loss_grad_lanes(model, s.Y_new, lws, s.G, s.L_new)  # FSAL stage 7
+    for i in range(n):
+        for b in range(LANES):
+            Kst[6, i, b] = -s.G[i, b]
+
+
+@nb.njit(**_JIT)
+def _rk_conclude(model, opt, out, s, b, lws, ws):
+    """Accept or reject lane b's attempted step (error control as scipy's RK45); on
+    acceptance save, move on and check the stopping rules."""
+    n = s.Y.shape[0]
+    N = model.k.shape[0]
+    kv = model.k_v
+    f = s.flow[b]
+    h = s.h[b]
+    s.evals[b] += 6
+    acc2 = 0.0
+    for i in range(n):
+        e = 0.0
+        for q in range(7):
+            e += DP_E[q] * s.Kst[q, i, b]
+        e *= h
+        sc = opt.atol + opt.rtol * max(abs(s.Y[i, b]), abs(s.Y_new[i, b]))
+        acc2 += (e / sc) ** 2
+    err = math.sqrt(acc2 / n)
+    if not err < 1.0:
+        if math.isfinite(err):
+            s.h_abs[b] *= max(MIN_FACTOR, SAFETY * err**ERROR_EXPONENT)
+        else:  # NaN/Inf in a stage: shrink as much as allowed
+            s.h_abs[b] *= MIN_FACTOR
+        s.rejected[b] = True
+        s.n_rej[b] += 1
+        return
+    factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**ERROR_EXPONENT)
+    if s.rejected[b]:
+        factor = min(1.0, factor)
+    s.h_abs[b] *= factor
+    s.rejected[b] = False
+    s.n_acc[b] += 1
+    t = s.t[b]
+    t_new = t + h
+    L_new = s.L_new[b]
+    gn_new = _lane_norm2(s.G, b)
+    # dense output at save times inside (t, t_new): one-flow evaluations in the scratch vectors
+    T = opt.save_t.shape[0]
+    si = s.si[b]
+    while si < T and opt.save_t[si] < t_new:
+        x = (opt.save_t[si] - t) / h
+        for i in range(n):
+            acc = 0.0
+            for q in range(7):
+                acc += s.Kst[q, i, b] * (
+                    x * (DP_P[q, 0] + x * (DP_P[q, 1] + x * (DP_P[q, 2] + x * DP_P[q, 3])))
+                )
+            s.y1[i] = s.Y[i, b] + h * acc
+        Ls = loss_grad_ws(model, s.y1, ws, s.g1)
+        s.evals[b] += 1
+        out.save_w[f, si, :] = s.y1
+        out.save_loss[f, si] = Ls
+        out.save_grad_norm[f, si] = _norm2(s.g1)
+        si += 1
+    if L_new - s.L[b] > out.max_loss_increase[f]:
+        out.max_loss_increase[f] = L_new - s.L[b]
+    s.t[b] = t_new
+    for i in range(n):
+        s.Y[i, b] = s.Y_new[i, b]
+        s.Kst[0, i, b] = s.Kst[6, i, b]
+    for i in range(kv):
+        s.V[i, b] = lws.P[N, i, b]
+    s.L[b] = L_new
+    s.gn[b] = gn_new
+    while si < T and opt.save_t[si] <= t_new:
+        _rk_save_row(out, f, si, s, b, L_new, gn_new)
+        si += 1
+    s.si[b] = si
+    if not (math.isfinite(L_new) and math.isfinite(gn_new) and _lane_finite(s.Y, b)):
+        _rk_finish(out, s, b, NON_FINITE)
+        return
+    _record(out, f, _lane_l1(s.V, b), _lane_norm2(s.Y, b))
+    if gn_new <= opt.grad_tol:
+        _rk_finish(out, s, b, CONVERGED)
+
+
+@nb.njit(**_JIT)
+def _rk45_worker(model, W0, opt, out, counter):
+    K, n = W0.shape
+    s = _rk_lanes(n, model.k_v)
+    lws = new_lane_workspace(model)
+    ws = new_workspace(model)
+    while True:
+        n_active = 0
+        for b in range(LANES):
+            while s.flow[b] < 0:  # refill an idle lane
+                f = _fetch_add(counter, 0, 1)
+                if f >= K:
+                    break
+                _rk_start(model, W0, opt, out, s, b, f, ws)
+            if s.flow[b] >= 0 and _rk_prepare(opt, out, s, b):
+                n_active += 1
+            else:
+                s.h[b] = 0.0
+        if n_active == 0:
+            # every lane is idle or has just stopped: done once no flow is left to start
+            if _fetch_add(counter, 0, 0) >= K:
+                break
+            continue
+        _rk_attempt(model, s, lws)
+        for b in range(LANES):
+            if s.flow[b] >= 0 and s.h[b] > 0.0:
+                _rk_conclude(model, opt, out, s, b, lws, ws)
+
+
+@nb.njit(parallel=True, **_JIT)
+def rk45_batch(model, W0, opt, out, n_workers):
+    """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``."""
+    counter = np.zeros(1, np.int64)
+    for _wk in nb.prange(n_workers):
+        _rk45_worker(model, W0, opt, out, counter)

@@ -1,0 +1,423 @@
+"""Many gradient flows at once: the public integrators and the Dataset schema of their results.
+
+``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4);
+``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
+points (K, n_params), advance every flow with its own step size and stopping rule, and
+return an :class:`xarray.Dataset` with the schema below.
+
+Dataset schema
+--------------
+Dimensions: ``flow`` (K), ``param`` (n_params), ``time`` (saved times), ``v_tap`` (k_v),
+``pair`` (N - 1).
+
+``param`` carries a MultiIndex with levels ``layer`` (1..N, the paper's numbering) and
+``tap`` (0..k_i - 1): ``ds.w_final.sel(layer=2)`` is layer 2's filter of every flow, with
+dims (flow, tap).
+
+=====================  ===================  ==============================================
+variable               dims                 meaning
+=====================  ===================  ==============================================
+w_init, w_final        (flow, param)        initial / final parameters
+v_final                (flow, v_tap)        final filter pi(w_final)
+loss_init, loss_final  (flow,)              L at the start / end
+grad_norm_init/_final  (flow,)              ||grad L||_2 at the start / end
+t_final                (flow,)              time at which the flow stopped
+status                 (flow,) int8         CF flags: converged, reached_end, max_steps,
+                                            step_underflow, non_finite
+n_accepted             (flow,)              accepted steps (Euler: steps taken)
+n_rejected             (flow,)              rejected steps (Euler: 0)
+n_grad_evals           (flow,)              gradient evaluations, dense-output saves included
+delta_init/_final      (flow, pair)         balancedness delta_i = ||w^(i+1)||^2 - ||w^(i)||^2
+                                            (Lemma 3.3), pair i = layers (i, i+1)
+max_loss_increase      (flow,)              max over accepted steps of L(new) - L(old)
+                                            (<= 0: the loss never increased)
+v_l1_max               (flow,)              max over accepted states of ||v||_1 (Thm 3.4)
+w_norm_max             (flow,)              max over accepted states of ||w||_2
+w                      (flow, time, param)  parameters at the saved times
+loss, grad_norm        (flow, time)         L and ||grad L|| at the saved times
+=====================  ===================  ==============================================
+
+Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
+``status`` say when and why it stopped, ``w_final`` holds its last state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import numbers
+import time as _time
+import warnings
+
+import numba
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import _integrate as I
+from .problem import Problem
+
+__all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS"]
+
+#: status code -> meaning (also in each Dataset's ``status.attrs``)
+STATUS = dict(enumerate(I.STATUS_MEANINGS))
+
+_MAX_SAVE_BYTES = 8 * 2**30  # refuse save arrays larger than this (memory of a 24 GiB machine)
+_EPS = np.finfo(float).eps
+
+
+@contextlib.contextmanager
+def threads(n_threads):
+    """Run the enclosed code with ``n_threads`` Numba threads (None: leave as is); restores
+    the previous count on exit."""
+    if n_threads is None:
+        yield numba.get_num_threads()
+        return
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
+        raise TypeError(f"n_threads must be a whole number or None, got {n_threads!r}")
+    top = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n_threads <= top:
+        raise ValueError(f"n_threads must be in 1..{top} (NUMBA_NUM_THREADS), got {n_threads}")
+    old = numba.get_num_threads()
+    numba.set_num_threads(int(n_threads))
+    try:
+        yield int(n_threads)
+    finally:
+        numba.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- validation
+def _initial_points(problem, w0):
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a lcnfast.Problem, got {type(problem).__name__}")
+    W0, _single = problem._params(w0, "w0")
+    return W0
+
+
+def _positive_float(x, name, *, allow_zero=False):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    x = float(x)
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {x!r}")
+    return x
+
+
+def _count(x, name, *, minimum):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {x!r}")
+    if x < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    return int(x)
+
+
+def _extra_attrs(attrs):
+    """Validate user attributes before any work is done (netCDF takes str, numbers, lists)."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict, got {type(attrs).__name__}")
+    for key, val in attrs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"attrs keys must be strings, got {key!r}")
+        if isinstance(val, (bool, np.bool_)) or not isinstance(
+            val, (str, numbers.Number, list, tuple, np.ndarray)
+        ):
+            raise TypeError(f"attrs[{key!r}] must be a string, a number or a list of numbers")
+    return dict(attrs)
+
+
+def _grad_tol(grad_tol):
+    if grad_tol is None:
+        return -1.0
+    return _positive_float(grad_tol, "grad_tol", allow_zero=True)
+
+
+def _check_save_size(K, T, n):
+    nbytes = 8 * K * T * (n + 2)
+    if nbytes > _MAX_SAVE_BYTES:
+        raise ValueError(
+            f"saving {T} times for {K} flows of {n} parameters needs {nbytes / 2**30:.1f} GiB; "
+            "save fewer times (save_times / save_every) or split the flows into shards"
+        )
+
+
+def _outputs(K, n, kv, T):
+    nan = np.nan
+    return I.FlowOutputs(
+        w_final=np.full((K, n), nan),
+        v_final=np.full((K, kv), nan),
+        loss_init=np.full(K, nan),
+        loss_final=np.full(K, nan),
+        grad_norm_init=np.full(K, nan),
+        grad_norm_final=np.full(K, nan),
+        t_final=np.full(K, nan),
+        status=np.full(K, -1, np.int8),
+        n_accepted=np.zeros(K, np.int64),
+        n_rejected=np.zeros(K, np.int64),
+        n_grad_evals=np.zeros(K, np.int64),
+        max_loss_increase=np.full(K, nan),
+        v_l1_max=np.full(K, nan),
+        w_norm_max=np.full(K, nan),
+        save_w=np.full((K, T, n), nan),
+        save_loss=np.full((K, T), nan),
+        save_grad_norm=np.full((K, T), nan),
+    )
+
+
+# ----------------------------------------------------------------------------- public API
+def gradient_flow(
+    problem,
+    w0,
+    *,
+    method="rk45",
+    t_end,
+    rtol=1e-8,
+    atol=1e-10,
+    grad_tol=None,
+    max_steps=1_000_000,
+    save_times=None,
+    n_threads=None,
+    attrs=None,
+):
+    """Integrate the gradient flow ``dw/dt = -grad L(w)`` from every row of ``w0``.
+
+    Dormand-Prince 5(4) (scipy ``RK45`` conventions) with a step size of its own for every flow;
+    values at ``save_times`` come from the 4th-order dense output of the accepted steps
+    (Shampine's continuous extension, as scipy's ``dense_output``), so saving never changes
+    the steps. Each saved point costs one extra gradient evaluation (for its loss and
+    gradient norm).
+
+    Parameters
+    ----------
+    problem : Problem
+    w0 : array_like (K, n_params) or (n_params,)
+        Initial points (finite).
+    method : {"rk45"}
+        The integrator (explicit Euler is :func:`gradient_descent`).
+    t_end : float > 0
+        Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7).
+    rtol, atol : float
+        Relative (>= 100 eps; smaller is raised with a warning, as scipy) and absolute
+        (>= 0) tolerances of the error norm RMS(err / (atol + rtol max(|w|, |w_new|))).
+    grad_tol : float >= 0 or None
+        Stop a flow on the first accepted state with ||grad L||_2 <= grad_tol (None: never).
+    max_steps : int >= 1
+        Cap on attempted (accepted + rejected) steps per flow.
+    save_times : array_like or None
+        Strictly increasing times in [0, t_end]; default 11 equally spaced times from 0 to
+        t_end.
+    n_threads : int or None
+        Numba threads for this call (None: current setting).
+    attrs : dict or None
+        Extra Dataset attributes (e.g. seeds); values str, number or list of numbers.
+
+    Returns
+    -------
+    xarray.Dataset
+        See the module docstring for the schema.
+    """
+    W0 = _initial_points(problem, w0)
+    attrs = _extra_attrs(attrs)
+    if method != "rk45":
+        raise ValueError(
+            f"method must be 'rk45', got {method!r} (explicit Euler is gradient_descent)"
+        )
+    t_end = _positive_float(t_end, "t_end")
+    rtol = _positive_float(rtol, "rtol")
+    atol = _positive_float(atol, "atol", allow_zero=True)
+    if rtol < 100 * _EPS:
+        warnings.warn(f"rtol={rtol:g} is below 100*eps; using 100*eps", stacklevel=2)
+        rtol = 100 * _EPS
+    gtol = _grad_tol(grad_tol)
+    max_steps = _count(max_steps, "max_steps", minimum=1)
+    if save_times is None:
+        save_t = np.linspace(0.0, t_end, 11)
+    else:
+        try:
+            save_t = np.atleast_1d(np.asarray(save_times, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError("save_times must be an array of numbers") from None
+        if save_t.ndim != 1 or save_t.size == 0:
+            raise ValueError("save_times must be a non-empty 1-d array")
+        if not np.all(np.isfinite(save_t)) or save_t.min() < 0 or save_t.max() > t_end:
+            raise ValueError(f"save_times must lie in [0, t_end] = [0, {t_end}]")
+        if np.any(np.diff(save_t) <= 0):
+            raise ValueError("save_times must be strictly increasing")
+        save_t = np.ascontiguousarray(save_t)
+    K, n = W0.shape
+    _check_save_size(K, save_t.size, n)
+    opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t)
+    out = _outputs(K, n, problem.arch.k_v, save_t.size)
+    with threads(n_threads) as nt:
+        t0 = _time.perf_counter()
+        I.rk45_batch(problem.model, W0, opt, out, nt)
+        wall = _time.perf_counter() - t0
+    run_attrs = {
+        "method": "rk45",
+        "t_end": t_end,
+        "rtol": rtol,
+        "atol": atol,
+        "max_steps": max_steps,
+    }
+    if grad_tol is not None:
+        run_attrs["grad_tol"] = gtol
+    return _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+
+
+def gradient_descent(
+    problem, w0, *, h, n_steps, grad_tol=None, save_every=None, n_threads=None, attrs=None
+):
+    """Gradient descent ``w_{j+1} = w_j - h grad L(w_j)`` (explicit Euler for eq. 1.7).
+
+    Parameters
+    ----------
+    problem : Problem
+    w0 : array_like (K, n_params) or (n_params,)
+    h : float > 0
+        Step size (time units of the flow: step j is at time j h). Above 2 / lambda_max of the
+        Hessian at a limit the iteration cannot converge there (2-cycles or divergence).
+    n_steps : int >= 0
+        Steps per flow.
+    grad_tol : float >= 0 or None
+        Stop a flow at the first iterate with ||grad L||_2 <= grad_tol (None: never).
+    save_every : int >= 1 or None
+        Save every ``save_every`` steps, starting at step 0 (default ``max(1, n_steps // 10)``).
+    n_threads : int or None
+    attrs : dict or None
+        Extra Dataset attributes.
+
+    Returns
+    -------
+    xarray.Dataset
+        See the module docstring; ``time`` holds ``step * h``.
+    """
+    W0 = _initial_points(problem, w0)
+    attrs = _extra_attrs(attrs)
+    h = _positive_float(h, "h")
+    n_steps = _count(n_steps, "n_steps", minimum=0)
+    gtol = _grad_tol(grad_tol)
+    if save_every is None:
+        save_every = max(1, n_steps // 10)
+    save_every = _count(save_every, "save_every", minimum=1)
+    n_save = n_steps // save_every + 1
+    K, n = W0.shape
+    _check_save_size(K, n_save, n)
+    opt = I.EulerOptions(h, n_steps, gtol, save_every, n_save)
+    out = _outputs(K, n, problem.arch.k_v, n_save)
+    with threads(n_threads) as nt:
+        t0 = _time.perf_counter()
+        I.euler_batch(problem.model, W0, opt, out, nt)
+        wall = _time.perf_counter() - t0
+    save_t = np.arange(n_save) * save_every * h
+    run_attrs = {"method": "euler", "h": h, "n_steps": n_steps, "save_every": save_every}
+    if grad_tol is not None:
+        run_attrs["grad_tol"] = gtol
+    return _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+
+
+# ----------------------------------------------------------------------------- the Dataset
+def param_index(arch):
+    """xarray coordinates for the ``param`` dimension: MultiIndex (layer 1..N, tap)."""
+    layer = np.concatenate([np.full(ki, i + 1) for i, ki in enumerate(arch.k)])
+    tap = np.concatenate([np.arange(ki) for ki in arch.k])
+    mi = pd.MultiIndex.from_arrays([layer, tap], names=["layer", "tap"])
+    return xr.Coordinates.from_pandas_multiindex(mi, "param")
+
+
+def balancedness(arch, W):
+    """delta_i = ||w^(i+1)||^2 - ||w^(i)||^2 (Lemma 3.3) for W (K, n): (K, N - 1)."""
+    sq = np.stack([np.sum(W[:, arch.layer_slice(i)] ** 2, axis=1) for i in range(arch.depth)], 1)
+    return np.diff(sq, axis=1)
+
+
+def _versions(n_threads):
+    from . import __version__
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this process
+        layer = "unknown"
+    return {
+        "lcnfast_version": __version__,
+        "numba_version": numba.__version__,
+        "numpy_version": np.__version__,
+        "threading_layer": layer,
+        "n_threads": int(n_threads),
+    }
+
+
+def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
+    arch = problem.arch
+    loss = problem.loss_fn
+    F, P, T, V, R = "flow", "param", "time", "v_tap", "pair"
+    per_flow = {
+        "loss_init": ("loss at t = 0", out.loss_init),
+        "loss_final": ("loss at t_final", out.loss_final),
+        "grad_norm_init": ("||grad L||_2 at t = 0", out.grad_norm_init),
+        "grad_norm_final": ("||grad L||_2 at t_final", out.grad_norm_final),
+        "t_final": ("time at which the flow stopped", out.t_final),
+        "n_accepted": ("accepted steps", out.n_accepted),
+        "n_rejected": ("rejected steps", out.n_rejected),
+        "n_grad_evals": ("gradient evaluations (dense-output saves included)", out.n_grad_evals),
+        "max_loss_increase": (
+            "max over accepted steps of L(new) - L(old); <= 0 if the loss never increased",
+            out.max_loss_increase,
+        ),
+        "v_l1_max": ("max over accepted states of ||v||_1 (Theorem 3.4)", out.v_l1_max),
+        "w_norm_max": ("max over accepted states of ||w||_2", out.w_norm_max),
+    }
+    data_vars = {name: (F, arr, {"long_name": ln}) for name, (ln, arr) in per_flow.items()}
+    data_vars.update(
+        w_init=((F, P), W0, {"long_name": "initial parameters"}),
+        w_final=((F, P), out.w_final, {"long_name": "final parameters"}),
+        v_final=((F, V), out.v_final, {"long_name": "final filter pi(w_final) (Prop. 2.1)"}),
+        status=(
+            F,
+            out.status,
+            {
+                "long_name": "why the flow stopped",
+                "flag_values": np.arange(len(I.STATUS_MEANINGS), dtype=np.int8),
+                "flag_meanings": " ".join(I.STATUS_MEANINGS),
+            },
+        ),
+        delta_init=(
+            (F, R),
+            balancedness(arch, W0),
+            {"long_name": "balancedness ||w^(i+1)||^2 - ||w^(i)||^2 at t = 0 (Lemma 3.3)"},
+        ),
+        delta_final=(
+            (F, R),
+            balancedness(arch, out.w_final),
+            {"long_name": "balancedness ||w^(i+1)||^2 - ||w^(i)||^2 at t_final (Lemma 3.3)"},
+        ),
+        w=((F, T, P), out.save_w, {"long_name": "parameters at the saved times (NaN after stop)"}),
+        loss=((F, T), out.save_loss, {"long_name": "loss at the saved times (NaN after stop)"}),
+        grad_norm=(
+            (F, T),
+            out.save_grad_norm,
+            {"long_name": "||grad L||_2 at the saved times (NaN after stop)"},
+        ),
+    )
+    coords = param_index(arch)
+    coords = coords.assign(
+        flow=np.arange(W0.shape[0]),
+        time=(T, save_t, {"long_name": "time t of the flow (Euler: step * h)"}),
+        v_tap=np.arange(arch.k_v),
+        pair=(R, np.arange(1, arch.depth), {"long_name": "delta_i compares layers i and i+1"}),
+    )
+    attrs = {
+        "title": "lcnfast gradient flows",
+        "architecture": json.dumps(arch.to_dict()),
+        "loss": json.dumps({"name": loss.name, **loss.param_dict}),
+        "m": problem.m,
+        **run_attrs,
+        **_versions(n_threads),
+        "wall_time_s": wall,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    attrs.update(extra_attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
