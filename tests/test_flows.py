@@ -1,0 +1,335 @@
+"""The flow engine: tableau, order, agreement with scipy, invariants, status codes, schema."""
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+import pytest
+import xarray as xr
+from scipy.integrate import solve_ivp
+from scipy.linalg import expm
+
+import lcnfast as lf
+from lcnfast import _integrate as I
+from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
+
+LOSSES = [square(), lp(4), pseudo_huber(0.5), generalized_huber(1.0, -0.5), log_cosh(2.0)]
+ARCHS = [((12, (3, 2, 2), (1, 1, 1))), ((20, (4, 3, 2), (2, 1, 1))), ((23, (3, 3), (2, 2)))]
+
+
+def make_problem(arch_args, loss, m=12, seed=0, noise=0.1):
+    arch = lf.Architecture(*arch_args)
+    td = lf.data.teacher(arch, m, noise=noise, seed=seed)
+    return lf.Problem(arch, td.X, td.Y, loss)
+
+
+# ----------------------------------------------------------------------------- tableau
+def test_dormand_prince_tableau_identities():
+    A, B, C, E, P = I.DP_A, I.DP_B, I.DP_C, I.DP_E, I.DP_P
+    np.testing.assert_allclose(A.sum(axis=1), C, rtol=0, atol=1e-15)  # row sums = nodes
+    assert abs(B.sum() - 1) < 1e-15
+    assert abs(E.sum()) < 1e-15  # both solutions are consistent
+    c = np.append(C, 1.0)
+    b5 = np.append(B, 0.0)
+    b4 = b5 + E  # the embedded 4th-order weights
+    for q in range(1, 6):  # bushy-tree order conditions sum b c^(q-1) = 1/q
+        assert abs(b5 @ c ** (q - 1) - 1 / q) < 1e-14
+    for q in range(1, 5):
+        assert abs(b4 @ c ** (q - 1) - 1 / q) < 1e-14
+    # 5th order needs also sum b_i a_ij c_j^3 = 1/20 etc.; check one non-bushy condition
+    A7 = np.zeros((7, 7))
+    A7[:6, :5] = A
+    A7[6, :6] = B
+    assert abs(b5 @ (A7 @ c**3) - Fraction(1, 20)) < 1e-14
+    # FSAL: the last stage is evaluated at the new solution
+    np.testing.assert_allclose(A7[6, :6], B)
+    # dense output reproduces the step end at x = 1 and is consistent (sum of weights = x)
+    np.testing.assert_allclose(P.sum(axis=1), b5, atol=1e-14)
+    for x in (0.3, 0.7):
+        weights = P @ (x ** np.arange(1, 5))
+        assert abs(weights.sum() - x) < 1e-14
+
+
+# ----------------------------------------------------------------------------- order
+def _linear_problem():
+    """One layer, square loss: dw/dt = -2 (A w - b), a linear ODE with a known solution."""
+    arch = lf.Architecture(8, (4,))
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((8, 6)) / np.sqrt(6)
+    Y = rng.standard_normal((5, 6))
+    p = lf.Problem(arch, X, Y, square())
+    w0 = rng.standard_normal(4)
+    w_star = np.linalg.solve(p.A, p.b)
+
+    def exact(t):
+        return w_star + expm(-2 * p.A * t) @ (w0 - w_star)
+
+    return p, w0, exact
+
+
+def test_euler_is_first_order():
+    p, w0, exact = _linear_problem()
+    t_end = 1.0
+    errs = []
+    hs = [2e-3, 1e-3, 5e-4]
+    for h in hs:
+        ds = lf.gradient_descent(p, w0, h=h, n_steps=round(t_end / h))
+        errs.append(np.abs(ds.w_final.values[0] - exact(t_end)).max())
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(np.abs(orders - 1) < 0.05), orders
+
+
+def test_dormand_prince_is_fifth_order():
+    """Global error against steps over a range of tolerances: slope about -5."""
+    p, w0, exact = _linear_problem()
+    t_end = 2.0
+    steps, errs = [], []
+    for rtol in (1e-5, 1e-6, 1e-7, 1e-8, 1e-9):
+        ds = lf.gradient_flow(p, w0, t_end=t_end, rtol=rtol, atol=rtol * 1e-2)
+        steps.append(int(ds.n_accepted[0]))
+        errs.append(np.abs(ds.w_final.values[0] - exact(t_end)).max())
+    slope = np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert -6.0 < slope < -4.3, (slope, steps, errs)
+
+
+# ----------------------------------------------------------------------------- vs scipy
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.name)
+@pytest.mark.parametrize("arch_args", ARCHS, ids=str)
+def test_rk45_matches_scipy_solve_ivp(arch_args, loss):
+    p = make_problem(arch_args, loss)
+    w0 = lf.data.initial_filters(p.arch, 2, scale=0.6, seed=5)
+    t_end, rtol, atol = 3.0, 1e-9, 1e-11
+    save = [0.0, 0.77, 2.1, t_end]
+    ds = lf.gradient_flow(p, w0, t_end=t_end, rtol=rtol, atol=atol, save_times=save)
+    for f in range(2):
+        sol = solve_ivp(
+            lambda t, y: -p.grad(y), (0, t_end), w0[f], method="RK45", rtol=rtol, atol=atol,
+            dense_output=True,
+        )
+        assert sol.success
+        scale = 1 + np.abs(sol.y[:, -1]).max()
+        assert np.abs(ds.w_final.values[f] - sol.y[:, -1]).max() < 1e-7 * scale
+        for ti, t in enumerate(save):
+            assert np.abs(ds.w.values[f, ti] - sol.sol(t)).max() < 1e-7 * scale
+        # same controller, same tableau: the same accepted steps, up to a rare rounding flip
+        assert abs(int(ds.n_accepted[f]) - (sol.t.size - 1)) <= 2
+    assert np.all(ds.status.values == I.REACHED_END)
+    np.testing.assert_allclose(ds.t_final, t_end)
+
+
+# ----------------------------------------------------------------------------- invariants
+def test_balancedness_drift_shrinks_with_rtol():
+    p = make_problem(ARCHS[1], log_cosh(1.0))
+    w0 = lf.data.initial_filters(p.arch, 8, scale=0.8, seed=2)
+    drifts = []
+    for rtol in (1e-5, 1e-7, 1e-9):
+        ds = lf.gradient_flow(p, w0, t_end=5.0, rtol=rtol, atol=rtol * 1e-2)
+        drifts.append(float(np.abs(ds.delta_final - ds.delta_init).max()))
+    assert drifts[0] > drifts[1] > drifts[2], drifts
+    assert drifts[2] < 1e-6
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.name)
+def test_loss_never_increases_along_accepted_steps(loss):
+    p = make_problem(ARCHS[0], loss)
+    ds = lf.gradient_flow(p, lf.data.initial_filters(p.arch, 16, seed=4), t_end=4.0)
+    tol = 1e-12 * (1 + ds.loss_init.values)
+    assert np.all(ds.max_loss_increase.values <= tol)
+    saved = ds.loss.values
+    assert np.all(np.diff(saved, axis=1) <= 1e-9 * (1 + saved[:, :1]))
+
+
+def test_euler_equals_numpy_gradient_descent():
+    p = make_problem(ARCHS[1], pseudo_huber(1.0))
+    w0 = lf.data.initial_filters(p.arch, 5, seed=6)
+    h, n = 2e-3, 300
+    ds = lf.gradient_descent(p, w0, h=h, n_steps=n, save_every=100)
+    w = w0.copy()
+    saved = [w.copy()]
+    for j in range(1, n + 1):
+        L, g = p.loss_and_grad(w)
+        w = w - h * g
+        if j % 100 == 0:
+            saved.append(w.copy())
+    np.testing.assert_allclose(ds.w_final.values, w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds.w.values, np.stack(saved, axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds.time.values, [0, 0.2, 0.4, 0.6])
+    assert np.all(ds.n_accepted.values == n) and np.all(ds.n_grad_evals.values == n + 1)
+
+
+def test_euler_breaks_balancedness_by_the_known_amount():
+    """delta_i(k+1) - delta_i(k) = h^2 (||g_{i+1}||^2 - ||g_i||^2) (from eq. 3.2)."""
+    p = make_problem(ARCHS[0], square())
+    arch = p.arch
+    w0 = lf.data.initial_filters(arch, 4, seed=8)
+    h = 0.01
+    ds = lf.gradient_descent(p, w0, h=h, n_steps=1)
+    g = p.grad(w0)
+    gsq = np.stack([np.sum(g[:, arch.layer_slice(i)] ** 2, 1) for i in range(arch.depth)], 1)
+    expected = h**2 * np.diff(gsq, axis=1)
+    got = (ds.delta_final - ds.delta_init).values
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- status codes
+def test_diverging_descent_is_flagged_and_others_unaffected():
+    p = make_problem(ARCHS[0], square())
+    w0 = lf.data.initial_filters(p.arch, 9, scale=0.5, seed=9)
+    w0[4] *= 40.0  # huge weights: the Hessian there is far too stiff for h
+    h, n = 5e-3, 400
+    ds = lf.gradient_descent(p, w0, h=h, n_steps=n)
+    status = ds.status.values
+    assert status[4] == I.NON_FINITE
+    assert np.all(np.delete(status, 4) == I.REACHED_END)
+    alone = lf.gradient_descent(p, np.delete(w0, 4, axis=0), h=h, n_steps=n)
+    assert np.array_equal(alone.w_final.values, np.delete(ds.w_final.values, 4, axis=0))
+    assert ds.attrs["method"] == "euler"
+    # a flagged flow stops early: its saved values after the stop are NaN
+    assert np.isnan(ds.loss.values[4, -1]) and ds.t_final.values[4] < n * h
+
+
+def test_grad_tol_stops_each_flow_on_its_own():
+    p = make_problem(ARCHS[0], square())
+    w0 = lf.data.initial_filters(p.arch, 12, seed=10)
+    ds = lf.gradient_flow(p, w0, t_end=200.0, grad_tol=1e-4, save_times=[0.0, 199.0])
+    conv = ds.status.values == I.CONVERGED
+    assert conv.all()
+    assert np.all(ds.grad_norm_final.values <= 1e-4)
+    assert np.all(ds.t_final.values < 199.0)
+    assert np.all(np.isnan(ds.loss.values[:, 1]))  # never reached the second save time
+    # each flow stopped at its own time: they differ
+    assert np.unique(ds.t_final.values).size > 1
+    # the last accepted step before the stop did not yet satisfy grad_tol: check via a
+    # rerun to just before t_final of one flow
+    f = int(np.argmax(ds.t_final.values))
+    before = lf.gradient_flow(p, w0[f], t_end=float(ds.t_final[f]) * 0.9)
+    assert float(before.grad_norm_final[0]) > 1e-4
+
+
+def test_grad_tol_at_start_and_max_steps():
+    p = make_problem(ARCHS[0], square())
+    zero = np.zeros(p.arch.n_params)  # a critical point: the gradient vanishes there
+    ds = lf.gradient_flow(p, zero, t_end=1.0, grad_tol=0.0)
+    assert ds.status.values[0] == I.CONVERGED and ds.t_final.values[0] == 0
+    w0 = lf.data.initial_filters(p.arch, 3, seed=11)
+    ds = lf.gradient_flow(p, w0, t_end=100.0, max_steps=7)
+    assert np.all(ds.status.values == I.MAX_STEPS)
+    assert np.all(ds.n_accepted.values + ds.n_rejected.values == 7)
+    ds = lf.gradient_descent(p, zero, h=0.1, n_steps=5, grad_tol=0.0)
+    assert ds.status.values[0] == I.CONVERGED and int(ds.n_accepted[0]) == 0
+
+
+def test_status_flags_are_cf_conformant():
+    p = make_problem(ARCHS[0], square())
+    ds = lf.gradient_flow(p, np.ones(p.arch.n_params), t_end=0.5)
+    st = ds.status
+    assert st.dtype == np.int8
+    assert list(st.attrs["flag_values"]) == [0, 1, 2, 3, 4]
+    assert st.attrs["flag_meanings"].split() == list(lf.STATUS.values())
+
+
+# ----------------------------------------------------------------------------- invariance
+def test_thread_count_and_batch_composition_invariance():
+    p = make_problem(ARCHS[1], log_cosh(1.5), m=8)
+    w0 = lf.data.initial_filters(p.arch, 203, seed=12)
+    kw = dict(t_end=2.0, grad_tol=1e-3, save_times=[0.0, 0.5, 2.0])
+    many = numba.config.NUMBA_NUM_THREADS  # 2 on the CI machine
+    one = lf.gradient_flow(p, w0, n_threads=1, **kw)
+    two = lf.gradient_flow(p, w0, n_threads=many, **kw)
+    for name in ("w_final", "w", "loss", "grad_norm", "t_final", "n_accepted", "v_final"):
+        assert np.array_equal(one[name].values, two[name].values, equal_nan=True), name
+    alone = lf.gradient_flow(p, w0[101:102], n_threads=many, **kw)
+    for name in ("w_final", "w", "loss", "n_accepted", "n_grad_evals"):
+        assert np.array_equal(alone[name].values[0], one[name].values[101], equal_nan=True)
+    gd1 = lf.gradient_descent(p, w0, h=1e-3, n_steps=50, n_threads=1)
+    gd2 = lf.gradient_descent(p, w0[::-1], h=1e-3, n_steps=50, n_threads=many)
+    assert np.array_equal(gd1.w_final.values, gd2.w_final.values[::-1])
+
+
+# ----------------------------------------------------------------------------- schema, I/O
+def test_dataset_schema_and_layer_selection():
+    p = make_problem(ARCHS[1], square())
+    arch = p.arch
+    w0 = lf.data.initial_filters(arch, 4, seed=13)
+    ds = lf.gradient_flow(p, w0, t_end=1.0, attrs={"seed": 13})
+    for name, dims in {
+        "w_init": ("flow", "param"),
+        "w_final": ("flow", "param"),
+        "v_final": ("flow", "v_tap"),
+        "loss_final": ("flow",),
+        "grad_norm_final": ("flow",),
+        "t_final": ("flow",),
+        "status": ("flow",),
+        "delta_init": ("flow", "pair"),
+        "delta_final": ("flow", "pair"),
+        "w": ("flow", "time", "param"),
+        "loss": ("flow", "time"),
+        "grad_norm": ("flow", "time"),
+    }.items():
+        assert ds[name].dims == dims, name
+    layer2 = ds.w_final.sel(layer=2)
+    assert layer2.dims == ("flow", "tap") and layer2.shape == (4, arch.k[1])
+    np.testing.assert_array_equal(layer2.values, ds.w_final.values[:, arch.layer_slice(1)])
+    np.testing.assert_allclose(ds.v_final.values, p.final_filter(ds.w_final.values), rtol=1e-14)
+    np.testing.assert_allclose(ds.loss_final.values, p.loss(ds.w_final.values), rtol=1e-12)
+    assert ds.attrs["seed"] == 13
+    assert lf.Architecture(**__import__("json").loads(ds.attrs["architecture"])) == arch
+    for key in ("lcnfast_version", "numba_version", "threading_layer", "n_threads", "rtol"):
+        assert key in ds.attrs
+
+
+def test_netcdf_round_trip_is_identical(tmp_path):
+    p = make_problem(ARCHS[2], generalized_huber(2.0, 0.5))
+    ds = lf.gradient_flow(p, lf.data.initial_filters(p.arch, 6, seed=14), t_end=1.0, grad_tol=0.5)
+    path = tmp_path / "flows.nc"
+    assert lf.to_netcdf(ds, path) == str(path)
+    back = lf.open_dataset(path)
+    xr.testing.assert_identical(ds, back)
+    assert back.w_final.sel(layer=1).shape == (6, 3)
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp-")]
+
+
+def test_to_netcdf_leaves_no_partial_file_on_failure(tmp_path):
+    p = make_problem(ARCHS[0], square())
+    ds = lf.gradient_flow(p, np.ones(p.arch.n_params), t_end=0.1)
+    bad = ds.assign_attrs(bad={"not": "serialisable"})
+    with pytest.raises(TypeError):
+        lf.to_netcdf(bad, tmp_path / "x.nc")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad arguments
+def test_bad_arguments_raise_clear_errors():
+    p = make_problem(ARCHS[0], square())
+    w0 = np.ones((2, p.arch.n_params))
+    cases = [
+        (dict(t_end=-1.0), ValueError, "t_end"),
+        (dict(t_end=1.0, rtol=-1e-3), ValueError, "rtol"),
+        (dict(t_end=1.0, atol=-1.0), ValueError, "atol"),
+        (dict(t_end=1.0, grad_tol=-1.0), ValueError, "grad_tol"),
+        (dict(t_end=1.0, max_steps=0), ValueError, "max_steps"),
+        (dict(t_end=1.0, save_times=[0.0, 2.0]), ValueError, "save_times"),
+        (dict(t_end=1.0, save_times=[0.5, 0.2]), ValueError, "save_times"),
+        (dict(t_end=1.0, method="euler"), ValueError, "method"),
+        (dict(t_end=1.0, n_threads=0), ValueError, "n_threads"),
+        (dict(t_end=1.0, attrs={"x": {"a": 1}}), TypeError, "attrs"),
+    ]
+    for kw, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            lf.gradient_flow(p, w0, **kw)
+    with pytest.raises(ValueError, match="w0"):
+        lf.gradient_flow(p, np.ones((2, 3)), t_end=1.0)
+    bad = w0.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="w0"):
+        lf.gradient_flow(p, bad, t_end=1.0)
+    with pytest.raises(TypeError, match="problem"):
+        lf.gradient_flow("not a problem", w0, t_end=1.0)
+    with pytest.raises(ValueError, match="h"):
+        lf.gradient_descent(p, w0, h=0.0, n_steps=3)
+    with pytest.raises(ValueError, match="n_steps"):
+        lf.gradient_descent(p, w0, h=0.1, n_steps=-1)
+    with pytest.raises(ValueError, match="save_every"):
+        lf.gradient_descent(p, w0, h=0.1, n_steps=3, save_every=0)
+    with pytest.warns(UserWarning, match="rtol"):
+        lf.gradient_flow(p, w0, t_end=0.1, rtol=1e-20)
