@@ -483,30 +483,31 @@ def _rk_prepare(opt, out, s, b):
 
 @nb.njit(**_JIT)
 def _rk_attempt(model, s, lws):
-    """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b])."""
+    """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b]).
+
+    The stage combinations loop over lanes innermost (SIMD); per lane the sums run over the
+    stages in order, exactly as for one flow.
+    """
     n = s.Y.shape[0]
     Kst = s.Kst
-    for st in range(1, 6):
+    acc = s.Ytmp
+    for st in range(1, 7):
+        coef = DP_A[st] if st < 6 else DP_B
         for i in range(n):
             for b in range(LANES):
-                acc = 0.0
-                for q in range(st):
-                    acc += DP_A[st, q] * Kst[q, i, b]
-                s.Ytmp[i, b] = s.Y[i, b] + s.h[b] * acc
-        loss_grad_lanes(model, s.Ytmp, lws, s.G, s.L_new)
+                acc[i, b] = 0.0
+            for q in range(st):
+                c = coef[q]
+                for b in range(LANES):
+                    acc[i, b] += c * Kst[q, i, b]
+        dst = s.Ytmp if st < 6 else s.Y_new
+        for i in range(n):
+            for b in range(LANES):
+                dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
+        loss_grad_lanes(model, dst, lws, s.G, s.L_new)  # st = 6: the FSAL stage at y_new
         for i in range(n):
             for b in range(LANES):
                 Kst[st, i, b] = -s.G[i, b]
-    for i in range(n):
-        for b in range(LANES):
-            acc = 0.0
-            for q in range(6):
-                acc += DP_B[q] * Kst[q, i, b]
-            s.Y_new[i, b] = s.Y[i, b] + s.h[b] * acc
-    loss_grad_lanes(model, s.Y_new, lws, s.G, s.L_new)  # FSAL stage 7
-    for i in range(n):
-        for b in range(LANES):
-            Kst[6, i, b] = -s.G[i, b]
 
 
 @nb.njit(**_JIT)
