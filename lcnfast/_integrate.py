@@ -222,15 +222,37 @@ def _park(Y, b):
 
 # ----------------------------------------------------------------------------- Euler
 @nb.njit(**_JIT)
+def _lane_norms(G, V, Y, gn, v1, wn):
+    """Per lane: ||G||_2, ||V||_1, ||Y||_2 (sums in index order, SIMD over lanes)."""
+    for b in range(LANES):
+        gn[b] = 0.0
+        v1[b] = 0.0
+        wn[b] = 0.0
+    for i in range(G.shape[0]):
+        for b in range(LANES):
+            gn[b] += G[i, b] * G[i, b]
+            wn[b] += Y[i, b] * Y[i, b]
+    for i in range(V.shape[0]):
+        for b in range(LANES):
+            v1[b] += abs(V[i, b])
+    for b in range(LANES):
+        gn[b] = math.sqrt(gn[b])
+        wn[b] = math.sqrt(wn[b])
+
+
+@nb.njit(**_JIT)
 def _euler_worker(model, W0, opt, out, counter):
     K, n = W0.shape
     N = model.k.shape[0]
-    kv = model.k_v
     lws = new_lane_workspace(model)
+    V = lws.P[N]  # (k_v, LANES) final filters of the last evaluation
     Y = np.zeros((n, LANES))
     G = np.zeros((n, LANES))
     L = np.zeros(LANES)
     L_prev = np.zeros(LANES)
+    gn = np.zeros(LANES)
+    v1 = np.zeros(LANES)
+    wn = np.zeros(LANES)
     flow = np.full(LANES, -1, np.int64)
     step = np.zeros(LANES, np.int64)
     h = opt.h
@@ -252,40 +274,41 @@ def _euler_worker(model, W0, opt, out, counter):
         if n_active == 0:
             break
         loss_grad_lanes(model, Y, lws, G, L)
-        P = lws.P
+        _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
             if f < 0:
                 continue
             j = step[b]
-            gn = _lane_norm2(G, b)
             if j == 0:
                 out.loss_init[f] = L[b]
-                out.grad_norm_init[f] = gn
+                out.grad_norm_init[f] = gn[b]
             elif L[b] - L_prev[b] > out.max_loss_increase[f]:
                 out.max_loss_increase[f] = L[b] - L_prev[b]
-            _record(out, f, _lane_l1(P[N, :kv], b), _lane_norm2(Y, b))
+            _record(out, f, v1[b], wn[b])
             if j % opt.save_every == 0 and j // opt.save_every < opt.n_save:
                 r = j // opt.save_every
                 for i in range(n):
                     out.save_w[f, r, i] = Y[i, b]
                 out.save_loss[f, r] = L[b]
-                out.save_grad_norm[f, r] = gn
+                out.save_grad_norm[f, r] = gn[b]
             status = -1
-            if not (math.isfinite(L[b]) and math.isfinite(gn)):
+            if not (math.isfinite(L[b]) and math.isfinite(gn[b])):
                 status = NON_FINITE
-            elif gn <= opt.grad_tol:
+            elif gn[b] <= opt.grad_tol:
                 status = CONVERGED
             elif j >= opt.n_steps:
                 status = REACHED_END
             if status >= 0:
-                _finish_lane(out, f, Y, P[N, :kv], b, L[b], gn, j * h, status, j, 0, j + 1)
+                _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, status, j, 0, j + 1)
                 flow[b] = -1
                 continue
-            for i in range(n):
-                Y[i, b] -= h * G[i, b]
             step[b] = j + 1
             L_prev[b] = L[b]
+        # the step, for all lanes at once (idle lanes are overwritten when refilled)
+        for i in range(n):
+            for b in range(LANES):
+                Y[i, b] -= h * G[i, b]
 
 
 @nb.njit(parallel=True, **_JIT)
