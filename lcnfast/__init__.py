@@ -8,11 +8,13 @@ Public API (see README.md):
 - :mod:`lcnfast.data` -- teacher data and initial filters.
 - :func:`gradient_flow`, :func:`gradient_descent` -- many flows at once, as xarray Datasets.
 - :func:`to_netcdf`, :func:`open_dataset` -- atomic, compressed netCDF round trip.
+- :mod:`lcnfast.analysis` -- limit points (critical? saddle? global? common roots?), rank
+  conditions on X X^T and the window Gram, summaries; :mod:`lcnfast.roots` -- layer roots.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, losses
+from . import analysis, data, losses, roots
 from .architecture import Architecture
 from .flows import STATUS, gradient_descent, gradient_flow, threads
 from .io import open_dataset, to_netcdf
@@ -28,6 +30,8 @@ __all__ = [
     "Problem",
     "losses",
     "data",
+    "analysis",
+    "roots",
     "gradient_flow",
     "gradient_descent",
     "threads",

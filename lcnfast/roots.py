@@ -1,0 +1,354 @@
+"""Roots of the layer polynomials (paper eq. 2.1) and common-root detection.
+
+Layer ``i`` (1-based, as in the paper) with filter ``w^(i)`` (k_i,) and dilation
+``S_i = s_1 ... s_{i-1}`` has the polynomial
+
+    p~_i(x) = sum_{j=0}^{k_i - 1} w^(i)_{j+1} x^{j S_i}                        (eq. 2.1)
+
+of *formal* degree ``t_i = (k_i - 1) S_i``. Its roots are counted on the Riemann sphere: when
+the leading coefficient vanishes the degree drops and the missing roots are roots at infinity
+(this is the convention under which, for stride 1, the Jacobian of pi has rank k_v exactly when
+no two layer polynomials share a root, DESIGN.md). Since ``p~_i(x) = q_i(x^{S_i})`` with the
+ordinary polynomial ``q_i(y) = sum_j w^(i)_{j+1} y^j``, every root ``y`` of ``q_i`` gives the
+``S_i`` roots ``x = y^{1/S_i}`` (all branches) of ``p~_i``; 0 and infinity give ``S_i`` copies
+of themselves. The roots of all layers together, ``sum_i t_i = k_v - 1`` of them, are the roots
+of the final filter's polynomial ``p_{k_v - 1}(v)`` (Prop. 2.1).
+
+Distances between roots are *chordal* distances on the Riemann sphere,
+
+    chi(z1, z2) = |z1 - z2| / (sqrt(1 + |z1|^2) sqrt(1 + |z2|^2)),   chi(z, inf) = 1/sqrt(1+|z|^2),
+
+which lie in [0, 1], are relative for large roots and treat infinity like any other point.
+
+Numerical conventions (one tolerance, ``tol``, a chordal distance):
+
+- A root of multiplicity mu of a polynomial whose coefficients carry a relative error eps is
+  only determined to about ``eps^(1/mu)``, so the computed copies of a multiple root form a
+  small cluster. Roots of one polynomial closer than ``tol`` (single linkage, transitively) are
+  one cluster; its size is the reported multiplicity and its mean (infinity if any member is
+  infinite) its centre, which is accurate to about eps even where the members are not.
+- Two layers share a root when two cluster centres, one of each, are within ``tol``.
+- A zero filter gives the zero polynomial, which vanishes everywhere: its root slots are NaN,
+  and it shares a root with every other layer of positive formal degree and with every other
+  zero layer (consistent with the rank of the Jacobian of pi, which then drops below k_v).
+- Leading coefficients at rounding level (``|c| <= lead_tol * max|c|``, default 4 eps) are taken
+  as zero (roots at infinity); exactly-zero constant coefficients give exact roots at 0.
+
+Everything is vectorised over a batch of K parameter vectors; companion matrices of equal
+effective degree are solved together with :func:`numpy.linalg.eigvals` (LAPACK geev, which
+balances), as :func:`numpy.roots` does one at a time.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "poly_roots",
+    "layer_roots",
+    "chordal_distance",
+    "root_clusters",
+    "common_roots",
+    "DEFAULT_LEAD_TOL",
+]
+
+#: leading coefficients below this times the largest |coefficient| count as zero (roots at inf)
+DEFAULT_LEAD_TOL = 4 * np.finfo(float).eps
+
+
+def _as_batch(c, name):
+    c = np.asarray(c)
+    if c.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {c.dtype}")
+    c = np.asarray(c, dtype=np.float64)
+    single = c.ndim == 1
+    if single:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have shape (n + 1,) or (K, n + 1) with n >= 0, got {c.shape}"
+        )
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return c, single
+
+
+def poly_roots(coeffs, *, lead_tol=DEFAULT_LEAD_TOL):
+    """Roots on the Riemann sphere of polynomials of formal degree ``n``.
+
+    Parameters
+    ----------
+    coeffs : array_like (n + 1,) or (K, n + 1)
+        Coefficients in *ascending* order: ``c[0] + c[1] x + ... + c[n] x^n`` (the paper's
+        ``p_n(w)`` of section 2.1 with ``w = c``).
+    lead_tol : float
+        Coefficients above the highest one with ``|c_j| > lead_tol * max|c|`` are taken as zero.
+
+    Returns
+    -------
+    ndarray complex (n,) or (K, n)
+        The ``n`` roots with multiplicity, sorted by (real, imag), roots at infinity
+        (``inf + 0j``) last. All-zero polynomials give NaN (every x is a root).
+    """
+    c, single = _as_batch(coeffs, "coeffs")
+    K, n1 = c.shape
+    n = n1 - 1
+    out = np.full((K, n), np.nan + 0j, dtype=np.complex128)
+    scale = np.max(np.abs(c), axis=1)
+    nonzero = scale > 0
+    big = np.abs(c) > lead_tol * scale[:, None]
+    # effective degree: index of the highest significant coefficient
+    deg = np.where(nonzero, n - np.argmax(big[:, ::-1], axis=1), -1)
+    # number of exactly-zero low coefficients (exact roots at 0), below the degree
+    low = np.where(nonzero, np.argmax(c != 0, axis=1), 0)
+    for d, z0 in set(zip(deg[nonzero].tolist(), low[nonzero].tolist())):
+        idx = np.flatnonzero(nonzero & (deg == d) & (low == z0))
+        roots = np.empty((idx.size, n), dtype=np.complex128)
+        roots[:, :z0] = 0.0
+        roots[:, d:] = np.inf
+        core = d - z0  # degree of c[z0:d+1] / x^z0
+        if core > 0:
+            a = c[idx, z0:d] / c[idx, d][:, None]  # monic, ascending, (Kg, core)
+            comp = np.zeros((idx.size, core, core))
+            comp[:, np.arange(1, core), np.arange(core - 1)] = 1.0
+            comp[:, :, -1] = -a
+            roots[:, z0:d] = np.linalg.eigvals(comp)
+        out[idx] = roots
+    out = _sort_roots(out)
+    return out[0] if single else out
+
+
+def _sort_roots(z):
+    """Sort each row by (real, imag) with inf and NaN last (deterministic output order)."""
+    re = np.where(np.isfinite(z.real), z.real, np.inf)
+    im = np.where(np.isfinite(z.imag), z.imag, np.inf)
+    rank_inf = np.isinf(z.real).astype(int) + 2 * np.isnan(z.real).astype(int)
+    order = np.lexsort((im, re, rank_inf), axis=-1)
+    return np.take_along_axis(z, order, axis=-1)
+
+
+def layer_roots(arch, W, *, lead_tol=DEFAULT_LEAD_TOL, zero_tol=0.0):
+    """Roots of every layer polynomial p~_i (eq. 2.1) for a batch of parameter vectors.
+
+    Parameters
+    ----------
+    arch : Architecture
+    W : array_like (n_params,) or (K, n_params)
+    lead_tol : float
+        See :func:`poly_roots`.
+    zero_tol : float >= 0
+        A layer counts as the zero polynomial when ``||w^(i)||_2 <= zero_tol * max_j ||w^(j)||_2``
+        (always when it is exactly zero).
+
+    Returns
+    -------
+    roots : ndarray complex (K, k_v - 1)
+        Slot ``r`` holds a root of layer ``root_layer[r]``; each layer ``i`` has ``t_i``
+        consecutive slots (its formal degree), infinity as ``inf + 0j``, NaN for zero layers.
+    root_layer : ndarray int (k_v - 1,)
+        1-based layer of each slot.
+    zero_layer : ndarray bool (K, N)
+        Which layers are (numerically) the zero polynomial.
+    """
+    from .architecture import Architecture
+
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"arch must be an Architecture, got {type(arch).__name__}")
+    W, single = _as_batch(W, "W")
+    if W.shape[1] != arch.n_params:
+        raise ValueError(f"W must have {arch.n_params} columns (n_params), got {W.shape[1]}")
+    zero_layer = _zero_layers(arch, W, zero_tol)
+    K = W.shape[0]
+    parts, labels = [], []
+    for i in range(arch.depth):
+        S = arch.dilations[i]
+        wi = W[:, arch.layer_slice(i)]
+        ki = wi.shape[1]
+        y = poly_roots(wi, lead_tol=lead_tol)  # (K, k_i - 1), roots of q_i
+        if S == 1:
+            x = y
+        else:
+            # all S-th roots of each y; 0 -> 0 (S times), inf -> inf, nan -> nan
+            branch = np.exp(2j * np.pi * np.arange(S) / S)  # (S,)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mag = np.abs(y) ** (1.0 / S)
+                ang = np.angle(y) / S
+                base = mag * np.exp(1j * ang)
+            base = np.where(np.isinf(y.real), np.inf + 0j, base)
+            base = np.where(np.isnan(y.real), np.nan + 0j, base)
+            with np.errstate(invalid="ignore"):
+                x = base[:, :, None] * branch[None, None, :]
+            x = np.where(np.isinf(base)[:, :, None], np.inf + 0j, x)
+            x = np.where(np.isnan(base.real)[:, :, None], np.nan + 0j, x)
+            x = _sort_roots(x.reshape(K, (ki - 1) * S))
+        x = np.where(zero_layer[:, i : i + 1], np.nan + 0j, x)
+        parts.append(x)
+        labels.append(np.full(x.shape[1], i + 1, dtype=np.int64))
+    roots = np.concatenate(parts, axis=1) if parts else np.zeros((K, 0), complex)
+    root_layer = np.concatenate(labels)
+    if single:
+        return roots[0], root_layer, zero_layer[0]
+    return roots, root_layer, zero_layer
+
+
+def _zero_layers(arch, W, zero_tol):
+    if (
+        isinstance(zero_tol, bool)
+        or not isinstance(zero_tol, numbers.Real)
+        or not (0 <= zero_tol < 1)
+    ):
+        raise ValueError(f"zero_tol must be a number in [0, 1), got {zero_tol!r}")
+    norms = np.stack(
+        [np.linalg.norm(W[:, arch.layer_slice(i)], axis=1) for i in range(arch.depth)], axis=1
+    )
+    return (norms == 0) | (norms <= zero_tol * norms.max(axis=1, keepdims=True))
+
+
+def chordal_distance(z1, z2):
+    """Chordal distance on the Riemann sphere (broadcasting; ``inf`` is the point at infinity,
+    NaN propagates). Values in [0, 1]."""
+    z1 = np.asarray(z1, dtype=np.complex128)
+    z2 = np.asarray(z2, dtype=np.complex128)
+    inf1 = np.isinf(z1.real) | np.isinf(z1.imag)
+    inf2 = np.isinf(z2.real) | np.isinf(z2.imag)
+    f1 = np.where(inf1, 0.0, z1)
+    f2 = np.where(inf2, 0.0, z2)
+    n1 = np.sqrt(1.0 + np.abs(f1) ** 2)
+    n2 = np.sqrt(1.0 + np.abs(f2) ** 2)
+    d = np.abs(f1 - f2) / (n1 * n2)
+    d = np.where(inf1 & ~inf2, 1.0 / n2, d)
+    d = np.where(inf2 & ~inf1, 1.0 / n1, d)
+    d = np.where(inf1 & inf2, 0.0, d)
+    return d
+
+
+def _check_tol(tol):
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= tol < 1):
+        raise ValueError(f"tol must be a chordal distance in [0, 1), got {tol!r}")
+    return float(tol)
+
+
+def root_clusters(roots, tol):
+    """Multiplicities and cluster centres of the roots of one polynomial per row.
+
+    Parameters
+    ----------
+    roots : array_like complex (t,) or (K, t)
+        Roots of one polynomial per row (inf allowed; NaN rows are zero polynomials).
+    tol : float
+        Chordal distance below which two roots are the same (single linkage, transitive).
+
+    Returns
+    -------
+    multiplicity : ndarray int (K, t)
+        Size of each root's cluster (0 for NaN slots).
+    centre : ndarray complex (K, t)
+        Mean of each root's cluster (inf if the cluster contains inf; NaN for NaN slots).
+    """
+    tol = _check_tol(tol)
+    z = np.asarray(roots, dtype=np.complex128)
+    single = z.ndim == 1
+    if single:
+        z = z[None, :]
+    K, t = z.shape
+    if t == 0:
+        e = np.zeros((K, 0))
+        return (e.astype(int)[0], e.astype(complex)[0]) if single else (e.astype(int), e + 0j)
+    nan = np.isnan(z.real)
+    D = chordal_distance(z[:, :, None], z[:, None, :])
+    R = (D <= tol) & ~nan[:, :, None] & ~nan[:, None, :]
+    R |= np.eye(t, dtype=bool)[None] & ~nan[:, :, None]
+    # transitive closure by repeated squaring (t is small: a filter's degree)
+    for _ in range(max(1, int(np.ceil(np.log2(max(t, 2)))))):
+        R = (R.astype(np.int64) @ R.astype(np.int64)) > 0
+    mult = R.sum(axis=2)
+    isinf = np.isinf(z.real)
+    finite = np.where(isinf | nan, 0.0, z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = (R * finite[:, None, :]).sum(axis=2) / np.maximum(mult, 1)
+    has_inf = (R & isinf[:, None, :]).any(axis=2)
+    centre = np.where(has_inf, np.inf + 0j, centre)
+    centre = np.where(nan, np.nan + 0j, centre)
+    mult = np.where(nan, 0, mult)
+    return (mult[0], centre[0]) if single else (mult, centre)
+
+
+def common_roots(roots, root_layer, zero_layer, tol):
+    """Which layers share a root (on the Riemann sphere), per parameter vector.
+
+    Parameters
+    ----------
+    roots : complex (K, k_v - 1), root_layer : int (k_v - 1,), zero_layer : bool (K, N)
+        As returned by :func:`layer_roots`.
+    tol : float
+        Chordal distance below which two roots coincide (see the module docstring).
+
+    Returns
+    -------
+    dict of ndarrays
+        ``multiplicity`` (K, k_v - 1) int: multiplicity of each root in its own layer
+        polynomial (0 for zero layers); ``shared`` (K, k_v - 1) bool: another layer has a root
+        within ``tol`` (or is the zero polynomial); ``has_common_root`` (K,) bool;
+        ``min_distance`` (K,): smallest chordal distance between cluster centres of different
+        layers (0 when a zero layer shares roots, NaN when fewer than two layers have roots);
+        ``pair_shares`` (K, N, N) bool: layers i, j (0-based) share a root.
+    """
+    tol = _check_tol(tol)
+    z = np.asarray(roots, dtype=np.complex128)
+    zero_layer = np.asarray(zero_layer, dtype=bool)
+    root_layer = np.asarray(root_layer)
+    if z.ndim != 2 or zero_layer.ndim != 2 or z.shape[0] != zero_layer.shape[0]:
+        raise ValueError("roots must be (K, n_roots) and zero_layer (K, N) with the same K")
+    if root_layer.shape != (z.shape[1],):
+        raise ValueError(f"root_layer must have shape ({z.shape[1]},), got {root_layer.shape}")
+    K, nr = z.shape
+    N = zero_layer.shape[1]
+    mult = np.zeros((K, nr), dtype=np.int64)
+    centre = np.full((K, nr), np.nan + 0j)
+    slots = [np.flatnonzero(root_layer == i + 1) for i in range(N)]
+    degree = np.array([s.size for s in slots])
+    for i, sl in enumerate(slots):
+        if sl.size:
+            mult[:, sl], centre[:, sl] = root_clusters(z[:, sl], tol)
+    shares = np.zeros((K, N, N), dtype=bool)
+    dist = np.full((K, N, N), np.inf)
+    for i in range(N):
+        for j in range(i + 1, N):
+            if degree[i] and degree[j]:
+                D = chordal_distance(centre[:, slots[i], None], centre[:, None, slots[j]])
+                D = np.where(np.isnan(D), np.inf, D)
+                dmin = D.min(axis=(1, 2))
+            else:
+                dmin = np.full(K, np.inf)
+            # the zero polynomial shares every point with any layer that has roots or is zero
+            zi, zj = zero_layer[:, i], zero_layer[:, j]
+            zero_rule = (zi & (zj | (degree[j] > 0))) | (zj & (zi | (degree[i] > 0)))
+            dmin = np.where(zero_rule, 0.0, dmin)
+            dist[:, i, j] = dist[:, j, i] = dmin
+            shares[:, i, j] = shares[:, j, i] = dmin <= tol
+    shared = np.zeros((K, nr), dtype=bool)
+    for i, sl in enumerate(slots):
+        if not sl.size:
+            continue
+        for j in range(N):
+            if j == i:
+                continue
+            if degree[j]:
+                D = chordal_distance(centre[:, sl, None], centre[:, None, slots[j]])
+                near = (np.where(np.isnan(D), np.inf, D) <= tol).any(axis=2)
+            else:
+                near = np.zeros((K, sl.size), dtype=bool)
+            zj = zero_layer[:, j][:, None]
+            zi = zero_layer[:, i][:, None]
+            shared[:, sl] |= near | zj | (zi & (zero_layer[:, j][:, None] | (degree[j] > 0)))
+    has_pair = np.isfinite(dist).reshape(K, -1).any(axis=1)
+    min_distance = np.where(has_pair, dist.reshape(K, -1).min(axis=1), np.nan)
+    return {
+        "multiplicity": mult,
+        "shared": shared,
+        "has_common_root": shares.any(axis=(1, 2)),
+        "min_distance": min_distance,
+        "pair_shares": shares,
+    }
