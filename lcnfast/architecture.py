@@ -19,11 +19,14 @@ __all__ = ["Architecture"]
 
 
 def _as_whole(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer():
-            return int(value)
-        raise TypeError(f"{what} must be a whole number, got {value!r}")
-    return int(value)
+    """An int from an integral value (3, np.int64(3) or 3.0); TypeError otherwise (bools too)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a whole number, got the boolean {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    raise TypeError(f"{what} must be a whole number, got {value!r}")
 
 
 class Architecture:

@@ -1,0 +1,105 @@
+"""Results do not depend on the number of threads nor on how flows are batched.
+
+The batched kernels split a batch into chunks over ``prange`` (a few per thread), so the
+chunking differs between thread counts; each flow's arithmetic must not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcnfast import Architecture, Problem, data, losses
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numba
+    import numpy as np
+    from lcnfast import Architecture, Problem, data, losses
+
+    out = sys.argv[1]
+    arch = Architecture(23, (3, 4, 2), (2, 1, 1))
+    td = data.teacher(arch, 9, noise=0.1, seed=2024)
+    W = data.initial_filters(arch, 203, seed=7)
+    for name, loss in [("square", losses.square()), ("logcosh", losses.log_cosh(2.0))]:
+        p = Problem(arch, td.X, td.Y, loss)
+        L, G = p.loss_and_grad(W)
+        np.save(f"{out}/{name}_loss.npy", L)
+        np.save(f"{out}/{name}_grad.npy", G)
+        np.save(f"{out}/{name}_hessian.npy", p.hessian(W))
+        np.save(f"{out}/{name}_filter.npy", p.final_filter(W))
+        # a few flows alone
+        np.save(f"{out}/{name}_single_grad.npy", np.stack([p.grad(W[i]) for i in (0, 101, 202)]))
+    print(numba.get_num_threads())
+    """
+)
+
+NAMES = [
+    f"{loss}_{what}"
+    for loss in ("square", "logcosh")
+    for what in ("loss", "grad", "hessian", "filter", "single_grad")
+]
+
+
+def _run(tmp_path, threads):
+    out = tmp_path / f"threads{threads}"
+    out.mkdir()
+    script = tmp_path / "compute.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ)
+    env["NUMBA_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    res = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == str(threads)  # the child really used that many threads
+    return {name: np.load(out / f"{name}.npy") for name in NAMES}
+
+
+def test_results_bitwise_identical_for_one_and_two_threads(tmp_path):
+    one = _run(tmp_path, 1)
+    two = _run(tmp_path, 2)
+    for name in NAMES:
+        assert one[name].shape == two[name].shape, name
+        assert np.array_equal(one[name], two[name]), name
+    # and each flow alone equals the same flow inside the batch
+    for res in (one, two):
+        for loss in ("square", "logcosh"):
+            assert np.array_equal(res[f"{loss}_single_grad"], res[f"{loss}_grad"][[0, 101, 202]])
+    assert one["square_grad"].shape == (203, 9)
+    assert one["logcosh_hessian"].shape == (203, 9, 9)
+
+
+@pytest.mark.parametrize("loss", [losses.square(), losses.log_cosh(2.0), losses.generalized_huber(1.0, -1.0)])
+def test_flow_alone_equals_flow_inside_batch_bitwise(loss):
+    arch = Architecture(23, (3, 4, 2), (2, 1, 1))
+    td = data.teacher(arch, 9, noise=0.1, seed=2024)
+    W = data.initial_filters(arch, 57, seed=8)
+    p = Problem(arch, td.X, td.Y, loss)
+    L, G = p.loss_and_grad(W)
+    H = p.hessian(W)
+    V = p.final_filter(W)
+    for i in (0, 13, 28, 56):
+        Li, gi = p.loss_and_grad(W[i])
+        assert Li == L[i]
+        assert np.array_equal(gi, G[i])
+        assert np.array_equal(p.hessian(W[i]), H[i])
+        assert np.array_equal(p.final_filter(W[i]), V[i])
+        # and inside a different batch (other neighbours, other position, other chunking)
+        sub = np.concatenate([W[i : i + 1], W[::-1]])
+        assert np.array_equal(p.grad(sub)[0], G[i])
+        assert np.array_equal(p.hessian(sub[:2])[0], H[i])
