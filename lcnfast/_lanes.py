@@ -178,26 +178,40 @@ def loss_grad_lanes(model, W, ws, out_g, out_L):
     backward_lanes(W, model.k, model.S, model.offs, ws.P, ws.G, ws.Gn, out_g)
 
 
+@nb.njit(**_JIT)
+def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
+    """Lane blocks blk0..blk1-1 of the rows of W (a last partial block repeats its first
+    row in the unused lanes)."""
+    K, n = W.shape
+    ws = new_lane_workspace(model)
+    Wl = np.empty((n, LANES))
+    gl = np.empty((n, LANES))
+    Ll = np.empty(LANES)
+    for blk in range(blk0, blk1):
+        f0 = blk * LANES
+        for b in range(LANES):
+            f = f0 + b if f0 + b < K else f0
+            for q in range(n):
+                Wl[q, b] = W[f, q]
+        loss_grad_lanes(model, Wl, ws, gl, Ll)
+        for b in range(min(LANES, K - f0)):
+            out_loss[f0 + b] = Ll[b]
+            for q in range(n):
+                out_grad[f0 + b, q] = gl[q, b]
+
+
 @nb.njit(parallel=True, **_JIT)
 def loss_grad_batch(model, W, out_loss, out_grad, nc):
     """L (K,) and gradients (K, n) for every row of W (K, n), in ``nc`` prange chunks of
-    whole lane blocks; a last partial block repeats its first row in the unused lanes."""
-    K, n = W.shape
-    nblk = (K + LANES - 1) // LANES
+    whole lane blocks."""
+    nblk = (W.shape[0] + LANES - 1) // LANES
     nc = min(nc, nblk)
     for c in nb.prange(nc):
-        ws = new_lane_workspace(model)
-        Wl = np.empty((n, LANES))
-        gl = np.empty((n, LANES))
-        Ll = np.empty(LANES)
-        for blk in range(c * nblk // nc, (c + 1) * nblk // nc):
-            f0 = blk * LANES
-            for b in range(LANES):
-                f = f0 + b if f0 + b < K else f0
-                for q in range(n):
-                    Wl[q, b] = W[f, q]
-            loss_grad_lanes(model, Wl, ws, gl, Ll)
-            for b in range(min(LANES, K - f0)):
-                out_loss[f0 + b] = Ll[b]
-                for q in range(n):
-                    out_grad[f0 + b, q] = gl[q, b]
+        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
+
+
+@nb.njit(**_JIT)
+def loss_grad_serial(model, W, out_loss, out_grad):
+    """:func:`loss_grad_batch` on the calling thread (small batches: waking the thread team
+    costs more than the work)."""
+    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)

@@ -19,16 +19,25 @@ def n_chunks(W):
     """Number of prange chunks for a batch W (K, n): a few per thread, at most K."""
     return max(1, min(W.shape[0], 8 * numba.get_num_threads()))
 
+
+_SERIAL_FLOPS = 200_000  # below this much work a call stays on the calling thread
+
 __all__ = ["Problem"]
 
 
-def _finite_matrix(a, name, shape):
-    if isinstance(a, (str, bytes)) or a is None:
+def as_real_array(a, name):
+    """``a`` as a float64 array; TypeError naming ``name`` unless it holds real numbers
+    (bool, integer or float; not strings, objects or complex numbers)."""
+    if a is None or isinstance(a, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}")
-    try:
-        a = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numeric array: {e}") from None
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _finite_matrix(a, name, shape):
+    a = as_real_array(a, name)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -73,8 +82,8 @@ class Problem:
             raise TypeError(
                 f"loss must be a Loss from lcnfast.losses (e.g. losses.square()), got {loss!r}"
             )
-        X = np.asarray(X) if not isinstance(X, (str, bytes)) else X
-        if getattr(X, "ndim", 0) != 2:
+        X = as_real_array(X, "X")
+        if X.ndim != 2:
             raise ValueError(f"X must be a 2-d array of shape (d0={arch.d0}, m)")
         m = X.shape[1]
         if m < 1:
@@ -124,12 +133,7 @@ class Problem:
     # ------------------------------------------------------------------ input handling
     def _params(self, w, name="w"):
         """Validate parameters; returns (W (K, n) contiguous float64, single: bool)."""
-        if isinstance(w, (str, bytes)) or w is None:
-            raise TypeError(f"{name} must be a numeric array, got {type(w).__name__}")
-        try:
-            W = np.asarray(w, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a numeric array: {e}") from None
+        W = as_real_array(w, name)
         n = self.arch.n_params
         if W.ndim == 1 and W.shape[0] == n:
             single = True
@@ -143,6 +147,15 @@ class Problem:
         if not np.all(np.isfinite(W)):
             raise ValueError(f"{name} contains NaN or Inf")
         return np.ascontiguousarray(W), single
+
+    def _serial(self, W):
+        """Whether evaluating W is too little work to wake the thread team."""
+        a = self.arch
+        if self.use_gram:
+            per_point = a.k_v * a.k_v + 4 * a.n_params * a.k_v
+        else:
+            per_point = 4 * a.d_N * self.m * a.k_v
+        return W.shape[0] * per_point < _SERIAL_FLOPS or numba.get_num_threads() == 1
 
     @property
     def model(self):
@@ -174,7 +187,10 @@ class Problem:
         W, single = self._params(w)
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
-        _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
+        if self._serial(W):
+            _lanes.loss_grad_serial(self._model, W, L, G)
+        else:
+            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):
@@ -196,14 +212,14 @@ class Problem:
 
     def function_space_loss(self, v):
         """L as a function of the final filter v (k_v,) (the convex problem for convex losses)."""
-        v = np.asarray(v, dtype=np.float64)
+        v = as_real_array(v, "v")
         if v.shape != (self.arch.k_v,):
             raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
         return float(K.fs_loss(self._model, np.ascontiguousarray(v)))
 
     def function_space_grad(self, v):
         """(L(v), dL/dv) for a final filter v (k_v,)."""
-        v = np.asarray(v, dtype=np.float64)
+        v = as_real_array(v, "v")
         if v.shape != (self.arch.k_v,):
             raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
         G = np.empty(self.arch.k_v)
@@ -212,7 +228,7 @@ class Problem:
 
     def function_space_hessian(self, v):
         """d^2 L / dv^2 (k_v, k_v) at a final filter v."""
-        v = np.asarray(v, dtype=np.float64)
+        v = as_real_array(v, "v")
         if v.shape != (self.arch.k_v,):
             raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
         H = np.empty((self.arch.k_v, self.arch.k_v))
