@@ -27,14 +27,24 @@ results are bitwise identical for any thread count and batch composition.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
-from .losses import SQUARE, loss_d1, loss_d2, loss_value
+from .losses import LOG_COSH, SQUARE, _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
+# Fast-math flags, only on the private data-path helpers that name them (never 'nnan'/'ninf':
+# NaN and Inf keep their meaning, a diverging flow still shows up as NaN/Inf):
+# - _JIT_C: 'contract' lets LLVM fuse a*b + c into one FMA (more accurate, not reordered);
+# - _JIT_R: 'reassoc' too, for the reductions over output positions only, so that LLVM can
+#   vectorise them. The summation order is then fixed by the compiled code: deterministic on
+#   a given machine, and it depends only on the problem's shape, never on other flows, the
+#   batch or the threads. Helpers under 'reassoc' must not contain the tanh range reduction.
+_JIT_C = dict(_JIT, fastmath={"contract"})
+_JIT_R = dict(_JIT, fastmath={"reassoc", "contract"})
 
 
 class Model(NamedTuple):
@@ -163,6 +173,863 @@ def jacobian_into(w, k, S, offs, work, J):
                 J[m + sh, offs[i] + a] = work[0, m]
 
 
+# ----------------------------------------------------------------------------- data path
+# Non-square losses (and the square loss with use_gram=False) pass over the data once per
+# evaluation. Two implementations:
+#
+# Exact (_fs_loss_seq, _fs_loss_grad_seq): one window at a time in the order (i, j), no
+#   contraction, libm tanh/exp/log: bitwise the arithmetic of lcnfast._lanes and of the first
+#   version of this module. z is computed a row at a time by _conv_sh, in the same order.
+#
+# Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over output
+#   positions (DESIGN.md, "Where speed comes from"):
+#   - layout (_data_layout): mode 2 (m >= 16 and the data small enough to copy): X and Y are
+#     copied once per workspace sample-major, X (d0, m), Y (d_N, m); the windows of output j
+#     over all samples then form contiguous rows, tap q is the row m further on, and the
+#     passes below run over contiguous chunks of 512 outputs with no wasted window. Mode 1
+#     (few samples, stride 1): groups of R rows of Xt as one flat stretch (the k_v - 1
+#     windows per row that straddle two rows are computed and given g = 0). Mode 0 (few
+#     samples, stride > 1): row by row, strided views.
+#   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_conv*: one pass over z per block),
+#     summed in the order of q from 0.0 without contraction (bitwise the exact z);
+#   - the residual derivative over the chunk; log-cosh: vectorised tanh (losses._tanh_nd, in
+#     passes with short dependency chains) and L = sum a - sum log(1 + tanh a), a = alpha |r|,
+#     the log taken once per 512 terms of a product; other losses: scalar l and l', in order;
+#   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_corr*, vectorised reductions under
+#     'reassoc': the order is fixed by the shapes alone).
+#   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
+#   Workspace.buf, or a fresh array in the allocating entry points.
+
+_GROUP_ELEMS = 512  # length of a chunk (mode 2) or target length of a group of rows (mode 1)
+_COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
+_COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
+_PROD_CHUNK = 512  # log-cosh loss: product of (1 + |tanh|) in [1, 2] over at most 512 terms
+
+# Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use.
+# False: the exact one (one window at a time, in order: bitwise the arithmetic of
+#   lcnfast._lanes, which the flow engine mixes with loss_grad_ws, and of the original kernels).
+# True: the fast one (_fs_loss_grad_fast: vectorised over output positions, reassociated
+#   sums, vectorised tanh; ~1e-15 relative from the exact one). Flip it only together with the
+#   lanes' data path (so that lanes and loss_grad_ws stay bitwise equal), see
+#   studies/benchmark.py. The _fast entry points below always use the fast path.
+# A compile-time constant (numba freezes globals; the cache follows this file).
+_DATA_PATH_FAST = True
+
+
+@nb.njit(**_JIT)
+def _conv1(v, X, sh, z, n, first):
+    v0 = v[0]
+    x0 = X
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t]
+
+
+@nb.njit(**_JIT)
+def _conv2(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]
+    x0 = X; x1 = X[1 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t]
+
+
+@nb.njit(**_JIT)
+def _conv3(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
+
+
+@nb.njit(**_JIT)
+def _conv4(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+
+
+@nb.njit(**_JIT)
+def _conv5(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
+
+
+@nb.njit(**_JIT)
+def _conv6(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
+
+
+@nb.njit(**_JIT)
+def _conv7(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]
+
+
+@nb.njit(**_JIT)
+def _conv8(v, X, sh, z, n, first):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
+    if first:
+        for t in range(n):
+            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t]
+    else:
+        for t in range(n):
+            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t]
+
+
+@nb.njit(**_JIT_R)
+def _corr1(g, X, sh, n, G):
+    x0 = X
+    s0 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+    G[0] += s0
+
+
+@nb.njit(**_JIT_R)
+def _corr2(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]
+    s0 = s1 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+    G[0] += s0
+    G[1] += s1
+
+
+@nb.njit(**_JIT_R)
+def _corr3(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
+    s0 = s1 = s2 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+
+
+@nb.njit(**_JIT_R)
+def _corr4(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
+    s0 = s1 = s2 = s3 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+
+
+@nb.njit(**_JIT_R)
+def _corr5(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
+    s0 = s1 = s2 = s3 = s4 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+
+
+@nb.njit(**_JIT_R)
+def _corr6(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+
+
+@nb.njit(**_JIT_R)
+def _corr7(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+        s6 += gt * x6[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+    G[6] += s6
+
+
+@nb.njit(**_JIT_R)
+def _corr8(g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for t in range(n):
+        gt = g[t]
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+        s6 += gt * x6[t]
+        s7 += gt * x7[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+    G[6] += s6
+    G[7] += s7
+
+
+@nb.njit(**_JIT)
+def _conv_sh(v, kv, X, sh, z, n):
+    """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n: blocks of 4..8 taps (fewer only when
+    kv < 4), summed in the order of q, from 0.0, as one window at a time would."""
+    nblk = (kv + 7) // 8
+    q = 0
+    for b in range(nblk):
+        k = (kv - q) // (nblk - b)
+        vb = v[q:]
+        Xb = X[q * sh :]
+        first = b == 0
+        if k == 8:
+            _conv8(vb, Xb, sh, z, n, first)
+        elif k == 7:
+            _conv7(vb, Xb, sh, z, n, first)
+        elif k == 6:
+            _conv6(vb, Xb, sh, z, n, first)
+        elif k == 5:
+            _conv5(vb, Xb, sh, z, n, first)
+        elif k == 4:
+            _conv4(vb, Xb, sh, z, n, first)
+        elif k == 3:
+            _conv3(vb, Xb, sh, z, n, first)
+        elif k == 2:
+            _conv2(vb, Xb, sh, z, n, first)
+        else:
+            _conv1(vb, Xb, sh, z, n, first)
+        q += k
+
+
+@nb.njit(**_JIT)
+def _corr_sh(g, kv, X, sh, n, G):
+    """G[q] += sum_{t < n} g[t] X[t + q sh] for q < kv, blocks of 4..8 taps."""
+    nblk = (kv + 7) // 8
+    q = 0
+    for b in range(nblk):
+        k = (kv - q) // (nblk - b)
+        Gb = G[q:]
+        Xb = X[q * sh :]
+        if k == 8:
+            _corr8(g, Xb, sh, n, Gb)
+        elif k == 7:
+            _corr7(g, Xb, sh, n, Gb)
+        elif k == 6:
+            _corr6(g, Xb, sh, n, Gb)
+        elif k == 5:
+            _corr5(g, Xb, sh, n, Gb)
+        elif k == 4:
+            _corr4(g, Xb, sh, n, Gb)
+        elif k == 3:
+            _corr3(g, Xb, sh, n, Gb)
+        elif k == 2:
+            _corr2(g, Xb, sh, n, Gb)
+        else:
+            _corr1(g, Xb, sh, n, Gb)
+        q += k
+
+
+@nb.njit(**_JIT)
+def _conv_strided(v, kv, Xrow, sv, z, n):
+    """z[t] = sum_q v[q] Xrow[t sv + q] for t < n, in the order of q (stride sv > 1)."""
+    x0 = Xrow[0::sv]
+    v0 = v[0]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t]
+    for q in range(1, kv):
+        xq = Xrow[q::sv]
+        vq = v[q]
+        for t in range(n):
+            z[t] = z[t] + vq * xq[t]
+
+
+@nb.njit(**_JIT_R)
+def _dot_strided(g, xq, n):
+    s = 0.0
+    for t in range(n):
+        s += g[t] * xq[t]
+    return s
+
+
+@nb.njit(**_JIT)
+def _corr_strided(g, kv, Xrow, sv, n, G):
+    """G[q] += sum_t g[t] Xrow[t sv + q] (stride sv > 1)."""
+    for q in range(kv):
+        G[q] += _dot_strided(g, Xrow[q::sv], n)
+
+
+@nb.njit(**_JIT)
+def _data_layout(model):
+    """(mode, R, L) of the fast data path: mode 2 = sample-major copy of the data (X as
+    (d0, m), Y as (d_N, m): the windows of output j over all samples are contiguous rows, so
+    the passes run over long contiguous stretches with no wasted window); mode 1 = flat groups
+    of R rows of Xt (stride 1); mode 0 = row by row, strided. L = length of each of the 5
+    scratch vectors (at least d_N, which the exact loss needs)."""
+    m, d0 = model.Xt.shape
+    dN = model.d_N
+    if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
+        return 2, 0, max(_GROUP_ELEMS, dN)
+    if model.s_v != 1:
+        return 0, 0, dN
+    if 2 * dN < d0:
+        R = 1
+    else:
+        R = max(1, min(m, _GROUP_ELEMS // d0))
+    return 1, R, max(R * d0, dN)
+
+
+@nb.njit(**_JIT)
+def _buf_parts(model, buf):
+    """Views of ``buf`` (from :func:`_data_buf`): the 5 scratch vectors z, g, aa, num, den
+    (length L each) and, in mode 2, the copies X (d0 m,) and Y (d_N m,) (else empty). Every
+    part starts on a 64-byte boundary (aligned vector loads when m is a multiple of 8)."""
+    mode, R, L = _data_layout(model)
+    m, d0 = model.Xt.shape
+    dN = model.d_N
+    st = (L + 15) // 8 * 8
+    a0 = ((-buf.ctypes.data) % 64) // 8
+    parts = (buf[a0 : a0 + L], buf[a0 + st : a0 + st + L], buf[a0 + 2 * st : a0 + 2 * st + L],
+             buf[a0 + 3 * st : a0 + 3 * st + L], buf[a0 + 4 * st : a0 + 4 * st + L])
+    if mode == 2:
+        xo = a0 + 5 * st
+        yo = xo + (d0 * m + 7) // 8 * 8
+        return parts, buf[xo : xo + d0 * m], buf[yo : yo + dN * m]
+    return parts, buf[:0], buf[:0]
+
+
+@nb.njit(**_JIT)
+def _data_buf_size(model):
+    mode, R, L = _data_layout(model)
+    m, d0 = model.Xt.shape
+    size = 8 + 5 * ((L + 15) // 8 * 8)
+    if mode == 2:
+        size += (d0 * m + 7) // 8 * 8 + model.d_N * m
+    return size
+
+
+@nb.njit(**_JIT)
+def _data_buf(model):
+    """Scratch for the data path (empty on the Gram path), see :func:`_buf_parts`."""
+    if model.use_gram:
+        return np.zeros(0)
+    mode, R, L = _data_layout(model)
+    m, d0 = model.Xt.shape
+    dN = model.d_N
+    buf = np.zeros(_data_buf_size(model))
+    if mode == 2:
+        parts, Xc, Yc = _buf_parts(model, buf)
+        Xt = model.Xt
+        Yt = model.Yt
+        for i in range(m):
+            for q in range(d0):
+                Xc[q * m + i] = Xt[i, q]
+            for j in range(dN):
+                Yc[j * m + i] = Yt[i, j]
+    return buf
+
+
+@nb.njit(**_JIT_C)
+def _lc_prep(p0, z, y, xc, aa, n):
+    """log-cosh, one row: x = p0 (z - y); xc = x clamped for tanh, aa = |x|."""
+    for t in range(n):
+        x = p0 * (z[t] - y[t])
+        xc[t] = _tanh_clamp(x)
+        aa[t] = abs(x)
+
+
+@nb.njit(**_JIT_C)
+def _lc_nd(xc, num, den, n):
+    """tanh(xc) = num / den elementwise (vectorised; see losses._tanh_nd)."""
+    for t in range(n):
+        a, b = _tanh_nd(xc[t])
+        num[t] = a
+        den[t] = b
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr1(num, den, aa, g, X, sh, n, G):
+    x0 = X
+    s0 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+    G[0] += s0
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr2(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]
+    s0 = s1 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+    G[0] += s0
+    G[1] += s1
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr3(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
+    s0 = s1 = s2 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr4(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
+    s0 = s1 = s2 = s3 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr5(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
+    s0 = s1 = s2 = s3 = s4 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr6(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr7(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+        s6 += gt * x6[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+    G[6] += s6
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT_R)
+def _lc_corr8(num, den, aa, g, X, sh, n, G):
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+        s0 += gt * x0[t]
+        s1 += gt * x1[t]
+        s2 += gt * x2[t]
+        s3 += gt * x3[t]
+        s4 += gt * x4[t]
+        s5 += gt * x5[t]
+        s6 += gt * x6[t]
+        s7 += gt * x7[t]
+    G[0] += s0
+    G[1] += s1
+    G[2] += s2
+    G[3] += s3
+    G[4] += s4
+    G[5] += s5
+    G[6] += s6
+    G[7] += s7
+    return sa - math.log(pr)
+
+
+@nb.njit(**_JIT)
+def _lc_corr_sh(num, den, aa, g, kv, X, sh, n, G, want_grad):
+    """log-cosh, mode 2 (n <= _PROD_CHUNK): g = num / den, the first block of taps of
+    :func:`_corr_sh` fused with the division (which it hides), then the other blocks (only if
+    ``want_grad``; the first block always runs, into G, so that the loss it returns,
+    sum aa - log prod (1 + |g|), is bitwise the same either way: G must then be scratch of
+    k_v)."""
+    nblk = (kv + 7) // 8
+    k = kv // nblk
+    if k == 8:
+        loss = _lc_corr8(num, den, aa, g, X, sh, n, G)
+    elif k == 7:
+        loss = _lc_corr7(num, den, aa, g, X, sh, n, G)
+    elif k == 6:
+        loss = _lc_corr6(num, den, aa, g, X, sh, n, G)
+    elif k == 5:
+        loss = _lc_corr5(num, den, aa, g, X, sh, n, G)
+    elif k == 4:
+        loss = _lc_corr4(num, den, aa, g, X, sh, n, G)
+    elif k == 3:
+        loss = _lc_corr3(num, den, aa, g, X, sh, n, G)
+    elif k == 2:
+        loss = _lc_corr2(num, den, aa, g, X, sh, n, G)
+    else:
+        loss = _lc_corr1(num, den, aa, g, X, sh, n, G)
+    if want_grad and k < kv:
+        _corr_sh(g, kv - k, X[k * sh :], sh, n, G[k:])
+    return loss
+
+
+@nb.njit(**_JIT)
+def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, total):
+    """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
+    kv = model.k_v
+    _conv_sh(v, kv, Xv, sh, z, c)
+    if model.code == LOG_COSH:
+        # passes with short dependency chains beat one fused pass (latency-bound); the
+        # division goes with the first block of the correlation
+        _lc_prep(model.p0, z, yv, g, aa, c)
+        _lc_nd(g, num, den, c)
+        total += _lc_corr_sh(num, den, aa, z, kv, Xv, sh, c, G if want_grad else g, want_grad)
+    else:
+        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
+        if want_grad:
+            _corr_sh(g, kv, Xv, sh, c, G)
+    return total
+
+
+@nb.njit(**_JIT_R)
+def _lc_div_chunk(num, den, aa, g, n):
+    """g = num / den; returns sum aa and log prod (1 + |g|) (n <= _PROD_CHUNK, so the
+    product of factors in [1, 2] cannot overflow)."""
+    sa = 0.0
+    pr = 1.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        sa += aa[t]
+        pr *= 1.0 + abs(gt)
+    return sa, math.log(pr)
+
+
+@nb.njit(**_JIT)
+def _lc_div(num, den, aa, g, n):
+    """g = num / den over n elements; returns sum aa - sum log(1 + |g|), that is
+    sum_t log cosh(aa_t) (log cosh a = a - log(1 + tanh a))."""
+    acc = 0.0
+    t0 = 0
+    while t0 < n:
+        c = min(n - t0, _PROD_CHUNK)
+        sa, sl = _lc_div_chunk(num[t0:], den[t0:], aa[t0:], g[t0:], c)
+        acc += sa - sl
+        t0 += c
+    return acc
+
+
+@nb.njit(**_JIT)
+def _generic_row(code, p0, p1, z, y, g, n, total):
+    """Any loss, one row: g = l'(z - y); returns total + sum l(z - y), summed one residual at
+    a time in order (as fs_loss)."""
+    for t in range(n):
+        r = z[t] - y[t]
+        total += loss_value(code, p0, p1, r)
+        g[t] = loss_d1(code, p0, p1, r)
+    return total
+
+
+@nb.njit(**_JIT)
+def _fs_loss_grad_fast(model, v, G, buf, want_grad):
+    """Fast data path: L(v) and, if ``want_grad``, G = dL/dv, with the scratch ``buf`` (from
+    :func:`_data_buf`). L does not depend on ``want_grad`` (bitwise)."""
+    kv = model.k_v
+    dN = model.d_N
+    Xt = model.Xt
+    Yt = model.Yt
+    m, d0 = Xt.shape
+    sv = model.s_v
+    code = model.code
+    p0 = model.p0
+    p1 = model.p1
+    mode, R, L = _data_layout(model)
+    if buf.shape[0] < _data_buf_size(model):  # not from _data_buf(model): no result
+        if want_grad:
+            G[:kv] = np.nan
+        return np.nan
+    parts, Xc, Yc = _buf_parts(model, buf)
+    z = parts[0]  # outputs, then (log-cosh) the residual derivative g
+    xc = parts[1]  # log-cosh: clamped p0 r; other losses: g (zero between rows in mode 1)
+    aa = parts[2]  # log-cosh: |p0 r|
+    num = parts[3]  # log-cosh: tanh = num / den
+    den = parts[4]
+    lc = code == LOG_COSH
+    if want_grad:
+        for q in range(kv):
+            G[q] = 0.0
+    total = 0.0
+    if mode == 2:  # sample-major copies: contiguous chunks, taps m apart
+        if sv == 1:
+            tot = dN * m
+            for u0 in range(0, tot, _GROUP_ELEMS):
+                c = min(_GROUP_ELEMS, tot - u0)
+                total = _col_chunk(model, v, G, Xc[u0:], Yc[u0:], c, m, z, xc, aa, num, den,
+                                   want_grad, total)
+        else:
+            for j in range(dN):
+                for i0 in range(0, m, _GROUP_ELEMS):
+                    c = min(_GROUP_ELEMS, m - i0)
+                    total = _col_chunk(model, v, G, Xc[j * sv * m + i0 :], Yc[j * m + i0 :], c,
+                                       m, z, xc, aa, num, den, want_grad, total)
+        return total / p0 if lc else total
+    if mode == 0:  # stride > 1: row by row
+        g = xc
+        for i in range(m):
+            _conv_strided(v, kv, Xt[i], sv, z, dN)
+            if lc:
+                _lc_prep(p0, z, Yt[i], xc, aa, dN)
+                _lc_nd(xc, num, den, dN)
+                total += _lc_div(num, den, aa, z, dN)
+                g = z
+            else:
+                total = _generic_row(code, p0, p1, z, Yt[i], xc, dN, total)
+            if want_grad:
+                _corr_strided(g, kv, Xt[i], sv, dN, G)
+        return total / p0 if lc else total
+    Xf = Xt.reshape(m * d0)
+    # windows straddling two rows get g = 0 (and aa = 0): set once, never overwritten
+    for o in range(dN, L, d0):
+        for t in range(o, min(o + d0 - dN, L)):
+            xc[t] = 0.0
+            aa[t] = 0.0
+    for i0 in range(0, m, R):
+        i1 = min(m, i0 + R)
+        n = (i1 - i0 - 1) * d0 + dN
+        Xg = Xf[i0 * d0 :]
+        _conv_sh(v, kv, Xg, 1, z, n)
+        if lc:
+            for i in range(i0, i1):
+                o = (i - i0) * d0
+                _lc_prep(p0, z[o:], Yt[i], xc[o:], aa[o:], dN)
+            _lc_nd(xc, num, den, n)
+            total += _lc_div(num, den, aa, z, n)
+            if want_grad:
+                _corr_sh(z, kv, Xg, 1, n, G)
+        else:
+            for i in range(i0, i1):
+                o = (i - i0) * d0
+                total = _generic_row(code, p0, p1, z[o:], Yt[i], xc[o:], dN, total)
+            if want_grad:
+                _corr_sh(xc, kv, Xg, 1, n, G)
+    return total / p0 if lc else total
+
+
+@nb.njit(**_JIT)
+def _fs_loss_seq(model, v, buf):
+    """Exact data path of fs_loss: the loss values summed one residual at a time in the order
+    (i, j), bitwise as one window at a time (z is computed a row at a time, in the same
+    order). ``buf`` needs d_N elements."""
+    kv = model.k_v
+    dN = model.d_N
+    Xt = model.Xt
+    Yt = model.Yt
+    sv = model.s_v
+    z = buf[0:dN]
+    total = 0.0
+    for i in range(Xt.shape[0]):
+        if sv == 1:
+            _conv_sh(v, kv, Xt[i], 1, z, dN)
+        else:
+            _conv_strided(v, kv, Xt[i], sv, z, dN)
+        y = Yt[i]
+        for j in range(dN):
+            total += loss_value(model.code, model.p0, model.p1, z[j] - y[j])
+    return total
+
+
+@nb.njit(**_JIT)
+def _fs_loss_grad_seq(model, v, G):
+    """Exact data path: L(v) and G one window at a time in the order (i, j), no contraction
+    (the arithmetic of lcnfast._lanes, bitwise). No scratch."""
+    kv = model.k_v
+    Xt = model.Xt
+    Yt = model.Yt
+    sv = model.s_v
+    code = model.code
+    p0 = model.p0
+    p1 = model.p1
+    for n in range(kv):
+        G[n] = 0.0
+    total = 0.0
+    for i in range(Xt.shape[0]):
+        for j in range(model.d_N):
+            xw = Xt[i, j * sv : j * sv + kv]
+            z = 0.0
+            for n in range(kv):
+                z += v[n] * xw[n]
+            r = z - Yt[i, j]
+            total += loss_value(code, p0, p1, r)
+            g = loss_d1(code, p0, p1, r)
+            for n in range(kv):
+                G[n] += g * xw[n]
+    return total
+
+
 # ----------------------------------------------------------------------------- function space
 @nb.njit(**_JIT)
 def fs_loss(model, v):
@@ -179,26 +1046,16 @@ def fs_loss(model, v):
             quad += v[n] * acc
             lin += model.b[n] * v[n]
         return quad - 2.0 * lin + model.yy
-    Xt = model.Xt
-    Yt = model.Yt
-    kv = model.k_v
-    sv = model.s_v
-    total = 0.0
-    for i in range(Xt.shape[0]):
-        for j in range(model.d_N):
-            base = j * sv
-            z = 0.0
-            for n in range(kv):
-                z += v[n] * Xt[i, base + n]
-            total += loss_value(model.code, model.p0, model.p1, z - Yt[i, j])
-    return total
+    if _DATA_PATH_FAST:
+        return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False)
+    return _fs_loss_seq(model, v, np.empty(model.d_N))
 
 
 @nb.njit(**_JIT)
-def fs_loss_grad(model, v, G):
-    """L(v) and G = dL/dv (k_v,), written into G."""
-    kv = model.k_v
+def _fs_loss_grad_buf(model, v, G, buf):
+    """:func:`fs_loss_grad` with the data-path scratch ``buf`` (from :func:`_data_buf`)."""
     if model.use_gram:
+        kv = model.k_v
         A = model.A
         b = model.b
         quad = 0.0
@@ -211,27 +1068,22 @@ def fs_loss_grad(model, v, G):
             lin += b[n] * v[n]
             G[n] = 2.0 * (acc - b[n])
         return quad - 2.0 * lin + model.yy
-    Xt = model.Xt
-    Yt = model.Yt
-    sv = model.s_v
-    code = model.code
-    p0 = model.p0
-    p1 = model.p1
-    for n in range(kv):
-        G[n] = 0.0
-    total = 0.0
-    for i in range(Xt.shape[0]):
-        for j in range(model.d_N):
-            base = j * sv
-            z = 0.0
-            for n in range(kv):
-                z += v[n] * Xt[i, base + n]
-            r = z - Yt[i, j]
-            total += loss_value(code, p0, p1, r)
-            g = loss_d1(code, p0, p1, r)
-            for n in range(kv):
-                G[n] += g * Xt[i, base + n]
-    return total
+    if _DATA_PATH_FAST:
+        return _fs_loss_grad_fast(model, v, G, buf, True)
+    return _fs_loss_grad_seq(model, v, G)
+
+
+@nb.njit(**_JIT)
+def fs_loss_grad(model, v, G):
+    """L(v) and G = dL/dv (k_v,), written into G.
+
+    Data path: exact (one window at a time) unless ``_DATA_PATH_FAST``; the fast path
+    (:func:`_fs_loss_grad_fast`) vectorises the sums over output positions (their order differs
+    from one window at a time: G agrees to rounding, ~1e-15 relative) and, for log-cosh, uses
+    :func:`lcnfast.losses._tanh_nd` (<= 5 ulp) and ``L = sum a - sum log(1 + tanh a)``.
+    Allocates its scratch on the fast path; :func:`loss_grad_ws` does not.
+    """
+    return _fs_loss_grad_buf(model, v, G, _data_buf(model) if _DATA_PATH_FAST else G[:0])
 
 
 @nb.njit(**_JIT)
@@ -249,26 +1101,38 @@ def fs_hessian(model, v, H):
     sv = model.s_v
     for i in range(Xt.shape[0]):
         for j in range(model.d_N):
-            base = j * sv
+            xw = Xt[i, j * sv : j * sv + kv]
             z = 0.0
             for n in range(kv):
-                z += v[n] * Xt[i, base + n]
+                z += v[n] * xw[n]
             c = loss_d2(model.code, model.p0, model.p1, z - Yt[i, j])
+            # upper triangle only (rows of H are contiguous: the q loop vectorises)
             for n in range(kv):
-                cx = c * Xt[i, base + n]
-                for q in range(kv):
-                    H[n, q] += cx * Xt[i, base + q]
+                cx = c * xw[n]
+                Hn = H[n]
+                for q in range(n, kv):
+                    Hn[q] += cx * xw[q]
+    for n in range(kv):
+        for q in range(n):
+            H[n, q] = H[q, n]
 
 
 # ----------------------------------------------------------------------------- one flow
 @nb.njit(**_JIT)
-def loss_grad_one(model, w, prefix, G, gcur, gnext, out_g):
-    """L(w) and its gradient (into out_g) for one parameter vector; the workspace is
-    ``prefix`` (N+1, k_v) and three (k_v,) vectors."""
+def _loss_grad_buf(model, w, prefix, G, gcur, gnext, out_g, buf):
     kv = forward_filter(w, model.k, model.S, model.offs, prefix)
-    loss = fs_loss_grad(model, prefix[model.k.shape[0], :kv], G)
+    loss = _fs_loss_grad_buf(model, prefix[model.k.shape[0], :kv], G, buf)
     backward_filter(w, model.k, model.S, model.offs, prefix, G, gcur, gnext, out_g)
     return loss
+
+
+@nb.njit(**_JIT)
+def loss_grad_one(model, w, prefix, G, gcur, gnext, out_g):
+    """L(w) and its gradient (into out_g) for one parameter vector; the workspace is
+    ``prefix`` (N+1, k_v) and three (k_v,) vectors. On the data path this allocates its
+    scratch: in loops use :func:`loss_grad_ws`."""
+    buf = _data_buf(model) if _DATA_PATH_FAST else G[:0]
+    return _loss_grad_buf(model, w, prefix, G, gcur, gnext, out_g, buf)
 
 
 class Workspace(NamedTuple):
@@ -276,39 +1140,58 @@ class Workspace(NamedTuple):
     G: np.ndarray
     gcur: np.ndarray
     gnext: np.ndarray
+    buf: np.ndarray  # data-path scratch (empty on the Gram path), see _data_buf
 
 
 @nb.njit(**_JIT)
 def new_workspace(model):
     kv = model.k_v
     N = model.k.shape[0]
-    return Workspace(np.zeros((N + 1, kv)), np.zeros(kv), np.zeros(kv), np.zeros(kv))
+    return Workspace(
+        np.zeros((N + 1, kv)), np.zeros(kv), np.zeros(kv), np.zeros(kv), _data_buf(model)
+    )
 
 
 @nb.njit(**_JIT)
 def loss_grad_ws(model, w, ws, out_g):
-    """:func:`loss_grad_one` with a :class:`Workspace`."""
-    return loss_grad_one(model, w, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
+    """:func:`loss_grad_one` with a :class:`Workspace` (allocates nothing)."""
+    return _loss_grad_buf(model, w, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g, ws.buf)
 
 
 @nb.njit(**_JIT)
-def hessian_one(model, w, prefix, work, J, Hv, Hw):
+def _loss_grad_fast_ws(model, w, ws, out_g):
+    """:func:`loss_grad_ws` on the fast data path whatever ``_DATA_PATH_FAST``."""
+    k = model.k
+    kv = forward_filter(w, k, model.S, model.offs, ws.prefix)
+    v = ws.prefix[k.shape[0], :kv]
+    if model.use_gram:
+        loss = _fs_loss_grad_buf(model, v, ws.G, ws.buf)
+    else:
+        loss = _fs_loss_grad_fast(model, v, ws.G, ws.buf, True)
+    backward_filter(w, k, model.S, model.offs, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
+    return loss
+
+
+@nb.njit(**_JIT)
+def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     """Hessian (n_params, n_params) of L at w into Hw:
     ``J^T Hv J + sum_m G_m d^2 v_m / dw^2`` (DESIGN.md). ``work`` is (2, k_v); ``J`` is
-    (k_v, n_params); ``Hv`` is (k_v, k_v)."""
+    (k_v, n_params); ``Hv`` is (k_v, k_v); ``G`` (k_v,) and ``HJ`` (k_v, n_params) are
+    scratch. G = dL/dv is summed one window at a time (:func:`_fs_loss_grad_seq`)."""
     k = model.k
     S = model.S
     offs = model.offs
     N = k.shape[0]
     kv = forward_filter(w, k, S, offs, prefix)
     v = prefix[N, :kv]
-    G = np.empty(kv)
-    fs_loss_grad(model, v, G)
+    if model.use_gram:
+        _fs_loss_grad_buf(model, v, G, G[:0])
+    else:
+        _fs_loss_grad_seq(model, v, G)
     fs_hessian(model, v, Hv)
     jacobian_into(w, k, S, offs, work, J)
     n = J.shape[1]
     # J^T Hv J
-    HJ = np.empty((kv, n))
     for a in range(kv):
         for c in range(n):
             acc = 0.0
@@ -372,9 +1255,16 @@ def loss_batch(model, W, nc):
     out = np.empty(K)
     for c in nb.prange(nc):
         prefix = np.zeros((N + 1, model.k_v))
+        buf = _data_buf(model) if _DATA_PATH_FAST else np.zeros(model.d_N)
         for f in range(c * K // nc, (c + 1) * K // nc):
             kv = forward_filter(W[f], model.k, model.S, model.offs, prefix)
-            out[f] = fs_loss(model, prefix[N, :kv])
+            v = prefix[N, :kv]
+            if model.use_gram:
+                out[f] = fs_loss(model, v)
+            elif _DATA_PATH_FAST:
+                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, False)
+            else:
+                out[f] = _fs_loss_seq(model, v, buf)
     return out
 
 
@@ -389,6 +1279,16 @@ def loss_grad_batch(model, W, out_loss, out_grad, nc):
 
 
 @nb.njit(parallel=True, **_JIT)
+def _loss_grad_batch_fast(model, W, out_loss, out_grad, nc):
+    """:func:`loss_grad_batch` on the fast data path whatever ``_DATA_PATH_FAST``."""
+    K = W.shape[0]
+    for c in nb.prange(nc):
+        ws = new_workspace(model)
+        for f in range(c * K // nc, (c + 1) * K // nc):
+            out_loss[f] = _loss_grad_fast_ws(model, W[f], ws, out_grad[f])
+
+
+@nb.njit(parallel=True, **_JIT)
 def hessian_batch(model, W, nc):
     """Hessians (K, n_params, n_params)."""
     K, n = W.shape
@@ -400,8 +1300,10 @@ def hessian_batch(model, W, nc):
         work = np.zeros((2, kv))
         J = np.zeros((kv, n))
         Hv = np.zeros((kv, kv))
+        G = np.zeros(kv)
+        HJ = np.zeros((kv, n))
         for f in range(c * K // nc, (c + 1) * K // nc):
-            hessian_one(model, W[f], prefix, work, J, Hv, out[f])
+            hessian_one(model, W[f], prefix, work, J, Hv, out[f], G, HJ)
     return out
 
 

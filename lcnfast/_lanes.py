@@ -11,6 +11,10 @@ order (no fast-math reassociation or contraction), so a flow's result never depe
 lane, on the other lanes, or on the thread running it. Lanes are independent; an unused lane
 just computes something harmless.
 
+On the data path (losses other than the square loss through the Gram) the lanes share the
+polynomial product and the chain rule; the pass over the data runs lane by lane through the
+one-flow kernel of :mod:`lcnfast._kernels`, which vectorises over output positions.
+
 Shapes: ``W`` (n_params, LANES), prefix products ``P`` (N+1, k_v, LANES) with ``v = P[N]``,
 function-space gradient ``G`` (k_v, LANES), parameter gradient ``out_g`` (n_params, LANES),
 losses ``out_L`` (LANES,). See :mod:`lcnfast._kernels` for the maths.
@@ -23,7 +27,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from .losses import loss_d1, loss_value
+from ._kernels import _data_buf, _fs_loss_grad_buf
 
 LANES = 8  # two AVX2 vectors of float64 per inner loop
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
@@ -33,8 +37,11 @@ class LaneWorkspace(NamedTuple):
     P: np.ndarray  # (N+1, k_v, LANES) prefix products
     G: np.ndarray  # (k_v, LANES) dL/dv, then the running backward gradient
     Gn: np.ndarray  # (k_v, LANES) scratch
-    z: np.ndarray  # (LANES,) outputs of one window (data path)
-    gz: np.ndarray  # (LANES,) l'(residual) of one window
+    z: np.ndarray  # (LANES,) scratch (Gram path: v^T A v per lane)
+    gz: np.ndarray  # (LANES,) scratch (Gram path: b^T v per lane)
+    v1: np.ndarray  # (k_v,) one lane's filter (data path)
+    G1: np.ndarray  # (k_v,) one lane's dL/dv (data path)
+    buf: np.ndarray  # scratch of the one-flow data path (_kernels._data_buf)
 
 
 @nb.njit(**_JIT)
@@ -47,6 +54,9 @@ def new_lane_workspace(model):
         np.zeros((kv, LANES)),
         np.zeros(LANES),
         np.zeros(LANES),
+        np.zeros(kv),
+        np.zeros(kv),
+        _data_buf(model),
     )
 
 
@@ -105,37 +115,14 @@ def _fs_loss_grad_lanes(model, P, ws, out_L):
         for b in range(LANES):
             out_L[b] = quad[b] - 2.0 * lin[b] + model.yy
         return
-    Xt = model.Xt
-    Yt = model.Yt
-    sv = model.s_v
-    code = model.code
-    p0 = model.p0
-    p1 = model.p1
-    z = ws.z
-    gz = ws.gz
-    for r in range(kv):
-        for b in range(LANES):
-            G[r, b] = 0.0
+    # data path: one pass over the data per lane with the one-flow kernel, which vectorises
+    # over output positions (faster than lanes here, where the data, not the filter, is big)
     for b in range(LANES):
-        out_L[b] = 0.0
-    for i in range(Xt.shape[0]):
-        for j in range(model.d_N):
-            base = j * sv
-            for b in range(LANES):
-                z[b] = 0.0
-            for n in range(kv):
-                x = Xt[i, base + n]
-                for b in range(LANES):
-                    z[b] += P[N, n, b] * x
-            y = Yt[i, j]
-            for b in range(LANES):
-                r = z[b] - y
-                out_L[b] += loss_value(code, p0, p1, r)
-                gz[b] = loss_d1(code, p0, p1, r)
-            for n in range(kv):
-                x = Xt[i, base + n]
-                for b in range(LANES):
-                    G[n, b] += gz[b] * x
+        for r in range(kv):
+            ws.v1[r] = P[N, r, b]
+        out_L[b] = _fs_loss_grad_buf(model, ws.v1, ws.G1, ws.buf)
+        for r in range(kv):
+            G[r, b] = ws.G1[r]
 
 
 @nb.njit(**_JIT)

@@ -30,7 +30,10 @@ def as_real_array(a, name):
     (bool, integer or float; not strings, objects or complex numbers)."""
     if a is None or isinstance(a, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}")
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except ValueError as e:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array: {e}") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)

@@ -217,12 +217,6 @@ def test_elementwise_evaluation_keeps_shape_and_scalars_give_float():
     np.testing.assert_array_equal(L.value(r[:, ::2]), L.value(np.ascontiguousarray(r[:, ::2])))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Loss._eval allocates out = np.empty_like(r) (Fortran order for a transposed "
-    "input) and the kernel writes into out.ravel(), a C-order copy: the result is "
-    "uninitialised memory for any F-ordered 2-d input such as r.T",
-)
 def test_elementwise_evaluation_of_transposed_array():
     L = losses.square()
     r = np.arange(12.0).reshape(3, 4)
@@ -231,23 +225,14 @@ def test_elementwise_evaluation_of_transposed_array():
 
 
 # ----------------------------------------------------------------------------- accuracy near 0
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRECISION: log_cosh value is a + log1p(e^-2a) - log 2, which cancels for small "
-    "a = alpha |r|: relative error ~eps/(alpha r)^2 (100% at r = 1e-8)",
-)
 def test_log_cosh_value_relatively_accurate_for_small_residuals():
     L = losses.log_cosh(1.0)
     r = np.array([1e-8, 1e-6, 1e-4])
-    ref = np.array([float(mpmath.log(mpmath.cosh(x))) for x in r])
+    with mpmath.workdps(50):
+        ref = np.array([float(mpmath.log(mpmath.cosh(mpmath.mpf(x)))) for x in r])
     np.testing.assert_allclose(L.value(r), ref, rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRECISION: generalized_huber derivative uses 1 - e^-2a, which cancels for small "
-    "a = alpha |r| (relative error ~eps/a; -expm1(-2a) would not)",
-)
 def test_generalized_huber_derivative_relatively_accurate_for_small_residuals():
     L = losses.generalized_huber(1.0, 1.0)
     r = np.array([1e-10, 1e-8, 1e-6])

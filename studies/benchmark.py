@@ -1,0 +1,366 @@
+"""Throughput of batched gradient evaluations, against numpy and against the machine's matmul.
+
+Run from the repository root::
+
+    python studies/benchmark.py            # full run (~1 minute on 2 cores)
+    python studies/benchmark.py --quick    # short smoke run (CI)
+    python studies/benchmark.py --json out.json
+
+Two cases (DESIGN.md, "Where speed comes from"), each a batch of K parameter vectors from
+``lcnfast.data.initial_filters`` on ``lcnfast.data.teacher`` data, timed through
+``Problem.loss_and_grad``:
+
+(a) d0=32, k=(3,3,3), s=(1,1,1), m=128, square loss (window-Gram path). Target: >= 2e7
+    gradients/s on 2 cores.
+(b) d0=64, k=(5,5,5), s=(1,1,1), m=256, log-cosh (alpha=1) (data path). Target: >= 50% of the
+    float64 matmul rate measured in the same run, counting 4 d_N m k_v flops per gradient
+    (Z = P v and G = P^T l'(R), P the (d_N m) x k_v patch matrix).
+
+Each case also times the one-flow fast kernel ``lcnfast._kernels._loss_grad_batch_fast``
+(one flow at a time, the data path vectorised over output positions; what ``loss_grad_ws`` runs
+when ``_kernels._DATA_PATH_FAST`` is on; the Gram path is the same as ``loss_grad_ws``'s) and a
+plain numpy implementation written as a researcher would (polynomial products per layer, patch
+matrix, ``G = P^T l'(R)``, chain rule), checked against lcnfast before it is timed.
+``Problem.loss_and_grad`` itself runs the lane kernels of ``lcnfast._lanes`` (8 flows per SIMD
+pass, exact arithmetic).
+
+Timing: every figure is the best of several repeats after a warm-up call (the machine may be
+shared, so the best run is the least disturbed one). The compile time reported is the time of
+the first call in this process; the numba on-disk cache may already hold the kernels (then the
+first call only loads them), which is reported as "cache warm".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# Import the lcnfast of this repository (python puts studies/ first on sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
+
+import lcnfast  # noqa: E402
+from lcnfast import Architecture, Problem, data, losses  # noqa: E402
+from lcnfast import _kernels  # noqa: E402
+from lcnfast.problem import n_chunks  # noqa: E402
+
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                 "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def best_time(fn, repeats, min_time=0.05):
+    """Best wall time of one call of fn: after two warm-up calls, ``repeats`` rounds of at
+    least 3 calls and ``min_time`` seconds each; a round reports the mean of its calls."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-9)
+    inner = max(3, int(math.ceil(min_time / once)))
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def matmul_gflops(n, repeats):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, n))
+    t = best_time(lambda: np.dot(a, b), repeats, min_time=0.2)
+    return 2.0 * n**3 / t / 1e9, t
+
+
+# ----------------------------------------------------------------------------- environment
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+
+        infos = [
+            f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
+            f"{d.get('num_threads')} threads, {Path(d.get('filepath', '')).name})"
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ]
+        if infos:
+            return "; ".join(infos) + " [threadpoolctl]"
+    except ImportError:
+        pass
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        simd = cfg.get("SIMD Extensions", {})
+        return (f"{blas.get('name')} {blas.get('version')} (numpy build config; "
+                f"SIMD found: {', '.join(simd.get('found', [])[-3:])})")
+    except Exception as e:  # pragma: no cover - very old numpy
+        return f"unknown ({e})"
+
+
+def _dispatchers():
+    mods = [_kernels]
+    try:
+        from lcnfast import _lanes
+
+        mods.append(_lanes)
+    except ImportError:  # pragma: no cover
+        pass
+    for mod in mods:
+        for obj in vars(mod).values():
+            if isinstance(obj, numba.core.registry.CPUDispatcher):
+                yield obj
+
+
+def cache_counts():
+    hits = misses = 0
+    for d in _dispatchers():
+        hits += sum(d.stats.cache_hits.values())
+        misses += sum(d.stats.cache_misses.values())
+    return hits, misses
+
+
+# ----------------------------------------------------------------------------- numpy reference
+def _poly_mul_batch(a, b):
+    """Coefficients of a * b for batches of polynomials a (K, na), b (K, nb)."""
+    K, na = a.shape
+    out = np.zeros((K, na + b.shape[1] - 1))
+    for j in range(b.shape[1]):
+        out[:, j : j + na] += a * b[:, j : j + 1]
+    return out
+
+
+def _loss_numpy(loss, R):
+    """(l(R), l'(R)) elementwise, stable formulas."""
+    p = loss.params
+    if loss.name == "square":
+        return R * R, 2.0 * R
+    if loss.name == "log_cosh":
+        a = p[0] * np.abs(R)
+        return (a + np.log1p(np.exp(-2.0 * a)) - math.log(2.0)) / p[0], np.tanh(p[0] * R)
+    if loss.name == "pseudo_huber":
+        u = R / p[0]
+        h = np.hypot(1.0, u)
+        return p[0] * h, u / h
+    raise NotImplementedError(loss.name)
+
+
+class NumpyReference:
+    """Batched loss and gradient in plain numpy, the way one writes it without a kernel."""
+
+    def __init__(self, arch, X, Y, loss):
+        self.arch = arch
+        self.loss = loss
+        # patch matrix P (m d_N, k_v): row (i, j) is the window of sample i at output j
+        win = sliding_window_view(X.T, arch.k_v, axis=1)[:, :: arch.s_v, :]  # (m, d_N, k_v)
+        self.P = np.ascontiguousarray(win.reshape(-1, arch.k_v))
+        self.y = np.ascontiguousarray(Y.T).reshape(-1)
+
+    def layer_polys(self, W):
+        a = self.arch
+        polys = []
+        for i in range(a.depth):
+            S = a.dilations[i]
+            wi = W[:, a.offsets[i] : a.offsets[i + 1]]
+            p = np.zeros((W.shape[0], (a.k[i] - 1) * S + 1))
+            p[:, ::S] = wi
+            polys.append(p)
+        return polys
+
+    def loss_and_grad(self, W):
+        a = self.arch
+        K = W.shape[0]
+        polys = self.layer_polys(W)
+        # prefix and suffix products; v = all of them
+        pre = [np.ones((K, 1))]
+        for p in polys:
+            pre.append(_poly_mul_batch(pre[-1], p))
+        suf = [np.ones((K, 1))]
+        for p in polys[::-1]:
+            suf.append(_poly_mul_batch(suf[-1], p))
+        suf = suf[::-1]  # suf[i] = product of layers i..N-1
+        V = pre[-1]  # (K, k_v)
+        Z = self.P @ V.T  # (m d_N, K)
+        R = Z - self.y[:, None]
+        lv, ld = _loss_numpy(self.loss, R)
+        L = lv.sum(axis=0)
+        Gv = (self.P.T @ ld).T  # (K, k_v) = dL/dv
+        grad = np.empty_like(W)
+        for i in range(a.depth):
+            q = _poly_mul_batch(pre[i], suf[i + 1])  # all layers but i
+            S = a.dilations[i]
+            nq = q.shape[1]
+            for t in range(a.k[i]):
+                grad[:, a.offsets[i] + t] = np.einsum("kn,kn->k", Gv[:, t * S : t * S + nq], q)
+        return L, grad
+
+
+# ----------------------------------------------------------------------------- cases
+CASES = {
+    "a": dict(d0=32, k=(3, 3, 3), s=(1, 1, 1), m=128, loss=("square", ()), target="2e7 grads/s"),
+    "b": dict(d0=64, k=(5, 5, 5), s=(1, 1, 1), m=256, loss=("log_cosh", (1.0,)),
+              target=">= 50% of matmul rate"),
+}
+
+
+def run_case(name, spec, K, K_ref, repeats, mm_gflops):
+    arch = Architecture(spec["d0"], spec["k"], spec["s"])
+    loss = getattr(losses, spec["loss"][0])(*spec["loss"][1])
+    td = data.teacher(arch, spec["m"], seed=0)
+    problem = Problem(arch, td.X, td.Y, loss)
+    W = data.initial_filters(arch, K, seed=1)
+    flops = 4.0 * arch.d_N * spec["m"] * arch.k_v
+
+    # first call in this process: compile (cold cache) or load from the cache (warm)
+    h0, m0 = cache_counts()
+    t0 = time.perf_counter()
+    problem.loss_and_grad(W[:8])
+    first_call = time.perf_counter() - t0
+    h1, m1 = cache_counts()
+    t0 = time.perf_counter()
+    L1 = np.empty(8)
+    G1 = np.empty((8, arch.n_params))
+    _kernels._loss_grad_batch_fast(problem.model, W[:8], L1, G1, 1)
+    first_call_kernel = time.perf_counter() - t0
+    h2, m2 = cache_counts()
+
+    # numpy reference, checked against lcnfast before timing
+    ref = NumpyReference(arch, td.X, td.Y, loss)
+    Wr = W[:K_ref]
+    L_np, G_np = ref.loss_and_grad(Wr)
+    L_lc, G_lc = problem.loss_and_grad(Wr)
+    rel_L = float(np.max(np.abs(L_np - L_lc) / np.abs(L_lc)))
+    rel_G = float(np.max(np.linalg.norm(G_np - G_lc, axis=1) / np.linalg.norm(G_lc, axis=1)))
+
+    t_prob = best_time(lambda: problem.loss_and_grad(W), repeats)
+    Lk = np.empty(K)
+    Gk = np.empty_like(W)
+    nc = n_chunks(W)
+    t_kern = best_time(lambda: _kernels._loss_grad_batch_fast(problem.model, W, Lk, Gk, nc), repeats)
+    t_np = best_time(lambda: ref.loss_and_grad(Wr), max(3, repeats // 2))
+    rel_kern_G = float(np.max(np.linalg.norm(Gk - problem.grad(W), axis=1)
+                              / np.linalg.norm(problem.grad(W), axis=1)))
+
+    r_prob = K / t_prob
+    r_kern = K / t_kern
+    r_np = K_ref / t_np
+    out = dict(
+        case=name, arch=repr(arch), m=spec["m"], loss=repr(loss), K=K, k_v=arch.k_v, d_N=arch.d_N,
+        use_gram=problem.use_gram, flops_per_grad=flops, target=spec["target"],
+        first_call_s=first_call, first_call_cache_hits=h1 - h0, first_call_cache_misses=m1 - m0,
+        first_call_kernel_s=first_call_kernel, kernel_cache_hits=h2 - h1,
+        kernel_cache_misses=m2 - m1,
+        problem_grads_per_s=r_prob, problem_gflops=r_prob * flops / 1e9,
+        problem_frac_matmul=r_prob * flops / 1e9 / mm_gflops,
+        kernel_grads_per_s=r_kern, kernel_gflops=r_kern * flops / 1e9,
+        kernel_frac_matmul=r_kern * flops / 1e9 / mm_gflops,
+        numpy_grads_per_s=r_np, numpy_K=K_ref, numpy_gflops=r_np * flops / 1e9,
+        speedup_problem_vs_numpy=r_prob / r_np, speedup_kernel_vs_numpy=r_kern / r_np,
+        numpy_check_rel_err_L=rel_L, numpy_check_rel_err_G=rel_G,
+        kernel_vs_problem_rel_err_G=rel_kern_G,
+    )
+    return out
+
+
+def _cache_word(hits, misses):
+    if misses == 0 and hits > 0:
+        return f"cache warm ({hits} kernels loaded)"
+    if hits == 0 and misses > 0:
+        return f"cache cold ({misses} kernels compiled)"
+    if hits == 0 and misses == 0:
+        return "already compiled in this process"
+    return f"cache partly warm ({hits} loaded, {misses} compiled)"
+
+
+def report(res, mm):
+    f = res
+    data_path = not f["use_gram"]
+    print(f"\n({f['case']}) {f['arch']}, m={f['m']}, {f['loss']}"
+          f"{' [data path]' if data_path else ' [Gram path]'}, K={f['K']}, "
+          f"k_v={f['k_v']}, d_N={f['d_N']}"
+          + (f", {f['flops_per_grad']:.0f} flops/gradient (4 d_N m k_v)" if data_path else ""))
+    print(f"  first call Problem.loss_and_grad: {f['first_call_s']:.3f} s, "
+          f"{_cache_word(f['first_call_cache_hits'], f['first_call_cache_misses'])}")
+    print(f"  first call _kernels._loss_grad_batch_fast: {f['first_call_kernel_s']:.3f} s, "
+          f"{_cache_word(f['kernel_cache_hits'], f['kernel_cache_misses'])}")
+
+    def line(label, rate, gflops, speedup, note=""):
+        perf = (f"{gflops:7.2f} GFLOP/s {100 * gflops / mm:5.1f}% of matmul  " if data_path else "")
+        sp = f"x{speedup:.1f} vs numpy" if speedup is not None else ""
+        print(f"  {label:30s} {rate:12.4g} grads/s  {perf}{sp}{note}")
+
+    line("Problem.loss_and_grad", f["problem_grads_per_s"], f["problem_gflops"],
+         f["speedup_problem_vs_numpy"])
+    line("one-flow fast kernel", f["kernel_grads_per_s"], f["kernel_gflops"],
+         f["speedup_kernel_vs_numpy"], "   (_kernels._loss_grad_batch_fast)")
+    line(f"numpy reference (K={f['numpy_K']})", f["numpy_grads_per_s"], f["numpy_gflops"], None)
+    print(f"  checks: numpy vs Problem max rel err L {f['numpy_check_rel_err_L']:.1e}, "
+          f"G {f['numpy_check_rel_err_G']:.1e}; fast kernel vs Problem G "
+          f"{f['kernel_vs_problem_rel_err_G']:.1e}")
+    print(f"  target: {f['target']}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run (smaller batches, fewer repeats)")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 7, quick 3)")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 9)
+    K = {"a": 512, "b": 64} if args.quick else {"a": 4096, "b": 4096}
+    K_ref = {"a": 512, "b": 64} if args.quick else {"a": 4096, "b": 256}
+    n_mm = 500 if args.quick else 1000
+
+    print("lcnfast benchmark" + (" (quick)" if args.quick else ""))
+    print(f"  python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
+          f"lcnfast {lcnfast.__version__}, {platform.machine()} {os.cpu_count()} CPUs")
+    print(f"  numpy BLAS: {blas_info()}")
+    env = {v: os.environ.get(v) for v in OPENBLAS_VARS}
+    print("  environment: " + ", ".join(f"{k}={v}" if v is not None else f"{k} unset"
+                                        for k, v in env.items()))
+
+    mm, t_mm = matmul_gflops(n_mm, repeats)
+    print(f"  matmul np.dot({n_mm}x{n_mm} float64): {mm:.1f} GFLOP/s (best of {repeats}, "
+          f"{t_mm * 1e3:.1f} ms)")
+
+    results = []
+    for name, spec in CASES.items():
+        res = run_case(name, spec, K[name], K_ref[name], repeats, mm)
+        results.append(res)
+        if name == "a":
+            layer = numba.threading_layer()
+            print(f"  numba threads: {numba.get_num_threads()}, threading layer: {layer}")
+        report(res, mm)
+
+    a, b = results
+    print("\nsummary (best of %d; the machine may be shared, timings are noisy)" % repeats)
+    print(f"  (a) {a['problem_grads_per_s']:.3g} gradients/s (target 2e7): "
+          f"{'met' if a['problem_grads_per_s'] >= 2e7 else 'NOT met'}")
+    print(f"  (b) {100 * b['problem_frac_matmul']:.1f}% of matmul via Problem.loss_and_grad, "
+          f"{100 * b['kernel_frac_matmul']:.1f}% via the one-flow kernel (target 50%): "
+          f"{'met' if max(b['problem_frac_matmul'], b['kernel_frac_matmul']) >= 0.5 else 'NOT met'}")
+    if args.json:
+        payload = dict(
+            quick=args.quick, repeats=repeats, python=platform.python_version(),
+            numpy=np.__version__, numba=numba.__version__, lcnfast=lcnfast.__version__,
+            blas=blas_info(), env=env, numba_threads=numba.get_num_threads(),
+            threading_layer=numba.threading_layer(), matmul_n=n_mm, matmul_gflops=mm,
+            cases=results,
+        )
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"  figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
