@@ -310,6 +310,88 @@ def report(res, mm):
     print(f"  target: {f['target']}")
 
 
+# ----------------------------------------------------------------------------- flows (issue 3)
+def bench_flows(quick, repeats):
+    """Gradient descent and Dormand-Prince on the square-loss case, 4096 flows (quick: fewer).
+
+    (a) gradient descent, h = 1e-3, 20,000 steps: gradient evaluations per second;
+    (b) rk45, rtol = 1e-8, atol = 1e-10, t_end = 200: wall time and steps per flow, next to
+        scipy's solve_ivp(RK45) on the same flows with lcnfast's gradient, one flow at a time
+        (a subset timed, scaled to all flows);
+    (c) load balance: an uneven batch (flows stopping at very different times via grad_tol)
+        with 1 and with all threads: parallel efficiency T_1 / (n_threads T_n).
+    """
+    from scipy.integrate import solve_ivp
+
+    arch = Architecture(32, (3, 3, 3), (1, 1, 1))
+    td = data.teacher(arch, 128, noise=0.1, seed=0)
+    prob = Problem(arch, td.X, td.Y, losses.square())
+    K = 256 if quick else 4096
+    n_gd = 2000 if quick else 20_000
+    t_end = 20.0 if quick else 200.0
+    w0 = data.initial_filters(arch, K, scale=0.5, seed=1)
+    out = {"K": K}
+
+    lcnfast.gradient_descent(prob, w0[:16], h=1e-3, n_steps=10)  # compile / load
+    t0 = time.perf_counter()
+    gd = lcnfast.gradient_descent(prob, w0, h=1e-3, n_steps=n_gd, save_every=n_gd)
+    dt = time.perf_counter() - t0
+    evals = int(gd.n_grad_evals.sum())
+    out["gd"] = {"n_steps": n_gd, "wall_s": dt, "grad_evals_per_s": evals / dt,
+                 "status_counts": np.bincount(gd.status.values, minlength=5).tolist()}
+    print(f"  (a) gradient descent, h=1e-3, {n_gd} steps, K={K}: {dt:.2f} s, "
+          f"{evals / dt:.3g} gradient evaluations/s")
+
+    lcnfast.gradient_flow(prob, w0[:16], t_end=0.1)  # compile / load
+    t0 = time.perf_counter()
+    rk = lcnfast.gradient_flow(prob, w0, t_end=t_end, rtol=1e-8, atol=1e-10,
+                               save_times=[0.0, t_end])
+    dt = time.perf_counter() - t0
+    steps = rk.n_accepted.values + rk.n_rejected.values
+    evals = int(rk.n_grad_evals.sum())
+    n_sub = 2 if quick else 8
+    t0 = time.perf_counter()
+    sp_steps = []
+    for f in range(n_sub):
+        sol = solve_ivp(lambda t, y: -prob.grad(y), (0.0, t_end), w0[f], method="RK45",
+                        rtol=1e-8, atol=1e-10)
+        sp_steps.append(sol.t.size - 1)
+    dt_sp = (time.perf_counter() - t0) / n_sub * K
+    out["rk45"] = {"t_end": t_end, "wall_s": dt, "grad_evals_per_s": evals / dt,
+                   "steps_per_flow_mean": float(steps.mean()),
+                   "accepted_per_flow_mean": float(rk.n_accepted.mean()),
+                   "rejected_per_flow_mean": float(rk.n_rejected.mean()),
+                   "scipy_wall_s_scaled": dt_sp, "speedup_vs_scipy": dt_sp / dt,
+                   "scipy_accepted_subset": sp_steps,
+                   "lcnfast_accepted_subset": rk.n_accepted.values[:n_sub].tolist()}
+    print(f"  (b) rk45, rtol=1e-8, atol=1e-10, t_end={t_end:g}, K={K}: {dt:.2f} s, "
+          f"{steps.mean():.0f} steps/flow ({rk.n_rejected.mean():.0f} rejected), "
+          f"{evals / dt:.3g} gradient evaluations/s")
+    print(f"      scipy solve_ivp(RK45) one flow at a time: {dt_sp:.1f} s for {K} flows "
+          f"(timed on {n_sub}, scaled) -> lcnfast {dt_sp / dt:.0f}x faster; accepted steps "
+          f"scipy {sp_steps} vs lcnfast {rk.n_accepted.values[:n_sub].tolist()}")
+
+    # (c) uneven flows: grad_tol makes flows stop anywhere from t ~ 1 to t_end
+    nt = numba.get_num_threads()
+    Kc = 512 if quick else 2048
+    wc = data.initial_filters(arch, Kc, scale=0.7, seed=2)
+    kw = dict(t_end=t_end, grad_tol=1e-3, save_times=[0.0])
+    times = {}
+    for n_thr in sorted({1, nt}):
+        t0 = time.perf_counter()
+        dsc = lcnfast.gradient_flow(prob, wc, n_threads=n_thr, **kw)
+        times[n_thr] = time.perf_counter() - t0
+    spread = dsc.n_grad_evals.values
+    eff = times[1] / (nt * times[nt])
+    out["load_balance"] = {"K": Kc, "threads": nt, "wall_1_s": times[1], "wall_n_s": times[nt],
+                           "efficiency": eff, "evals_min": int(spread.min()),
+                           "evals_median": float(np.median(spread)), "evals_max": int(spread.max())}
+    print(f"  (c) uneven flows (grad_tol=1e-3; gradient evaluations per flow from {spread.min()} "
+          f"to {spread.max()}, median {np.median(spread):.0f}), K={Kc}: 1 thread {times[1]:.2f} s, "
+          f"{nt} threads {times[nt]:.2f} s -> parallel efficiency {eff:.0%}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (smaller batches, fewer repeats)")
@@ -342,6 +424,9 @@ def main(argv=None):
             print(f"  numba threads: {numba.get_num_threads()}, threading layer: {layer}")
         report(res, mm)
 
+    print("\n(flows) Architecture(d0=32, k=(3,3,3), s=(1,1,1)), m=128, square loss")
+    flows = bench_flows(args.quick, repeats)
+
     a, b = results
     print("\nsummary (best of %d; the machine may be shared, timings are noisy)" % repeats)
     print(f"  (a) {a['problem_grads_per_s']:.3g} gradients/s (target 2e7): "
@@ -349,13 +434,20 @@ def main(argv=None):
     print(f"  (b) {100 * b['problem_frac_matmul']:.1f}% of matmul via Problem.loss_and_grad, "
           f"{100 * b['kernel_frac_matmul']:.1f}% via the one-flow kernel (target 50%): "
           f"{'met' if max(b['problem_frac_matmul'], b['kernel_frac_matmul']) >= 0.5 else 'NOT met'}")
+    gd_rate = flows["gd"]["grad_evals_per_s"]
+    print(f"  flows (a) gradient descent {gd_rate:.3g} gradient evaluations/s (target 2e7): "
+          f"{'met' if gd_rate >= 2e7 else 'NOT met'}")
+    print(f"  flows (b) rk45 {flows['rk45']['wall_s']:.1f} s, "
+          f"{flows['rk45']['steps_per_flow_mean']:.0f} steps/flow, "
+          f"{flows['rk45']['speedup_vs_scipy']:.0f}x scipy solve_ivp one by one")
+    print(f"  flows (c) parallel efficiency on uneven flows {flows['load_balance']['efficiency']:.0%}")
     if args.json:
         payload = dict(
             quick=args.quick, repeats=repeats, python=platform.python_version(),
             numpy=np.__version__, numba=numba.__version__, lcnfast=lcnfast.__version__,
             blas=blas_info(), env=env, numba_threads=numba.get_num_threads(),
             threading_layer=numba.threading_layer(), matmul_n=n_mm, matmul_gflops=mm,
-            cases=results,
+            cases=results, flows=flows,
         )
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"  figures written to {args.json}")
