@@ -178,8 +178,8 @@ def jacobian_into(w, k, S, offs, work, J):
 # evaluation. Two implementations:
 #
 # Exact (_fs_loss_seq, _fs_loss_grad_seq): one window at a time in the order (i, j), no
-#   contraction, libm tanh/exp/log: bitwise the arithmetic of lcnfast._lanes and of the first
-#   version of this module. z is computed a row at a time by _conv_sh, in the same order.
+#   contraction, libm tanh/exp/log: the arithmetic of the first version of this module. z is
+#   computed a row at a time by _conv_sh, in the same order. The Hessian's G uses it.
 #
 # Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over output
 #   positions (DESIGN.md, "Where speed comes from"):
@@ -205,13 +205,13 @@ _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 _PROD_CHUNK = 512  # log-cosh loss: product of (1 + |tanh|) in [1, 2] over at most 512 terms
 
-# Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use.
-# False: the exact one (one window at a time, in order: bitwise the arithmetic of
-#   lcnfast._lanes, which the flow engine mixes with loss_grad_ws, and of the original kernels).
+# Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
+# lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
+# loss_grad_ws and Problem.loss agree bitwise either way).
+# False: the exact one (one window at a time, in order; the original arithmetic).
 # True: the fast one (_fs_loss_grad_fast: vectorised over output positions, reassociated
-#   sums, vectorised tanh; ~1e-15 relative from the exact one). Flip it only together with the
-#   lanes' data path (so that lanes and loss_grad_ws stay bitwise equal), see
-#   studies/benchmark.py. The _fast entry points below always use the fast path.
+#   sums, vectorised tanh; ~1e-15 relative from the exact one, and closer to a long-double
+#   reference). The _fast entry points below always use the fast path.
 # A compile-time constant (numba freezes globals; the cache follows this file).
 _DATA_PATH_FAST = True
 
