@@ -61,21 +61,11 @@ def conv_apply(v, X, s_v):
     return win @ v
 
 
-def teacher(arch, m, *, noise=0.0, seed=None):
-    """Teacher-student data for ``arch`` with ``m`` samples.
-
-    The teacher is an LCN of the same architecture with N(0, 1) filter entries, so its final
-    filter is realisable; ``noise`` is the standard deviation of i.i.d. Gaussian noise on Y.
-    Returns a :class:`TeacherData`.
-    """
-    _check_arch(arch)
-    m = _check_count(m, "m")
-    noise = _check_nonneg(noise, "noise")
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((arch.d0, m)) / np.sqrt(m)
-    w_t = rng.standard_normal(arch.n_params)
+def _teacher_targets(arch, X, rng, noise):
+    """Draw teacher filters (N(0, 1)) from rng, then Y = teacher(X) + noise * N(0, 1)."""
     from ._kernels import final_filter_batch
 
+    w_t = rng.standard_normal(arch.n_params)
     v_t = final_filter_batch(
         w_t[None, :],
         np.asarray(arch.k, np.int64),
@@ -88,6 +78,21 @@ def teacher(arch, m, *, noise=0.0, seed=None):
     if noise > 0:
         Y = Y + noise * rng.standard_normal(Y.shape)
     return TeacherData(X, Y, w_t, v_t)
+
+
+def teacher(arch, m, *, noise=0.0, seed=None):
+    """Teacher-student data for ``arch`` with ``m`` samples.
+
+    The teacher is an LCN of the same architecture with N(0, 1) filter entries, so its final
+    filter is realisable; ``noise`` is the standard deviation of i.i.d. Gaussian noise on Y.
+    Returns a :class:`TeacherData`.
+    """
+    _check_arch(arch)
+    m = _check_count(m, "m")
+    noise = _check_nonneg(noise, "noise")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((arch.d0, m)) / np.sqrt(m)
+    return _teacher_targets(arch, X, rng, noise)
 
 
 def initial_filters(arch, K, *, scale=1.0, seed=None):
@@ -266,18 +271,4 @@ def teacher_for_inputs(arch, X, *, noise=0.0, seed=None):
         raise ValueError("X contains NaN or Inf")
     noise = _check_nonneg(noise, "noise")
     rng = np.random.default_rng(seed)
-    w_t = rng.standard_normal(arch.n_params)
-    from ._kernels import final_filter_batch
-
-    v_t = final_filter_batch(
-        w_t[None, :],
-        np.asarray(arch.k, np.int64),
-        np.asarray(arch.dilations, np.int64),
-        np.asarray(arch.offsets, np.int64),
-        arch.k_v,
-        1,
-    )[0]
-    Y = conv_apply(v_t, X, arch.s_v)
-    if noise > 0:
-        Y = Y + noise * rng.standard_normal(Y.shape)
-    return TeacherData(X, Y, w_t, v_t)
+    return _teacher_targets(arch, X, rng, noise)
