@@ -1269,18 +1269,9 @@ def loss_batch(model, W, nc):
 
 
 @nb.njit(parallel=True, **_JIT)
-def loss_grad_batch(model, W, out_loss, out_grad, nc):
-    """L (K,) into out_loss and gradients (K, n_params) into out_grad."""
-    K = W.shape[0]
-    for c in nb.prange(nc):
-        ws = new_workspace(model)
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            out_loss[f] = loss_grad_ws(model, W[f], ws, out_grad[f])
-
-
-@nb.njit(parallel=True, **_JIT)
 def _loss_grad_batch_fast(model, W, out_loss, out_grad, nc):
-    """:func:`loss_grad_batch` on the fast data path whatever ``_DATA_PATH_FAST``."""
+    """L (K,) and gradients (K, n) one flow at a time on the fast data path whatever
+    ``_DATA_PATH_FAST`` (the benchmark's one-flow figure; Problem uses lcnfast._lanes)."""
     K = W.shape[0]
     for c in nb.prange(nc):
         ws = new_workspace(model)

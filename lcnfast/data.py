@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .architecture import Architecture
+from .problem import window_gram
 
 __all__ = [
     "TeacherData",
@@ -120,12 +121,6 @@ def initial_filters(arch, K, *, scale=1.0, seed=None):
 _MAX_DRAWS = 8
 
 
-def _window_gram(arch, X):
-    win = np.lib.stride_tricks.sliding_window_view(X.T, arch.k_v, axis=1)[:, :: arch.s_v, :]
-    A = np.einsum("ijn,ijq->nq", win, win)
-    return 0.5 * (A + A.T)
-
-
 def _rank_sym(A):
     ev = np.linalg.eigvalsh(A)
     if ev[-1] <= 0:
@@ -185,7 +180,7 @@ def low_rank_inputs(arch, m, rank, *, seed=None):
         B = rng.standard_normal((arch.d0, rank))
         C = rng.standard_normal((rank, m))
         X = (B @ C) / np.sqrt(rank * m)
-        if np.linalg.matrix_rank(X) == rank and _rank_sym(_window_gram(arch, X)) == arch.k_v:
+        if np.linalg.matrix_rank(X) == rank and _rank_sym(window_gram(arch, X.T)) == arch.k_v:
             return X
     raise ValueError(  # pragma: no cover - probability zero for feasible requests
         f"could not draw X of rank {rank} with a positive definite window Gram for {arch!r}"
@@ -249,7 +244,7 @@ def gram_singular_inputs(arch, m, *, nullity=1, seed=None):
                 f"need d_N * min(m, {p}) >= {arch.k_v - nullity} (more samples or a smaller k_v)"
             )
         X = null @ rng.standard_normal((p, m)) * np.sqrt(arch.d0 / (p * m))
-        if _rank_sym(_window_gram(arch, X)) == arch.k_v - nullity:
+        if _rank_sym(window_gram(arch, X.T)) == arch.k_v - nullity:
             return X
     raise ValueError(
         f"could not make the window Gram of {arch!r} have nullity {nullity} with m = {m} "

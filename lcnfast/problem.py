@@ -39,6 +39,18 @@ def as_real_array(a, name):
     return arr.astype(np.float64, copy=False)
 
 
+def window_gram(arch, Xt, Yt=None):
+    """Window Gram ``A`` (k_v, k_v) = sum over samples i and outputs j of x_ij x_ij^T, with the
+    window x_ij = Xt[i, j s_v : j s_v + k_v]; with targets ``Yt`` (m, d_N) also
+    ``b = sum_ij y_ij x_ij`` (k_v,) and returns (A, b). ``Xt`` is X transposed, (m, d0)."""
+    win = sliding_window_view(Xt, arch.k_v, axis=1)[:, :: arch.s_v, :]  # (m, d_N, k_v)
+    A = np.einsum("ijn,ijq->nq", win, win, optimize=True)
+    A = 0.5 * (A + A.T)
+    if Yt is None:
+        return A
+    return A, np.einsum("ij,ijn->n", Yt, win, optimize=True)
+
+
 def _finite_matrix(a, name, shape):
     a = as_real_array(a, name)
     if a.shape != shape:
@@ -101,7 +113,9 @@ class Problem:
         self.use_gram = bool(use_gram) and loss.code == SQUARE
         Xt = np.ascontiguousarray(self.X.T)
         Yt = np.ascontiguousarray(self.Y.T)
-        self.A, self.b = self._window_gram(Xt, Yt)
+        self.A, self.b = window_gram(arch, Xt, Yt)
+        self.A.setflags(write=False)
+        self.b.setflags(write=False)
         self.yy = float(np.sum(Yt * Yt))
         kv = arch.k_v
         self._model = K.Model(
@@ -122,16 +136,6 @@ class Problem:
             Yt=Yt,
         )
 
-    def _window_gram(self, Xt, Yt):
-        """Window Gram A (k_v, k_v) and b (k_v,), summed over samples and output positions."""
-        a = self.arch
-        win = sliding_window_view(Xt, a.k_v, axis=1)[:, :: a.s_v, :]  # (m, d_N, k_v)
-        A = np.einsum("ijn,ijq->nq", win, win, optimize=True)
-        b = np.einsum("ij,ijn->n", Yt, win, optimize=True)
-        A = 0.5 * (A + A.T)
-        A.setflags(write=False)
-        b.setflags(write=False)
-        return A, b
 
     # ------------------------------------------------------------------ input handling
     def _params(self, w, name="w"):
