@@ -37,7 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._kernels import loss_grad_ws, new_workspace
-from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
+from ._lanes import LANES, lane_loss_grad, new_lane_workspace
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -241,7 +241,7 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 
 
 @nb.njit(**_JIT)
-def _euler_worker(model, W0, opt, out, counter):
+def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
     K, n = W0.shape
     N = model.k.shape[0]
     lws = new_lane_workspace(model)
@@ -273,7 +273,7 @@ def _euler_worker(model, W0, opt, out, counter):
                 n_active += 1
         if n_active == 0:
             break
-        loss_grad_lanes(model, Y, lws, G, L)
+        lane_loss_grad(model, kern, use_kern, Y, lws, G, L)
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -312,11 +312,11 @@ def _euler_worker(model, W0, opt, out, counter):
 
 
 @nb.njit(parallel=True, **_JIT)
-def euler_batch(model, W0, opt, out, n_workers):
+def euler_batch(model, kern, use_kern, W0, opt, out, n_workers):
     """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _euler_worker(model, W0, opt, out, counter)
+        _euler_worker(model, kern, use_kern, W0, opt, out, counter)
 
 
 # ----------------------------------------------------------------------------- Dormand-Prince
@@ -505,7 +505,7 @@ def _rk_prepare(opt, out, s, b):
 
 
 @nb.njit(**_JIT)
-def _rk_attempt(model, s, lws):
+def _rk_attempt(model, kern, use_kern, s, lws):
     """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b]).
 
     The stage combinations loop over lanes innermost (SIMD); per lane the sums run over the
@@ -527,7 +527,7 @@ def _rk_attempt(model, s, lws):
         for i in range(n):
             for b in range(LANES):
                 dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
-        loss_grad_lanes(model, dst, lws, s.G, s.L_new)  # st = 6: the FSAL stage at y_new
+        lane_loss_grad(model, kern, use_kern, dst, lws, s.G, s.L_new)  # st = 6: the FSAL stage at y_new
         for i in range(n):
             for b in range(LANES):
                 Kst[st, i, b] = -s.G[i, b]
@@ -611,7 +611,7 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
 
 
 @nb.njit(**_JIT)
-def _rk45_worker(model, W0, opt, out, counter):
+def _rk45_worker(model, kern, use_kern, W0, opt, out, counter):
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
@@ -633,15 +633,15 @@ def _rk45_worker(model, W0, opt, out, counter):
             if _fetch_add(counter, 0, 0) >= K:
                 break
             continue
-        _rk_attempt(model, s, lws)
+        _rk_attempt(model, kern, use_kern, s, lws)
         for b in range(LANES):
             if s.flow[b] >= 0 and s.h[b] > 0.0:
                 _rk_conclude(model, opt, out, s, b, lws, ws)
 
 
 @nb.njit(parallel=True, **_JIT)
-def rk45_batch(model, W0, opt, out, n_workers):
+def rk45_batch(model, kern, use_kern, W0, opt, out, n_workers):
     """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _rk45_worker(model, W0, opt, out, counter)
+        _rk45_worker(model, kern, use_kern, W0, opt, out, counter)

@@ -166,7 +166,18 @@ def loss_grad_lanes(model, W, ws, out_g, out_L):
 
 
 @nb.njit(**_JIT)
-def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
+def lane_loss_grad(model, kern, use_kern, W, ws, out_g, out_L):
+    """:func:`loss_grad_lanes`, or the generated straight-line kernel ``kern`` of
+    :mod:`lcnfast._codegen` when ``use_kern`` (square loss through the Gram only). Either way
+    the final filters are left in ``ws.P[N]``."""
+    if use_kern:
+        kern(W, model.A, model.b, model.yy, out_g, out_L, ws.P[model.k.shape[0]])
+    else:
+        loss_grad_lanes(model, W, ws, out_g, out_L)
+
+
+@nb.njit(**_JIT)
+def _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, blk0, blk1):
     """Lane blocks blk0..blk1-1 of the rows of W (a last partial block repeats its first
     row in the unused lanes)."""
     K, n = W.shape
@@ -180,7 +191,7 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
             f = f0 + b if f0 + b < K else f0
             for q in range(n):
                 Wl[q, b] = W[f, q]
-        loss_grad_lanes(model, Wl, ws, gl, Ll)
+        lane_loss_grad(model, kern, use_kern, Wl, ws, gl, Ll)
         for b in range(min(LANES, K - f0)):
             out_loss[f0 + b] = Ll[b]
             for q in range(n):
@@ -188,17 +199,17 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
 
 
 @nb.njit(parallel=True, **_JIT)
-def loss_grad_batch(model, W, out_loss, out_grad, nc):
+def loss_grad_batch(model, kern, use_kern, W, out_loss, out_grad, nc):
     """L (K,) and gradients (K, n) for every row of W (K, n), in ``nc`` prange chunks of
-    whole lane blocks."""
+    whole lane blocks (``kern``, ``use_kern``: see :func:`lane_loss_grad`)."""
     nblk = (W.shape[0] + LANES - 1) // LANES
     nc = min(nc, nblk)
     for c in nb.prange(nc):
-        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
+        _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
 
 
 @nb.njit(**_JIT)
-def loss_grad_serial(model, W, out_loss, out_grad):
+def loss_grad_serial(model, kern, use_kern, W, out_loss, out_grad):
     """:func:`loss_grad_batch` on the calling thread (small batches: waking the thread team
     costs more than the work)."""
-    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)
+    _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)

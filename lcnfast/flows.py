@@ -254,7 +254,9 @@ def gradient_flow(
     out = _outputs(K, n, problem.arch.k_v, save_t.size)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
-        I.rk45_batch(problem.model, W0, opt, out, nt)
+        # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+        kern, use = problem.lane_kernel(7 * K * min(max_steps, 1000))
+        I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
         wall = _time.perf_counter() - t0
     run_attrs = {
         "method": "rk45",
@@ -310,7 +312,8 @@ def gradient_descent(
     out = _outputs(K, n, problem.arch.k_v, n_save)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
-        I.euler_batch(problem.model, W0, opt, out, nt)
+        kern, use = problem.lane_kernel(K * (n_steps + 1))
+        I.euler_batch(problem.model, kern, use, W0, opt, out, nt)
         wall = _time.perf_counter() - t0
     save_t = np.arange(n_save) * save_every * h
     run_attrs = {"method": "euler", "h": h, "n_steps": n_steps, "save_every": save_every}
@@ -415,6 +418,7 @@ def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
         "loss": json.dumps({"name": loss.name, **loss.param_dict}),
         "m": problem.m,
         **run_attrs,
+        "gradient_kernel": problem.kernel_in_use,
         **_versions(n_threads),
         "wall_time_s": wall,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import _kernels as K
+from . import _codegen, _kernels as K
 from . import _lanes
 from .architecture import Architecture
 from .losses import SQUARE, Loss
@@ -21,6 +21,10 @@ def n_chunks(W):
 
 
 _SERIAL_FLOPS = 200_000  # below this much work a call stays on the calling thread
+# kernel="auto" generates the straight-line kernel once a Problem has asked for this many
+# gradient evaluations: the one-off compile (about a second, then cached on disk) pays off
+AUTO_GENERATE_EVALS = 100_000
+KERNELS = ("auto", "generic", "generated")
 
 __all__ = ["Problem"]
 
@@ -49,6 +53,11 @@ def window_gram(arch, Xt, Yt=None):
     if Yt is None:
         return A
     return A, np.einsum("ij,ijn->n", Yt, win, optimize=True)
+
+
+def _readonly(a):
+    a.setflags(write=False)
+    return a
 
 
 def _finite_matrix(a, name, shape):
@@ -82,6 +91,15 @@ class Problem:
     use_gram : bool, optional
         Square loss only: evaluate through the window Gram (default True). False forces the
         pass over the data (a reference and a check; other losses always pass over the data).
+    kernel : {"auto", "generic", "generated"}, optional
+        Batched gradients of the square loss through the Gram (``loss_and_grad``, ``grad``,
+        the integrators) can run a straight-line kernel generated for this architecture
+        (:mod:`lcnfast._codegen`, about 3x faster for small filters, compiled once per
+        architecture and cached on disk). "generated" always uses it (ValueError where it
+        does not apply), "generic" never, "auto" (default) once this Problem has asked for
+        ``AUTO_GENERATE_EVALS`` gradient evaluations and the architecture is small enough.
+        Both kernels give equal numbers (see :mod:`lcnfast._codegen`); ``kernel_in_use``
+        says which one the last batched evaluation ran.
 
     Notes
     -----
@@ -90,7 +108,7 @@ class Problem:
     the loss value itself (not its gradient) is needed to many digits.
     """
 
-    def __init__(self, arch, X, Y, loss, *, use_gram=True):
+    def __init__(self, arch, X, Y, loss, *, use_gram=True, kernel="auto"):
         if not isinstance(arch, Architecture):
             raise TypeError(f"arch must be an Architecture, got {type(arch).__name__}")
         if not isinstance(loss, Loss):
@@ -111,6 +129,21 @@ class Problem:
         self.Y.setflags(write=False)
         self.m = m
         self.use_gram = bool(use_gram) and loss.code == SQUARE
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        can_generate = self.use_gram and (
+            _codegen.n_products(arch.k, arch.dilations) <= _codegen.MAX_PRODUCTS
+        )
+        if kernel == "generated" and not can_generate:
+            raise ValueError(
+                "kernel='generated' needs the square loss through the Gram (use_gram=True) and "
+                f"at most {_codegen.MAX_PRODUCTS} products per gradient, got loss "
+                f"{loss.name!r}, use_gram={bool(use_gram)}, "
+                f"{_codegen.n_products(arch.k, arch.dilations)} products"
+            )
+        self.kernel = kernel if can_generate else "generic"
+        self.kernel_in_use = None
+        self._evals_asked = 0
         Xt = np.ascontiguousarray(self.X.T)
         Yt = np.ascontiguousarray(self.Y.T)
         self.A, self.b = window_gram(arch, Xt, Yt)
@@ -129,8 +162,8 @@ class Problem:
             s_v=arch.s_v,
             d_N=arch.d_N,
             use_gram=self.use_gram,
-            A=self.A if self.use_gram else np.zeros((0, 0)),
-            b=self.b if self.use_gram else np.zeros(0),
+            A=self.A if self.use_gram else _readonly(np.zeros((0, 0))),
+            b=self.b if self.use_gram else _readonly(np.zeros(0)),
             yy=self.yy,
             Xt=Xt,
             Yt=Yt,
@@ -164,6 +197,18 @@ class Problem:
             per_point = 4 * a.d_N * self.m * a.k_v
         return W.shape[0] * per_point < _SERIAL_FLOPS or numba.get_num_threads() == 1
 
+    def lane_kernel(self, n_evals):
+        """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients (the
+        arguments of :func:`lcnfast._lanes.lane_loss_grad`); records ``kernel_in_use``."""
+        self._evals_asked += int(n_evals)
+        use = self.kernel == "generated" or (
+            self.kernel == "auto" and self._evals_asked >= AUTO_GENERATE_EVALS
+        )
+        self.kernel_in_use = "generated" if use else "generic"
+        if not use:
+            return _codegen.no_kernel, False
+        return _codegen.lane_kernel(self.arch.k, self.arch.dilations), True
+
     @property
     def model(self):
         """The kernel-side description of this problem (:class:`lcnfast._kernels.Model`)."""
@@ -194,10 +239,11 @@ class Problem:
         W, single = self._params(w)
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
+        kern, use = self.lane_kernel(W.shape[0])
         if self._serial(W):
-            _lanes.loss_grad_serial(self._model, W, L, G)
+            _lanes.loss_grad_serial(self._model, kern, use, W, L, G)
         else:
-            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
+            _lanes.loss_grad_batch(self._model, kern, use, W, L, G, n_chunks(W))
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):

@@ -1,0 +1,240 @@
+"""Straight-line lane kernels for the square loss, generated for one architecture.
+
+Private module. The generic lane kernels of :mod:`lcnfast._lanes` loop over filter taps and
+prefix positions whose trip counts (2, 3, 5, ...) are only known at run time; for the tiny
+filters of typical LCN studies those loops, not the arithmetic, dominate. Here the whole
+gradient of the square loss through the window Gram -- the polynomial product, ``A v``, the
+loss and the reverse pass -- is written out as straight-line Python for one architecture
+(filter widths and dilations fixed), so that every intermediate lives in a register.
+
+The source is written to a module file in a cache directory and compiled by Numba as a
+``cfunc`` with :data:`LANE_KERNEL_SIG` (cached on disk like every other kernel), which the
+batched evaluations and the integrators call through a first-class function argument: they
+are compiled once for all architectures.
+
+Exactness: the generated code performs the floating-point operations of
+:func:`lcnfast._lanes.loss_grad_lanes` in the same order, except that it does not add the
+exact zeros the generic loops add (sums start from their first term instead of from 0.0, and
+terms multiplying a structurally zero coefficient of a dilated layer are left out). For finite
+parameters both kernels therefore give equal numbers (``==``); only the sign of an exact zero
+can differ, and which non-finite value (Inf or NaN) a flow shows once it has overflowed.
+
+Kernel signature (``L`` lanes, any ``L >= 1``)::
+
+    kernel(W (n_params, L), A (k_v, k_v), b (k_v,), yy, out_g (n_params, L), out_L (L,),
+           out_v (k_v, L)) -> None
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numba as nb
+from numba import types
+from numba.core.types.function_type import WrapperAddressProtocol
+from numba.extending import typeof_impl
+
+_A2 = types.Array(types.float64, 2, "C")
+_A1 = types.Array(types.float64, 1, "C")
+_R2 = types.Array(types.float64, 2, "C", readonly=True)
+_R1 = types.Array(types.float64, 1, "C", readonly=True)
+LANE_KERNEL_SIG = types.void(_A2, _R2, _R1, types.float64, _A2, _A1, _A2)
+
+# Above this many multiplications per gradient the generated code gets long enough for LLVM
+# to take many seconds, and the generic kernels are no longer loop-overhead bound.
+MAX_PRODUCTS = 1000
+
+
+_LANE_KERNEL_TYPE = types.FunctionType(LANE_KERNEL_SIG)
+
+
+class LaneKernel(WrapperAddressProtocol):
+    """A compiled lane kernel as a Numba first-class function argument.
+
+    Passing a ``cfunc`` itself makes Numba build its function type on every call (~18 us);
+    this wrapper hands the dispatcher a type built once (~1 us per call)."""
+
+    def __init__(self, cfunc):
+        self.cfunc = cfunc
+        self._address = cfunc.address
+
+    def __wrapper_address__(self):
+        return self._address
+
+    def signature(self):
+        return LANE_KERNEL_SIG
+
+
+@typeof_impl.register(LaneKernel)
+def _typeof_lane_kernel(val, c):
+    return _LANE_KERNEL_TYPE
+
+
+@nb.cfunc(LANE_KERNEL_SIG, cache=True)
+def _no_kernel(W, A, b, yy, out_g, out_L, out_v):  # pragma: no cover - never called
+    """Placeholder of the kernel argument when the generic lane kernels are in use."""
+
+
+no_kernel = LaneKernel(_no_kernel)
+
+
+def _products(k, S):
+    """Structure of the prefix products: list over i = 0..N of lists of tap terms
+    [(param index, source position)] per coefficient, None for a structural zero."""
+    offs = [0]
+    for ki in k:
+        offs.append(offs[-1] + ki)
+    rows = [[[]]]  # row 0: the constant 1 (an empty product)
+    for i, (ki, Si) in enumerate(zip(k, S)):
+        src = rows[-1]
+        n_out = len(src) + (ki - 1) * Si
+        dst = []
+        for t in range(n_out):
+            terms = [
+                (offs[i] + a, t - a * Si)
+                for a in range(ki)
+                if 0 <= t - a * Si < len(src) and src[t - a * Si] is not None
+            ]
+            dst.append(terms or None)
+        rows.append(dst)
+    return offs, rows
+
+
+def n_products(k, S):
+    """Multiplications per gradient in the generated kernel for filter widths ``k`` and
+    dilations ``S`` (the size that decides whether a kernel is generated)."""
+    offs, rows = _products(k, S)
+    kv = len(rows[-1])
+    nz = sum(1 for t in rows[-1] if t)  # structurally non-zero coefficients of v
+    fwd = sum(len(t) for row in rows[2:] for t in row if t)  # layer 1 only copies w
+    gram = kv * nz + 2 * nz + kv + 1  # A v, v.h and b.v, 2 (h - b), 2 lin
+    bwd = 0
+    for i, ki in enumerate(k):
+        if i > 0:
+            nzp = sum(1 for t in rows[i] if t is not None)
+            bwd += ki * nzp + ki * len(rows[i])
+    return fwd + gram + bwd
+
+
+def kernel_source(k, S, name="kernel"):
+    """Python source of the straight-line lane kernel for widths ``k`` and dilations ``S``."""
+    k = tuple(int(x) for x in k)
+    S = tuple(int(x) for x in S)
+    N = len(k)
+    offs, rows = _products(k, S)
+    n = offs[-1]
+    kv = len(rows[-1])
+    lines = [
+        f"def {name}(W, A, b, yy, out_g, out_L, out_v):",
+        f'    """Generated: loss and gradient of the square loss for k={k}, dilations={S}."""',
+    ]
+    emit = lines.append
+    for r in range(kv):
+        for q in range(kv):
+            emit(f"    A{r}_{q} = A[{r}, {q}]")
+        emit(f"    b{r} = b[{r}]")
+    emit("    for l in range(W.shape[1]):")
+    ind = "        "
+    for q in range(n):
+        emit(f"{ind}w{q} = W[{q}, l]")
+    # forward: prefix products p{i}_{t}; a coefficient is a sum over taps a of w * p_{i-1}
+    names = [["1"]]
+    for i in range(1, N + 1):
+        row = []
+        for t, terms in enumerate(rows[i]):
+            if terms is None:
+                row.append(None)
+                continue
+            src = names[i - 1]
+            parts = [f"w{q}" if src[m] == "1" else f"w{q} * {src[m]}" for q, m in terms]
+            emit(f"{ind}p{i}_{t} = " + " + ".join(parts))
+            row.append(f"p{i}_{t}")
+        names.append(row)
+    v = names[N]
+    nzv = [q for q in range(kv) if v[q] is not None]
+    # Gram: h = A v, L = v.h - 2 b.v + yy, G = 2 (h - b)
+    for r in range(kv):
+        emit(f"{ind}h{r} = " + (" + ".join(f"A{r}_{q} * {v[q]}" for q in nzv) or "0.0"))
+    emit(f"{ind}quad = " + (" + ".join(f"{v[r]} * h{r}" for r in nzv) or "0.0"))
+    emit(f"{ind}lin = " + (" + ".join(f"b{r} * {v[r]}" for r in nzv) or "0.0"))
+    emit(f"{ind}out_L[l] = quad - 2.0 * lin + yy")
+    for r in range(kv):
+        emit(f"{ind}out_v[{r}, l] = {v[r] if v[r] is not None else '0.0'}")
+    G = []
+    for r in range(kv):
+        emit(f"{ind}g{N}_{r} = 2.0 * (h{r} - b{r})")
+        G.append(f"g{N}_{r}")
+    # reverse pass: dL/dw_i[a] = sum_m G[m + a S_i] p_{i-1}[m]; G_{i-1}[m] = sum_a G[m + a S_i] w_i[a]
+    for i in range(N - 1, -1, -1):
+        src = names[i]
+        for a in range(k[i]):
+            sh = a * S[i]
+            parts = [
+                G[m + sh] if src[m] == "1" else f"{G[m + sh]} * {src[m]}"
+                for m in range(len(src))
+                if src[m] is not None
+            ]
+            emit(f"{ind}out_g[{offs[i] + a}, l] = " + (" + ".join(parts) or "0.0"))
+        if i > 0:
+            Gn = []
+            for m in range(len(src)):
+                parts = [f"{G[m + a * S[i]]} * w{offs[i] + a}" for a in range(k[i])]
+                emit(f"{ind}g{i}_{m} = " + " + ".join(parts))
+                Gn.append(f"g{i}_{m}")
+            G = Gn
+    return "\n".join(lines) + "\n"
+
+
+def _module_source(k, S):
+    return (
+        '"""Generated by lcnfast._codegen; do not edit (regenerated when missing)."""\n'
+        "import numba as nb\n"
+        "from lcnfast._codegen import LANE_KERNEL_SIG\n\n\n"
+        "@nb.cfunc(LANE_KERNEL_SIG, cache=True)\n" + kernel_source(k, S)
+    )
+
+
+def cache_dir():
+    """Where generated kernel modules live: ``$LCNFAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/lcnfast`` (``~/.cache/lcnfast``). Numba caches their machine code in
+    ``__pycache__`` there."""
+    env = os.environ.get("LCNFAST_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lcnfast"
+
+
+_LOADED = {}
+
+
+def lane_kernel(k, S):
+    """The compiled straight-line kernel (a :class:`LaneKernel`) for widths ``k`` and dilations
+    ``S``, generated, written and compiled on first use (about a second for small filters;
+    later processes load it from the disk cache)."""
+    key = (tuple(int(x) for x in k), tuple(int(x) for x in S))
+    if key in _LOADED:
+        return _LOADED[key]
+    src = _module_source(*key)
+    tag = hashlib.sha256(src.encode()).hexdigest()[:20]
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"lcnfast_lane_{tag}.py"
+    if not path.exists() or path.read_text() != src:
+        # atomic: concurrent processes write the same text; the file is never seen half-written
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(src)
+        os.replace(tmp, path)
+    name = f"lcnfast_lane_{tag}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    _LOADED[key] = LaneKernel(mod.kernel)
+    return _LOADED[key]

@@ -1,0 +1,134 @@
+"""The generated straight-line kernels (lcnfast._codegen) against the generic lane kernels,
+and the Problem's choice between them (kernel="auto" / "generic" / "generated").
+
+Every architecture here compiles a kernel of its own (a fraction of a second to ~2 s), so the
+cases are few and chosen to cover what the generator special-cases: a single layer, k_v = 1,
+dilated layers with structurally zero coefficients, strides, depth 4."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from strategies import arch_specs, random_params
+
+import lcnfast
+from lcnfast import Architecture, Problem, _codegen, data, losses
+from lcnfast import problem as problem_mod
+
+ARCHS = [
+    (5, (1,), (1,)),  # k_v = 1
+    (10, (4,), (2,)),  # one layer
+    (32, (3, 3, 3), (1, 1, 1)),
+    (14, (2, 2), (3, 1)),  # dilation 3: v has a structural zero (degree 2)
+    (40, (2, 3, 2), (2, 1, 2)),
+    (30, (2, 1, 3, 2), (1, 2, 1, 1)),  # depth 4
+]
+
+
+def _pair(d0, k, s, seed=0, m=7):
+    arch = Architecture(d0, k, s)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((d0, m))
+    Y = rng.standard_normal((arch.d_N, m))
+    gen = Problem(arch, X, Y, losses.square(), kernel="generic")
+    fast = Problem(arch, X, Y, losses.square(), kernel="generated")
+    W = np.stack([random_params(rng, arch) for _ in range(21)])  # 21: a partial lane block
+    return arch, gen, fast, W
+
+
+@pytest.mark.parametrize("d0,k,s", ARCHS)
+def test_generated_equals_generic(d0, k, s):
+    arch, gen, fast, W = _pair(d0, k, s)
+    L1, G1 = gen.loss_and_grad(W)
+    L2, G2 = fast.loss_and_grad(W)
+    assert gen.kernel_in_use == "generic" and fast.kernel_in_use == "generated"
+    np.testing.assert_array_equal(L2, L1)
+    np.testing.assert_array_equal(G2, G1)
+    # and the one-flow kernels (Hessian, loss) agree with it
+    np.testing.assert_array_equal(fast.loss(W), L1)
+
+
+@settings(max_examples=4)
+@given(arch_specs(max_k=4, max_s=3))
+def test_generated_equals_generic_random(spec):
+    if _codegen.n_products(spec[1], Architecture(*spec).dilations) > 300:
+        return  # keep the compile cost of this test small
+    arch, gen, fast, W = _pair(*spec, seed=3)
+    np.testing.assert_array_equal(fast.loss_and_grad(W)[1], gen.loss_and_grad(W)[1])
+
+
+def test_product_count_matches_source():
+    for k, S in [((3, 3, 3), (1, 1, 1)), ((2, 2), (1, 3)), ((1,), (1,)), ((5, 4), (1, 5))]:
+        assert _codegen.n_products(k, S) == _codegen.kernel_source(k, S).count("*")
+
+
+def test_flows_equal_with_either_kernel():
+    arch, gen, fast, W = _pair(32, (3, 3, 3), (1, 1, 1), m=16)
+    for run in (
+        lambda p: lcnfast.gradient_descent(p, W, h=1e-2, n_steps=300, save_every=100),
+        lambda p: lcnfast.gradient_flow(p, W[:9], t_end=5.0, save_times=[0.0, 1.0, 5.0]),
+    ):
+        a, b = run(gen), run(fast)
+        assert (a.attrs["gradient_kernel"], b.attrs["gradient_kernel"]) == ("generic", "generated")
+        for name in ("w_final", "v_final", "loss", "grad_norm", "n_grad_evals", "v_l1_max"):
+            assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
+
+
+def test_auto_switches_after_enough_evaluations(monkeypatch):
+    arch = Architecture(32, (3, 3, 3), (1, 1, 1))
+    td = data.teacher(arch, 8, seed=0)
+    p = Problem(arch, td.X, td.Y, losses.square())
+    assert p.kernel == "auto"
+    monkeypatch.setattr(problem_mod, "AUTO_GENERATE_EVALS", 50)
+    W = data.initial_filters(arch, 30, seed=1)
+    L1, _ = p.loss_and_grad(W)
+    assert p.kernel_in_use == "generic"
+    L2, _ = p.loss_and_grad(W)  # 60 evaluations asked for: now generated
+    assert p.kernel_in_use == "generated"
+    np.testing.assert_array_equal(L1, L2)
+
+
+def test_kernel_argument_checked():
+    arch = Architecture(32, (3, 3, 3), (1, 1, 1))
+    td = data.teacher(arch, 8, seed=0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        Problem(arch, td.X, td.Y, losses.square(), kernel="fast")
+    with pytest.raises(ValueError, match="kernel='generated' needs the square loss"):
+        Problem(arch, td.X, td.Y, losses.log_cosh(1.0), kernel="generated")
+    with pytest.raises(ValueError, match="kernel='generated' needs"):
+        Problem(arch, td.X, td.Y, losses.square(), use_gram=False, kernel="generated")
+    big = Architecture(200, (7, 7, 7, 7), (1, 1, 1, 1))
+    assert _codegen.n_products(big.k, big.dilations) > _codegen.MAX_PRODUCTS
+    tb = data.teacher(big, 4, seed=0)
+    with pytest.raises(ValueError, match="products"):
+        Problem(big, tb.X, tb.Y, losses.square(), kernel="generated")
+    # too big for "auto": stays generic whatever the batch
+    assert Problem(big, tb.X, tb.Y, losses.square()).kernel == "generic"
+
+
+def test_cache_dir_and_fresh_process(tmp_path):
+    """Kernels are written under LCNFAST_CACHE_DIR and load in a new process from there."""
+    code = (
+        "import numpy as np\n"
+        "from lcnfast import Architecture, Problem, losses\n"
+        "a = Architecture(6, (2, 3), (2, 1))\n"
+        "rng = np.random.default_rng(0)\n"
+        "p = Problem(a, rng.standard_normal((6, 5)), rng.standard_normal((a.d_N, 5)),"
+        " losses.square(), kernel='generated')\n"
+        "print(repr(float(p.loss_and_grad(np.ones((3, a.n_params)))[0][0])))\n"
+    )
+    env = {**os.environ, "LCNFAST_CACHE_DIR": str(tmp_path)}
+    out = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout
+        for _ in range(2)
+    ]
+    assert out[0] == out[1]
+    files = list(tmp_path.glob("lcnfast_lane_*.py"))
+    assert len(files) == 1
+    assert "Generated by lcnfast._codegen" in files[0].read_text()
