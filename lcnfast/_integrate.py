@@ -255,6 +255,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
     wn = np.zeros(LANES)
     flow = np.full(LANES, -1, np.int64)
     step = np.zeros(LANES, np.int64)
+    next_save = np.zeros(LANES, np.int64)  # step of the lane's next save (no modulo per step)
     h = opt.h
     while True:
         n_active = 0
@@ -264,6 +265,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
                 if f < K:
                     flow[b] = f
                     step[b] = 0
+                    next_save[b] = 0
                     for i in range(n):
                         Y[i, b] = W0[f, i]
                     _start(out, f)
@@ -286,7 +288,8 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
             elif L[b] - L_prev[b] > out.max_loss_increase[f]:
                 out.max_loss_increase[f] = L[b] - L_prev[b]
             _record(out, f, v1[b], wn[b])
-            if j % opt.save_every == 0 and j // opt.save_every < opt.n_save:
+            if j == next_save[b] and j // opt.save_every < opt.n_save:
+                next_save[b] += opt.save_every
                 r = j // opt.save_every
                 for i in range(n):
                     out.save_w[f, r, i] = Y[i, b]

@@ -176,10 +176,41 @@ def lane_loss_grad(model, kern, use_kern, W, ws, out_g, out_L):
         loss_grad_lanes(model, W, ws, out_g, out_L)
 
 
+_WIDE = 64  # flows per call of a generated kernel in batched evaluations
+
+
 @nb.njit(**_JIT)
-def _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, blk0, blk1):
-    """Lane blocks blk0..blk1-1 of the rows of W (a last partial block repeats its first
-    row in the unused lanes)."""
+def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
+    """Rows f0..f1-1 of W through the generated kernel ``kern``, up to ``_WIDE`` flows per
+    call (its code is scalar per flow: wider calls only spread its set-up)."""
+    n = W.shape[1]
+    kv = model.k_v
+    c = min(_WIDE, f1 - f0)
+    Wl = np.empty((n, c))
+    gl = np.empty((n, c))
+    Ll = np.empty(c)
+    Vl = np.empty((kv, c))
+    for a in range(f0, f1, _WIDE):
+        if f1 - a < c:  # last, narrower call
+            c = f1 - a
+            Wl = np.empty((n, c))
+            gl = np.empty((n, c))
+            Ll = np.empty(c)
+            Vl = np.empty((kv, c))
+        for q in range(n):
+            for b in range(c):
+                Wl[q, b] = W[a + b, q]
+        kern(Wl, model.A, model.b, model.yy, gl, Ll, Vl)
+        for b in range(c):
+            out_loss[a + b] = Ll[b]
+            for q in range(n):
+                out_grad[a + b, q] = gl[q, b]
+
+
+@nb.njit(**_JIT)
+def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
+    """Lane blocks blk0..blk1-1 of the rows of W through the generic lane kernel (a last
+    partial block repeats its first row in the unused lanes)."""
     K, n = W.shape
     ws = new_lane_workspace(model)
     Wl = np.empty((n, LANES))
@@ -191,7 +222,7 @@ def _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, blk0, blk1):
             f = f0 + b if f0 + b < K else f0
             for q in range(n):
                 Wl[q, b] = W[f, q]
-        lane_loss_grad(model, kern, use_kern, Wl, ws, gl, Ll)
+        loss_grad_lanes(model, Wl, ws, gl, Ll)
         for b in range(min(LANES, K - f0)):
             out_loss[f0 + b] = Ll[b]
             for q in range(n):
@@ -199,17 +230,34 @@ def _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, blk0, blk1):
 
 
 @nb.njit(parallel=True, **_JIT)
-def loss_grad_batch(model, kern, use_kern, W, out_loss, out_grad, nc):
+def loss_grad_batch(model, W, out_loss, out_grad, nc):
     """L (K,) and gradients (K, n) for every row of W (K, n), in ``nc`` prange chunks of
-    whole lane blocks (``kern``, ``use_kern``: see :func:`lane_loss_grad`)."""
+    whole lane blocks."""
     nblk = (W.shape[0] + LANES - 1) // LANES
     nc = min(nc, nblk)
     for c in nb.prange(nc):
-        _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
+        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
 
 
 @nb.njit(**_JIT)
-def loss_grad_serial(model, kern, use_kern, W, out_loss, out_grad):
+def loss_grad_serial(model, W, out_loss, out_grad):
     """:func:`loss_grad_batch` on the calling thread (small batches: waking the thread team
     costs more than the work)."""
-    _loss_grad_blocks(model, kern, use_kern, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)
+    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)
+
+
+@nb.njit(parallel=True, **_JIT)
+def generated_batch(model, kern, W, out_loss, out_grad, nc):
+    """:func:`loss_grad_batch` through the generated kernel ``kern`` (chunks of _WIDE rows)."""
+    K = W.shape[0]
+    nblk = (K + _WIDE - 1) // _WIDE
+    nc = min(nc, nblk)
+    for c in nb.prange(nc):
+        _generated_rows(model, kern, W, out_loss, out_grad, c * nblk // nc * _WIDE,
+                        min(K, (c + 1) * nblk // nc * _WIDE))
+
+
+@nb.njit(**_JIT)
+def generated_serial(model, kern, W, out_loss, out_grad):
+    """:func:`generated_batch` on the calling thread."""
+    _generated_rows(model, kern, W, out_loss, out_grad, 0, W.shape[0])

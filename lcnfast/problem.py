@@ -240,10 +240,15 @@ class Problem:
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
         kern, use = self.lane_kernel(W.shape[0])
-        if self._serial(W):
-            _lanes.loss_grad_serial(self._model, kern, use, W, L, G)
+        serial = self._serial(W)
+        if use and serial:
+            _lanes.generated_serial(self._model, kern, W, L, G)
+        elif use:
+            _lanes.generated_batch(self._model, kern, W, L, G, n_chunks(W))
+        elif serial:
+            _lanes.loss_grad_serial(self._model, W, L, G)
         else:
-            _lanes.loss_grad_batch(self._model, kern, use, W, L, G, n_chunks(W))
+            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):

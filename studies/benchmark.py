@@ -243,6 +243,11 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
     rel_G = float(np.max(np.linalg.norm(G_np - G_lc, axis=1) / np.linalg.norm(G_lc, axis=1)))
 
     t_prob = best_time(lambda: problem.loss_and_grad(W), repeats)
+    kernel_in_use = problem.kernel_in_use  # "auto" has switched by now where it applies
+    t_generic = None
+    if problem.use_gram:  # the generic lane kernels, for comparison
+        generic = Problem(arch, td.X, td.Y, loss, kernel="generic")
+        t_generic = best_time(lambda: generic.loss_and_grad(W), repeats)
     Lk = np.empty(K)
     Gk = np.empty_like(W)
     nc = n_chunks(W)
@@ -261,6 +266,8 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
         first_call_kernel_s=first_call_kernel, kernel_cache_hits=h2 - h1,
         kernel_cache_misses=m2 - m1,
         problem_grads_per_s=r_prob, problem_gflops=r_prob * flops / 1e9,
+        problem_kernel=kernel_in_use,
+        generic_grads_per_s=K / t_generic if t_generic else None,
         problem_frac_matmul=r_prob * flops / 1e9 / mm_gflops,
         kernel_grads_per_s=r_kern, kernel_gflops=r_kern * flops / 1e9,
         kernel_frac_matmul=r_kern * flops / 1e9 / mm_gflops,
@@ -299,8 +306,11 @@ def report(res, mm):
         sp = f"x{speedup:.1f} vs numpy" if speedup is not None else ""
         print(f"  {label:30s} {rate:12.4g} grads/s  {perf}{sp}{note}")
 
-    line("Problem.loss_and_grad", f["problem_grads_per_s"], f["problem_gflops"],
-         f["speedup_problem_vs_numpy"])
+    line(f"Problem.loss_and_grad [{f['problem_kernel']}]", f["problem_grads_per_s"],
+         f["problem_gflops"], f["speedup_problem_vs_numpy"])
+    if f["generic_grads_per_s"]:
+        line("  same, kernel='generic'", f["generic_grads_per_s"], 0.0,
+             f["generic_grads_per_s"] / f["numpy_grads_per_s"])
     line("one-flow fast kernel", f["kernel_grads_per_s"], f["kernel_gflops"],
          f["speedup_kernel_vs_numpy"], "   (_kernels._loss_grad_batch_fast)")
     line(f"numpy reference (K={f['numpy_K']})", f["numpy_grads_per_s"], f["numpy_gflops"], None)
@@ -332,15 +342,20 @@ def bench_flows(quick, repeats):
     w0 = data.initial_filters(arch, K, scale=0.5, seed=1)
     out = {"K": K}
 
-    lcnfast.gradient_descent(prob, w0[:16], h=1e-3, n_steps=10)  # compile / load
+    # compile / load both gradient kernels (the big runs below ask for enough evaluations for
+    # kernel="auto" to pick the generated one)
+    lcnfast.gradient_descent(prob, w0[:16], h=1e-3, n_steps=10)
+    lcnfast.gradient_descent(Problem(arch, td.X, td.Y, losses.square(), kernel="generated"),
+                             w0[:16], h=1e-3, n_steps=10)
     t0 = time.perf_counter()
     gd = lcnfast.gradient_descent(prob, w0, h=1e-3, n_steps=n_gd, save_every=n_gd)
     dt = time.perf_counter() - t0
     evals = int(gd.n_grad_evals.sum())
     out["gd"] = {"n_steps": n_gd, "wall_s": dt, "grad_evals_per_s": evals / dt,
                  "status_counts": np.bincount(gd.status.values, minlength=5).tolist()}
+    out["gd"]["gradient_kernel"] = gd.attrs["gradient_kernel"]
     print(f"  (a) gradient descent, h=1e-3, {n_gd} steps, K={K}: {dt:.2f} s, "
-          f"{evals / dt:.3g} gradient evaluations/s")
+          f"{evals / dt:.3g} gradient evaluations/s [{gd.attrs['gradient_kernel']} kernel]")
 
     lcnfast.gradient_flow(prob, w0[:16], t_end=0.1)  # compile / load
     t0 = time.perf_counter()
@@ -364,9 +379,10 @@ def bench_flows(quick, repeats):
                    "scipy_wall_s_scaled": dt_sp, "speedup_vs_scipy": dt_sp / dt,
                    "scipy_accepted_subset": sp_steps,
                    "lcnfast_accepted_subset": rk.n_accepted.values[:n_sub].tolist()}
+    out["rk45"]["gradient_kernel"] = rk.attrs["gradient_kernel"]
     print(f"  (b) rk45, rtol=1e-8, atol=1e-10, t_end={t_end:g}, K={K}: {dt:.2f} s, "
           f"{steps.mean():.0f} steps/flow ({rk.n_rejected.mean():.0f} rejected), "
-          f"{evals / dt:.3g} gradient evaluations/s")
+          f"{evals / dt:.3g} gradient evaluations/s [{rk.attrs['gradient_kernel']} kernel]")
     print(f"      scipy solve_ivp(RK45) one flow at a time: {dt_sp:.1f} s for {K} flows "
           f"(timed on {n_sub}, scaled) -> lcnfast {dt_sp / dt:.0f}x faster; accepted steps "
           f"scipy {sp_steps} vs lcnfast {rk.n_accepted.values[:n_sub].tolist()}")
