@@ -5,6 +5,8 @@ paper's scaling (no 1/m, no 1/2).
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -204,10 +206,24 @@ class Problem:
         use = self.kernel == "generated" or (
             self.kernel == "auto" and self._evals_asked >= AUTO_GENERATE_EVALS
         )
+        if use:
+            try:
+                kern = _codegen.lane_kernel(self.arch.k, self.arch.dilations)
+            except OSError as e:  # e.g. a read-only cache directory
+                if self.kernel == "generated":
+                    raise
+                warnings.warn(
+                    f"lcnfast: cannot write generated kernels to {_codegen.cache_dir()} ({e}); "
+                    "using the generic kernels (set LCNFAST_CACHE_DIR to a writable directory)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.kernel = "generic"
+                use = False
         self.kernel_in_use = "generated" if use else "generic"
         if not use:
             return _codegen.no_kernel, False
-        return _codegen.lane_kernel(self.arch.k, self.arch.dilations), True
+        return kern, True
 
     @property
     def model(self):

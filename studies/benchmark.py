@@ -16,9 +16,10 @@ Two cases (DESIGN.md, "Where speed comes from"), each a batch of K parameter vec
     float64 matmul rate measured in the same run, counting 4 d_N m k_v flops per gradient
     (Z = P v and G = P^T l'(R), P the (d_N m) x k_v patch matrix).
 
-``Problem.loss_and_grad`` runs the lane kernels of ``lcnfast._lanes`` (8 flows per SIMD pass
-for the polynomial products and the Gram path; the pass over the data goes lane by lane through
-the one-flow kernel). Each case also times ``lcnfast._kernels._loss_grad_batch_fast`` (one flow
+``Problem.loss_and_grad`` runs, for (a), the straight-line kernel generated for the
+architecture (``lcnfast._codegen``; ``kernel="auto"`` switches to it during the warm-up, and
+the generic lane kernels are timed next to it), for (b) the lane kernels of ``lcnfast._lanes``
+(the pass over the data goes lane by lane through the one-flow kernel). Each case also times ``lcnfast._kernels._loss_grad_batch_fast`` (one flow
 at a time, always the fast data path, what ``loss_grad_ws`` runs when
 ``_kernels._DATA_PATH_FAST`` is on) and a plain numpy implementation written as a researcher
 would (polynomial products per layer, patch matrix, ``G = P^T l'(R)``, chain rule), checked
