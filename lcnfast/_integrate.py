@@ -37,7 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._kernels import loss_grad_ws, new_workspace
-from ._lanes import LANES, lane_loss_grad, new_lane_workspace
+from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -275,7 +275,10 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
                 n_active += 1
         if n_active == 0:
             break
-        lane_loss_grad(model, kern, use_kern, Y, lws, G, L)
+        if use_kern:  # generated kernel (lcnfast._codegen); v into V = lws.P[N] as below
+            kern(Y, model.A, model.b, model.yy, G, L, V)
+        else:
+            loss_grad_lanes(model, Y, lws, G, L)
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -508,7 +511,7 @@ def _rk_prepare(opt, out, s, b):
 
 
 @nb.njit(**_JIT)
-def _rk_attempt(model, kern, use_kern, s, lws):
+def _rk_attempt(model, kern, use_kern, s, lws, V):
     """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b]).
 
     The stage combinations loop over lanes innermost (SIMD); per lane the sums run over the
@@ -530,7 +533,11 @@ def _rk_attempt(model, kern, use_kern, s, lws):
         for i in range(n):
             for b in range(LANES):
                 dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
-        lane_loss_grad(model, kern, use_kern, dst, lws, s.G, s.L_new)  # st = 6: the FSAL stage at y_new
+        # st = 6: the FSAL stage at y_new; the generated kernel puts v into V = lws.P[N]
+        if use_kern:
+            kern(dst, model.A, model.b, model.yy, s.G, s.L_new, V)
+        else:
+            loss_grad_lanes(model, dst, lws, s.G, s.L_new)
         for i in range(n):
             for b in range(LANES):
                 Kst[st, i, b] = -s.G[i, b]
@@ -618,6 +625,7 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter):
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
+    V = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
     ws = new_workspace(model)
     while True:
         n_active = 0
@@ -636,7 +644,7 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter):
             if _fetch_add(counter, 0, 0) >= K:
                 break
             continue
-        _rk_attempt(model, kern, use_kern, s, lws)
+        _rk_attempt(model, kern, use_kern, s, lws, V)
         for b in range(LANES):
             if s.flow[b] >= 0 and s.h[b] > 0.0:
                 _rk_conclude(model, opt, out, s, b, lws, ws)

@@ -165,17 +165,6 @@ def loss_grad_lanes(model, W, ws, out_g, out_L):
     backward_lanes(W, model.k, model.S, model.offs, ws.P, ws.G, ws.Gn, out_g)
 
 
-@nb.njit(**_JIT)
-def lane_loss_grad(model, kern, use_kern, W, ws, out_g, out_L):
-    """:func:`loss_grad_lanes`, or the generated straight-line kernel ``kern`` of
-    :mod:`lcnfast._codegen` when ``use_kern`` (square loss through the Gram only). Either way
-    the final filters are left in ``ws.P[N]``."""
-    if use_kern:
-        kern(W, model.A, model.b, model.yy, out_g, out_L, ws.P[model.k.shape[0]])
-    else:
-        loss_grad_lanes(model, W, ws, out_g, out_L)
-
-
 _WIDE = 64  # flows per call of a generated kernel in batched evaluations
 
 

@@ -200,8 +200,9 @@ class Problem:
         return W.shape[0] * per_point < _SERIAL_FLOPS or numba.get_num_threads() == 1
 
     def lane_kernel(self, n_evals):
-        """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients (the
-        arguments of :func:`lcnfast._lanes.lane_loss_grad`); records ``kernel_in_use``."""
+        """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients: the
+        generated kernel (a :class:`lcnfast._codegen.LaneKernel`) and whether to use it, as
+        the integrators take them; records ``kernel_in_use``."""
         self._evals_asked += int(n_evals)
         use = self.kernel == "generated" or (
             self.kernel == "auto" and self._evals_asked >= AUTO_GENERATE_EVALS
