@@ -485,7 +485,7 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
     return True
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)
 def _rk_prepare(opt, out, s, b):
     """Checks before attempting a step in lane b and its step size; False if it stopped."""
     t = s.t[b]
@@ -543,7 +543,7 @@ def _rk_attempt(model, kern, use_kern, s, lws, V):
                 Kst[st, i, b] = -s.G[i, b]
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)
 def _rk_conclude(model, opt, out, s, b, lws, ws):
     """Accept or reject lane b's attempted step (error control as scipy's RK45); on
     acceptance save, move on and check the stopping rules."""

@@ -26,6 +26,9 @@ _SERIAL_FLOPS = 200_000  # below this much work a call stays on the calling thre
 # kernel="auto" generates the straight-line kernel once a Problem has asked for this many
 # gradient evaluations: the one-off compile (about a second, then cached on disk) pays off
 AUTO_GENERATE_EVALS = 100_000
+# ... and only for batches of at least this many vectors in loss_and_grad/grad: passing the
+# kernel costs ~7 us per call, more than it saves on a few vectors
+AUTO_GENERATE_MIN_BATCH = 64
 KERNELS = ("auto", "generic", "generated")
 
 __all__ = ["Problem"]
@@ -99,7 +102,9 @@ class Problem:
         (:mod:`lcnfast._codegen`, about 3x faster for small filters, compiled once per
         architecture and cached on disk). "generated" always uses it (ValueError where it
         does not apply), "generic" never, "auto" (default) once this Problem has asked for
-        ``AUTO_GENERATE_EVALS`` gradient evaluations and the architecture is small enough.
+        ``AUTO_GENERATE_EVALS`` gradient evaluations and the architecture is small enough
+        (``loss_and_grad`` and ``grad`` only for batches of ``AUTO_GENERATE_MIN_BATCH``
+        vectors or more; single vectors always run the generic kernel under "auto").
         Both kernels give equal numbers (see :mod:`lcnfast._codegen`); ``kernel_in_use``
         says which one the last batched evaluation ran.
 
@@ -199,13 +204,16 @@ class Problem:
             per_point = 4 * a.d_N * self.m * a.k_v
         return W.shape[0] * per_point < _SERIAL_FLOPS or numba.get_num_threads() == 1
 
-    def lane_kernel(self, n_evals):
+    def lane_kernel(self, n_evals, batch=None):
         """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients: the
         generated kernel (a :class:`lcnfast._codegen.LaneKernel`) and whether to use it, as
-        the integrators take them; records ``kernel_in_use``."""
+        the integrators take them; ``batch``: the number of vectors of a ``loss_and_grad``
+        call (None for flow runs). Records ``kernel_in_use``."""
         self._evals_asked += int(n_evals)
         use = self.kernel == "generated" or (
-            self.kernel == "auto" and self._evals_asked >= AUTO_GENERATE_EVALS
+            self.kernel == "auto"
+            and self._evals_asked >= AUTO_GENERATE_EVALS
+            and (batch is None or batch >= AUTO_GENERATE_MIN_BATCH)
         )
         if use:
             try:
@@ -256,7 +264,7 @@ class Problem:
         W, single = self._params(w)
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
-        kern, use = self.lane_kernel(W.shape[0])
+        kern, use = self.lane_kernel(W.shape[0], batch=W.shape[0])
         serial = self._serial(W)
         if use and serial:
             _lanes.generated_serial(self._model, kern, W, L, G)

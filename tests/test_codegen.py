@@ -86,11 +86,16 @@ def test_auto_switches_after_enough_evaluations(monkeypatch):
     assert p.kernel == "auto"
     monkeypatch.setattr(problem_mod, "AUTO_GENERATE_EVALS", 50)
     W = data.initial_filters(arch, 30, seed=1)
+    monkeypatch.setattr(problem_mod, "AUTO_GENERATE_MIN_BATCH", 20)
     L1, _ = p.loss_and_grad(W)
     assert p.kernel_in_use == "generic"
     L2, _ = p.loss_and_grad(W)  # 60 evaluations asked for: now generated
     assert p.kernel_in_use == "generated"
     np.testing.assert_array_equal(L1, L2)
+    p.loss_and_grad(W[:19])  # a small batch: generic (dispatching the kernel costs more)
+    assert p.kernel_in_use == "generic"
+    p.grad(W[0])
+    assert p.kernel_in_use == "generic"
 
 
 def test_kernel_argument_checked():
@@ -144,6 +149,7 @@ def test_unwritable_cache_dir_falls_back_to_generic(tmp_path, monkeypatch):
     W = data.initial_filters(arch, 9, seed=1)
     auto = Problem(arch, td.X, td.Y, losses.square())
     monkeypatch.setattr(problem_mod, "AUTO_GENERATE_EVALS", 1)
+    monkeypatch.setattr(problem_mod, "AUTO_GENERATE_MIN_BATCH", 1)
     with pytest.warns(RuntimeWarning, match="cannot write generated kernels"):
         L, _ = auto.loss_and_grad(W)
     assert auto.kernel_in_use == "generic" and auto.kernel == "generic"
