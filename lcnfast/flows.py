@@ -255,7 +255,7 @@ def gradient_flow(
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
-        kern, use = problem.lane_kernel(7 * K * min(max_steps, 1000))
+        kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
         wall = _time.perf_counter() - t0
     run_attrs = {
@@ -312,7 +312,7 @@ def gradient_descent(
     out = _outputs(K, n, problem.arch.k_v, n_save)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
-        kern, use = problem.lane_kernel(K * (n_steps + 1))
+        kern, use = problem._lane_kernel(K * (n_steps + 1))
         I.euler_batch(problem.model, kern, use, W0, opt, out, nt)
         wall = _time.perf_counter() - t0
     save_t = np.arange(n_save) * save_every * h

@@ -138,15 +138,13 @@ class Problem:
         self.use_gram = bool(use_gram) and loss.code == SQUARE
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        can_generate = self.use_gram and (
-            _codegen.n_products(arch.k, arch.dilations) <= _codegen.MAX_PRODUCTS
-        )
+        n_products = _codegen.n_products(arch)
+        can_generate = self.use_gram and n_products <= _codegen.MAX_PRODUCTS
         if kernel == "generated" and not can_generate:
             raise ValueError(
                 "kernel='generated' needs the square loss through the Gram (use_gram=True) and "
                 f"at most {_codegen.MAX_PRODUCTS} products per gradient, got loss "
-                f"{loss.name!r}, use_gram={bool(use_gram)}, "
-                f"{_codegen.n_products(arch.k, arch.dilations)} products"
+                f"{loss.name!r}, use_gram={bool(use_gram)}, {n_products} products"
             )
         self.kernel = kernel if can_generate else "generic"
         self.kernel_in_use = None
@@ -204,7 +202,7 @@ class Problem:
             per_point = 4 * a.d_N * self.m * a.k_v
         return W.shape[0] * per_point < _SERIAL_FLOPS or numba.get_num_threads() == 1
 
-    def lane_kernel(self, n_evals, batch=None):
+    def _lane_kernel(self, n_evals, batch=None):
         """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients: the
         generated kernel (a :class:`lcnfast._codegen.LaneKernel`) and whether to use it, as
         the integrators take them; ``batch``: the number of vectors of a ``loss_and_grad``
@@ -217,7 +215,7 @@ class Problem:
         )
         if use:
             try:
-                kern = _codegen.lane_kernel(self.arch.k, self.arch.dilations)
+                kern = _codegen.lane_kernel(self.arch)
             except OSError as e:  # e.g. a read-only cache directory
                 if self.kernel == "generated":
                     raise
@@ -264,7 +262,7 @@ class Problem:
         W, single = self._params(w)
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
-        kern, use = self.lane_kernel(W.shape[0], batch=W.shape[0])
+        kern, use = self._lane_kernel(W.shape[0], batch=W.shape[0])
         serial = self._serial(W)
         if use and serial:
             _lanes.generated_serial(self._model, kern, W, L, G)

@@ -56,15 +56,18 @@ def test_generated_equals_generic(d0, k, s):
 @settings(max_examples=4)
 @given(arch_specs(max_k=4, max_s=3))
 def test_generated_equals_generic_random(spec):
-    if _codegen.n_products(spec[1], Architecture(*spec).dilations) > 300:
+    if _codegen.n_products(Architecture(*spec)) > 300:
         return  # keep the compile cost of this test small
     arch, gen, fast, W = _pair(*spec, seed=3)
     np.testing.assert_array_equal(fast.loss_and_grad(W)[1], gen.loss_and_grad(W)[1])
 
 
 def test_product_count_matches_source():
-    for k, S in [((3, 3, 3), (1, 1, 1)), ((2, 2), (1, 3)), ((1,), (1,)), ((5, 4), (1, 5))]:
-        assert _codegen.n_products(k, S) == _codegen.kernel_source(k, S).count("*")
+    # dilations (1,1,1), (1,3), (1,), (1,5)
+    for d0, k, s in [(32, (3, 3, 3), (1, 1, 1)), (14, (2, 2), (3, 1)), (5, (1,), (1,)),
+                     (30, (5, 4), (5, 1))]:
+        arch = Architecture(d0, k, s)
+        assert _codegen.n_products(arch) == _codegen.kernel_source(arch).count("*")
 
 
 def test_flows_equal_with_either_kernel():
@@ -108,7 +111,7 @@ def test_kernel_argument_checked():
     with pytest.raises(ValueError, match="kernel='generated' needs"):
         Problem(arch, td.X, td.Y, losses.square(), use_gram=False, kernel="generated")
     big = Architecture(200, (7, 7, 7, 7), (1, 1, 1, 1))
-    assert _codegen.n_products(big.k, big.dilations) > _codegen.MAX_PRODUCTS
+    assert _codegen.n_products(big) > _codegen.MAX_PRODUCTS
     tb = data.teacher(big, 4, seed=0)
     with pytest.raises(ValueError, match="products"):
         Problem(big, tb.X, tb.Y, losses.square(), kernel="generated")
