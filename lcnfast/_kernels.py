@@ -186,7 +186,7 @@ def jacobian_into(w, k, S, offs, work, J):
 #   - layout (_data_layout): mode 2 (m >= 16 and the data small enough to copy): X and Y are
 #     copied once per workspace sample-major, X (d0, m), Y (d_N, m); the windows of output j
 #     over all samples then form contiguous rows, tap q is the row m further on, and the
-#     passes below run over contiguous chunks of 512 outputs with no wasted window. Mode 1
+#     passes below run over contiguous chunks of 2040 outputs with no wasted window. Mode 1
 #     (few samples, stride 1): groups of R rows of Xt as one flat stretch (the k_v - 1
 #     windows per row that straddle two rows are computed and given g = 0). Mode 0 (few
 #     samples, stride > 1): row by row, strided views.
@@ -194,16 +194,36 @@ def jacobian_into(w, k, S, offs, work, J):
 #     summed in the order of q from 0.0 without contraction (bitwise the exact z);
 #   - the residual derivative over the chunk; log-cosh: vectorised tanh (losses._tanh_nd, in
 #     passes with short dependency chains) and L = sum a - sum log(1 + tanh a), a = alpha |r|,
-#     the log taken once per 512 terms of a product; other losses: scalar l and l', in order;
+#     the log taken once per chunk of a product (_PROD_CHUNK); other losses: scalar l and l', in order;
 #   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_corr*, vectorised reductions under
 #     'reassoc': the order is fixed by the shapes alone).
 #   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
 #   Workspace.buf, or a fresh array in the allocating entry points.
 
-_GROUP_ELEMS = 512  # length of a chunk (mode 2) or target length of a group of rows (mode 1)
+_GROUP_ELEMS = 2040  # length of a chunk (mode 2) or target length of a group of rows (mode 1)
 _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
-_PROD_CHUNK = 512  # log-cosh loss: product of (1 + |tanh|) in [1, 2] over at most 512 terms
+# log-cosh loss: the log of a product of factors (1 + |tanh|) / sqrt 2 in [2^-1/2, 2^1/2] over at
+# most 2040 terms (so the product stays within the normal range [2^-1022, 2^1022]), plus
+# n log(2) / 2
+_PROD_CHUNK = 2040
+_RSQRT2 = math.sqrt(0.5)
+_HALF_LN2 = 0.5 * math.log(2.0)
+# log cosh a for 0 <= a <= 1/8: its Taylor series in a^2 to a^16 (truncation < 3e-19 relative).
+# Above 1/8, a - log(1 + tanh a) loses at most a factor 2 / a = 16 to cancellation; below, the
+# log of the product would lose everything (log cosh a ~ a^2 / 2 while the product rounds at
+# eps): so a <= 1/8 is summed by the series and contributes the factor 1 to the product.
+_LC_SERIES_MAX = 0.125
+_LC_C = (0.5, -0.08333333333333333, 0.022222222222222223, -0.006746031746031746,
+         0.0021869488536155205, -0.0007386029608251831, 0.0002565805740408915, -9.09896491907074e-05)  # mpmath.taylor
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _log_cosh_series(a):
+    """log cosh a for |a| <= 1/8 (Taylor series in s = a^2, Horner)."""
+    s = a * a
+    c0, c1, c2, c3, c4, c5, c6, c7 = _LC_C
+    return s * (c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * (c5 + s * (c6 + s * c7)))))))
 
 # Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
 # lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
@@ -629,14 +649,20 @@ def _lc_corr1(num, den, aa, g, X, sh, n, G):
     s0 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
     G[0] += s0
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -645,16 +671,22 @@ def _lc_corr2(num, den, aa, g, X, sh, n, G):
     s0 = s1 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
     G[0] += s0
     G[1] += s1
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -663,18 +695,24 @@ def _lc_corr3(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
     G[0] += s0
     G[1] += s1
     G[2] += s2
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -683,11 +721,17 @@ def _lc_corr4(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = s3 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -696,7 +740,7 @@ def _lc_corr4(num, den, aa, g, X, sh, n, G):
     G[1] += s1
     G[2] += s2
     G[3] += s3
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -705,11 +749,17 @@ def _lc_corr5(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = s3 = s4 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -720,7 +770,7 @@ def _lc_corr5(num, den, aa, g, X, sh, n, G):
     G[2] += s2
     G[3] += s3
     G[4] += s4
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -729,11 +779,17 @@ def _lc_corr6(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = s3 = s4 = s5 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -746,7 +802,7 @@ def _lc_corr6(num, den, aa, g, X, sh, n, G):
     G[3] += s3
     G[4] += s4
     G[5] += s5
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -755,11 +811,17 @@ def _lc_corr7(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -774,7 +836,7 @@ def _lc_corr7(num, den, aa, g, X, sh, n, G):
     G[4] += s4
     G[5] += s5
     G[6] += s6
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT_R)
@@ -783,11 +845,17 @@ def _lc_corr8(num, den, aa, g, X, sh, n, G):
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -804,7 +872,7 @@ def _lc_corr8(num, den, aa, g, X, sh, n, G):
     G[5] += s5
     G[6] += s6
     G[7] += s7
-    return sa - math.log(pr)
+    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT)
@@ -857,22 +925,28 @@ def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, total)
 
 @nb.njit(**_JIT_R)
 def _lc_div_chunk(num, den, aa, g, n):
-    """g = num / den; returns sum aa and log prod (1 + |g|) (n <= _PROD_CHUNK, so the
-    product of factors in [1, 2] cannot overflow)."""
+    """g = num / den; returns the two parts of sum_t log cosh(aa_t) (n <= _PROD_CHUNK): see
+    :func:`_log_cosh_series`."""
     sa = 0.0
     pr = 1.0
+    nl = 0.0
     for t in range(n):
         gt = num[t] / den[t]
         g[t] = gt
-        sa += aa[t]
-        pr *= 1.0 + abs(gt)
-    return sa, math.log(pr)
+        a = aa[t]
+        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
+        fac = _RSQRT2 + _RSQRT2 * abs(gt)
+        small = a <= _LC_SERIES_MAX
+        sa += ser if small else a
+        pr *= 1.0 if small else fac
+        nl += 0.0 if small else 1.0
+    return sa, math.log(pr) + nl * _HALF_LN2
 
 
 @nb.njit(**_JIT)
 def _lc_div(num, den, aa, g, n):
-    """g = num / den over n elements; returns sum aa - sum log(1 + |g|), that is
-    sum_t log cosh(aa_t) (log cosh a = a - log(1 + tanh a))."""
+    """g = num / den over n elements; returns sum_t log cosh(aa_t) (log cosh a =
+    a - log(1 + tanh a) for a > 1/8, a Taylor series below: see :func:`_log_cosh_series`)."""
     acc = 0.0
     t0 = 0
     while t0 < n:

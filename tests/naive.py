@@ -169,8 +169,12 @@ def loss_value(name, params, r):
         return _gh_value(r, alpha, beta)
     if name == "log_cosh":
         (alpha,) = params
-        x = alpha * r
-        return (np.logaddexp(x, -x) - np.log(np.asarray(2.0, r.dtype))) / alpha
+        a = np.abs(alpha * r)
+        # log cosh a = -log(1 - tanh^2 a) / 2 below 1 (no cancellation at small a, where
+        # log(e^a + e^-a) - log 2 loses all digits), a + log(1 + e^-2a) - log 2 above
+        small = -0.5 * np.log1p(-np.tanh(np.minimum(a, 1.0)) ** 2)
+        large = a + np.log1p(np.exp(-2.0 * a)) - np.log(np.asarray(2.0, r.dtype))
+        return np.where(a < 1.0, small, large) / alpha
     raise ValueError(name)
 
 
