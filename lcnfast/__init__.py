@@ -14,6 +14,10 @@ Public API (see README.md):
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _numba_cache
+
+_numba_cache.purge_stale()  # before any cached kernel is loaded: see _numba_cache
+
 from . import analysis, data, losses, roots
 from .architecture import Architecture
 from .flows import STATUS, gradient_descent, gradient_flow, threads
