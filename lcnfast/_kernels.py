@@ -210,9 +210,11 @@ _PROD_CHUNK = 2040
 _RSQRT2 = math.sqrt(0.5)
 _HALF_LN2 = 0.5 * math.log(2.0)
 # log cosh a for 0 <= a <= 1/8: its Taylor series in a^2 to a^16 (truncation < 3e-19 relative).
-# Above 1/8, a - log(1 + tanh a) loses at most a factor 2 / a = 16 to cancellation; below, the
-# log of the product would lose everything (log cosh a ~ a^2 / 2 while the product rounds at
-# eps): so a <= 1/8 is summed by the series and contributes the factor 1 to the product.
+# Above 1/8, a - log(1 + tanh a) is exact to about eps / (a^2 / 2) relative, at most 128 eps
+# (each factor of the product rounds at eps, the term is ~a^2 / 2); below, it would lose up to
+# all digits: so a <= 1/8 is summed by the series and contributes the factor 1 to the
+# product. Both are computed for every element and combined by exact 0/1 masks (a vectorised
+# loop; a branch per element would not vectorise).
 _LC_SERIES_MAX = 0.125
 _LC_C = (0.5, -0.08333333333333333, 0.022222222222222223, -0.006746031746031746,
          0.0021869488536155205, -0.0007386029608251831, 0.0002565805740408915, -9.09896491907074e-05)  # mpmath.taylor
@@ -654,12 +656,10 @@ def _lc_corr1(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
     G[0] += s0
     return sa - (math.log(pr) + nl * _HALF_LN2)
@@ -676,12 +676,10 @@ def _lc_corr2(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
     G[0] += s0
@@ -700,12 +698,10 @@ def _lc_corr3(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -726,12 +722,10 @@ def _lc_corr4(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -754,12 +748,10 @@ def _lc_corr5(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -784,12 +776,10 @@ def _lc_corr6(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -816,12 +806,10 @@ def _lc_corr7(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -850,12 +838,10 @@ def _lc_corr8(num, den, aa, g, X, sh, n, G):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
         s0 += gt * x0[t]
         s1 += gt * x1[t]
         s2 += gt * x2[t]
@@ -934,12 +920,10 @@ def _lc_div_chunk(num, den, aa, g, n):
         gt = num[t] / den[t]
         g[t] = gt
         a = aa[t]
-        ser = _log_cosh_series(a)  # both sides computed, then selected: vectorises
-        fac = _RSQRT2 + _RSQRT2 * abs(gt)
-        small = a <= _LC_SERIES_MAX
-        sa += ser if small else a
-        pr *= 1.0 if small else fac
-        nl += 0.0 if small else 1.0
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
     return sa, math.log(pr) + nl * _HALF_LN2
 
 
