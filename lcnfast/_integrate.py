@@ -36,10 +36,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._jit import JIT as _JIT
 from ._kernels import loss_grad_ws, new_workspace
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 # ----------------------------------------------------------------------------- status codes
 CONVERGED = 0  # ||grad L|| <= grad_tol on an accepted step

@@ -33,18 +33,12 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from . import _taps
+from ._jit import JIT as _JIT
+from ._jit import JIT_C as _JIT_C
+from ._jit import JIT_R as _JIT_R
 from .losses import LOG_COSH, SQUARE, _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
-# Fast-math flags, only on the private data-path helpers that name them (never 'nnan'/'ninf':
-# NaN and Inf keep their meaning, a diverging flow still shows up as NaN/Inf):
-# - _JIT_C: 'contract' lets LLVM fuse a*b + c into one FMA (more accurate, not reordered);
-# - _JIT_R: 'reassoc' too, for the reductions over output positions only, so that LLVM can
-#   vectorise them. The summation order is then fixed by the compiled code: deterministic on
-#   a given machine, and it depends only on the problem's shape, never on other flows, the
-#   batch or the threads. Helpers under 'reassoc' must not contain the tanh range reduction.
-_JIT_C = dict(_JIT, fastmath={"contract"})
-_JIT_R = dict(_JIT, fastmath={"reassoc", "contract"})
 
 
 class Model(NamedTuple):
@@ -205,27 +199,8 @@ _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 # log-cosh loss: the log of a product of factors (1 + |tanh|) / sqrt 2 in [2^-1/2, 2^1/2] over at
 # most 2040 terms (so the product stays within the normal range [2^-1022, 2^1022]), plus
-# n log(2) / 2
+# n log(2) / 2; the series below 1/8: see losses._log_cosh_series
 _PROD_CHUNK = 2040
-_RSQRT2 = math.sqrt(0.5)
-_HALF_LN2 = 0.5 * math.log(2.0)
-# log cosh a for 0 <= a <= 1/8: its Taylor series in a^2 to a^16 (truncation < 3e-19 relative).
-# Above 1/8, a - log(1 + tanh a) is exact to about eps / (a^2 / 2) relative, at most 128 eps
-# (each factor of the product rounds at eps, the term is ~a^2 / 2); below, it would lose up to
-# all digits: so a <= 1/8 is summed by the series and contributes the factor 1 to the
-# product. Both are computed for every element and combined by exact 0/1 masks (a vectorised
-# loop; a branch per element would not vectorise).
-_LC_SERIES_MAX = 0.125
-_LC_C = (0.5, -0.08333333333333333, 0.022222222222222223, -0.006746031746031746,
-         0.0021869488536155205, -0.0007386029608251831, 0.0002565805740408915, -9.09896491907074e-05)  # mpmath.taylor
-
-
-@nb.njit(cache=True, inline="always", error_model="numpy")
-def _log_cosh_series(a):
-    """log cosh a for |a| <= 1/8 (Taylor series in s = a^2, Horner)."""
-    s = a * a
-    c0, c1, c2, c3, c4, c5, c6, c7 = _LC_C
-    return s * (c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * (c5 + s * (c6 + s * c7)))))))
 
 # Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
 # lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
@@ -238,236 +213,20 @@ def _log_cosh_series(a):
 _DATA_PATH_FAST = True
 
 
-@nb.njit(**_JIT)
-def _conv1(v, X, sh, z, n, first):
-    v0 = v[0]
-    x0 = X
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t]
 
 
-@nb.njit(**_JIT)
-def _conv2(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]
-    x0 = X; x1 = X[1 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t]
 
 
-@nb.njit(**_JIT)
-def _conv3(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
 
 
-@nb.njit(**_JIT)
-def _conv4(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
 
 
-@nb.njit(**_JIT)
-def _conv5(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
 
 
-@nb.njit(**_JIT)
-def _conv6(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
 
 
-@nb.njit(**_JIT)
-def _conv7(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]
 
 
-@nb.njit(**_JIT)
-def _conv8(v, X, sh, z, n, first):
-    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t]
-
-
-@nb.njit(**_JIT_R)
-def _corr1(g, X, sh, n, G):
-    x0 = X
-    s0 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-    G[0] += s0
-
-
-@nb.njit(**_JIT_R)
-def _corr2(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]
-    s0 = s1 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-    G[0] += s0
-    G[1] += s1
-
-
-@nb.njit(**_JIT_R)
-def _corr3(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
-    s0 = s1 = s2 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-
-
-@nb.njit(**_JIT_R)
-def _corr4(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
-    s0 = s1 = s2 = s3 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-
-
-@nb.njit(**_JIT_R)
-def _corr5(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
-    s0 = s1 = s2 = s3 = s4 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-
-
-@nb.njit(**_JIT_R)
-def _corr6(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-
-
-@nb.njit(**_JIT_R)
-def _corr7(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-        s6 += gt * x6[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-    G[6] += s6
-
-
-@nb.njit(**_JIT_R)
-def _corr8(g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for t in range(n):
-        gt = g[t]
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-        s6 += gt * x6[t]
-        s7 += gt * x7[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-    G[6] += s6
-    G[7] += s7
 
 
 @nb.njit(**_JIT)
@@ -480,24 +239,9 @@ def _conv_sh(v, kv, X, sh, z, n):
         k = (kv - q) // (nblk - b)
         vb = v[q:]
         Xb = X[q * sh :]
-        first = b == 0
-        if k == 8:
-            _conv8(vb, Xb, sh, z, n, first)
-        elif k == 7:
-            _conv7(vb, Xb, sh, z, n, first)
-        elif k == 6:
-            _conv6(vb, Xb, sh, z, n, first)
-        elif k == 5:
-            _conv5(vb, Xb, sh, z, n, first)
-        elif k == 4:
-            _conv4(vb, Xb, sh, z, n, first)
-        elif k == 3:
-            _conv3(vb, Xb, sh, z, n, first)
-        elif k == 2:
-            _conv2(vb, Xb, sh, z, n, first)
-        else:
-            _conv1(vb, Xb, sh, z, n, first)
+        _taps.conv(k, vb, Xb, sh, z, n, b == 0)
         q += k
+
 
 
 @nb.njit(**_JIT)
@@ -509,22 +253,7 @@ def _corr_sh(g, kv, X, sh, n, G):
         k = (kv - q) // (nblk - b)
         Gb = G[q:]
         Xb = X[q * sh :]
-        if k == 8:
-            _corr8(g, Xb, sh, n, Gb)
-        elif k == 7:
-            _corr7(g, Xb, sh, n, Gb)
-        elif k == 6:
-            _corr6(g, Xb, sh, n, Gb)
-        elif k == 5:
-            _corr5(g, Xb, sh, n, Gb)
-        elif k == 4:
-            _corr4(g, Xb, sh, n, Gb)
-        elif k == 3:
-            _corr3(g, Xb, sh, n, Gb)
-        elif k == 2:
-            _corr2(g, Xb, sh, n, Gb)
-        else:
-            _corr1(g, Xb, sh, n, Gb)
+        _taps.corr(k, g, Xb, sh, n, Gb)
         q += k
 
 
@@ -645,220 +374,12 @@ def _lc_nd(xc, num, den, n):
         den[t] = b
 
 
-@nb.njit(**_JIT_R)
-def _lc_corr1(num, den, aa, g, X, sh, n, G):
-    x0 = X
-    s0 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-    G[0] += s0
-    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
-@nb.njit(**_JIT_R)
-def _lc_corr2(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]
-    s0 = s1 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-    G[0] += s0
-    G[1] += s1
-    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
-@nb.njit(**_JIT_R)
-def _lc_corr3(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
-    s0 = s1 = s2 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
-@nb.njit(**_JIT_R)
-def _lc_corr4(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
-    s0 = s1 = s2 = s3 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    return sa - (math.log(pr) + nl * _HALF_LN2)
-
-
-@nb.njit(**_JIT_R)
-def _lc_corr5(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
-    s0 = s1 = s2 = s3 = s4 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    return sa - (math.log(pr) + nl * _HALF_LN2)
-
-
-@nb.njit(**_JIT_R)
-def _lc_corr6(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-    return sa - (math.log(pr) + nl * _HALF_LN2)
-
-
-@nb.njit(**_JIT_R)
-def _lc_corr7(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-        s6 += gt * x6[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-    G[6] += s6
-    return sa - (math.log(pr) + nl * _HALF_LN2)
-
-
-@nb.njit(**_JIT_R)
-def _lc_corr8(num, den, aa, g, X, sh, n, G):
-    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-        s0 += gt * x0[t]
-        s1 += gt * x1[t]
-        s2 += gt * x2[t]
-        s3 += gt * x3[t]
-        s4 += gt * x4[t]
-        s5 += gt * x5[t]
-        s6 += gt * x6[t]
-        s7 += gt * x7[t]
-    G[0] += s0
-    G[1] += s1
-    G[2] += s2
-    G[3] += s3
-    G[4] += s4
-    G[5] += s5
-    G[6] += s6
-    G[7] += s7
-    return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
 @nb.njit(**_JIT)
@@ -870,22 +391,7 @@ def _lc_corr_sh(num, den, aa, g, kv, X, sh, n, G, want_grad):
     k_v)."""
     nblk = (kv + 7) // 8
     k = kv // nblk
-    if k == 8:
-        loss = _lc_corr8(num, den, aa, g, X, sh, n, G)
-    elif k == 7:
-        loss = _lc_corr7(num, den, aa, g, X, sh, n, G)
-    elif k == 6:
-        loss = _lc_corr6(num, den, aa, g, X, sh, n, G)
-    elif k == 5:
-        loss = _lc_corr5(num, den, aa, g, X, sh, n, G)
-    elif k == 4:
-        loss = _lc_corr4(num, den, aa, g, X, sh, n, G)
-    elif k == 3:
-        loss = _lc_corr3(num, den, aa, g, X, sh, n, G)
-    elif k == 2:
-        loss = _lc_corr2(num, den, aa, g, X, sh, n, G)
-    else:
-        loss = _lc_corr1(num, den, aa, g, X, sh, n, G)
+    loss = _taps.lc_corr(k, num, den, aa, g, X, sh, n, G)
     if want_grad and k < kv:
         _corr_sh(g, kv - k, X[k * sh :], sh, n, G[k:])
     return loss
@@ -895,48 +401,31 @@ def _lc_corr_sh(num, den, aa, g, kv, X, sh, n, G, want_grad):
 def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, total):
     """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
     kv = model.k_v
-    _conv_sh(v, kv, Xv, sh, z, c)
     if model.code == LOG_COSH:
         # passes with short dependency chains beat one fused pass (latency-bound); the
-        # division goes with the first block of the correlation
+        # division goes with the first block of the correlation (fusing the residual into the
+        # last block of the convolution measured no faster)
+        _conv_sh(v, kv, Xv, sh, z, c)
         _lc_prep(model.p0, z, yv, g, aa, c)
         _lc_nd(g, num, den, c)
         total += _lc_corr_sh(num, den, aa, z, kv, Xv, sh, c, G if want_grad else g, want_grad)
     else:
+        _conv_sh(v, kv, Xv, sh, z, c)
         total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
         if want_grad:
             _corr_sh(g, kv, Xv, sh, c, G)
     return total
 
 
-@nb.njit(**_JIT_R)
-def _lc_div_chunk(num, den, aa, g, n):
-    """g = num / den; returns the two parts of sum_t log cosh(aa_t) (n <= _PROD_CHUNK): see
-    :func:`_log_cosh_series`."""
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
-        a = aa[t]
-        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
-        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
-        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
-        nl += big
-    return sa, math.log(pr) + nl * _HALF_LN2
-
-
 @nb.njit(**_JIT)
 def _lc_div(num, den, aa, g, n):
     """g = num / den over n elements; returns sum_t log cosh(aa_t) (log cosh a =
-    a - log(1 + tanh a) for a > 1/8, a Taylor series below: see :func:`_log_cosh_series`)."""
+    a - log(1 + tanh a) for a > 1/8, a Taylor series below: see losses._log_cosh_series)."""
     acc = 0.0
     t0 = 0
     while t0 < n:
         c = min(n - t0, _PROD_CHUNK)
-        sa, sl = _lc_div_chunk(num[t0:], den[t0:], aa[t0:], g[t0:], c)
-        acc += sa - sl
+        acc += _taps.lc_div(num[t0:], den[t0:], aa[t0:], g[t0:], c)
         t0 += c
     return acc
 

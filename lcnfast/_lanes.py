@@ -27,10 +27,10 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from ._jit import JIT as _JIT
 from ._kernels import _data_buf, _fs_loss_grad_buf
 
 LANES = 8  # two AVX2 vectors of float64 per inner loop
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 class LaneWorkspace(NamedTuple):

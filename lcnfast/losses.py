@@ -207,6 +207,32 @@ def _tanh_nd(c):
     return (sc + 1.0) * p - (1.0 - sc) * q, (sc + 1.0) * q + (sc - 1.0) * p
 
 
+# ----------------------------------------------------------------------------- log cosh sums
+# The data path (lcnfast._taps.lc_corr*) sums log cosh a_t over a chunk as
+#     sum_{a_t <= 1/8} series(a_t) + sum_{a_t > 1/8} a_t - log prod_{a_t > 1/8} (1 + tanh a_t),
+# the product taken of the factors (1 + tanh a) / sqrt 2 (_RSQRT2) and corrected by
+# n log(2) / 2 (_HALF_LN2) so that it stays in range over a chunk (lcnfast._kernels._PROD_CHUNK).
+_RSQRT2 = math.sqrt(0.5)
+# log cosh a for 0 <= a <= 1/8: its Taylor series in a^2 to a^16 (truncation < 3e-19 relative).
+# Above 1/8, a - log(1 + tanh a) is exact to about eps / (a^2 / 2) relative, at most 128 eps
+# (each factor of the product rounds at eps, the term is ~a^2 / 2); below, it would lose up to
+# all digits: so a <= 1/8 is summed by the series and contributes the factor 1 to the
+# product. Both are computed for every element and combined by exact 0/1 masks (a vectorised
+# loop; a branch per element would not vectorise).
+_LC_SERIES_MAX = 0.125
+_LC_C = (0.5, -0.08333333333333333, 0.022222222222222223, -0.006746031746031746,
+         0.0021869488536155205, -0.0007386029608251831, 0.0002565805740408915,
+         -9.09896491907074e-05)  # mpmath.taylor(log(cosh(x)))
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _log_cosh_series(a):
+    """log cosh a for |a| <= 1/8 (Taylor series in s = a^2, Horner)."""
+    s = a * a
+    c0, c1, c2, c3, c4, c5, c6, c7 = _LC_C
+    return s * (c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * (c5 + s * (c6 + s * c7)))))))
+
+
 @nb.njit(cache=True, error_model="numpy")
 def _tanh(x):
     """tanh(x) through :func:`_tanh_nd` (scalar entry point, for tests)."""
