@@ -581,18 +581,8 @@ def _fs_loss_grad_seq(model, v, G):
 @nb.njit(**_JIT)
 def fs_loss(model, v):
     """L as a function of the final filter v (k_v,)."""
-    if model.use_gram:
-        kv = model.k_v
-        A = model.A
-        quad = 0.0
-        lin = 0.0
-        for n in range(kv):
-            acc = 0.0
-            for q in range(kv):
-                acc += A[n, q] * v[q]
-            quad += v[n] * acc
-            lin += model.b[n] * v[n]
-        return quad - 2.0 * lin + model.yy
+    if model.use_gram:  # the same sums as with the gradient (bitwise)
+        return _fs_loss_grad_buf(model, v, np.empty(model.k_v), np.empty(0))
     if _DATA_PATH_FAST:
         return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False)
     return _fs_loss_seq(model, v, np.empty(model.d_N))
