@@ -40,7 +40,6 @@ from ._jit import JIT_R as _JIT_R
 from .losses import LOG_COSH, SQUARE, _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value
 
 
-
 class Model(NamedTuple):
     """Everything a kernel needs to evaluate one problem (built by :class:`lcnfast.Problem`)."""
 
@@ -184,13 +183,14 @@ def jacobian_into(w, k, S, offs, work, J):
 #     (few samples, stride 1): groups of R rows of Xt as one flat stretch (the k_v - 1
 #     windows per row that straddle two rows are computed and given g = 0). Mode 0 (few
 #     samples, stride > 1): row by row, strided views.
-#   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_conv*: one pass over z per block),
+#   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_taps.conv*: one pass over z per block),
 #     summed in the order of q from 0.0 without contraction (bitwise the exact z);
 #   - the residual derivative over the chunk; log-cosh: vectorised tanh (losses._tanh_nd, in
-#     passes with short dependency chains) and L = sum a - sum log(1 + tanh a), a = alpha |r|,
-#     the log taken once per chunk of a product (_PROD_CHUNK); other losses: scalar l and l', in order;
-#   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_corr*, vectorised reductions under
-#     'reassoc': the order is fixed by the shapes alone).
+#     passes with short dependency chains) and L = sum log cosh a, a = alpha |r|: the Taylor
+#     series for a <= 1/8, a - log(1 + tanh a) above, the log taken once per chunk of a
+#     product (_PROD_CHUNK; losses, "log cosh sums"); other losses: scalar l and l', in order;
+#   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_taps.corr*, vectorised reductions
+#     under 'reassoc': the order is fixed by the shapes alone).
 #   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
 #   Workspace.buf, or a fresh array in the allocating entry points.
 
@@ -213,22 +213,6 @@ _PROD_CHUNK = 2040
 _DATA_PATH_FAST = True
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @nb.njit(**_JIT)
 def _conv_sh(v, kv, X, sh, z, n):
     """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n: blocks of 4..8 taps (fewer only when
@@ -241,7 +225,6 @@ def _conv_sh(v, kv, X, sh, z, n):
         Xb = X[q * sh :]
         _taps.conv(k, vb, Xb, sh, z, n, b == 0)
         q += k
-
 
 
 @nb.njit(**_JIT)
@@ -372,14 +355,6 @@ def _lc_nd(xc, num, den, n):
         a, b = _tanh_nd(xc[t])
         num[t] = a
         den[t] = b
-
-
-
-
-
-
-
-
 
 
 @nb.njit(**_JIT)
