@@ -554,10 +554,29 @@ def _fs_loss_grad_seq(model, v, G):
 
 # ----------------------------------------------------------------------------- function space
 @nb.njit(**_JIT)
+def _gram_loss_grad(model, v, G, want_grad):
+    """Gram path: L(v) = v^T A v - 2 b^T v + ||Y||^2 and, if ``want_grad``, G = 2 (A v - b)."""
+    kv = model.k_v
+    A = model.A
+    b = model.b
+    quad = 0.0
+    lin = 0.0
+    for n in range(kv):
+        acc = 0.0
+        for q in range(kv):
+            acc += A[n, q] * v[q]
+        quad += v[n] * acc
+        lin += b[n] * v[n]
+        if want_grad:
+            G[n] = 2.0 * (acc - b[n])
+    return quad - 2.0 * lin + model.yy
+
+
+@nb.njit(**_JIT)
 def fs_loss(model, v):
     """L as a function of the final filter v (k_v,)."""
-    if model.use_gram:  # the same sums as with the gradient (bitwise)
-        return _fs_loss_grad_buf(model, v, np.empty(model.k_v), np.empty(0))
+    if model.use_gram:
+        return _gram_loss_grad(model, v, v, False)
     if _DATA_PATH_FAST:
         return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False)
     return _fs_loss_seq(model, v, np.empty(model.d_N))
@@ -567,19 +586,7 @@ def fs_loss(model, v):
 def _fs_loss_grad_buf(model, v, G, buf):
     """:func:`fs_loss_grad` with the data-path scratch ``buf`` (from :func:`_data_buf`)."""
     if model.use_gram:
-        kv = model.k_v
-        A = model.A
-        b = model.b
-        quad = 0.0
-        lin = 0.0
-        for n in range(kv):
-            acc = 0.0
-            for q in range(kv):
-                acc += A[n, q] * v[q]
-            quad += v[n] * acc
-            lin += b[n] * v[n]
-            G[n] = 2.0 * (acc - b[n])
-        return quad - 2.0 * lin + model.yy
+        return _gram_loss_grad(model, v, G, True)
     if _DATA_PATH_FAST:
         return _fs_loss_grad_fast(model, v, G, buf, True)
     return _fs_loss_grad_seq(model, v, G)

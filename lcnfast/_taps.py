@@ -476,7 +476,7 @@ def lc_div(num, den, aa, g, n):
     return sa - (math.log(pr) + nl * _HALF_LN2)
 
 
-@nb.njit(**JIT)
+@nb.njit(inline="always", **JIT)
 def conv(k, v, X, sh, z, n, first):
     """conv{k} for 1 <= k <= 8."""
     if k == 8:
@@ -497,7 +497,7 @@ def conv(k, v, X, sh, z, n, first):
         conv1(v, X, sh, z, n, first)
 
 
-@nb.njit(**JIT)
+@nb.njit(inline="always", **JIT)
 def corr(k, g, X, sh, n, G):
     """corr{k} for 1 <= k <= 8."""
     if k == 8:
@@ -518,7 +518,7 @@ def corr(k, g, X, sh, n, G):
         corr1(g, X, sh, n, G)
 
 
-@nb.njit(**JIT)
+@nb.njit(inline="always", **JIT)
 def lc_corr(k, num, den, aa, g, X, sh, n, G):
     """lc_corr{k} for 1 <= k <= 8; returns its loss."""
     if k == 8:
