@@ -240,6 +240,18 @@ def _lane_norms(G, V, Y, gn, v1, wn):
         wn[b] = math.sqrt(wn[b])
 
 
+@nb.njit(inline="always", **_JIT)
+def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V):
+    """Losses L (LANES,) and gradients G (n, LANES) of the LANES flows Y (n, LANES), and their
+    final filters in V = lws.P[N] (k_v, LANES): the generated kernel ``kern``
+    (lcnfast._codegen) when ``use_kern``, else the generic lane kernel. V is made once by the
+    caller (a new view per evaluation costs two atomic refcount updates)."""
+    if use_kern:
+        kern(Y, model.A, model.b, model.yy, G, L, V)
+    else:
+        loss_grad_lanes(model, Y, lws, G, L)
+
+
 @nb.njit(**_JIT)
 def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
     K, n = W0.shape
@@ -275,10 +287,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
                 n_active += 1
         if n_active == 0:
             break
-        if use_kern:  # generated kernel (lcnfast._codegen); v into V = lws.P[N] as below
-            kern(Y, model.A, model.b, model.yy, G, L, V)
-        else:
-            loss_grad_lanes(model, Y, lws, G, L)
+        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V)
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -533,11 +542,7 @@ def _rk_attempt(model, kern, use_kern, s, lws, V):
         for i in range(n):
             for b in range(LANES):
                 dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
-        # st = 6: the FSAL stage at y_new; the generated kernel puts v into V = lws.P[N]
-        if use_kern:
-            kern(dst, model.A, model.b, model.yy, s.G, s.L_new, V)
-        else:
-            loss_grad_lanes(model, dst, lws, s.G, s.L_new)
+        _evaluate_lanes(model, kern, use_kern, dst, lws, s.G, s.L_new, V)  # st = 6: FSAL
         for i in range(n):
             for b in range(LANES):
                 Kst[st, i, b] = -s.G[i, b]

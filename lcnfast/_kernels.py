@@ -194,13 +194,15 @@ def jacobian_into(w, k, S, offs, work, J):
 #   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
 #   Workspace.buf, or a fresh array in the allocating entry points.
 
-_GROUP_ELEMS = 2040  # length of a chunk (mode 2) or target length of a group of rows (mode 1)
-_COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
-_COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 # log-cosh loss: the log of a product of factors (1 + |tanh|) / sqrt 2 in [2^-1/2, 2^1/2] over at
 # most 2040 terms (so the product stays within the normal range [2^-1022, 2^1022]), plus
 # n log(2) / 2; the series below 1/8: see losses._log_cosh_series
 _PROD_CHUNK = 2040
+# length of a chunk (mode 2) or target length of a group of rows (mode 1); mode-2 chunks go to
+# _taps.lc_corr whole, so they must not be longer than _PROD_CHUNK
+_GROUP_ELEMS = _PROD_CHUNK
+_COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
+_COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 
 # Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
 # lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
@@ -376,16 +378,15 @@ def _lc_corr_sh(num, den, aa, g, kv, X, sh, n, G, want_grad):
 def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, total):
     """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
     kv = model.k_v
+    _conv_sh(v, kv, Xv, sh, z, c)
     if model.code == LOG_COSH:
         # passes with short dependency chains beat one fused pass (latency-bound); the
         # division goes with the first block of the correlation (fusing the residual into the
         # last block of the convolution measured no faster)
-        _conv_sh(v, kv, Xv, sh, z, c)
         _lc_prep(model.p0, z, yv, g, aa, c)
         _lc_nd(g, num, den, c)
         total += _lc_corr_sh(num, den, aa, z, kv, Xv, sh, c, G if want_grad else g, want_grad)
     else:
-        _conv_sh(v, kv, Xv, sh, z, c)
         total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
         if want_grad:
             _corr_sh(g, kv, Xv, sh, c, G)

@@ -38,8 +38,8 @@ from .losses import _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series
 '''
 
 
-def _views(k, sh="sh"):
-    return "; ".join(["x0 = X"] + [f"x{q} = X[{q} * {sh} :]" for q in range(1, k)])
+def _views(k):
+    return "; ".join(["x0 = X"] + [f"x{q} = X[{q} * sh :]" for q in range(1, k)])
 
 
 def _taps_sum(k, start):
