@@ -249,7 +249,7 @@ def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V):
     if use_kern:
         kern(Y, model.A, model.b, model.yy, G, L, V)
     else:
-        loss_grad_lanes(model, Y, lws, G, L)
+        loss_grad_lanes(model, Y, lws, G, L, True)
 
 
 @nb.njit(**_JIT)

@@ -185,12 +185,14 @@ def jacobian_into(w, k, S, offs, work, J):
 #     samples, stride > 1): row by row, strided views.
 #   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_taps.conv*: one pass over z per block),
 #     summed in the order of q from 0.0 without contraction (bitwise the exact z);
-#   - the residual derivative over the chunk; log-cosh: vectorised tanh (losses._tanh_nd, in
-#     passes with short dependency chains) and L = sum log cosh a, a = alpha |r|: the Taylor
-#     series for a <= 1/8, a - log(1 + tanh a) above, the log taken once per chunk of a
-#     product (_PROD_CHUNK; losses, "log cosh sums"); other losses: scalar l and l', in order;
+#   - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd),
+#     one pass for g alone (_lc_tanh) or, with the loss, two passes with shorter dependency
+#     chains (_lc_prep_nd, then the division and L = sum log cosh a, a = alpha |r|, in
+#     _taps.lc_div: the Taylor series for a <= 1/8, a - log(1 + tanh a) above, the log taken
+#     once per chunk of a product: _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the
+#     same either way; other losses: scalar l and l', in order;
 #   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_taps.corr*, vectorised reductions
-#     under 'reassoc': the order is fixed by the shapes alone).
+#     under 'reassoc': the order is fixed by the shapes alone), with or without the loss.
 #   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
 #   Workspace.buf, or a fresh array in the allocating entry points.
 
@@ -198,8 +200,7 @@ def jacobian_into(w, k, S, offs, work, J):
 # most 2040 terms (so the product stays within the normal range [2^-1022, 2^1022]), plus
 # n log(2) / 2; the series below 1/8: see losses._log_cosh_series
 _PROD_CHUNK = 2040
-# length of a chunk (mode 2) or target length of a group of rows (mode 1); mode-2 chunks go to
-# _taps.lc_corr whole, so they must not be longer than _PROD_CHUNK
+# length of a chunk (mode 2) or target length of a group of rows (mode 1)
 _GROUP_ELEMS = _PROD_CHUNK
 _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
@@ -342,55 +343,23 @@ def _data_buf(model):
 
 
 @nb.njit(**_JIT_C)
-def _lc_prep(p0, z, y, xc, aa, n):
-    """log-cosh, one row: x = p0 (z - y); xc = x clamped for tanh, aa = |x|."""
+def _lc_tanh(p0, z, y, g, n):
+    """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the division in the loop of
+    the tanh (vectorised; bitwise the g of :func:`_lc_prep_nd` then :func:`_lc_div`)."""
     for t in range(n):
-        x = p0 * (z[t] - y[t])
-        xc[t] = _tanh_clamp(x)
-        aa[t] = abs(x)
+        num, den = _tanh_nd(_tanh_clamp(p0 * (z[t] - y[t])))
+        g[t] = num / den
 
 
 @nb.njit(**_JIT_C)
-def _lc_nd(xc, num, den, n):
-    """tanh(xc) = num / den elementwise (vectorised; see losses._tanh_nd)."""
+def _lc_prep_nd(p0, z, y, aa, num, den, n):
+    """log-cosh with the loss, n outputs: x = p0 (z - y), aa = |x|, tanh(x) = num / den."""
     for t in range(n):
-        a, b = _tanh_nd(xc[t])
+        x = p0 * (z[t] - y[t])
+        aa[t] = abs(x)
+        a, b = _tanh_nd(_tanh_clamp(x))
         num[t] = a
         den[t] = b
-
-
-@nb.njit(**_JIT)
-def _lc_corr_sh(num, den, aa, g, kv, X, sh, n, G, want_grad):
-    """log-cosh, mode 2 (n <= _PROD_CHUNK): g = num / den, the first block of taps of
-    :func:`_corr_sh` fused with the division (which it hides), then the other blocks (only if
-    ``want_grad``; the first block always runs, into G, so that the loss it returns,
-    sum aa - log prod (1 + |g|), is bitwise the same either way: G must then be scratch of
-    k_v)."""
-    nblk = (kv + 7) // 8
-    k = kv // nblk
-    loss = _taps.lc_corr(k, num, den, aa, g, X, sh, n, G)
-    if want_grad and k < kv:
-        _corr_sh(g, kv - k, X[k * sh :], sh, n, G[k:])
-    return loss
-
-
-@nb.njit(**_JIT)
-def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, total):
-    """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
-    kv = model.k_v
-    _conv_sh(v, kv, Xv, sh, z, c)
-    if model.code == LOG_COSH:
-        # passes with short dependency chains beat one fused pass (latency-bound); the
-        # division goes with the first block of the correlation (fusing the residual into the
-        # last block of the convolution measured no faster)
-        _lc_prep(model.p0, z, yv, g, aa, c)
-        _lc_nd(g, num, den, c)
-        total += _lc_corr_sh(num, den, aa, z, kv, Xv, sh, c, G if want_grad else g, want_grad)
-    else:
-        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
-        if want_grad:
-            _corr_sh(g, kv, Xv, sh, c, G)
-    return total
 
 
 @nb.njit(**_JIT)
@@ -407,6 +376,32 @@ def _lc_div(num, den, aa, g, n):
 
 
 @nb.njit(**_JIT)
+def _lc_g(p0, z, y, g, aa, num, den, n, want_loss):
+    """log-cosh (alpha = p0), n outputs z against targets y: g = l'(z - y) = tanh(alpha (z - y))
+    and, if ``want_loss``, returns sum log cosh(alpha (z - y)) (alpha times the loss; else
+    0.0). g is bitwise the same either way."""
+    if want_loss:
+        _lc_prep_nd(p0, z, y, aa, num, den, n)
+        return _lc_div(num, den, aa, g, n)
+    _lc_tanh(p0, z, y, g, n)
+    return 0.0
+
+
+@nb.njit(**_JIT)
+def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, want_loss, total):
+    """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
+    kv = model.k_v
+    _conv_sh(v, kv, Xv, sh, z, c)
+    if model.code == LOG_COSH:
+        total += _lc_g(model.p0, z, yv, g, aa, num, den, c, want_loss)
+    else:
+        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
+    if want_grad:
+        _corr_sh(g, kv, Xv, sh, c, G)
+    return total
+
+
+@nb.njit(**_JIT)
 def _generic_row(code, p0, p1, z, y, g, n, total):
     """Any loss, one row: g = l'(z - y); returns total + sum l(z - y), summed one residual at
     a time in order (as fs_loss)."""
@@ -418,9 +413,10 @@ def _generic_row(code, p0, p1, z, y, g, n, total):
 
 
 @nb.njit(**_JIT)
-def _fs_loss_grad_fast(model, v, G, buf, want_grad):
-    """Fast data path: L(v) and, if ``want_grad``, G = dL/dv, with the scratch ``buf`` (from
-    :func:`_data_buf`). L does not depend on ``want_grad`` (bitwise)."""
+def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
+    """Fast data path: L(v) if ``want_loss`` (else NaN) and, if ``want_grad``, G = dL/dv,
+    with the scratch ``buf`` (from :func:`_data_buf`). Neither result depends on whether the
+    other is wanted (bitwise); without the loss, log-cosh runs fewer passes."""
     kv = model.k_v
     dN = model.d_N
     Xt = model.Xt
@@ -436,8 +432,8 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad):
             G[:kv] = np.nan
         return np.nan
     parts, Xc, Yc = _buf_parts(model, buf)
-    z = parts[0]  # outputs, then (log-cosh) the residual derivative g
-    xc = parts[1]  # log-cosh: clamped p0 r; other losses: g (zero between rows in mode 1)
+    z = parts[0]  # outputs
+    g = parts[1]  # the residual derivative (zero between rows in mode 1)
     aa = parts[2]  # log-cosh: |p0 r|
     num = parts[3]  # log-cosh: tanh = num / den
     den = parts[4]
@@ -451,54 +447,52 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad):
             tot = dN * m
             for u0 in range(0, tot, _GROUP_ELEMS):
                 c = min(_GROUP_ELEMS, tot - u0)
-                total = _col_chunk(model, v, G, Xc[u0:], Yc[u0:], c, m, z, xc, aa, num, den,
-                                   want_grad, total)
+                total = _col_chunk(model, v, G, Xc[u0:], Yc[u0:], c, m, z, g, aa, num, den,
+                                   want_grad, want_loss, total)
         else:
             for j in range(dN):
                 for i0 in range(0, m, _GROUP_ELEMS):
                     c = min(_GROUP_ELEMS, m - i0)
                     total = _col_chunk(model, v, G, Xc[j * sv * m + i0 :], Yc[j * m + i0 :], c,
-                                       m, z, xc, aa, num, den, want_grad, total)
-        return total / p0 if lc else total
-    if mode == 0:  # stride > 1: row by row
-        g = xc
+                                       m, z, g, aa, num, den, want_grad, want_loss, total)
+    elif mode == 0:  # stride > 1: row by row
         for i in range(m):
             _conv_strided(v, kv, Xt[i], sv, z, dN)
             if lc:
-                _lc_prep(p0, z, Yt[i], xc, aa, dN)
-                _lc_nd(xc, num, den, dN)
-                total += _lc_div(num, den, aa, z, dN)
-                g = z
+                total += _lc_g(p0, z, Yt[i], g, aa, num, den, dN, want_loss)
             else:
-                total = _generic_row(code, p0, p1, z, Yt[i], xc, dN, total)
+                total = _generic_row(code, p0, p1, z, Yt[i], g, dN, total)
             if want_grad:
                 _corr_strided(g, kv, Xt[i], sv, dN, G)
-        return total / p0 if lc else total
-    Xf = Xt.reshape(m * d0)
-    # windows straddling two rows get g = 0 (and aa = 0): set once, never overwritten
-    for o in range(dN, L, d0):
-        for t in range(o, min(o + d0 - dN, L)):
-            xc[t] = 0.0
-            aa[t] = 0.0
-    for i0 in range(0, m, R):
-        i1 = min(m, i0 + R)
-        n = (i1 - i0 - 1) * d0 + dN
-        Xg = Xf[i0 * d0 :]
-        _conv_sh(v, kv, Xg, 1, z, n)
-        if lc:
+    else:
+        Xf = Xt.reshape(m * d0)
+        # windows straddling two rows get g = 0 (aa = 0, tanh = 0 / 1): set once, never
+        # overwritten
+        for o in range(dN, L, d0):
+            for t in range(o, min(o + d0 - dN, L)):
+                g[t] = 0.0
+                aa[t] = 0.0
+                num[t] = 0.0
+                den[t] = 1.0
+        for i0 in range(0, m, R):
+            i1 = min(m, i0 + R)
+            n = (i1 - i0 - 1) * d0 + dN
+            Xg = Xf[i0 * d0 :]
+            _conv_sh(v, kv, Xg, 1, z, n)
             for i in range(i0, i1):
                 o = (i - i0) * d0
-                _lc_prep(p0, z[o:], Yt[i], xc[o:], aa[o:], dN)
-            _lc_nd(xc, num, den, n)
-            total += _lc_div(num, den, aa, z, n)
+                if lc and want_loss:
+                    _lc_prep_nd(p0, z[o:], Yt[i], aa[o:], num[o:], den[o:], dN)
+                elif lc:
+                    _lc_tanh(p0, z[o:], Yt[i], g[o:], dN)
+                else:
+                    total = _generic_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total)
+            if lc and want_loss:
+                total += _lc_div(num, den, aa, g, n)
             if want_grad:
-                _corr_sh(z, kv, Xg, 1, n, G)
-        else:
-            for i in range(i0, i1):
-                o = (i - i0) * d0
-                total = _generic_row(code, p0, p1, z[o:], Yt[i], xc[o:], dN, total)
-            if want_grad:
-                _corr_sh(xc, kv, Xg, 1, n, G)
+                _corr_sh(g, kv, Xg, 1, n, G)
+    if not want_loss:
+        return np.nan
     return total / p0 if lc else total
 
 
@@ -579,18 +573,22 @@ def fs_loss(model, v):
     if model.use_gram:
         return _gram_loss_grad(model, v, v, False)
     if _DATA_PATH_FAST:
-        return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False)
+        return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False, True)
     return _fs_loss_seq(model, v, np.empty(model.d_N))
 
 
 @nb.njit(**_JIT)
-def _fs_loss_grad_buf(model, v, G, buf):
-    """:func:`fs_loss_grad` with the data-path scratch ``buf`` (from :func:`_data_buf`)."""
+def _fs_loss_grad_buf(model, v, G, buf, want_loss):
+    """:func:`fs_loss_grad` with the data-path scratch ``buf`` (from :func:`_data_buf`); returns
+    NaN instead of L unless ``want_loss`` (G is the same, bitwise; the fast data path then
+    skips the loss)."""
     if model.use_gram:
-        return _gram_loss_grad(model, v, G, True)
-    if _DATA_PATH_FAST:
-        return _fs_loss_grad_fast(model, v, G, buf, True)
-    return _fs_loss_grad_seq(model, v, G)
+        L = _gram_loss_grad(model, v, G, True)
+    elif _DATA_PATH_FAST:
+        return _fs_loss_grad_fast(model, v, G, buf, True, want_loss)
+    else:
+        L = _fs_loss_grad_seq(model, v, G)
+    return L if want_loss else np.nan
 
 
 @nb.njit(**_JIT)
@@ -603,7 +601,7 @@ def fs_loss_grad(model, v, G):
     :func:`lcnfast.losses._tanh_nd` (<= 5 ulp) and ``L = sum a - sum log(1 + tanh a)``.
     Allocates its scratch on the fast path; :func:`loss_grad_ws` does not.
     """
-    return _fs_loss_grad_buf(model, v, G, _data_buf(model) if _DATA_PATH_FAST else G[:0])
+    return _fs_loss_grad_buf(model, v, G, _data_buf(model) if _DATA_PATH_FAST else G[:0], True)
 
 
 @nb.njit(**_JIT)
@@ -641,7 +639,7 @@ def fs_hessian(model, v, H):
 @nb.njit(**_JIT)
 def _loss_grad_buf(model, w, prefix, G, gcur, gnext, out_g, buf):
     kv = forward_filter(w, model.k, model.S, model.offs, prefix)
-    loss = _fs_loss_grad_buf(model, prefix[model.k.shape[0], :kv], G, buf)
+    loss = _fs_loss_grad_buf(model, prefix[model.k.shape[0], :kv], G, buf, True)
     backward_filter(w, model.k, model.S, model.offs, prefix, G, gcur, gnext, out_g)
     return loss
 
@@ -685,9 +683,9 @@ def _loss_grad_fast_ws(model, w, ws, out_g):
     kv = forward_filter(w, k, model.S, model.offs, ws.prefix)
     v = ws.prefix[k.shape[0], :kv]
     if model.use_gram:
-        loss = _fs_loss_grad_buf(model, v, ws.G, ws.buf)
+        loss = _fs_loss_grad_buf(model, v, ws.G, ws.buf, True)
     else:
-        loss = _fs_loss_grad_fast(model, v, ws.G, ws.buf, True)
+        loss = _fs_loss_grad_fast(model, v, ws.G, ws.buf, True, True)
     backward_filter(w, k, model.S, model.offs, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
     return loss
 
@@ -705,7 +703,7 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     kv = forward_filter(w, k, S, offs, prefix)
     v = prefix[N, :kv]
     if model.use_gram:
-        _fs_loss_grad_buf(model, v, G, G[:0])
+        _fs_loss_grad_buf(model, v, G, G[:0], True)
     else:
         _fs_loss_grad_seq(model, v, G)
     fs_hessian(model, v, Hv)
@@ -782,7 +780,7 @@ def loss_batch(model, W, nc):
             if model.use_gram:
                 out[f] = fs_loss(model, v)
             elif _DATA_PATH_FAST:
-                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, False)
+                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, False, True)
             else:
                 out[f] = _fs_loss_seq(model, v, buf)
     return out

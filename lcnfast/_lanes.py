@@ -85,8 +85,9 @@ def forward_lanes(W, k, S, offs, P):
 
 
 @nb.njit(**_JIT)
-def _fs_loss_grad_lanes(model, P, ws, out_L):
-    """L(v) into out_L and dL/dv into ws.G for v = P[N] in every lane."""
+def _fs_loss_grad_lanes(model, P, ws, out_L, want_loss):
+    """L(v) into out_L (NaN unless ``want_loss``, on the data path) and dL/dv into ws.G for
+    v = P[N] in every lane."""
     N = model.k.shape[0]
     kv = model.k_v
     G = ws.G
@@ -120,7 +121,7 @@ def _fs_loss_grad_lanes(model, P, ws, out_L):
     for b in range(LANES):
         for r in range(kv):
             ws.v1[r] = P[N, r, b]
-        out_L[b] = _fs_loss_grad_buf(model, ws.v1, ws.G1, ws.buf)
+        out_L[b] = _fs_loss_grad_buf(model, ws.v1, ws.G1, ws.buf, want_loss)
         for r in range(kv):
             G[r, b] = ws.G1[r]
 
@@ -158,10 +159,11 @@ def backward_lanes(W, k, S, offs, P, G, Gn, out_g):
 
 
 @nb.njit(**_JIT)
-def loss_grad_lanes(model, W, ws, out_g, out_L):
-    """Loss (LANES,) and gradient (n_params, LANES) of the LANES parameter vectors W."""
+def loss_grad_lanes(model, W, ws, out_g, out_L, want_loss):
+    """Loss (LANES,) and gradient (n_params, LANES) of the LANES parameter vectors W; the loss
+    may be NaN unless ``want_loss`` (the gradient is the same, bitwise)."""
     forward_lanes(W, model.k, model.S, model.offs, ws.P)
-    _fs_loss_grad_lanes(model, ws.P, ws, out_L)
+    _fs_loss_grad_lanes(model, ws.P, ws, out_L, want_loss)
     backward_lanes(W, model.k, model.S, model.offs, ws.P, ws.G, ws.Gn, out_g)
 
 
@@ -197,7 +199,7 @@ def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
 
 
 @nb.njit(**_JIT)
-def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
+def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1, want_loss):
     """Lane blocks blk0..blk1-1 of the rows of W through the generic lane kernel (a last
     partial block repeats its first row in the unused lanes)."""
     K, n = W.shape
@@ -211,7 +213,7 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
             f = f0 + b if f0 + b < K else f0
             for q in range(n):
                 Wl[q, b] = W[f, q]
-        loss_grad_lanes(model, Wl, ws, gl, Ll)
+        loss_grad_lanes(model, Wl, ws, gl, Ll, want_loss)
         for b in range(min(LANES, K - f0)):
             out_loss[f0 + b] = Ll[b]
             for q in range(n):
@@ -219,20 +221,22 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1):
 
 
 @nb.njit(parallel=True, **_JIT)
-def loss_grad_batch(model, W, out_loss, out_grad, nc):
+def loss_grad_batch(model, W, out_loss, out_grad, nc, want_loss):
     """L (K,) and gradients (K, n) for every row of W (K, n), in ``nc`` prange chunks of
-    whole lane blocks."""
+    whole lane blocks; unless ``want_loss`` the losses may be NaN (the data path skips them)."""
     nblk = (W.shape[0] + LANES - 1) // LANES
     nc = min(nc, nblk)
     for c in nb.prange(nc):
-        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc)
+        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc,
+                          want_loss)
 
 
 @nb.njit(**_JIT)
-def loss_grad_serial(model, W, out_loss, out_grad):
+def loss_grad_serial(model, W, out_loss, out_grad, want_loss):
     """:func:`loss_grad_batch` on the calling thread (small batches: waking the thread team
     costs more than the work)."""
-    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES)
+    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES,
+                      want_loss)
 
 
 @nb.njit(parallel=True, **_JIT)

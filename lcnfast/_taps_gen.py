@@ -12,9 +12,9 @@ Arithmetic (bitwise the hand-written loops this replaces):
 - ``conv{k}``: z[t] = (z[t] or 0.0) + v0 x0[t] + v1 x1[t] + ... left to right, no
   contraction (the exact path's z, bitwise);
 - ``corr{k}``: G[q] += sum_t g[t] x_q[t] ('reassoc': vectorised reductions);
-- ``lc_corr{k}``: g[t] = num[t] / den[t] fused with ``corr{k}`` and the log-cosh loss of the
-  chunk (see losses, "log cosh sums"); returns that loss (in units of alpha |r|);
-- ``lc_div``: the same without taps (the data path's modes for few samples).
+- ``lc_div``: g[t] = num[t] / den[t] and the log-cosh loss of the chunk (see losses, "log cosh
+  sums"); returns that loss (in units of alpha |r|). No taps: the correlation is ``corr{k}``
+  on g, the same code whether or not the loss is wanted, so G does not depend on it (bitwise).
 """
 
 from __future__ import annotations
@@ -94,25 +94,6 @@ _LC_ELEMENT = """        gt = num[t] / den[t]
         nl += big"""
 
 
-def _lc_corr(k):
-    zero, acc, out = _corr_lines(k)
-    return f'''
-
-@nb.njit(**JIT_R)
-def lc_corr{k}(num, den, aa, g, X, sh, n, G):
-    {_views(k)}
-    {zero}
-    sa = 0.0
-    pr = 1.0
-    nl = 0.0
-    for t in range(n):
-{_LC_ELEMENT}
-{acc}
-{out}
-    return sa - (math.log(pr) + nl * _HALF_LN2)
-'''
-
-
 def _lc_div():
     return f'''
 
@@ -128,29 +109,26 @@ def lc_div(num, den, aa, g, n):
 '''
 
 
-def _dispatch(name, args, doc, returns=False):
+def _dispatch(name, args, doc):
     # inlined into the caller (as a hand-written if-chain would be): a dispatcher compiled on its
     # own made LLVM optimise the eight variants once more, ~25 s of cold compile in all
     lines = [f"\n\n@nb.njit(inline=\"always\", **JIT)\ndef {name}(k, {args}):", f'    """{doc}"""']
-    ret = "return " if returns else ""
     for k in range(MAX_TAPS, 0, -1):
         kw = "if" if k == MAX_TAPS else "elif" if k > 1 else "else"
         cond = f" k == {k}" if k > 1 else ""
         lines.append(f"    {kw}{cond}:")
-        lines.append(f"        {ret}{name}{k}({args})")
+        lines.append(f"        {name}{k}({args})")
     return "\n".join(lines) + "\n"
 
 
 def source() -> str:
     """The text of ``_taps.py``."""
     parts = [_HEADER]
-    for make in (_conv, _corr, _lc_corr):
+    for make in (_conv, _corr):
         parts += [make(k) for k in range(1, MAX_TAPS + 1)]
     parts.append(_lc_div())
     parts.append(_dispatch("conv", "v, X, sh, z, n, first", "conv{k} for 1 <= k <= 8."))
     parts.append(_dispatch("corr", "g, X, sh, n, G", "corr{k} for 1 <= k <= 8."))
-    parts.append(_dispatch("lc_corr", "num, den, aa, g, X, sh, n, G",
-                           "lc_corr{k} for 1 <= k <= 8; returns its loss.", returns=True))
     return "".join(parts)
 
 

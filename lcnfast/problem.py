@@ -260,6 +260,19 @@ class Problem:
     def loss_and_grad(self, w):
         """``(L(w), grad L(w))``: (float, (n_params,)) or ((K,), (K, n_params))."""
         W, single = self._params(w)
+        L, G = self._loss_grad(W, want_loss=True)
+        return (float(L[0]), G[0]) if single else (L, G)
+
+    def grad(self, w):
+        """Gradient ``grad L(w)``: (n_params,) or (K, n_params); bitwise the gradient of
+        :meth:`loss_and_grad`, faster on the data path (no loss values)."""
+        W, single = self._params(w)
+        G = self._loss_grad(W, want_loss=False)[1]
+        return G[0] if single else G
+
+    def _loss_grad(self, W, want_loss):
+        """Losses (K,) (NaN on the data path unless ``want_loss``) and gradients (K, n_params)
+        of the rows of a validated batch W."""
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
         kern, use = self._lane_kernel(W.shape[0], batch=W.shape[0])
@@ -269,14 +282,10 @@ class Problem:
         elif use:
             _lanes.generated_batch(self._model, kern, W, L, G, n_chunks(W))
         elif serial:
-            _lanes.loss_grad_serial(self._model, W, L, G)
+            _lanes.loss_grad_serial(self._model, W, L, G, want_loss)
         else:
-            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W))
-        return (float(L[0]), G[0]) if single else (L, G)
-
-    def grad(self, w):
-        """Gradient ``grad L(w)``: (n_params,) or (K, n_params)."""
-        return self.loss_and_grad(w)[1]
+            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W), want_loss)
+        return L, G
 
     def hessian(self, w):
         """Hessian of L: (n_params, n_params) or (K, n_params, n_params)."""

@@ -522,3 +522,40 @@ def test_log_cosh_over_many_chunks_is_accurate_for_tiny_and_saturated_residuals(
     J = naive.fd_jacobian(lambda u: naive.final_filter(u, 64, (5, 5, 5), (1, 1, 1)), w)
     ref_g = J.T @ (naive.patch_matrix(X, arch.k_v, arch.s_v).T @ naive.loss_d1("log_cosh", (alpha,), R).ravel())
     assert naive.max_rel_err(g, ref_g, floor=1e-12 * np.max(np.abs(ref_g))) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "d0, k, s, m, mode",
+    [
+        (40, (3, 4), (1, 1), 24, 2),  # sample-major copies, stride 1
+        (41, (3, 4), (2, 1), 24, 2),  # sample-major copies, stride 2
+        (12, (3, 3), (1, 1), 5, 1),  # flat groups of rows (windows straddling two rows)
+        (30, (2, 3), (1, 1), 5, 1),  # flat groups, one row each (2 d_N < d0)
+        (17, (3, 2), (2, 1), 5, 0),  # row by row, strided
+    ],
+)
+@pytest.mark.parametrize("loss", [losses.log_cosh(0.7), losses.pseudo_huber(0.5)])
+def test_grad_without_the_loss_is_bitwise_the_gradient_of_loss_and_grad(d0, k, s, m, mode, loss):
+    """Problem.grad runs the data path without the loss values (log-cosh: one pass for
+    tanh, no log-cosh sums); the gradient must be the same bits as loss_and_grad's, in every
+    layout of the data path, for a single vector and for a batch spanning lane blocks."""
+    from lcnfast import _kernels
+
+    arch = Architecture(d0, k, s)
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((d0, m))
+    Y = rng.standard_normal((arch.d_N, m))
+    p = Problem(arch, X, Y, loss)
+    assert _kernels._data_layout(p.model)[0] == mode
+    W = np.stack([random_params(rng, arch, 1.0) for _ in range(11)])
+    L, G = p.loss_and_grad(W)
+    np.testing.assert_array_equal(p.grad(W), G)
+    np.testing.assert_array_equal(p.grad(W[3]), G[3])
+    assert np.all(np.isfinite(L)) and np.all(np.isfinite(G))
+    # and the gradient is right: the chain rule on the reference residuals
+    w = W[5]
+    R = naive.residuals(w, d0, k, s, X, Y)
+    J = naive.fd_jacobian(lambda u: naive.final_filter(u, d0, k, s), w)
+    ref = J.T @ (naive.patch_matrix(X, arch.k_v, arch.s_v).T
+                 @ naive.loss_d1(loss.name, loss.params[:1], R).ravel())
+    assert naive.max_rel_err(G[5], ref, floor=1e-12 * np.max(np.abs(ref))) <= 1e-9
