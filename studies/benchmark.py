@@ -8,7 +8,8 @@ Run from the repository root::
 
 Two cases (DESIGN.md, "Where speed comes from"), each a batch of K parameter vectors from
 ``lcnfast.data.initial_filters`` on ``lcnfast.data.teacher`` data, timed through
-``Problem.loss_and_grad``:
+``Problem.grad`` (gradient evaluations, the issue's measure) and ``Problem.loss_and_grad``
+(what a flow step needs; on the data path it also sums the losses):
 
 (a) d0=32, k=(3,3,3), s=(1,1,1), m=128, square loss (window-Gram path). Target: >= 2e7
     gradients/s on 2 cores.
@@ -244,6 +245,7 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
     rel_G = float(np.max(np.linalg.norm(G_np - G_lc, axis=1) / np.linalg.norm(G_lc, axis=1)))
 
     t_prob = best_time(lambda: problem.loss_and_grad(W), repeats)
+    t_grad = best_time(lambda: problem.grad(W), repeats)
     kernel_in_use = problem.kernel_in_use  # "auto" has switched by now where it applies
     t_generic = None
     if problem.use_gram:  # the generic lane kernels, for comparison
@@ -258,6 +260,7 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
                               / np.linalg.norm(problem.grad(W), axis=1)))
 
     r_prob = K / t_prob
+    r_grad = K / t_grad
     r_kern = K / t_kern
     r_np = K_ref / t_np
     out = dict(
@@ -270,6 +273,9 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
         problem_kernel=kernel_in_use,
         generic_grads_per_s=K / t_generic if t_generic else None,
         problem_frac_matmul=r_prob * flops / 1e9 / mm_gflops,
+        grad_grads_per_s=r_grad, grad_gflops=r_grad * flops / 1e9,
+        grad_frac_matmul=r_grad * flops / 1e9 / mm_gflops,
+        speedup_grad_vs_numpy=r_grad / r_np,
         kernel_grads_per_s=r_kern, kernel_gflops=r_kern * flops / 1e9,
         kernel_frac_matmul=r_kern * flops / 1e9 / mm_gflops,
         numpy_grads_per_s=r_np, numpy_K=K_ref, numpy_gflops=r_np * flops / 1e9,
@@ -307,6 +313,8 @@ def report(res, mm):
         sp = f"x{speedup:.1f} vs numpy" if speedup is not None else ""
         print(f"  {label:30s} {rate:12.4g} grads/s  {perf}{sp}{note}")
 
+    line(f"Problem.grad [{f['problem_kernel']}]", f["grad_grads_per_s"], f["grad_gflops"],
+         f["speedup_grad_vs_numpy"])
     line(f"Problem.loss_and_grad [{f['problem_kernel']}]", f["problem_grads_per_s"],
          f["problem_gflops"], f["speedup_problem_vs_numpy"])
     if f["generic_grads_per_s"]:
@@ -446,11 +454,13 @@ def main(argv=None):
 
     a, b = results
     print("\nsummary (best of %d; the machine may be shared, timings are noisy)" % repeats)
-    print(f"  (a) {a['problem_grads_per_s']:.3g} gradients/s (target 2e7): "
-          f"{'met' if a['problem_grads_per_s'] >= 2e7 else 'NOT met'}")
-    print(f"  (b) {100 * b['problem_frac_matmul']:.1f}% of matmul via Problem.loss_and_grad, "
-          f"{100 * b['kernel_frac_matmul']:.1f}% via the one-flow kernel (target 50%): "
-          f"{'met' if max(b['problem_frac_matmul'], b['kernel_frac_matmul']) >= 0.5 else 'NOT met'}")
+    print(f"  (a) {a['grad_grads_per_s']:.3g} gradients/s via Problem.grad, "
+          f"{a['problem_grads_per_s']:.3g} via Problem.loss_and_grad (target 2e7): "
+          f"{'met' if a['grad_grads_per_s'] >= 2e7 else 'NOT met'}")
+    print(f"  (b) {100 * b['grad_frac_matmul']:.1f}% of matmul via Problem.grad, "
+          f"{100 * b['problem_frac_matmul']:.1f}% via Problem.loss_and_grad, "
+          f"{100 * b['kernel_frac_matmul']:.1f}% via the one-flow kernel with the loss "
+          f"(target 50%): {'met' if b['grad_frac_matmul'] >= 0.5 else 'NOT met'}")
     gd_rate = flows["gd"]["grad_evals_per_s"]
     print(f"  flows (a) gradient descent {gd_rate:.3g} gradient evaluations/s (target 2e7): "
           f"{'met' if gd_rate >= 2e7 else 'NOT met'}")
