@@ -60,29 +60,47 @@ OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS"
 
 
 # ----------------------------------------------------------------------------- timing helpers
-def best_time(fn, repeats, min_time=0.05):
-    """Best wall time of one call of fn: after two warm-up calls, ``repeats`` rounds of at
-    least 3 calls and ``min_time`` seconds each; a round reports the mean of its calls."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-9)
-    inner = max(3, int(math.ceil(min_time / once)))
-    best = math.inf
-    for _ in range(repeats):
+def best_times(fns, repeats, min_time=0.05, settle=0.0):
+    """Best wall time of one call of each function of the dict ``fns``: after two warm-up calls
+    each, ``repeats`` rounds, each timing every function in turn (at least 3 calls and
+    ``min_time`` seconds; the mean of its calls), ``settle`` seconds of sleep after each.
+    Interleaved, so that the host's drift (up to ~40% within minutes here) shifts all of them
+    alike and their ratios stay meaningful."""
+    inner = {}
+    for name, fn in fns.items():
+        fn()
         t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
+        fn()
+        once = max(time.perf_counter() - t0, 1e-9)
+        inner[name] = max(3, int(math.ceil(min_time / once)))
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / inner[name])
+            time.sleep(settle)
     return best
 
 
-def matmul_gflops(n, repeats):
+def best_time(fn, repeats, min_time=0.05):
+    """:func:`best_times` of one function."""
+    return best_times({"fn": fn}, repeats, min_time)["fn"]
+
+
+def matmul_call(n):
+    """(call, flops) of an n x n float64 matrix product."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n))
     b = rng.standard_normal((n, n))
-    t = best_time(lambda: np.dot(a, b), repeats, min_time=0.2)
-    return 2.0 * n**3 / t / 1e9, t
+    return (lambda: np.dot(a, b)), 2.0 * n**3
+
+
+def matmul_gflops(n, repeats):
+    call, flops = matmul_call(n)
+    t = best_time(call, repeats, min_time=0.2)
+    return flops / t / 1e9, t
 
 
 # ----------------------------------------------------------------------------- environment
@@ -215,7 +233,7 @@ CASES = {
 }
 
 
-def run_case(name, spec, K, K_ref, repeats, mm_gflops):
+def run_case(name, spec, K, K_ref, repeats, mm):
     arch = Architecture(spec["d0"], spec["k"], spec["s"])
     loss = getattr(losses, spec["loss"][0])(*spec["loss"][1])
     td = data.teacher(arch, spec["m"], seed=0)
@@ -244,17 +262,26 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
     rel_L = float(np.max(np.abs(L_np - L_lc) / np.abs(L_lc)))
     rel_G = float(np.max(np.linalg.norm(G_np - G_lc, axis=1) / np.linalg.norm(G_lc, axis=1)))
 
-    t_prob = best_time(lambda: problem.loss_and_grad(W), repeats)
-    t_grad = best_time(lambda: problem.grad(W), repeats)
-    kernel_in_use = problem.kernel_in_use  # "auto" has switched by now where it applies
-    t_generic = None
-    if problem.use_gram:  # the generic lane kernels, for comparison
-        generic = Problem(arch, td.X, td.Y, loss, kernel="generic")
-        t_generic = best_time(lambda: generic.loss_and_grad(W), repeats)
     Lk = np.empty(K)
     Gk = np.empty_like(W)
     nc = n_chunks(W)
-    t_kern = best_time(lambda: _kernels._loss_grad_batch_fast(problem.model, W, Lk, Gk, nc), repeats)
+    mm_fn, mm_flops = mm
+    fns = {
+        "grad": lambda: problem.grad(W),
+        "loss_and_grad": lambda: problem.loss_and_grad(W),
+        "kernel": lambda: _kernels._loss_grad_batch_fast(problem.model, W, Lk, Gk, nc),
+        "matmul": mm_fn,
+    }
+    if problem.use_gram:  # the generic lane kernels, for comparison
+        generic = Problem(arch, td.X, td.Y, loss, kernel="generic")
+        fns["generic"] = lambda: generic.loss_and_grad(W)
+    # interleaved: the ratios, and the % of matmul, hold; the pause lets OpenBLAS's threads,
+    # which spin for a while after a product, go to sleep before the next function runs
+    t = best_times(fns, repeats, settle=0.3)
+    kernel_in_use = problem.kernel_in_use  # "auto" has switched by now where it applies
+    t_prob, t_grad, t_kern = t["loss_and_grad"], t["grad"], t["kernel"]
+    t_generic = t.get("generic")
+    mm_gflops = mm_flops / t["matmul"] / 1e9
     t_np = best_time(lambda: ref.loss_and_grad(Wr), max(3, repeats // 2))
     rel_kern_G = float(np.max(np.linalg.norm(Gk - problem.grad(W), axis=1)
                               / np.linalg.norm(problem.grad(W), axis=1)))
@@ -266,6 +293,7 @@ def run_case(name, spec, K, K_ref, repeats, mm_gflops):
     out = dict(
         case=name, arch=repr(arch), m=spec["m"], loss=repr(loss), K=K, k_v=arch.k_v, d_N=arch.d_N,
         use_gram=problem.use_gram, flops_per_grad=flops, target=spec["target"],
+        matmul_gflops=mm_gflops,
         first_call_s=first_call, first_call_cache_hits=h1 - h0, first_call_cache_misses=m1 - m0,
         first_call_kernel_s=first_call_kernel, kernel_cache_hits=h2 - h1,
         kernel_cache_misses=m2 - m1,
@@ -296,8 +324,9 @@ def _cache_word(hits, misses):
     return f"cache partly warm ({hits} loaded, {misses} compiled)"
 
 
-def report(res, mm):
+def report(res):
     f = res
+    mm = f["matmul_gflops"]
     data_path = not f["use_gram"]
     print(f"\n({f['case']}) {f['arch']}, m={f['m']}, {f['loss']}"
           f"{' [data path]' if data_path else ' [Gram path]'}, K={f['K']}, "
@@ -307,6 +336,9 @@ def report(res, mm):
           f"{_cache_word(f['first_call_cache_hits'], f['first_call_cache_misses'])}")
     print(f"  first call _kernels._loss_grad_batch_fast: {f['first_call_kernel_s']:.3f} s, "
           f"{_cache_word(f['kernel_cache_hits'], f['kernel_cache_misses'])}")
+
+    if data_path:
+        print(f"  matmul in the same interleaved rounds: {mm:.1f} GFLOP/s")
 
     def line(label, rate, gflops, speedup, note=""):
         perf = (f"{gflops:7.2f} GFLOP/s {100 * gflops / mm:5.1f}% of matmul  " if data_path else "")
@@ -442,12 +474,12 @@ def main(argv=None):
 
     results = []
     for name, spec in CASES.items():
-        res = run_case(name, spec, K[name], K_ref[name], repeats, mm)
+        res = run_case(name, spec, K[name], K_ref[name], repeats, matmul_call(n_mm))
         results.append(res)
         if name == "a":
             layer = numba.threading_layer()
             print(f"  numba threads: {numba.get_num_threads()}, threading layer: {layer}")
-        report(res, mm)
+        report(res)
 
     print("\n(flows) Architecture(d0=32, k=(3,3,3), s=(1,1,1)), m=128, square loss")
     flows = bench_flows(args.quick, repeats)
