@@ -37,7 +37,8 @@ from . import _taps
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
-from .losses import LOG_COSH, SQUARE, _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value
+from .losses import (LOG_COSH, SQUARE, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
+                     _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value)
 
 
 class Model(NamedTuple):
@@ -188,7 +189,7 @@ def jacobian_into(w, k, S, offs, work, J):
 #   - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd),
 #     one pass for g alone (_lc_tanh) or, with the loss, two passes with shorter dependency
 #     chains (_lc_prep_nd, then the division and L = sum log cosh a, a = alpha |r|, in
-#     _taps.lc_div: the Taylor series for a <= 1/8, a - log(1 + tanh a) above, the log taken
+#     _lc_div: the Taylor series for a <= 1/8, a - log(1 + tanh a) above, the log taken
 #     once per chunk of a product: _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the
 #     same either way; other losses: scalar l and l', in order;
 #   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_taps.corr*, vectorised reductions
@@ -362,6 +363,25 @@ def _lc_prep_nd(p0, z, y, aa, num, den, n):
         den[t] = b
 
 
+@nb.njit(**_JIT_R)
+def _lc_div_chunk(num, den, aa, g, n):
+    """g = num / den; returns sum_t log cosh aa_t (n <= _PROD_CHUNK; 'reassoc' vectorises the
+    sums; the correlation of g is separate, so G does not depend on whether the loss is
+    wanted)."""
+    sa = 0.0
+    pr = 1.0
+    nl = 0.0
+    for t in range(n):
+        gt = num[t] / den[t]
+        g[t] = gt
+        a = aa[t]
+        big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
+        sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
+        pr *= (1.0 - big) + big * (_RSQRT2 + _RSQRT2 * abs(gt))
+        nl += big
+    return sa - (math.log(pr) + nl * _HALF_LN2)
+
+
 @nb.njit(**_JIT)
 def _lc_div(num, den, aa, g, n):
     """g = num / den over n elements; returns sum_t log cosh(aa_t) (log cosh a =
@@ -370,7 +390,7 @@ def _lc_div(num, den, aa, g, n):
     t0 = 0
     while t0 < n:
         c = min(n - t0, _PROD_CHUNK)
-        acc += _taps.lc_div(num[t0:], den[t0:], aa[t0:], g[t0:], c)
+        acc += _lc_div_chunk(num[t0:], den[t0:], aa[t0:], g[t0:], c)
         t0 += c
     return acc
 
@@ -395,19 +415,20 @@ def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, want_l
     if model.code == LOG_COSH:
         total += _lc_g(model.p0, z, yv, g, aa, num, den, c, want_loss)
     else:
-        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total)
+        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total, want_loss)
     if want_grad:
         _corr_sh(g, kv, Xv, sh, c, G)
     return total
 
 
 @nb.njit(**_JIT)
-def _generic_row(code, p0, p1, z, y, g, n, total):
+def _generic_row(code, p0, p1, z, y, g, n, total, want_loss):
     """Any loss, one row: g = l'(z - y); returns total + sum l(z - y), summed one residual at
-    a time in order (as fs_loss)."""
+    a time in order (as fs_loss), if ``want_loss`` (else total)."""
     for t in range(n):
         r = z[t] - y[t]
-        total += loss_value(code, p0, p1, r)
+        if want_loss:
+            total += loss_value(code, p0, p1, r)
         g[t] = loss_d1(code, p0, p1, r)
     return total
 
@@ -461,7 +482,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             if lc:
                 total += _lc_g(p0, z, Yt[i], g, aa, num, den, dN, want_loss)
             else:
-                total = _generic_row(code, p0, p1, z, Yt[i], g, dN, total)
+                total = _generic_row(code, p0, p1, z, Yt[i], g, dN, total, want_loss)
             if want_grad:
                 _corr_strided(g, kv, Xt[i], sv, dN, G)
     else:
@@ -486,7 +507,8 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
                 elif lc:
                     _lc_tanh(p0, z[o:], Yt[i], g[o:], dN)
                 else:
-                    total = _generic_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total)
+                    total = _generic_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total,
+                                         want_loss)
             if lc and want_loss:
                 total += _lc_div(num, den, aa, g, n)
             if want_grad:

@@ -208,7 +208,7 @@ def _tanh_nd(c):
 
 
 # ----------------------------------------------------------------------------- log cosh sums
-# The data path (lcnfast._taps.lc_div) sums log cosh a_t over a chunk as
+# The data path (lcnfast._kernels._lc_div) sums log cosh a_t over a chunk as
 #     sum_{a_t <= 1/8} series(a_t) + sum_{a_t > 1/8} a_t - log prod_{a_t > 1/8} (1 + tanh a_t),
 # the product taken of the factors (1 + tanh a) / sqrt 2 (_RSQRT2) and corrected by
 # n log(2) / 2 (_HALF_LN2) so that it stays in range over a chunk (lcnfast._kernels._PROD_CHUNK).
