@@ -38,7 +38,7 @@ from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
 from .losses import (LOG_COSH, SQUARE, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
-                     _tanh_clamp, _tanh_nd, loss_d1, loss_d2, loss_value)
+                     _TWO_OVER_LN2, _tanh_nd, loss_d1, loss_d2, loss_value)
 
 
 class Model(NamedTuple):
@@ -347,18 +347,22 @@ def _data_buf(model):
 def _lc_tanh(p0, z, y, g, n):
     """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the division in the loop of
     the tanh (vectorised; bitwise the g of :func:`_lc_prep_nd` then :func:`_lc_div`)."""
+    bound = 20.0 / p0
+    k2 = p0 * _TWO_OVER_LN2
     for t in range(n):
-        num, den = _tanh_nd(_tanh_clamp(p0 * (z[t] - y[t])))
+        num, den = _tanh_nd(z[t] - y[t], p0, bound, k2)
         g[t] = num / den
 
 
 @nb.njit(**_JIT_C)
 def _lc_prep_nd(p0, z, y, aa, num, den, n):
-    """log-cosh with the loss, n outputs: x = p0 (z - y), aa = |x|, tanh(x) = num / den."""
+    """log-cosh with the loss, n outputs: aa = |p0 (z - y)|, tanh(p0 (z - y)) = num / den."""
+    bound = 20.0 / p0
+    k2 = p0 * _TWO_OVER_LN2
     for t in range(n):
-        x = p0 * (z[t] - y[t])
-        aa[t] = abs(x)
-        a, b = _tanh_nd(_tanh_clamp(x))
+        d = z[t] - y[t]
+        aa[t] = abs(p0 * d)
+        a, b = _tanh_nd(d, p0, bound, k2)
         num[t] = a
         den[t] = b
 

@@ -324,3 +324,29 @@ def test_param_dict_round_trips_through_from_dict(spec):
     assert again == L
     assert tuple(L.param_dict.values()) == tuple(float(x) for x in spec[1])
     assert L.name in repr(L)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.37, 3.0])
+def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
+    """g = tanh(alpha (z - y)) of the log-cosh data path (vectorised, FMA-contracted) against
+    mpmath's tanh of the rounded alpha (z - y), over the range reduction's regimes."""
+    from lcnfast import _kernels
+
+    rng = np.random.default_rng(7)
+    k = np.arange(-60, 61)
+    d = np.concatenate([
+        rng.uniform(-25, 25, 4000), rng.uniform(-1, 1, 4000), rng.uniform(-1e-3, 1e-3, 1000),
+        np.exp(rng.uniform(-700, 4, 2000)) * rng.choice([-1.0, 1.0], 2000),
+        rng.uniform(18, 22, 1000), np.repeat(k * math.log(2) / 4, 8) * (1 + rng.uniform(-1e-15, 1e-15, 8 * k.size)),
+    ]) / alpha
+    g = np.empty_like(d)
+    _kernels._lc_tanh(alpha, d, np.zeros_like(d), g, d.size)
+    x = alpha * d
+    ref = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in x])
+    ulp = np.abs(g - ref) / np.spacing(np.abs(ref))
+    assert ulp.max() <= 4, (ulp.max(), x[ulp.argmax()])
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300])
+    gs = np.empty_like(special)
+    _kernels._lc_tanh(alpha, special, np.zeros_like(special), gs, special.size)
+    np.testing.assert_array_equal(gs, [0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0])
+    assert not np.signbit(gs[0]) and np.signbit(gs[1])
