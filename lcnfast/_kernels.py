@@ -173,27 +173,32 @@ def jacobian_into(w, k, S, offs, work, J):
 #
 # Exact (_fs_loss_seq, _fs_loss_grad_seq): one window at a time in the order (i, j), no
 #   contraction, libm tanh/exp/log: the arithmetic of the first version of this module. z is
-#   computed a row at a time by _conv_sh, in the same order. The Hessian's G uses it.
+#   computed a row at a time by _conv_strided, in the same order. The Hessian's G uses it.
 #
 # Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over output
 #   positions (DESIGN.md, "Where speed comes from"):
 #   - layout (_data_layout): mode 2 (m >= 16 and the data small enough to copy): X and Y are
-#     copied once per workspace sample-major, X (d0, m), Y (d_N, m); the windows of output j
-#     over all samples then form contiguous rows, tap q is the row m further on, and the
-#     passes below run over contiguous chunks of 2040 outputs with no wasted window. Mode 1
-#     (few samples, stride 1): groups of R rows of Xt as one flat stretch (the k_v - 1
-#     windows per row that straddle two rows are computed and given g = 0). Mode 0 (few
-#     samples, stride > 1): row by row, strided views.
+#     copied once per workspace sample-major by blocks of R samples, X (d0, R), Y (d_N, R) per
+#     block (R = all m for stride > 1); the windows of output j over a block's samples then
+#     form contiguous rows, tap q is the row R further on, and the passes below run over
+#     contiguous chunks of up to 2040 outputs with no wasted window. At stride 1, R is about
+#     2048 / d0 so that a block of X, z, g and Y stays in L1 through the three passes (the
+#     taps of a chunk of the (d0, m) layout span 13 rows of m samples, which L1 does not
+#     hold: ~5% slower). Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat
+#     stretch (the k_v - 1 windows per row that straddle two rows are computed and given
+#     g = 0). Mode 0 (few samples, stride > 1): row by row, strided views.
 #   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_taps.conv*: one pass over z per block),
-#     summed in the order of q from 0.0 without contraction (bitwise the exact z);
+#     summed in the order of q from 0.0, one FMA per tap (z differs from the exact path's
+#     by roundings);
 #   - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd),
 #     one pass for g alone (_lc_tanh) or, with the loss, two passes with shorter dependency
 #     chains (_lc_prep_nd, then the division and L = sum log cosh a, a = alpha |r|, in
 #     _lc_div: the Taylor series for a <= 1/8, a - log(1 + tanh a) above, the log taken
 #     once per chunk of a product: _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the
 #     same either way; other losses: scalar l and l', in order;
-#   - G_q += sum_t g_t X[t + q sh] by blocks of 4..8 taps (_taps.corr*, vectorised reductions
-#     under 'reassoc': the order is fixed by the shapes alone), with or without the loss.
+#   - G_q += sum_t g_t X[t + q sh] in one pass up to 13 taps (_taps.corr*, vectorised
+#     reductions under 'reassoc': the order is fixed by the shapes alone), with or without
+#     the loss.
 #   The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
 #   Workspace.buf, or a fresh array in the allocating entry points.
 
@@ -205,6 +210,10 @@ _PROD_CHUNK = 2040
 _GROUP_ELEMS = _PROD_CHUNK
 _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
+# mode 2, stride 1: samples per block, so that a block of X (d0 x block) has about this many
+# elements (16 KiB: with the block's z, g and Y it stays in a 32 KiB L1d), and at least
+_COL_BLOCK_ELEMS = 2048
+_COL_MIN_BLOCK = 4
 
 # Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
 # lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
@@ -219,9 +228,9 @@ _DATA_PATH_FAST = True
 
 @nb.njit(**_JIT)
 def _conv_sh(v, kv, X, sh, z, n):
-    """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n: blocks of 4..8 taps (fewer only when
-    kv < 4), summed in the order of q, from 0.0, as one window at a time would."""
-    nblk = (kv + 7) // 8
+    """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n (fast path): blocks of 4..8 taps (fewer
+    only when kv < 4), summed in the order of q from 0.0, each product fused into the sum."""
+    nblk = (kv + _taps.CONV_MAX - 1) // _taps.CONV_MAX
     q = 0
     for b in range(nblk):
         k = (kv - q) // (nblk - b)
@@ -233,8 +242,9 @@ def _conv_sh(v, kv, X, sh, z, n):
 
 @nb.njit(**_JIT)
 def _corr_sh(g, kv, X, sh, n, G):
-    """G[q] += sum_{t < n} g[t] X[t + q sh] for q < kv, blocks of 4..8 taps."""
-    nblk = (kv + 7) // 8
+    """G[q] += sum_{t < n} g[t] X[t + q sh] for q < kv, in one pass up to 13 taps (blocks of
+    7..13 taps beyond)."""
+    nblk = (kv + _taps.CORR_MAX - 1) // _taps.CORR_MAX
     q = 0
     for b in range(nblk):
         k = (kv - q) // (nblk - b)
@@ -246,7 +256,8 @@ def _corr_sh(g, kv, X, sh, n, G):
 
 @nb.njit(**_JIT)
 def _conv_strided(v, kv, Xrow, sv, z, n):
-    """z[t] = sum_q v[q] Xrow[t sv + q] for t < n, in the order of q (stride sv > 1)."""
+    """z[t] = sum_q v[q] Xrow[t sv + q] for t < n, in the order of q from 0.0, no
+    contraction (any stride; the exact path's z, and the fast path's for stride > 1)."""
     x0 = Xrow[0::sv]
     v0 = v[0]
     for t in range(n):
@@ -275,15 +286,18 @@ def _corr_strided(g, kv, Xrow, sv, n, G):
 
 @nb.njit(**_JIT)
 def _data_layout(model):
-    """(mode, R, L) of the fast data path: mode 2 = sample-major copy of the data (X as
-    (d0, m), Y as (d_N, m): the windows of output j over all samples are contiguous rows, so
-    the passes run over long contiguous stretches with no wasted window); mode 1 = flat groups
-    of R rows of Xt (stride 1); mode 0 = row by row, strided. L = length of each of the 5
-    scratch vectors (at least d_N, which the exact loss needs)."""
+    """(mode, R, L) of the fast data path: mode 2 = sample-major copies of the data by blocks
+    of R samples (X as (d0, R), Y as (d_N, R) per block: the windows of output j over the
+    block's samples are contiguous rows, so the passes run over long contiguous stretches with
+    no wasted window, and a block's data stays in L1); mode 1 = flat groups of R rows of Xt
+    (stride 1); mode 0 = row by row, strided. L = length of each of the 5 scratch vectors (at
+    least d_N, which the exact loss needs)."""
     m, d0 = model.Xt.shape
     dN = model.d_N
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
-        return 2, 0, max(_GROUP_ELEMS, dN)
+        if model.s_v != 1:  # outputs row by row: one block of all samples
+            return 2, m, max(_GROUP_ELEMS, dN)
+        return 2, max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0)), max(_GROUP_ELEMS, dN)
     if model.s_v != 1:
         return 0, 0, dN
     if 2 * dN < d0:
@@ -335,11 +349,13 @@ def _data_buf(model):
         parts, Xc, Yc = _buf_parts(model, buf)
         Xt = model.Xt
         Yt = model.Yt
-        for i in range(m):
-            for q in range(d0):
-                Xc[q * m + i] = Xt[i, q]
-            for j in range(dN):
-                Yc[j * m + i] = Yt[i, j]
+        for b0 in range(0, m, R):  # block of samples b0..b0+bw-1 at b0 d0 (X), b0 d_N (Y)
+            bw = min(R, m - b0)
+            for i in range(bw):
+                for q in range(d0):
+                    Xc[b0 * d0 + q * bw + i] = Xt[b0 + i, q]
+                for j in range(dN):
+                    Yc[b0 * dN + j * bw + i] = Yt[b0 + i, j]
     return buf
 
 
@@ -467,19 +483,24 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
         for q in range(kv):
             G[q] = 0.0
     total = 0.0
-    if mode == 2:  # sample-major copies: contiguous chunks, taps m apart
-        if sv == 1:
-            tot = dN * m
-            for u0 in range(0, tot, _GROUP_ELEMS):
-                c = min(_GROUP_ELEMS, tot - u0)
-                total = _col_chunk(model, v, G, Xc[u0:], Yc[u0:], c, m, z, g, aa, num, den,
-                                   want_grad, want_loss, total)
-        else:
-            for j in range(dN):
-                for i0 in range(0, m, _GROUP_ELEMS):
-                    c = min(_GROUP_ELEMS, m - i0)
-                    total = _col_chunk(model, v, G, Xc[j * sv * m + i0 :], Yc[j * m + i0 :], c,
-                                       m, z, g, aa, num, den, want_grad, want_loss, total)
+    if mode == 2:  # sample-major copies by blocks of R samples: contiguous chunks, taps bw apart
+        for b0 in range(0, m, R):
+            bw = min(R, m - b0)
+            Xb = Xc[b0 * d0 :]
+            Yb = Yc[b0 * dN :]
+            if sv == 1:
+                tot = dN * bw
+                for u0 in range(0, tot, _GROUP_ELEMS):
+                    c = min(_GROUP_ELEMS, tot - u0)
+                    total = _col_chunk(model, v, G, Xb[u0:], Yb[u0:], c, bw, z, g, aa, num,
+                                       den, want_grad, want_loss, total)
+            else:
+                for j in range(dN):
+                    for i0 in range(0, bw, _GROUP_ELEMS):
+                        c = min(_GROUP_ELEMS, bw - i0)
+                        total = _col_chunk(model, v, G, Xb[j * sv * bw + i0 :],
+                                           Yb[j * bw + i0 :], c, bw, z, g, aa, num, den,
+                                           want_grad, want_loss, total)
     elif mode == 0:  # stride > 1: row by row
         for i in range(m):
             _conv_strided(v, kv, Xt[i], sv, z, dN)
@@ -535,10 +556,7 @@ def _fs_loss_seq(model, v, buf):
     z = buf[0:dN]
     total = 0.0
     for i in range(Xt.shape[0]):
-        if sv == 1:
-            _conv_sh(v, kv, Xt[i], 1, z, dN)
-        else:
-            _conv_strided(v, kv, Xt[i], sv, z, dN)
+        _conv_strided(v, kv, Xt[i], sv, z, dN)
         y = Yt[i]
         for j in range(dN):
             total += loss_value(model.code, model.p0, model.p1, z[j] - y[j])

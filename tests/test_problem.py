@@ -528,6 +528,7 @@ def test_log_cosh_over_many_chunks_is_accurate_for_tiny_and_saturated_residuals(
     "d0, k, s, m, mode",
     [
         (40, (3, 4), (1, 1), 24, 2),  # sample-major copies, stride 1
+        (100, (3, 4), (1, 1), 45, 2),  # sample-major copies in blocks of 20, 20 and 5 samples
         (41, (3, 4), (2, 1), 24, 2),  # sample-major copies, stride 2
         (12, (3, 3), (1, 1), 5, 1),  # flat groups of rows (windows straddling two rows)
         (30, (2, 3), (1, 1), 5, 1),  # flat groups, one row each (2 d_N < d0)
@@ -559,3 +560,5 @@ def test_grad_without_the_loss_is_bitwise_the_gradient_of_loss_and_grad(d0, k, s
     ref = J.T @ (naive.patch_matrix(X, arch.k_v, arch.s_v).T
                  @ naive.loss_d1(loss.name, loss.params[:1], R).ravel())
     assert naive.max_rel_err(G[5], ref, floor=1e-12 * np.max(np.abs(ref))) <= 1e-9
+    ref_L = naive.empirical_risk(loss.name, loss.params[:1], w, d0, k, s, X, Y)
+    assert abs(L[5] - ref_L) <= 1e-13 * abs(ref_L)
