@@ -241,15 +241,17 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 
 
 @nb.njit(inline="always", **_JIT)
-def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V):
+def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, want_loss):
     """Losses L (LANES,) and gradients G (n, LANES) of the LANES flows Y (n, LANES), and their
     final filters in V = lws.P[N] (k_v, LANES): the generated kernel ``kern``
     (lcnfast._codegen) when ``use_kern``, else the generic lane kernel. V is made once by the
-    caller (a new view per evaluation costs two atomic refcount updates)."""
+    caller (a new view per evaluation costs two atomic refcount updates). Unless
+    ``want_loss``, L may be NaN (the data path then skips the loss values; G is the same
+    bits either way)."""
     if use_kern:
         kern(Y, model.A, model.b, model.yy, G, L, V)
     else:
-        loss_grad_lanes(model, Y, lws, G, L, True)
+        loss_grad_lanes(model, Y, lws, G, L, want_loss)
 
 
 @nb.njit(**_JIT)
@@ -287,7 +289,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
                 n_active += 1
         if n_active == 0:
             break
-        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V)
+        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, True)
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -542,7 +544,8 @@ def _rk_attempt(model, kern, use_kern, s, lws, V):
         for i in range(n):
             for b in range(LANES):
                 dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
-        _evaluate_lanes(model, kern, use_kern, dst, lws, s.G, s.L_new, V)  # st = 6: FSAL
+        # st = 6: FSAL, the loss of the new point; stages 2..6 need no loss values
+        _evaluate_lanes(model, kern, use_kern, dst, lws, s.G, s.L_new, V, st == 6)
         for i in range(n):
             for b in range(LANES):
                 Kst[st, i, b] = -s.G[i, b]

@@ -247,6 +247,21 @@ def test_thread_count_and_batch_composition_invariance():
     assert np.array_equal(gd1.w_final.values, gd2.w_final.values[::-1])
 
 
+@pytest.mark.parametrize("arch_args, m", [(ARCHS[0], 200), (ARCHS[1], 20), (ARCHS[0], 5)])
+def test_rk45_losses_on_the_data_path_are_the_losses_of_the_states(arch_args, m):
+    """Runge-Kutta stages 2..6 skip the loss values on the data path; the FSAL stage keeps
+    them: every recorded loss is the loss of its state, none is NaN."""
+    p = make_problem(arch_args, log_cosh(1.5), m=m)
+    w0 = lf.data.initial_filters(p.arch, 9, seed=14)
+    ds = lf.gradient_flow(p, w0, t_end=1.0, save_times=[0.0, 0.25, 1.0])
+    assert np.all(ds.status.values == I.REACHED_END)
+    np.testing.assert_allclose(ds.loss_final.values, p.loss(ds.w_final.values), rtol=1e-12)
+    for r in range(3):
+        np.testing.assert_allclose(ds.loss.values[:, r], p.loss(ds.w.values[:, r]), rtol=1e-12)
+    assert np.all(np.isfinite(ds.max_loss_increase.values))
+    assert np.all(ds.max_loss_increase.values <= 1e-9 * ds.loss_init.values)
+
+
 # ----------------------------------------------------------------------------- schema, I/O
 def test_dataset_schema_and_layer_selection():
     p = make_problem(ARCHS[1], square())
