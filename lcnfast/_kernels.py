@@ -38,7 +38,7 @@ from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
 from .losses import (LOG_COSH, SQUARE, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
-                     _TWO_OVER_LN2, _tanh_nd, loss_d1, loss_d2, loss_value)
+                     _tanh_nd, loss_d1, loss_d2, loss_value)
 
 
 class Model(NamedTuple):
@@ -295,9 +295,9 @@ def _data_layout(model):
     m, d0 = model.Xt.shape
     dN = model.d_N
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
-        if model.s_v != 1:  # outputs row by row: one block of all samples
-            return 2, m, max(_GROUP_ELEMS, dN)
-        return 2, max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0)), max(_GROUP_ELEMS, dN)
+        # stride > 1 runs the outputs row by row: one block of all samples
+        R = m if model.s_v != 1 else max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0))
+        return 2, R, max(_GROUP_ELEMS, dN)
     if model.s_v != 1:
         return 0, 0, dN
     if 2 * dN < d0:
@@ -363,22 +363,18 @@ def _data_buf(model):
 def _lc_tanh(p0, z, y, g, n):
     """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the division in the loop of
     the tanh (vectorised; bitwise the g of :func:`_lc_prep_nd` then :func:`_lc_div`)."""
-    bound = 20.0 / p0
-    k2 = p0 * _TWO_OVER_LN2
     for t in range(n):
-        num, den = _tanh_nd(z[t] - y[t], p0, bound, k2)
+        num, den = _tanh_nd(z[t] - y[t], p0)
         g[t] = num / den
 
 
 @nb.njit(**_JIT_C)
 def _lc_prep_nd(p0, z, y, aa, num, den, n):
     """log-cosh with the loss, n outputs: aa = |p0 (z - y)|, tanh(p0 (z - y)) = num / den."""
-    bound = 20.0 / p0
-    k2 = p0 * _TWO_OVER_LN2
     for t in range(n):
         d = z[t] - y[t]
         aa[t] = abs(p0 * d)
-        a, b = _tanh_nd(d, p0, bound, k2)
+        a, b = _tanh_nd(d, p0)
         num[t] = a
         den[t] = b
 

@@ -134,21 +134,21 @@ def _eval_array(code, p0, p1, r, order, out):
 # data path of log-cosh it is most of the cost. _tanh_nd below is branch-free straight-line
 # arithmetic that LLVM vectorises (AVX2: 4 lanes), used by the kernels' data path.
 #
-# Method: tanh(x) = (e^{2x} - 1) / (e^{2x} + 1) with x = p0 d clamped to [-20, 20] (tanh(20)
-# rounds to 1; the kernels pass d = z - y and clamp it to [-20/p0, 20/p0]). Range reduction 2x = k ln2 + 2h, |h| <= ln2/4, with k = round(2x/ln2) from the
-# 1.5*2^52 shifter trick (needs round-to-nearest and no reassociation: never compile this
-# with fastmath 'reassoc'), 2^k built from the exponent bits. e^{2h} = (q + p)/(q - p) with
-# Cephes' exp Pade approximant (p = r P(r^2), q = Q(r^2), r = 2h, relative error < 2.2e-16;
-# the coefficients are rescaled to h by exact powers of 2). Then, with s = 2^k,
+# Method: tanh(x) = (e^{2x} - 1) / (e^{2x} + 1) with x = p0 d, d = z - y clamped to
+# [-20/p0, 20/p0] (tanh(20) rounds to 1). Range reduction 2x = k ln2 + 2h, |h| <= ln2/4, with
+# k = round(2x/ln2) from the 1.5*2^52 shifter trick (needs round-to-nearest and no
+# reassociation: never compile this with fastmath 'reassoc'), 2^k built from the exponent
+# bits. e^{2h} = (q + p)/(q - p) with Cephes' exp Pade approximant (p = r P(r^2), q = Q(r^2),
+# r = 2h, relative error < 2.2e-16; the coefficients are rescaled to h by exact powers of 2).
+# Then, with s = 2^k,
 #     tanh(x) = ((s + 1) p - (1 - s) q) / ((s + 1) q + (s - 1) p),
-# one division, and the numerator is exactly 2p when k = 0 (no cancellation near x = 0;
-# tests/test_losses.py checks the accuracy below).
-# Accuracy against math.tanh (measured on 10^6-point samples of [-25, 25], [-1, 1],
-# |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22] and the range-reduction
-# boundaries k ln2/2): at most 4 ulp when compiled with FMA contraction (as in the kernels,
-# fastmath 'contract'), 5 ulp without; tanh(+-0) = +-0, tanh(+-inf) = +-1, NaN propagates.
-# Only callers compiled without 'reassoc' may inline it (the shifter trick needs exact
-# rounding of t - _SHIFTER).
+# one division, and the numerator is exactly 2p when k = 0 (no cancellation near x = 0).
+# Accuracy in the kernels (fastmath 'contract'): at most 4 ulp against math.tanh on 10^6-point
+# samples of [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22]
+# and the range-reduction boundaries k ln2/2; 3 ulp against mpmath in
+# tests/test_losses.py, which also checks tanh(+-0) = +-0, tanh(+-inf) = +-1 and that NaN
+# propagates. Only callers compiled without 'reassoc' may inline it (the shifter trick needs
+# exact rounding of t - _SHIFTER).
 
 _SHIFTER = 6755399441055744.0  # 1.5 * 2**52: x + _SHIFTER rounds x to an integer
 _TWO_OVER_LN2 = 2.0 / math.log(2.0)
@@ -190,12 +190,14 @@ def _u2f(typingctx, x):
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
-def _tanh_nd(d, p0, bound, k2):
-    """(num, den) with tanh(p0 d) = num / den, for p0 > 0, ``bound = 20 / p0`` and
-    ``k2 = p0 * _TWO_OVER_LN2`` (hoisted by the caller). d is clamped to [-bound, bound] first
-    (NaN stays NaN: comparisons with NaN are false); k is taken from d k2 rather than from
-    c = p0 d, and the factors (sc +- 1) are folded into h: both take a multiplication off the
-    dependency chain (~7% faster vectorised, same accuracy)."""
+def _tanh_nd(d, p0):
+    """(num, den) with tanh(p0 d) = num / den, for p0 > 0. d is clamped to [-20/p0, 20/p0]
+    first (NaN stays NaN: comparisons with NaN are false); k is taken from d (2 p0 / ln2)
+    rather than from c = p0 d, and the factors (sc +- 1) are folded into h: both take a
+    multiplication off the dependency chain (~7% faster vectorised, same accuracy). In a loop
+    over d, LLVM hoists the loop-invariant bound and k2."""
+    bound = 20.0 / p0
+    k2 = p0 * _TWO_OVER_LN2
     d = bound if d > bound else d
     d = -bound if d < -bound else d
     t = d * k2 + _SHIFTER
@@ -233,21 +235,6 @@ def _log_cosh_series(a):
     s = a * a
     c0, c1, c2, c3, c4, c5, c6, c7 = _LC_C
     return s * (c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * (c5 + s * (c6 + s * c7)))))))
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tanh(x):
-    """tanh(x) through :func:`_tanh_nd` (scalar entry point, for tests)."""
-    num, den = _tanh_nd(x, 1.0, 20.0, _TWO_OVER_LN2)
-    return num / den
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _tanh_array(x, out):
-    """out = tanh(x) elementwise through :func:`_tanh_nd` (1-d, contiguous; vectorised)."""
-    for i in range(x.shape[0]):
-        num, den = _tanh_nd(x[i], 1.0, 20.0, _TWO_OVER_LN2)
-        out[i] = num / den
 
 
 # ----------------------------------------------------------------------------- public objects
