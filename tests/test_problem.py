@@ -340,6 +340,23 @@ def test_non_contiguous_and_integer_parameters_are_accepted():
     np.testing.assert_array_equal(p.loss([1, 2, 3, -1, 0, 2]), q.loss(np.array([1.0, 2, 3, -1, 0, 2])))
 
 
+def test_kernels_see_one_data_type_whatever_the_layout_of_X_and_Y():
+    """Every layout of X and Y (C or Fortran order, a single sample, a single row) gives the
+    kernels the same Numba type: no kernel compiles a second time because of it (a contiguous
+    transpose used to be passed as a read-only view, and each kernel compiled again)."""
+    import numba
+
+    a = Architecture(5, (3, 3), (1, 1))
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal((5, 4)), rng.standard_normal((a.d_N, 4))
+    variants = [(X, Y), (np.asfortranarray(X), np.asfortranarray(Y)), (X[:, :1], Y[:, :1])]
+    types = {numba.typeof(Problem(a, x, y, losses.log_cosh(1.0))._model) for x, y in variants}
+    b = Architecture(1, (1,), (1,))
+    types.add(numba.typeof(Problem(b, rng.standard_normal((1, 3)), rng.standard_normal((1, 3)),
+                                   losses.log_cosh(1.0))._model))
+    assert len(types) == 1, types
+
+
 # ----------------------------------------------------------------------------- bad input
 def _small():
     a = Architecture(8, (4,), (2,))
