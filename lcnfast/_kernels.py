@@ -520,7 +520,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             i1 = min(m, i0 + R)
             n = (i1 - i0 - 1) * d0 + dN
             Xg = Xf[i0 * d0 :]
-            _conv_sh(v, kv, Xg, 1, z, n)
+            _conv_sh(v, kv, Xg, sv, z, n)  # sv = 1 here, not a literal: one compile of the taps
             for i in range(i0, i1):
                 o = (i - i0) * d0
                 if lc and want_loss:
@@ -533,7 +533,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             if lc and want_loss:
                 total += _lc_div(num, den, aa, g, n)
             if want_grad:
-                _corr_sh(g, kv, Xg, 1, n, G)
+                _corr_sh(g, kv, Xg, sv, n, G)
     if not want_loss:
         return np.nan
     return total / p0 if lc else total

@@ -149,11 +149,13 @@ class Problem:
         self.kernel = kernel if can_generate else "generic"
         self.kernel_in_use = None
         self._evals_asked = 0
-        # always fresh read-only copies: the kernels see one array type whatever the layout of
-        # X and Y (a transpose that is already contiguous, m = 1 or d0 = 1, would otherwise
-        # be a view of the read-only X, and every kernel would compile once more for it)
-        Xt = _readonly(np.array(self.X.T, order="C"))
-        Yt = _readonly(np.array(self.Y.T, order="C"))
+        # always fresh (writable, private) copies: the kernels see one array type whatever the
+        # layout of X and Y (a transpose that is already contiguous, m = 1 or d0 = 1, would
+        # otherwise be a view of the read-only X, and every kernel would compile once more
+        # for it); writable like the data path's own scratch copies, so that its helpers
+        # compile once for both
+        Xt = np.array(self.X.T, order="C")
+        Yt = np.array(self.Y.T, order="C")
         self.A, self.b = window_gram(arch, Xt, Yt)
         self.A.setflags(write=False)
         self.b.setflags(write=False)
