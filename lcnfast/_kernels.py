@@ -38,7 +38,7 @@ from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
 from .losses import (LOG_COSH, SQUARE, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
-                     _tanh_nd, loss_d1, loss_d2, loss_value)
+                     _tanh_consts, _tanh_nd, loss_d1, loss_d2, loss_value)
 
 
 class Model(NamedTuple):
@@ -286,19 +286,28 @@ def _corr_strided(g, kv, Xrow, sv, n, G):
 
 @nb.njit(**_JIT)
 def _data_layout(model):
-    """(mode, R, L) of the fast data path: mode 2 = sample-major copies of the data by blocks
-    of R samples (X as (d0, R), Y as (d_N, R) per block: the windows of output j over the
-    block's samples are contiguous rows, so the passes run over long contiguous stretches with
-    no wasted window, and a block's data stays in L1); mode 1 = flat groups of R rows of Xt
-    (stride 1); mode 0 = row by row, strided. L = length of each of the 5 scratch vectors (at
-    least d_N, which the exact loss needs)."""
+    """:func:`_layout` of the model's data."""
     m, d0 = model.Xt.shape
-    dN = model.d_N
+    return _layout(m, d0, model.d_N, model.s_v)
+
+
+# The data path's helpers take scalars, not the model: every call of a function that receives
+# the model costs ~30 ns (its arrays are reference-counted), which added up to ~1 us per
+# evaluation (~3% of a log-cosh gradient at m = 256, d0 = 64).
+@nb.njit(**_JIT)
+def _layout(m, d0, dN, sv):
+    """(mode, R, L) of the fast data path for m samples, d0 inputs, dN outputs, stride sv:
+    mode 2 = sample-major copies of the data by blocks of R samples (X as (d0, R), Y as
+    (d_N, R) per block: the windows of output j over the block's samples are contiguous rows,
+    so the passes run over long contiguous stretches with no wasted window, and a block's data
+    stays in L1); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 = row by row,
+    strided. L = length of each of the 5 scratch vectors (at least d_N, which the exact loss
+    needs)."""
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
         # stride > 1 runs the outputs row by row: one block of all samples
-        R = m if model.s_v != 1 else max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0))
+        R = m if sv != 1 else max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0))
         return 2, R, max(_GROUP_ELEMS, dN)
-    if model.s_v != 1:
+    if sv != 1:
         return 0, 0, dN
     if 2 * dN < d0:
         R = 1
@@ -309,12 +318,17 @@ def _data_layout(model):
 
 @nb.njit(**_JIT)
 def _buf_parts(model, buf):
+    """:func:`_buf_views` of the model's layout."""
+    m, d0 = model.Xt.shape
+    mode, R, L = _data_layout(model)
+    return _buf_views(buf, mode, L, m, d0, model.d_N)
+
+
+@nb.njit(**_JIT)
+def _buf_views(buf, mode, L, m, d0, dN):
     """Views of ``buf`` (from :func:`_data_buf`): the 5 scratch vectors z, g, aa, num, den
     (length L each) and, in mode 2, the copies X (d0 m,) and Y (d_N m,) (else empty). Every
     part starts on a 64-byte boundary (aligned vector loads when m is a multiple of 8)."""
-    mode, R, L = _data_layout(model)
-    m, d0 = model.Xt.shape
-    dN = model.d_N
     st = (L + 15) // 8 * 8
     a0 = ((-buf.ctypes.data) % 64) // 8
     parts = (buf[a0 : a0 + L], buf[a0 + st : a0 + st + L], buf[a0 + 2 * st : a0 + 2 * st + L],
@@ -328,11 +342,16 @@ def _buf_parts(model, buf):
 
 @nb.njit(**_JIT)
 def _data_buf_size(model):
-    mode, R, L = _data_layout(model)
     m, d0 = model.Xt.shape
+    mode, R, L = _data_layout(model)
+    return _buf_size(mode, L, m, d0, model.d_N)
+
+
+@nb.njit(**_JIT)
+def _buf_size(mode, L, m, d0, dN):
     size = 8 + 5 * ((L + 15) // 8 * 8)
     if mode == 2:
-        size += (d0 * m + 7) // 8 * 8 + model.d_N * m
+        size += (d0 * m + 7) // 8 * 8 + dN * m
     return size
 
 
@@ -359,22 +378,43 @@ def _data_buf(model):
     return buf
 
 
+# _lc_tanh runs blocks of this many outputs through a loop whose trip count is a compile-time
+# constant (then the rest through the same loop with a run-time count): LLVM interleaves the
+# constant one two vectors deep, and the tanh pass alone runs ~10% faster (it is bound by how
+# much of its ~50-cycle dependency chain the scheduler can overlap, not by its arithmetic;
+# the interleaving pays only with the shorter _tanh_nd, whose live registers then still fit).
+_TANH_BLOCK = 512
+
+
+@nb.njit(**_JIT_C)
+def _lc_tanh_block(cs, z, y, g):
+    """g = tanh(alpha (z - y)) over the first _TANH_BLOCK elements (cs = _tanh_consts(alpha))."""
+    for t in range(_TANH_BLOCK):
+        num, den = _tanh_nd(z[t] - y[t], cs)
+        g[t] = num / den
+
+
 @nb.njit(**_JIT_C)
 def _lc_tanh(p0, z, y, g, n):
     """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the division in the loop of
     the tanh (vectorised; bitwise the g of :func:`_lc_prep_nd` then :func:`_lc_div`)."""
-    for t in range(n):
-        num, den = _tanh_nd(z[t] - y[t], p0)
+    cs = _tanh_consts(p0)
+    n_fix = n - n % _TANH_BLOCK
+    for t0 in range(0, n_fix, _TANH_BLOCK):
+        _lc_tanh_block(cs, z[t0:], y[t0:], g[t0:])
+    for t in range(n_fix, n):
+        num, den = _tanh_nd(z[t] - y[t], cs)
         g[t] = num / den
 
 
 @nb.njit(**_JIT_C)
 def _lc_prep_nd(p0, z, y, aa, num, den, n):
     """log-cosh with the loss, n outputs: aa = |p0 (z - y)|, tanh(p0 (z - y)) = num / den."""
+    cs = _tanh_consts(p0)
     for t in range(n):
         d = z[t] - y[t]
         aa[t] = abs(p0 * d)
-        a, b = _tanh_nd(d, p0)
+        a, b = _tanh_nd(d, cs)
         num[t] = a
         den[t] = b
 
@@ -423,15 +463,19 @@ def _lc_g(p0, z, y, g, aa, num, den, n, want_loss):
     return 0.0
 
 
-@nb.njit(**_JIT)
-def _col_chunk(model, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad, want_loss, total):
-    """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart."""
-    kv = model.k_v
+# inlined at the Numba level: the chunk loop's reference counting of the array views is then
+# pruned (with the scalar arguments: ~0.55 instead of ~1.6 us of overhead per evaluation at
+# m = 256, d0 = 64, every pass stubbed out)
+@nb.njit(inline="always", **_JIT)
+def _col_chunk(code, p0, p1, kv, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad,
+               want_loss, total):
+    """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart (loss
+    ``code`` with parameters p0, p1; k_v = kv taps)."""
     _conv_sh(v, kv, Xv, sh, z, c)
-    if model.code == LOG_COSH:
-        total += _lc_g(model.p0, z, yv, g, aa, num, den, c, want_loss)
+    if code == LOG_COSH:
+        total += _lc_g(p0, z, yv, g, aa, num, den, c, want_loss)
     else:
-        total = _generic_row(model.code, model.p0, model.p1, z, yv, g, c, total, want_loss)
+        total = _generic_row(code, p0, p1, z, yv, g, c, total, want_loss)
     if want_grad:
         _corr_sh(g, kv, Xv, sh, c, G)
     return total
@@ -463,12 +507,12 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
     code = model.code
     p0 = model.p0
     p1 = model.p1
-    mode, R, L = _data_layout(model)
-    if buf.shape[0] < _data_buf_size(model):  # not from _data_buf(model): no result
+    mode, R, L = _layout(m, d0, dN, sv)
+    if buf.shape[0] < _buf_size(mode, L, m, d0, dN):  # not from _data_buf(model): no result
         if want_grad:
             G[:kv] = np.nan
         return np.nan
-    parts, Xc, Yc = _buf_parts(model, buf)
+    parts, Xc, Yc = _buf_views(buf, mode, L, m, d0, dN)
     z = parts[0]  # outputs
     g = parts[1]  # the residual derivative (zero between rows in mode 1)
     aa = parts[2]  # log-cosh: |p0 r|
@@ -488,13 +532,13 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
                 tot = dN * bw
                 for u0 in range(0, tot, _GROUP_ELEMS):
                     c = min(_GROUP_ELEMS, tot - u0)
-                    total = _col_chunk(model, v, G, Xb[u0:], Yb[u0:], c, bw, z, g, aa, num,
-                                       den, want_grad, want_loss, total)
+                    total = _col_chunk(code, p0, p1, kv, v, G, Xb[u0:], Yb[u0:], c, bw, z, g,
+                                       aa, num, den, want_grad, want_loss, total)
             else:
                 for j in range(dN):
                     for i0 in range(0, bw, _GROUP_ELEMS):
                         c = min(_GROUP_ELEMS, bw - i0)
-                        total = _col_chunk(model, v, G, Xb[j * sv * bw + i0 :],
+                        total = _col_chunk(code, p0, p1, kv, v, G, Xb[j * sv * bw + i0 :],
                                            Yb[j * bw + i0 :], c, bw, z, g, aa, num, den,
                                            want_grad, want_loss, total)
     elif mode == 0:  # stride > 1: row by row
@@ -638,7 +682,7 @@ def fs_loss_grad(model, v, G):
     Data path: exact (one window at a time) unless ``_DATA_PATH_FAST``; the fast path
     (:func:`_fs_loss_grad_fast`) vectorises the sums over output positions (their order differs
     from one window at a time: G agrees to rounding, ~1e-15 relative) and, for log-cosh, uses
-    :func:`lcnfast.losses._tanh_nd` (<= 5 ulp) and ``L = sum a - sum log(1 + tanh a)``.
+    :func:`lcnfast.losses._tanh_nd` (<= 4 ulp) and ``L = sum a - sum log(1 + tanh a)``.
     Allocates its scratch on the fast path; :func:`loss_grad_ws` does not.
     """
     return _fs_loss_grad_buf(model, v, G, _data_buf(model) if _DATA_PATH_FAST else G[:0], True)

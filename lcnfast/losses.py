@@ -134,21 +134,23 @@ def _eval_array(code, p0, p1, r, order, out):
 # data path of log-cosh it is most of the cost. _tanh_nd below is branch-free straight-line
 # arithmetic that LLVM vectorises (AVX2: 4 lanes), used by the kernels' data path.
 #
-# Method: tanh(x) = (e^{2x} - 1) / (e^{2x} + 1) with x = p0 d, d = z - y clamped to
-# [-20/p0, 20/p0] (tanh(20) rounds to 1). Range reduction 2x = k ln2 + 2h, |h| <= ln2/4, with
-# k = round(2x/ln2) from the 1.5*2^52 shifter trick (needs round-to-nearest and no
+# Method: tanh(x) = (e^{2x} - 1) / (e^{2x} + 1) with x = alpha d, d = z - y clamped to
+# [-20/alpha, 20/alpha] (tanh(20) rounds to 1). Range reduction 2x = k ln2 + 2h, |h| <= ln2/4,
+# with k = round(2x/ln2) from the 1.5*2^52 shifter trick (needs round-to-nearest and no
 # reassociation: never compile this with fastmath 'reassoc'), 2^k built from the exponent
-# bits. e^{2h} = (q + p)/(q - p) with Cephes' exp Pade approximant (p = r P(r^2), q = Q(r^2),
-# r = 2h, relative error < 2.2e-16; the coefficients are rescaled to h by exact powers of 2).
-# Then, with s = 2^k,
-#     tanh(x) = ((s + 1) p - (1 - s) q) / ((s + 1) q + (s - 1) p),
-# one division, and the numerator is exactly 2p when k = 0 (no cancellation near x = 0).
-# Accuracy in the kernels (fastmath 'contract'): at most 4 ulp against math.tanh on 10^6-point
-# samples of [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22]
-# and the range-reduction boundaries k ln2/2; 3 ulp against mpmath in
-# tests/test_losses.py, which also checks tanh(+-0) = +-0, tanh(+-inf) = +-1 and that NaN
-# propagates. Only callers compiled without 'reassoc' may inline it (the shifter trick needs
-# exact rounding of t - _SHIFTER).
+# bits. tanh h = p / q with Cephes' exp Pade approximant, e^{2h} = (q + p)/(q - p) (p = r P(r^2),
+# q = Q(r^2), r = 2h, relative error < 2.2e-16). The reduction runs on d itself,
+# h' = d - k ln2 / (2 alpha) = h / alpha, and the powers of alpha go into the coefficients
+# (_tanh_consts): alpha d is never formed, one multiplication less per element. Then, with
+# s = 2^k, tanh(x) = tanh(k ln2/2 + h) = ((s + 1) p - (1 - s) q) / ((s + 1) q - (1 - s) p),
+# one division; 1 - s = 0 exactly when k = 0, so the numerator is then exactly 2p (no
+# cancellation near x = 0).
+# Accuracy in the kernels (fastmath 'contract'): at most 4 ulp against mpmath over
+# [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22] and the
+# range-reduction boundaries k ln2/4, for alpha from ALPHA_MIN to ALPHA_MAX
+# (tests/test_losses.py, which also checks tanh(+-0) = +-0, tanh(+-inf) = +-1, huge |d| and
+# that NaN propagates). Only callers compiled without 'reassoc' may inline it (the shifter
+# trick needs exact rounding of t - _SHIFTER).
 
 _SHIFTER = 6755399441055744.0  # 1.5 * 2**52: x + _SHIFTER rounds x to an integer
 _TWO_OVER_LN2 = 2.0 / math.log(2.0)
@@ -163,6 +165,9 @@ _QC = 4.0 * 2.27265548208155028766e-1
 _QD = 2.00000000000000000009e0
 _BIAS = np.uint64(1023)
 _S52 = np.uint64(52)
+# log-cosh's alpha range: the coefficients of _tanh_consts carry alpha^6 and stay normal
+ALPHA_MIN = 1e-30
+ALPHA_MAX = 1e30
 
 
 @intrinsic
@@ -190,25 +195,33 @@ def _u2f(typingctx, x):
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
-def _tanh_nd(d, p0):
-    """(num, den) with tanh(p0 d) = num / den, for p0 > 0. d is clamped to [-20/p0, 20/p0]
-    first (NaN stays NaN: comparisons with NaN are false); k is taken from d (2 p0 / ln2)
-    rather than from c = p0 d, and the factors (sc +- 1) are folded into h: both take a
-    multiplication off the dependency chain (~7% faster vectorised, same accuracy). In a loop
-    over d, LLVM hoists the loop-invariant bound and k2."""
-    bound = 20.0 / p0
-    k2 = p0 * _TWO_OVER_LN2
+def _tanh_consts(alpha):
+    """The constants of :func:`_tanh_nd` for tanh(alpha d), ALPHA_MIN <= alpha <= ALPHA_MAX:
+    (clamp bound 20/alpha, 2 alpha/ln2, ln2/(2 alpha), then the Pade coefficients times the
+    powers of alpha that make them polynomials in h' = h / alpha)."""
+    a2 = alpha * alpha
+    a4 = a2 * a2
+    return (20.0 / alpha, alpha * _TWO_OVER_LN2, _HALF_LN2 / alpha, _PA * (a4 * alpha),
+            _PB * (a2 * alpha), _PC * alpha, _QA * (a4 * a2), _QB * a4, _QC * a2)
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _tanh_nd(d, cs):
+    """(num, den) with tanh(alpha d) = num / den; ``cs`` = :func:`_tanh_consts` (alpha). d is
+    clamped to [-20/alpha, 20/alpha] first (NaN stays NaN: comparisons with NaN are false)."""
+    bound, k2, c1, pa, pb, pc, qa, qb, qc = cs
     d = bound if d > bound else d
     d = -bound if d < -bound else d
     t = d * k2 + _SHIFTER
-    kf = t - _SHIFTER  # k = round(2 p0 d / ln2), exactly
-    c = p0 * d
-    h = c - kf * _HALF_LN2
+    kf = t - _SHIFTER  # k = round(2 alpha d / ln2), exactly
+    h = d - kf * c1  # h' = h / alpha
     s = h * h
-    pp = (_PA * s + _PB) * s + _PC  # p = h pp
-    q = (_QA * s + _QB) * (s * s) + (_QC * s + _QD)
+    p = h * ((pa * s + pb) * s + pc)  # tanh h = p / q
+    q = (qa * s + qb) * (s * s) + (qc * s + _QD)
     sc = _u2f((_f2u(t) + _BIAS) << _S52)  # 2^k: the low bits of t hold k
-    return (h * (sc + 1.0)) * pp - (1.0 - sc) * q, (sc + 1.0) * q + (h * (sc - 1.0)) * pp
+    a = sc + 1.0
+    b = 1.0 - sc  # +0 when k = 0: num = 2p - 0 keeps the sign of p = -0 (tanh(-0) = -0)
+    return a * p - b * q, a * q - b * p
 
 
 # ----------------------------------------------------------------------------- log cosh sums
@@ -374,8 +387,12 @@ def generalized_huber(alpha, beta):
 
 
 def log_cosh(alpha):
-    """log-cosh loss ``log(cosh(alpha r)) / alpha``, ``alpha > 0``."""
-    return Loss("log_cosh", LOG_COSH, (_positive(alpha, "alpha"), 0.0))
+    """log-cosh loss ``log(cosh(alpha r)) / alpha``, ``ALPHA_MIN <= alpha <= ALPHA_MAX``
+    (1e-30 and 1e30: the data path's vectorised tanh carries alpha^6 in its coefficients)."""
+    alpha = _positive(alpha, "alpha")
+    if not ALPHA_MIN <= alpha <= ALPHA_MAX:
+        raise ValueError(f"alpha must be between {ALPHA_MIN:g} and {ALPHA_MAX:g}, got {alpha!r}")
+    return Loss("log_cosh", LOG_COSH, (alpha, 0.0))
 
 
 def from_dict(d):

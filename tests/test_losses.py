@@ -251,6 +251,7 @@ def test_generalized_huber_derivative_relatively_accurate_for_small_residuals():
         (losses.generalized_huber, (1.0, -2.0)), (losses.generalized_huber, (1.0, -3.0)),
         (losses.generalized_huber, (1.0, math.nan)), (losses.generalized_huber, (1.0, math.inf)),
         (losses.log_cosh, (0,)), (losses.log_cosh, (-0.1,)), (losses.log_cosh, (math.nan,)),
+        (losses.log_cosh, (0.5e-30,)), (losses.log_cosh, (2e30,)),
     ],
 )
 def test_out_of_range_parameters_raise_value_error(ctor, args):
@@ -326,10 +327,19 @@ def test_param_dict_round_trips_through_from_dict(spec):
     assert L.name in repr(L)
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.37, 3.0])
+def test_log_cosh_alpha_range_is_checked_with_its_bounds():
+    for a in (losses.ALPHA_MIN, losses.ALPHA_MAX):
+        assert losses.log_cosh(a).params[0] == a
+    with pytest.raises(ValueError, match="alpha must be between 1e-30 and 1e\\+30"):
+        losses.log_cosh(1e31)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.37, 3.0, losses.ALPHA_MIN, losses.ALPHA_MAX])
 def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
     """g = tanh(alpha (z - y)) of the log-cosh data path (vectorised, FMA-contracted) against
-    mpmath's tanh of the rounded alpha (z - y), over the range reduction's regimes."""
+    mpmath's tanh of the rounded alpha (z - y), over the range reduction's regimes, at the
+    ends of the alpha range too (the coefficients carry powers of alpha up to alpha^6); the
+    samples run through both the fixed-length blocks and the rest of _lc_tanh."""
     from lcnfast import _kernels
 
     rng = np.random.default_rng(7)
