@@ -317,14 +317,6 @@ def _layout(m, d0, dN, sv):
 
 
 @nb.njit(**_JIT)
-def _buf_parts(model, buf):
-    """:func:`_buf_views` of the model's layout."""
-    m, d0 = model.Xt.shape
-    mode, R, L = _data_layout(model)
-    return _buf_views(buf, mode, L, m, d0, model.d_N)
-
-
-@nb.njit(**_JIT)
 def _buf_views(buf, mode, L, m, d0, dN):
     """Views of ``buf`` (from :func:`_data_buf`): the 5 scratch vectors z, g, aa, num, den
     (length L each) and, in mode 2, the copies X (d0 m,) and Y (d_N m,) (else empty). Every
@@ -341,13 +333,6 @@ def _buf_views(buf, mode, L, m, d0, dN):
 
 
 @nb.njit(**_JIT)
-def _data_buf_size(model):
-    m, d0 = model.Xt.shape
-    mode, R, L = _data_layout(model)
-    return _buf_size(mode, L, m, d0, model.d_N)
-
-
-@nb.njit(**_JIT)
 def _buf_size(mode, L, m, d0, dN):
     size = 8 + 5 * ((L + 15) // 8 * 8)
     if mode == 2:
@@ -357,15 +342,15 @@ def _buf_size(mode, L, m, d0, dN):
 
 @nb.njit(**_JIT)
 def _data_buf(model):
-    """Scratch for the data path (empty on the Gram path), see :func:`_buf_parts`."""
+    """Scratch for the data path (empty on the Gram path), see :func:`_buf_views`."""
     if model.use_gram:
         return np.zeros(0)
     mode, R, L = _data_layout(model)
     m, d0 = model.Xt.shape
     dN = model.d_N
-    buf = np.zeros(_data_buf_size(model))
+    buf = np.zeros(_buf_size(mode, L, m, d0, dN))
     if mode == 2:
-        parts, Xc, Yc = _buf_parts(model, buf)
+        parts, Xc, Yc = _buf_views(buf, mode, L, m, d0, dN)
         Xt = model.Xt
         Yt = model.Yt
         for b0 in range(0, m, R):  # block of samples b0..b0+bw-1 at b0 d0 (X), b0 d_N (Y)
