@@ -182,9 +182,11 @@ def jacobian_into(w, k, S, offs, work, J):
 #     block (R = all m for stride > 1); the windows of output j over a block's samples then
 #     form contiguous rows, tap q is the row R further on, and the passes below run over
 #     contiguous chunks of up to 2040 outputs with no wasted window. At stride 1, R is about
-#     2048 / d0 so that a block of X, z, g and Y stays in L1 through the three passes (the
-#     taps of a chunk of the (d0, m) layout span 13 rows of m samples, which L1 does not
-#     hold: ~5% slower). Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat
+#     2048 / d0: a block of X is 16 KiB and stays in L1 through a pass (the taps of a chunk
+#     of the (d0, m) layout span 13 rows of m samples, which L1 does not hold: ~5% slower).
+#     With the block's z, g and Y (~13 KiB each at d0 = 64) the three passes together do
+#     not fit a 32 KiB L1d, but smaller blocks measured slower (1024 / d0: ~6-10%; every
+#     pass pays a fixed start-up cost per chunk), and so did g written over z (~10%). Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat
 #     stretch (the k_v - 1 windows per row that straddle two rows are computed and given
 #     g = 0). Mode 0 (few samples, stride > 1): row by row, strided views.
 #   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_taps.conv*: one pass over z per block),
@@ -211,7 +213,7 @@ _GROUP_ELEMS = _PROD_CHUNK
 _COL_MIN_M = 16  # mode 2 needs rows of at least this many samples...
 _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 # mode 2, stride 1: samples per block, so that a block of X (d0 x block) has about this many
-# elements (16 KiB: with the block's z, g and Y it stays in a 32 KiB L1d), and at least
+# elements (16 KiB, in L1 through one pass; see "layout" above), and at least
 _COL_BLOCK_ELEMS = 2048
 _COL_MIN_BLOCK = 4
 
@@ -299,8 +301,8 @@ def _layout(m, d0, dN, sv):
     """(mode, R, L) of the fast data path for m samples, d0 inputs, dN outputs, stride sv:
     mode 2 = sample-major copies of the data by blocks of R samples (X as (d0, R), Y as
     (d_N, R) per block: the windows of output j over the block's samples are contiguous rows,
-    so the passes run over long contiguous stretches with no wasted window, and a block's data
-    stays in L1); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 = row by row,
+    so the passes run over long contiguous stretches with no wasted window, and a block of X
+    stays in L1 through a pass); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 = row by row,
     strided. L = length of each of the 5 scratch vectors (at least d_N, which the exact loss
     needs)."""
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
