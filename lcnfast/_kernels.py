@@ -21,8 +21,9 @@ Conventions (0-based indices)
   ``gP_{i-1}[m] = sum_a gP_i[m + a S_i] w_i[a]``, starting from ``gP_N = G``.
 
 Batched kernels parallelise over flows with ``prange`` over ``nc`` contiguous chunks (the
-caller passes ``nc``, a few per thread); each chunk allocates its workspace once. The arithmetic of one flow never depends on the chunking, so
-results are bitwise identical for any thread count and batch composition.
+caller passes ``nc``, a few per thread); each chunk allocates its workspace once. The
+arithmetic of one flow never depends on the chunking, so results are bitwise identical for any
+thread count and batch composition.
 """
 
 from __future__ import annotations
@@ -186,9 +187,10 @@ def jacobian_into(w, k, S, offs, work, J):
 #     of the (d0, m) layout span 13 rows of m samples, which L1 does not hold: ~5% slower).
 #     With the block's z, g and Y (~13 KiB each at d0 = 64) the three passes together do
 #     not fit a 32 KiB L1d, but smaller blocks measured slower (1024 / d0: ~6-10%; every
-#     pass pays a fixed start-up cost per chunk), and so did g written over z (~10%). Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat
-#     stretch (the k_v - 1 windows per row that straddle two rows are computed and given
-#     g = 0). Mode 0 (few samples, stride > 1): row by row, strided views.
+#     pass pays a fixed start-up cost per chunk), and so did g written over z (~10%).
+#     Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat stretch (the
+#     k_v - 1 windows per row that straddle two rows are computed and given g = 0). Mode 0
+#     (few samples, stride > 1): row by row, strided views.
 #   - z = sum_q v_q X[. + q sh] by blocks of 4..8 taps (_taps.conv*: one pass over z per block),
 #     summed in the order of q from 0.0, one FMA per tap (z differs from the exact path's
 #     by roundings);
@@ -302,9 +304,9 @@ def _layout(m, d0, dN, sv):
     mode 2 = sample-major copies of the data by blocks of R samples (X as (d0, R), Y as
     (d_N, R) per block: the windows of output j over the block's samples are contiguous rows,
     so the passes run over long contiguous stretches with no wasted window, and a block of X
-    stays in L1 through a pass); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 = row by row,
-    strided. L = length of each of the 5 scratch vectors (at least d_N, which the exact loss
-    needs)."""
+    stays in L1 through a pass); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 =
+    row by row, strided. L = length of each of the 5 scratch vectors (at least d_N, which the
+    exact loss needs)."""
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
         # stride > 1 runs the outputs row by row: one block of all samples
         R = m if sv != 1 else max(_COL_MIN_BLOCK, min(m, _COL_BLOCK_ELEMS // d0))
