@@ -135,7 +135,12 @@ def _eval_array(code, p0, p1, r, order, out):
 # arithmetic that LLVM vectorises (AVX2: 4 lanes), used by the kernels' data path.
 #
 # Method: tanh(x) = (e^{2x} - 1) / (e^{2x} + 1) with x = alpha d, d = z - y clamped to
-# [-20/alpha, 20/alpha] (tanh(20) rounds to 1). Range reduction 2x = k ln2 + 2h, |h| <= ln2/4,
+# [-X/alpha, X/alpha], X = _TANH_X_MAX = 350 (tanh(x) rounds to 1 from x = 19.1 on; up to 350
+# the arithmetic below stays finite and normal: |k| <= 1010). The clamp is the only step that
+# depends on the range of d: _tanh_nd_in_range, the same arithmetic without it, gives the same
+# bits wherever |d| <= X/alpha, and the data path uses it when a bound on its residuals
+# (lcnfast._kernels._tanh_in_range) guarantees that; the loop is ~10% faster without the two
+# comparisons at the head of its dependency chain. Range reduction 2x = k ln2 + 2h, |h| <= ln2/4,
 # with k = round(2x/ln2) from the 1.5*2^52 shifter trick (needs round-to-nearest and no
 # reassociation: never compile this with fastmath 'reassoc'), 2^k built from the exponent
 # bits. tanh h = p / q with Cephes' exp Pade approximant, e^{2h} = (q + p)/(q - p) (p = r P(r^2),
@@ -148,13 +153,15 @@ def _eval_array(code, p0, p1, r, order, out):
 # multiplications and FMAs (two pipes), not by latency, and Horner has one fewer than Estrin's
 # scheme (the tanh pass alone ~7% faster).
 # Accuracy in the kernels (fastmath 'contract'): at most 4 ulp against mpmath over
-# [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22] and the
-# range-reduction boundaries k ln2/4, for alpha from ALPHA_MIN to ALPHA_MAX
+# [-25, 25], [-1, 1], |x| < 1e-3, log-uniform 1e-320..1e2 with both signs, [18, 22],
+# [20, 360] with both signs and the range-reduction boundaries k ln2/4, for alpha from
+# ALPHA_MIN to ALPHA_MAX
 # (tests/test_losses.py, which also checks tanh(+-0) = +-0, tanh(+-inf) = +-1, huge |d| and
 # that NaN propagates). Only callers compiled without 'reassoc' may inline it (the shifter
 # trick needs exact rounding of t - _SHIFTER).
 
 _SHIFTER = 6755399441055744.0  # 1.5 * 2**52: x + _SHIFTER rounds x to an integer
+_TANH_X_MAX = 350.0  # clamp of alpha d: tanh(350) = 1; 2^k stays normal (|k| <= 1010)
 _TWO_OVER_LN2 = 2.0 / math.log(2.0)
 _HALF_LN2 = 0.5 * math.log(2.0)
 # Cephes exp Pade: e^r = (Q(r^2) + r P(r^2)) / (Q(r^2) - r P(r^2)), |r| <= ln2/2; r = 2h.
@@ -199,21 +206,30 @@ def _u2f(typingctx, x):
 @nb.njit(cache=True, inline="always", error_model="numpy")
 def _tanh_consts(alpha):
     """The constants of :func:`_tanh_nd` for tanh(alpha d), ALPHA_MIN <= alpha <= ALPHA_MAX:
-    (clamp bound 20/alpha, 2 alpha/ln2, ln2/(2 alpha), then the Pade coefficients times the
-    powers of alpha that make them polynomials in h' = h / alpha)."""
+    (clamp bound _TANH_X_MAX / alpha, 2 alpha/ln2, ln2/(2 alpha), then the Pade coefficients
+    times the powers of alpha that make them polynomials in h' = h / alpha)."""
     a2 = alpha * alpha
     a4 = a2 * a2
-    return (20.0 / alpha, alpha * _TWO_OVER_LN2, _HALF_LN2 / alpha, _PA * (a4 * alpha),
+    return (_TANH_X_MAX / alpha, alpha * _TWO_OVER_LN2, _HALF_LN2 / alpha, _PA * (a4 * alpha),
             _PB * (a2 * alpha), _PC * alpha, _QA * (a4 * a2), _QB * a4, _QC * a2)
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
 def _tanh_nd(d, cs):
-    """(num, den) with tanh(alpha d) = num / den; ``cs`` = :func:`_tanh_consts` (alpha). d is
-    clamped to [-20/alpha, 20/alpha] first (NaN stays NaN: comparisons with NaN are false)."""
-    bound, k2, c1, pa, pb, pc, qa, qb, qc = cs
+    """(num, den) with tanh(alpha d) = num / den for any d; ``cs`` = :func:`_tanh_consts`
+    (alpha). d is clamped to [-bound, bound], bound = _TANH_X_MAX / alpha, first (NaN stays
+    NaN: comparisons with NaN are false)."""
+    bound = cs[0]
     d = bound if d > bound else d
     d = -bound if d < -bound else d
+    return _tanh_nd_in_range(d, cs)
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _tanh_nd_in_range(d, cs):
+    """:func:`_tanh_nd` for |d| <= _TANH_X_MAX / alpha only (the same bits there, no clamp;
+    outside, the result is undefined)."""
+    _, k2, c1, pa, pb, pc, qa, qb, qc = cs
     t = d * k2 + _SHIFTER
     kf = t - _SHIFTER  # k = round(2 alpha d / ln2), exactly
     h = d - kf * c1  # h' = h / alpha

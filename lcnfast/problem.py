@@ -177,6 +177,8 @@ class Problem:
             yy=self.yy,
             Xt=Xt,
             Yt=Yt,
+            x_amax=float(np.max(np.abs(Xt))),
+            y_amax=float(np.max(np.abs(Yt))),
         )
 
 
