@@ -338,7 +338,7 @@ def test_log_cosh_alpha_range_is_checked_with_its_bounds():
 def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
     """g = tanh(alpha (z - y)) of the log-cosh data path (vectorised, FMA-contracted) against
     mpmath's tanh of the rounded alpha (z - y), over the range reduction's regimes, at the
-    ends of the alpha range too (the coefficients carry powers of alpha up to alpha^6); the
+    ends of the alpha range too (the coefficients carry powers of alpha up to alpha^5); the
     samples run through both the fixed-length blocks and the rest of _lc_tanh. Where |x| is at
     most 350 (the clamp), the loop without the clamp gives the same bits."""
     from lcnfast import _kernels
