@@ -372,10 +372,13 @@ def _data_buf(model):
 
 # _lc_tanh runs blocks of this many outputs through a loop whose trip count is a compile-time
 # constant (then the rest through the same loop with a run-time count): LLVM interleaves the
-# constant one two vectors deep, and the tanh pass alone runs ~10% faster (it is bound by how
-# much of its ~50-cycle dependency chain the scheduler can overlap, not by its arithmetic;
-# the interleaving pays only with the shorter _tanh_nd, whose live registers then still fit).
+# constant one two vectors deep, and the tanh pass alone runs ~10% faster (how much of its
+# long dependency chain the out-of-order core overlaps limits it as much as its arithmetic;
+# see losses, "vectorisable tanh").
 _TANH_BLOCK = 512
+# Each tanh loop below comes twice, with the clamp (_tanh_nd) and without (_tanh_nd_in_range,
+# when _tanh_in_range allows it): a run-time choice inside one loop would be a select
+# evaluated for every element, and the clamp's two comparisons would stay in the loop.
 
 
 @nb.njit(**_JIT_C)
