@@ -193,9 +193,10 @@ def jacobian_into(w, k, S, offs, work, J):
 #     Mode 1 (few samples, stride 1): groups of R rows of Xt as one flat stretch (the
 #     k_v - 1 windows per row that straddle two rows are computed and given g = 0). Mode 0
 #     (few samples, stride > 1): row by row, strided views.
-#   - z = sum_q v_q X[. + q sh] in one pass up to 13 taps (blocks of 7..13 beyond;
-#     _taps.conv*), one FMA per tap, from 7 taps on in two chains (the first half of the taps
-#     and the rest) then summed (z differs from the exact path's by roundings);
+#   - z = sum_q v_q X[. + q sh] in one pass over the first 13 taps (_taps.conv*), one FMA per
+#     tap, from 7 taps on in two chains (the first half of the taps and the rest) then summed;
+#     taps beyond 13 added in blocks of at most 8 (_taps.conv_add*) (z differs from the exact
+#     path's by roundings);
 #   - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd),
 #     one pass for g alone (_lc_tanh) or, with the loss, two passes with shorter dependency
 #     chains (_lc_prep_nd, then the division and L = sum log cosh a, a = alpha |r|, in
@@ -234,16 +235,17 @@ _DATA_PATH_FAST = True
 
 @nb.njit(**_JIT)
 def _conv_sh(v, kv, X, sh, z, n):
-    """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n (fast path): one pass up to 13 taps
-    (blocks of 7..13 taps beyond), each product fused into a running sum, two chains summed
-    from 7 taps on (see lcnfast/_taps_gen.py)."""
-    nblk = (kv + _taps.CONV_MAX - 1) // _taps.CONV_MAX
-    q = 0
+    """z[t] = sum_{q < kv} v[q] X[t + q sh] for t < n (fast path): the first 13 taps in one
+    pass, each product fused into a running sum, two chains summed from 7 taps on; taps
+    beyond 13 added in blocks of at most 8 (see lcnfast/_taps_gen.py)."""
+    k0 = min(kv, _taps.CONV_MAX)
+    _taps.conv(k0, v, X, sh, z, n)
+    rest = kv - k0
+    nblk = (rest + _taps.CONV_ADD_MAX - 1) // _taps.CONV_ADD_MAX
+    q = k0
     for b in range(nblk):
         k = (kv - q) // (nblk - b)
-        vb = v[q:]
-        Xb = X[q * sh :]
-        _taps.conv(k, vb, Xb, sh, z, n, b == 0)
+        _taps.conv_add(k, v[q:], X[q * sh :], sh, z, n)
         q += k
 
 

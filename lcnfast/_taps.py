@@ -8,163 +8,176 @@ import numba as nb
 from ._jit import JIT, JIT_C, JIT_R
 
 CONV_MAX = 13  # taps of a conv block, at most
+CONV_ADD_MAX = 8  # taps of a conv_add block, at most
 CORR_MAX = 13  # taps of a corr block, at most
 
 
 @nb.njit(**JIT_C)
-def conv1(v, X, sh, z, n, first):
+def conv1(v, X, sh, z, n):
     v0 = v[0]
     x0 = X
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t]
 
 
 @nb.njit(**JIT_C)
-def conv2(v, X, sh, z, n, first):
+def conv2(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]
     x0 = X; x1 = X[1 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t] + v1 * x1[t]
 
 
 @nb.njit(**JIT_C)
-def conv3(v, X, sh, z, n, first):
+def conv3(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
 
 
 @nb.njit(**JIT_C)
-def conv4(v, X, sh, z, n, first):
+def conv4(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
 
 
 @nb.njit(**JIT_C)
-def conv5(v, X, sh, z, n, first):
+def conv5(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
 
 
 @nb.njit(**JIT_C)
-def conv6(v, X, sh, z, n, first):
+def conv6(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
-    else:
-        for t in range(n):
-            z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
+    for t in range(n):
+        z[t] = 0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
 
 
 @nb.njit(**JIT_C)
-def conv7(v, X, sh, z, n, first):
+def conv7(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t])
 
 
 @nb.njit(**JIT_C)
-def conv8(v, X, sh, z, n, first):
+def conv8(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t])
 
 
 @nb.njit(**JIT_C)
-def conv9(v, X, sh, z, n, first):
+def conv9(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]; v8 = v[8]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]; x8 = X[8 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t])
 
 
 @nb.njit(**JIT_C)
-def conv10(v, X, sh, z, n, first):
+def conv10(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]; v8 = v[8]; v9 = v[9]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]; x8 = X[8 * sh :]; x9 = X[9 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]) + (v5 * x5[t] + v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t])
 
 
 @nb.njit(**JIT_C)
-def conv11(v, X, sh, z, n, first):
+def conv11(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]; v8 = v[8]; v9 = v[9]; v10 = v[10]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]; x8 = X[8 * sh :]; x9 = X[9 * sh :]; x10 = X[10 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t])
 
 
 @nb.njit(**JIT_C)
-def conv12(v, X, sh, z, n, first):
+def conv12(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]; v8 = v[8]; v9 = v[9]; v10 = v[10]; v11 = v[11]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]; x8 = X[8 * sh :]; x9 = X[9 * sh :]; x10 = X[10 * sh :]; x11 = X[11 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t])
 
 
 @nb.njit(**JIT_C)
-def conv13(v, X, sh, z, n, first):
+def conv13(v, X, sh, z, n):
     v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]; v8 = v[8]; v9 = v[9]; v10 = v[10]; v11 = v[11]; v12 = v[12]
     x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]; x8 = X[8 * sh :]; x9 = X[9 * sh :]; x10 = X[10 * sh :]; x11 = X[11 * sh :]; x12 = X[12 * sh :]
-    if first:
-        for t in range(n):
-            z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]) + (v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t] + v12 * x12[t])
-    else:
-        for t in range(n):
-            z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]) + (v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t] + v12 * x12[t])
+    for t in range(n):
+        z[t] = (0.0 + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t] + v6 * x6[t]) + (v7 * x7[t] + v8 * x8[t] + v9 * x9[t] + v10 * x10[t] + v11 * x11[t] + v12 * x12[t])
+
+
+@nb.njit(**JIT_C)
+def conv_add1(v, X, sh, z, n):
+    v0 = v[0]
+    x0 = X
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add2(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]
+    x0 = X; x1 = X[1 * sh :]
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t] + v1 * x1[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add3(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add4(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add5(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add6(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]
+    for t in range(n):
+        z[t] = z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t] + v4 * x4[t] + v5 * x5[t]
+
+
+@nb.njit(**JIT_C)
+def conv_add7(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]
+    for t in range(n):
+        z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t])
+
+
+@nb.njit(**JIT_C)
+def conv_add8(v, X, sh, z, n):
+    v0 = v[0]; v1 = v[1]; v2 = v[2]; v3 = v[3]; v4 = v[4]; v5 = v[5]; v6 = v[6]; v7 = v[7]
+    x0 = X; x1 = X[1 * sh :]; x2 = X[2 * sh :]; x3 = X[3 * sh :]; x4 = X[4 * sh :]; x5 = X[5 * sh :]; x6 = X[6 * sh :]; x7 = X[7 * sh :]
+    for t in range(n):
+        z[t] = (z[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]) + (v4 * x4[t] + v5 * x5[t] + v6 * x6[t] + v7 * x7[t])
 
 
 @nb.njit(**JIT_R)
@@ -454,34 +467,55 @@ def corr13(g, X, sh, n, G):
 
 
 @nb.njit(inline="always", **JIT)
-def conv(k, v, X, sh, z, n, first):
+def conv(k, v, X, sh, z, n):
     """conv{k} for 1 <= k <= 13."""
     if k == 13:
-        conv13(v, X, sh, z, n, first)
+        conv13(v, X, sh, z, n)
     elif k == 12:
-        conv12(v, X, sh, z, n, first)
+        conv12(v, X, sh, z, n)
     elif k == 11:
-        conv11(v, X, sh, z, n, first)
+        conv11(v, X, sh, z, n)
     elif k == 10:
-        conv10(v, X, sh, z, n, first)
+        conv10(v, X, sh, z, n)
     elif k == 9:
-        conv9(v, X, sh, z, n, first)
+        conv9(v, X, sh, z, n)
     elif k == 8:
-        conv8(v, X, sh, z, n, first)
+        conv8(v, X, sh, z, n)
     elif k == 7:
-        conv7(v, X, sh, z, n, first)
+        conv7(v, X, sh, z, n)
     elif k == 6:
-        conv6(v, X, sh, z, n, first)
+        conv6(v, X, sh, z, n)
     elif k == 5:
-        conv5(v, X, sh, z, n, first)
+        conv5(v, X, sh, z, n)
     elif k == 4:
-        conv4(v, X, sh, z, n, first)
+        conv4(v, X, sh, z, n)
     elif k == 3:
-        conv3(v, X, sh, z, n, first)
+        conv3(v, X, sh, z, n)
     elif k == 2:
-        conv2(v, X, sh, z, n, first)
+        conv2(v, X, sh, z, n)
     else:
-        conv1(v, X, sh, z, n, first)
+        conv1(v, X, sh, z, n)
+
+
+@nb.njit(inline="always", **JIT)
+def conv_add(k, v, X, sh, z, n):
+    """conv_add{k} for 1 <= k <= 8."""
+    if k == 8:
+        conv_add8(v, X, sh, z, n)
+    elif k == 7:
+        conv_add7(v, X, sh, z, n)
+    elif k == 6:
+        conv_add6(v, X, sh, z, n)
+    elif k == 5:
+        conv_add5(v, X, sh, z, n)
+    elif k == 4:
+        conv_add4(v, X, sh, z, n)
+    elif k == 3:
+        conv_add3(v, X, sh, z, n)
+    elif k == 2:
+        conv_add2(v, X, sh, z, n)
+    else:
+        conv_add1(v, X, sh, z, n)
 
 
 @nb.njit(inline="always", **JIT)

@@ -10,10 +10,12 @@ a loop over q with a run-time trip count, and without unrolling LLVM neither vec
 nor keeps the accumulators in registers; so every k gets its own straight-line body.
 
 Arithmetic:
-- ``conv{k}``, k < 7: z[t] = (z[t] or 0.0) + v0 x0[t] + v1 x1[t] + ... left to right, each
-  product fused into the running sum ('contract': one FMA per tap); k >= 7: two such chains,
-  the first h = ceil(k / 2) taps (from z[t] or 0.0) and the others (from v_h x_h[t]), then
-  their sum;
+- ``conv{k}``, k < 7: z[t] = 0.0 + v0 x0[t] + v1 x1[t] + ... left to right, each product
+  fused into the running sum ('contract': one FMA per tap); k >= 7: two such chains, the
+  first h = ceil(k / 2) taps (from 0.0) and the others (from v_h x_h[t]), then their sum;
+- ``conv_add{k}``: the same, from z[t] instead of 0.0, for the taps of a filter beyond the
+  first 13, in blocks of at most 8 (only they need it; every loop of 9-13 taps is compiled
+  again into each kernel that inlines the data path, ~0.5 s apiece);
 - ``corr{k}``: G[q] += sum_t g[t] x_q[t] ('reassoc': vectorised reductions).
 
 Block sizes: a conv block keeps its k weights in vector registers and loads each tap once per
@@ -32,6 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CONV_MAX_TAPS = 13
+CONV_ADD_MAX_TAPS = 8  # the taps beyond the first 13 go in blocks of at most 8
 CONV_SPLIT_TAPS = 7  # conv blocks of this many taps or more sum two chains
 CORR_MAX_TAPS = 13
 TARGET = Path(__file__).with_name("_taps.py")
@@ -68,15 +71,24 @@ def _conv(k):
     return f'''
 
 @nb.njit(**JIT_C)
-def conv{k}(v, X, sh, z, n, first):
+def conv{k}(v, X, sh, z, n):
     {w}
     {_views(k)}
-    if first:
-        for t in range(n):
-            z[t] = {_conv_sum(k, "0.0")}
-    else:
-        for t in range(n):
-            z[t] = {_conv_sum(k, "z[t]")}
+    for t in range(n):
+        z[t] = {_conv_sum(k, "0.0")}
+'''
+
+
+def _conv_add(k):
+    w = "; ".join(f"v{q} = v[{q}]" for q in range(k))
+    return f'''
+
+@nb.njit(**JIT_C)
+def conv_add{k}(v, X, sh, z, n):
+    {w}
+    {_views(k)}
+    for t in range(n):
+        z[t] = {_conv_sum(k, "z[t]")}
 '''
 
 
@@ -112,11 +124,16 @@ def _dispatch(name, args, doc, max_taps):
 def source() -> str:
     """The text of ``_taps.py``."""
     parts = [_HEADER, f"\nCONV_MAX = {CONV_MAX_TAPS}  # taps of a conv block, at most\n"
+             f"CONV_ADD_MAX = {CONV_ADD_MAX_TAPS}  # taps of a conv_add block, at most\n"
              f"CORR_MAX = {CORR_MAX_TAPS}  # taps of a corr block, at most\n"]
     parts += [_conv(k) for k in range(1, CONV_MAX_TAPS + 1)]
+    parts += [_conv_add(k) for k in range(1, CONV_ADD_MAX_TAPS + 1)]
     parts += [_corr(k) for k in range(1, CORR_MAX_TAPS + 1)]
-    parts.append(_dispatch("conv", "v, X, sh, z, n, first",
+    parts.append(_dispatch("conv", "v, X, sh, z, n",
                            f"conv{{k}} for 1 <= k <= {CONV_MAX_TAPS}.", CONV_MAX_TAPS))
+    parts.append(_dispatch("conv_add", "v, X, sh, z, n",
+                           f"conv_add{{k}} for 1 <= k <= {CONV_ADD_MAX_TAPS}.",
+                           CONV_ADD_MAX_TAPS))
     parts.append(_dispatch("corr", "g, X, sh, n, G",
                            f"corr{{k}} for 1 <= k <= {CORR_MAX_TAPS}.", CORR_MAX_TAPS))
     return "".join(parts)
