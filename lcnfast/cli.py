@@ -1,0 +1,183 @@
+"""The ``lcnfast`` command: a thin layer over :mod:`lcnfast.study` (argparse).
+
+::
+
+    lcnfast study run SPEC|NAME [--out DIR] [--workers N | --scheduler ADDR] [--quick] ...
+    lcnfast study status DIR
+    lcnfast study report DIR
+    lcnfast study list
+    lcnfast info
+
+Errors in the input (a spec, a directory) print one line and exit with status 2; Ctrl-C during a
+run keeps the shards written and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="lcnfast",
+        description="Gradient flows of linear convolutional networks: run and report studies.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{study,info}")
+    st = sub.add_parser("study", help="run, inspect and report Monte Carlo studies")
+    ss = st.add_subparsers(dest="action", required=True, metavar="{run,status,report,list}")
+
+    run = ss.add_parser(
+        "run",
+        help="run a study (or resume it) and write its report",
+        description="Run a study spec (a TOML file or a built-in name, see `lcnfast study "
+        "list`). Finished shards are kept: run the same command again to resume.",
+    )
+    run.add_argument("spec", help="a .toml spec file or the name of a built-in study")
+    run.add_argument("--out", help="output directory (default: data/<study name>)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--workers", type=_positive_int, help="run on a dask LocalCluster of N worker processes"
+    )
+    mode.add_argument("--scheduler", help="address of a running dask scheduler")
+    run.add_argument("--quick", action="store_true", help="the spec's small [quick] size")
+    run.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="Numba threads per process (default: all cores here, 1 per dask worker)",
+    )
+    run.add_argument("--shard-size", type=_positive_int, help="flows per shard (default: spec)")
+    run.add_argument("--no-report", action="store_true", help="do not write the report")
+    run.add_argument("--quiet", action="store_true", help="no progress or summary output")
+
+    status = ss.add_parser("status", help="progress of a study directory")
+    status.add_argument("dir", help="a study's output directory")
+    report = ss.add_parser("report", help="write DIR/report.md and DIR/figures/")
+    report.add_argument("dir", help="a study's output directory")
+    ss.add_parser("list", help="the built-in studies (studies/*.toml)")
+    sub.add_parser("info", help="versions, threading, cache directories")
+    return p
+
+
+def _cmd_run(a):
+    from .study import run_study
+
+    s = run_study(
+        a.spec,
+        a.out,
+        quick=a.quick,
+        workers=a.workers,
+        scheduler=a.scheduler,
+        threads=a.threads,
+        shard_size=a.shard_size,
+        progress=not a.quiet,
+        report=not a.no_report,
+    )
+    return 130 if s.interrupted else 0
+
+
+def _cmd_status(a):
+    import numpy as np
+
+    from .analysis import LABELS
+    from .flows import STATUS
+    from .study.load import load, read_spec
+    from .study.shards import finished_shards, plan
+
+    study = read_spec(a.dir)
+    done = finished_shards(a.dir, study.spec_hash)
+    n_done = sum(s.n_flows for s in done)
+    todo = plan(study, done, study.spec["shard_size"])
+    print(f"study {study.name} ({a.dir}), spec hash {study.spec_hash[:12]}")
+    print(f"cells {len(study.cells)}, flows {n_done}/{study.n_flows} done in {len(done)} shards")
+    if todo:
+        print(f"left: {sum(s.n_flows for s in todo)} flows (run the same `study run` to resume)")
+    if done:
+        ds = load(a.dir)
+        st = np.asarray(ds.status.values)
+        lb = np.asarray(ds.label.values)
+        print("status: " + ", ".join(f"{STATUS[c]} {(st == c).sum()}" for c in np.unique(st)))
+        print("limit points: " + ", ".join(f"{LABELS[c]} {(lb == c).sum()}" for c in np.unique(lb)))
+    rep = Path(a.dir) / "report.md"
+    print(f"report: {rep}" if rep.exists() else "report: not written yet (`lcnfast study report`)")
+    return 0
+
+
+def _cmd_report(a):
+    from .study import write_report
+
+    print(write_report(a.dir))
+    return 0
+
+
+def _cmd_list(a):
+    from .study import builtin_specs, load_spec
+
+    specs = builtin_specs()
+    if not specs:
+        print("no built-in studies found (they live in studies/*.toml of the source tree)")
+    for name, path in specs.items():
+        study = load_spec(path)
+        desc = " ".join(study.spec["description"].split())
+        print(f"{name:16s} {len(study.cells):4d} cells {study.n_flows:8d} flows  {desc[:70]}")
+    return 0
+
+
+def _cmd_info(a):
+    import numba
+    import numpy as np
+
+    from . import __version__, _numba_cache
+    from ._codegen import cache_dir
+
+    print(f"lcnfast {__version__} ({Path(__file__).resolve().parent})")
+    print(f"numba {numba.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    print(f"cores {os.cpu_count()}, Numba threads {numba.get_num_threads()} "
+          f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}), "
+          f"threading layer setting {numba.config.THREADING_LAYER!r}")
+    print("Numba cache directories: " + ", ".join(str(d) for d in _numba_cache.cache_dirs()))
+    print(f"generated-kernel cache (LCNFAST_CACHE_DIR): {cache_dir()}")
+    try:
+        import distributed
+
+        print(f"dask.distributed {distributed.__version__}")
+    except ImportError:
+        print("dask.distributed not installed (pip install 'lcnfast[distributed]' for --workers)")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``lcnfast`` console script; returns the exit status."""
+    a = _parser().parse_args(argv)
+    handler = {
+        "run": _cmd_run,
+        "status": _cmd_status,
+        "report": _cmd_report,
+        "list": _cmd_list,
+    }.get(getattr(a, "action", None), _cmd_info)
+    try:
+        return handler(a)
+    except (ValueError, TypeError) as e:
+        print(f"lcnfast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcnfast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Read a study directory back: one Dataset over all shards, and the problem of any dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .. import analysis as _analysis
+from ..io import open_dataset
+from ..problem import Problem
+from .runner import SPEC_FILE
+from .shards import finished_shards, read_dataset
+from .spec import FACTORS, load_spec
+
+__all__ = ["load", "load_problem", "read_spec"]
+
+#: levels of the ``flow`` MultiIndex of :func:`load`
+FLOW_LEVELS = ("cell", *FACTORS, "dataset", "replicate")
+
+
+def read_spec(study_dir):
+    """The :class:`lcnfast.study.Study` recorded in a study directory."""
+    p = Path(study_dir) / SPEC_FILE
+    if not p.is_file():
+        raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
+    rec = json.loads(p.read_text())
+    study = load_spec(rec["spec"])
+    if study.spec_hash != rec["spec_hash"]:
+        raise ValueError(f"study_dir: {p} does not match its hash (edited by hand?)")
+    return study
+
+
+def load(study_dir, *, cells=None):
+    """All finished shards of a study as one :class:`xarray.Dataset`.
+
+    The ``flow`` dimension carries a MultiIndex with levels ``cell``, the factors
+    (``architecture``, ``loss``, ``integrator``, ``m``, ``noise``, ``inputs``, ``target``,
+    ``init_scale``, ``init_distribution``: short labels, as in the report), ``dataset`` and
+    ``replicate`` (the flow's number within its dataset). So ``ds.sel(loss="square")`` selects
+    a factor level, ``ds.groupby("cell")`` iterates over cells and ``ds.unstack("flow")`` gives
+    the full grid. Variables: the flow schema of :mod:`lcnfast.flows`, the analysis of
+    :func:`lcnfast.analysis.classify` (``loss_best_found`` and ``reached_best`` are recomputed
+    per cell and dataset over all its shards), ``lemma36_bound``, ``gram_bound``,
+    ``xxt_full_rank``, ``gram_pd``, ``gram_min_eig``. Architecture-dependent dimensions
+    (``param``, ``v_tap``, ``eig``, ...) are the union over the cells, NaN-padded. Attributes:
+    ``spec`` (resolved, JSON), ``spec_hash``, ``study``, ``n_flows_expected``.
+
+    Parameters
+    ----------
+    study_dir : path
+    cells : list of int, optional
+        Load only these cells.
+    """
+    study = read_spec(study_dir)
+    shards = finished_shards(study_dir, study.spec_hash)
+    if cells is not None:
+        shards = [s for s in shards if s.cell in set(cells)]
+    if not shards:
+        raise ValueError(f"study_dir: {study_dir} has no finished shards yet")
+    parts = [
+        open_dataset(Path(study_dir) / "shards" / f"{s.name}.nc")
+        for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0))
+    ]
+    ds = xr.concat(
+        parts,
+        dim="flow",
+        data_vars="all",
+        coords="different",
+        compat="equals",
+        join="outer",
+        combine_attrs="drop_conflicts",
+    )
+    ds = _best_found(ds)
+    ds = ds.drop_vars("flow").set_index(flow=list(FLOW_LEVELS))
+    ds.attrs = {
+        "title": f"lcnfast study {study.name}",
+        "study": study.name,
+        "spec": json.dumps(study.spec),
+        "spec_hash": study.spec_hash,
+        "n_flows_expected": study.n_flows,
+    }
+    return ds
+
+
+def _best_found(ds):
+    """``loss_best_found``, ``gap_to_best``, ``reached_best`` over each cell and dataset (each
+    shard computed them over its own flows only)."""
+    key = ds["cell"].values.astype(np.int64) * (int(ds["dataset"].max()) + 1) + ds["dataset"].values
+    loss = ds["limit_loss"].values
+    best = np.full(loss.shape, np.nan)
+    for k in np.unique(key):
+        sel = key == k
+        finite = sel & np.isfinite(loss)
+        if finite.any():
+            best[sel] = loss[finite].min()
+    meta = json.loads(ds.attrs["analysis"]) if "analysis" in ds.attrs else {}
+    gap_tol = meta.get("gap_tol", _analysis.DEFAULTS["gap_tol"])
+    scale = ds["loss_scale"].values  # L(v = 0) of each flow's dataset, as lcnfast.analysis
+    gap = loss - best
+    return ds.assign(
+        loss_best_found=("flow", best, ds["loss_best_found"].attrs),
+        gap_to_best=("flow", gap, ds["gap_to_best"].attrs),
+        reached_best=(
+            "flow",
+            np.isfinite(loss) & (gap <= gap_tol * scale),
+            {"long_name": "gap_to_best <= gap_tol * L(v=0), best over the cell's dataset"},
+        ),
+    )
+
+
+def load_problem(study_dir, cell, dataset):
+    """The :class:`lcnfast.Problem` of dataset ``dataset`` of cell ``cell``, from the stored
+    data: with it any analysis of the study's flows can be redone from the files alone."""
+    study = read_spec(study_dir)
+    if not 0 <= cell < len(study.cells):
+        raise ValueError(f"cell must be in 0..{len(study.cells) - 1}, got {cell}")
+    c = study.cells[cell]
+    X, Y = read_dataset(study_dir, cell, dataset)
+    return Problem(c.arch(), X, Y, c.loss_fn())

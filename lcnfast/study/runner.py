@@ -1,0 +1,473 @@
+"""Run a study: prepare its directory, compile, run the shards (here or on dask), summarise.
+
+:func:`run_study` is the library entry point behind ``lcnfast study run``. A run
+
+1. validates the spec (:func:`lcnfast.study.load_spec`) and the output directory: a directory
+   holding another spec's results is refused with the keys that differ, never mixed;
+2. takes the directory's lock (one run at a time), removes temporary files a killed run left,
+   writes the data of every cell and dataset once;
+3. plans the shards not finished yet (a resumption computes nothing twice);
+4. compiles the kernels once, before fan-out, saying so;
+5. runs the shards in this process, or as dask futures on a ``LocalCluster`` of worker
+   processes (``workers``) or an existing cluster (``scheduler``), with a progress bar;
+6. prints a summary and writes the report.
+
+Ctrl-C stops a run after the shards already written: run the same command again to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import analysis as _analysis
+from ..flows import STATUS, threads as _threads
+from ..problem import Problem
+from . import draws
+from .shards import Shard, finished_shards, integrate, plan, read_dataset, run_shard
+from .shards import write_datasets
+from .spec import load_spec, spec_diff
+
+__all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
+
+SPEC_FILE = "spec.json"
+
+
+@dataclass
+class RunSummary:
+    """What a run did. Times in seconds; counts over the shards run by this call."""
+
+    study_dir: Path
+    n_flows_total: int
+    n_flows_run: int = 0
+    n_shards_run: int = 0
+    n_shards_skipped: int = 0
+    wall_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    flow_seconds: float = 0.0
+    classify_seconds: float = 0.0
+    n_grad_evals: int = 0
+    status_counts: dict = field(default_factory=dict)
+    label_counts: dict = field(default_factory=dict)
+    report: Path | None = None
+    interrupted: bool = False
+
+    @property
+    def overhead_fraction(self):
+        """Share of the wall time outside compilation, flows and classification (the
+        study's own cost: data, files, scheduling), for runs in this process."""
+        busy = self.compile_seconds + self.flow_seconds + self.classify_seconds
+        return max(0.0, 1.0 - busy / self.wall_seconds) if self.wall_seconds > 0 else math.nan
+
+    def add(self, s):
+        self.n_flows_run += s["n_flows"]
+        self.n_shards_run += 1
+        self.flow_seconds += s["flow_seconds"]
+        self.classify_seconds += s["classify_seconds"]
+        self.n_grad_evals += s["n_grad_evals"]
+        for key, counts in (("status_counts", s["status"]), ("label_counts", s["label"])):
+            acc = getattr(self, key)
+            for code, n in counts.items():
+                acc[int(code)] = acc.get(int(code), 0) + n
+
+    def lines(self):
+        out = [
+            f"study directory: {self.study_dir}",
+            f"flows: {self.n_flows_run} run in {self.n_shards_run} shards, "
+            f"{self.n_shards_skipped} shards already done; {self.n_flows_total} in the study",
+            f"wall time {self.wall_seconds:.1f} s (kernels {self.compile_seconds:.1f} s, "
+            f"flows {self.flow_seconds:.1f} s, classification {self.classify_seconds:.1f} s, "
+            "summed over workers)",
+        ]
+        if self.n_flows_run:
+            rate = self.n_grad_evals / max(self.flow_seconds, 1e-9)
+            out.append(f"gradient evaluations: {self.n_grad_evals:.3g} ({rate:.3g}/s in the flows)")
+            st = ", ".join(f"{STATUS[c]} {n}" for c, n in sorted(self.status_counts.items()))
+            lb = ", ".join(
+                f"{_analysis.LABELS[c]} {n}" for c, n in sorted(self.label_counts.items())
+            )
+            out += [f"status: {st}", f"limit points: {lb}"]
+        if self.interrupted:
+            out.append("interrupted: the shards written are kept; run the same command to resume")
+        if self.report is not None:
+            out.append(f"report: {self.report}")
+        return out
+
+
+# ----------------------------------------------------------------------------- the directory
+def study_dir_for(study, out=None):
+    """The output directory: ``out``, or ``data/<study name>`` under the current directory."""
+    return Path(out) if out is not None else Path("data") / study.name
+
+
+def _check_writable(d):
+    probe = d / f".write-test-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"out: cannot write to {d}: {e.strerror}") from None
+
+
+def open_study_dir(study, d):
+    """Create or check a study directory for ``study``; returns its Path.
+
+    Raises ValueError when it is unwritable, holds another spec (naming the keys that differ),
+    or is a non-empty directory that is not a study directory.
+    """
+    d = Path(d)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"out: {d} exists and is not a directory")
+    spec_file = d / SPEC_FILE
+    if spec_file.exists():
+        old = json.loads(spec_file.read_text())
+        if old["spec_hash"] != study.spec_hash:
+            keys = spec_diff(old["spec"], study.spec) or ["(format)"]
+            raise ValueError(
+                f"out: {d} holds the results of another spec (differing keys: "
+                f"{', '.join(keys)}); use another --out directory or delete {d}"
+            )
+    elif d.exists() and any(p for p in d.iterdir() if p.name != ".lock"):
+        raise ValueError(
+            f"out: {d} is not empty and holds no {SPEC_FILE}: not a study directory; "
+            "use an empty or new directory"
+        )
+    try:
+        (d / "shards").mkdir(parents=True, exist_ok=True)
+        (d / "datasets").mkdir(exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out: cannot create {d}: {e.strerror}") from None
+    _check_writable(d)
+    if not spec_file.exists():
+        text = json.dumps({"spec_hash": study.spec_hash, "spec": study.spec}, indent=1)
+        tmp = d / f".{SPEC_FILE}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, spec_file)
+        if study.source:
+            shutil.copyfile(study.source, d / "spec.toml")
+    return d
+
+
+@contextlib.contextmanager
+def _lock(d):
+    fh = open(d / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"out: another run is using {d} (lock {d / '.lock'})") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _remove_partial_files(d):
+    """Temporary files of killed runs (the lock guarantees no writer is active)."""
+    n = 0
+    for sub in ("shards", "datasets"):
+        for p in (d / sub).glob(".tmp-*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- compiling
+class _Ticker:
+    """A line that shows the elapsed time while the main thread is busy (Numba compiling)."""
+
+    def __init__(self, text, enabled):
+        self.text, self.enabled = text, enabled
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        else:
+            print(self.text + " ...", file=sys.stderr, flush=True)
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            el = time.perf_counter() - self.t0
+            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        el = time.perf_counter() - self.t0
+        if self.enabled:
+            self._thread.join()
+            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
+        else:
+            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)
+
+
+def warm_up(spec, study_dir, n_threads=None):
+    """Compile (or load from Numba's cache) every kernel the study needs: one tiny run of two
+    flows and their classification per distinct loss and integrator method. Returns seconds."""
+    t0 = time.perf_counter()
+    study = load_spec(spec)
+    seen = set()
+    for cell in study.cells:
+        key = (cell.loss["name"], cell.integrator["method"])
+        if key in seen:
+            continue
+        seen.add(key)
+        X, Y = read_dataset(study_dir, cell.index, 0)
+        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+        W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
+        integ = dict(cell.integrator)
+        if integ["method"] == "rk45":
+            integ.update(t_end=integ["t_end"] * 1e-3, max_steps=5, save=2)
+        else:
+            integ.update(n_steps=2, save_every=1)
+        ds = integrate(problem, W0, integ, n_threads)
+        _analysis.classify(ds, problem, **study.spec["analysis"])
+    return time.perf_counter() - t0
+
+
+def _loss_names(study):
+    return ", ".join(sorted({c.loss["name"] for c in study.cells}))
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """tqdm bar over flows on a terminal; elsewhere a line every ``interval`` seconds."""
+
+    def __init__(self, total, desc, enabled, interval=10.0):
+        from tqdm.auto import tqdm
+
+        self.total, self.done, self.interval = total, 0, interval
+        self.tty = enabled and sys.stderr.isatty()
+        self.quiet = not enabled
+        self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0.1)
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n, n_shards_done, n_shards):
+        self.done += n
+        self.bar.update(n)
+        self.bar.set_postfix_str(f"shards {n_shards_done}/{n_shards}")
+        now = time.perf_counter()
+        if not self.tty and not self.quiet and (now - self.last >= self.interval or self.done == self.total):
+            el = now - self.t0
+            eta = el / self.done * (self.total - self.done) if self.done else math.nan
+            print(
+                f"{self.done}/{self.total} flows, shards {n_shards_done}/{n_shards}, "
+                f"{el:.0f} s elapsed, ETA {eta:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last = now
+
+    def close(self):
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------- execution
+def _run_local(study, d, todo, n_threads, progress, summary):
+    for i, shard in enumerate(todo):
+        s = run_shard(str(d), study.spec, tuple(shard), n_threads)
+        summary.add(s)
+        progress.update(s["n_flows"], i + 1, len(todo))
+
+
+def _worker_env(threads_per_worker):
+    return {
+        "NUMBA_NUM_THREADS": str(threads_per_worker),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _numba_threads_plugin(n):
+    """A dask WorkerPlugin that makes Numba use ``n`` threads on every worker, restarted ones
+    included: the worker process imports lcnfast (and so Numba) before the nanny's ``env``
+    reaches ``os.environ``, so Numba's configuration must be reloaded there."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class NumbaThreads(WorkerPlugin):
+        name = "lcnfast-numba-threads"
+
+        def __init__(self, n):
+            self.n = n
+
+        def setup(self, worker):
+            import numba
+
+            os.environ["NUMBA_NUM_THREADS"] = str(self.n)
+            numba.config.reload_config()
+
+    return NumbaThreads(n)
+
+
+@contextlib.contextmanager
+def _client(workers, scheduler, threads_per_worker):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        env=_worker_env(threads_per_worker),
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
+    from dask.distributed import as_completed
+
+    spec = study.spec
+    futures = client.map(
+        run_shard,
+        [str(d)] * len(todo),
+        [spec] * len(todo),
+        [tuple(s) for s in todo],
+        [threads_per_worker] * len(todo),
+        key=[f"lcnfast-{study.spec_hash[:12]}-{s.name}" for s in todo],
+        pure=False,
+    )
+    try:
+        for i, fut in enumerate(as_completed(futures), start=1):
+            s = fut.result()
+            summary.add(s)
+            progress.update(s["n_flows"], i, len(todo))
+    finally:
+        client.cancel(futures)
+
+
+def run_study(
+    spec,
+    out=None,
+    *,
+    quick=False,
+    workers=None,
+    scheduler=None,
+    client=None,
+    threads=None,
+    shard_size=None,
+    progress=True,
+    report=True,
+):
+    """Run a study (or the part of it not yet done) and write its report.
+
+    Parameters
+    ----------
+    spec : str, path or dict
+        A TOML file, a built-in study's name, or a spec dict (see :func:`load_spec`).
+    out : path, optional
+        Output directory (default ``data/<name>``, ``data/<name>-quick`` with ``quick``).
+    quick : bool
+        Run the spec's ``[quick]`` size.
+    workers : int, optional
+        Run the shards on a dask ``LocalCluster`` of this many worker processes.
+    scheduler : str, optional
+        Address of an existing dask scheduler (e.g. one started by dask-jobqueue).
+    client : dask.distributed.Client, optional
+        An existing client (instead of ``workers`` / ``scheduler``).
+    threads : int, optional
+        Numba threads per process (this process, or each dask worker; default: all cores here,
+        1 per dask worker).
+    shard_size : int, optional
+        Flows per shard (default: the spec's ``shard_size``). Results do not depend on it.
+    progress : bool
+        Show progress (a bar on a terminal, a line every 10 s elsewhere) and messages.
+    report : bool
+        Write ``report.md`` and ``figures/`` at the end.
+
+    Returns
+    -------
+    RunSummary
+    """
+    t_start = time.perf_counter()
+    study = load_spec(spec, quick=quick)
+    n_modes = sum(x is not None for x in (workers, scheduler, client))
+    if n_modes > 1:
+        raise ValueError("give at most one of workers, scheduler and client")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    if shard_size is None:
+        shard_size = study.spec["shard_size"]
+    elif isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+    d = open_study_dir(study, study_dir_for(study, out)).resolve()
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
+    distributed = n_modes == 1
+    with _lock(d):
+        if _remove_partial_files(d):
+            say("removed temporary files of an interrupted run")
+        done = finished_shards(d, study.spec_hash)
+        todo = plan(study, done, shard_size)
+        summary.n_shards_skipped = len(done)
+        n_todo = sum(s.n_flows for s in todo)
+        say(
+            f"study {study.name}: {len(study.cells)} cells x {study.spec['data']['n_datasets']} "
+            f"datasets x {study.spec['flows_per_dataset']} flows = {study.n_flows} flows; "
+            f"{n_todo} to run in {len(todo)} shards ({len(done)} shards done) -> {d}"
+        )
+        bar = None
+        try:
+            with _Ticker(
+                "writing the datasets", progress and sys.stderr.isatty()
+            ) if progress else contextlib.nullcontext():
+                write_datasets(study, d)  # the first run compiles the teacher's kernels
+            if todo and not distributed:
+                with _threads(threads), _Ticker(
+                    f"compiling kernels for {_loss_names(study)} (first run only, ~1 min per loss)",
+                    progress and sys.stderr.isatty(),
+                ) if progress else contextlib.nullcontext():
+                    summary.compile_seconds = warm_up(study.spec, str(d), threads)
+                bar = _Progress(n_todo, study.name, progress)
+                _run_local(study, d, todo, threads, bar, summary)
+            elif todo:
+                tpw = threads or 1
+                with (
+                    contextlib.nullcontext(client) if client is not None
+                    else _client(workers, scheduler, tpw)
+                ) as cl:
+                    cl.register_plugin(_numba_threads_plugin(tpw))
+                    say(f"dask: {len(cl.scheduler_info()['workers'])} workers; compiling kernels "
+                        "on each (first run only, ~1 min per loss) ...")
+                    t0 = time.perf_counter()
+                    cl.run(warm_up, study.spec, str(d), tpw)
+                    summary.compile_seconds = time.perf_counter() - t0
+                    say(f"kernels ready on every worker in {summary.compile_seconds:.1f} s")
+                    bar = _Progress(n_todo, study.name, progress)
+                    _run_dask(study, d, todo, cl, bar, summary, tpw)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+        summary.wall_seconds = time.perf_counter() - t_start
+        if report and not summary.interrupted:
+            from .report import write_report
+
+            say("writing the report ...")
+            summary.report = write_report(d)
+    if progress:
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+    return summary

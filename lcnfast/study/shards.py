@@ -1,0 +1,279 @@
+"""Shards: blocks of flows of one cell and dataset, each run, classified and written as one file.
+
+Layout of a study directory (``data/<study>/`` by default)::
+
+    spec.json              the resolved spec and its hash (the directory's identity)
+    datasets/c0003_d0001.nc  X, Y (and the target filter) of dataset 1 of cell 3, written once
+    shards/c0003_d0001_f0000064-0000128.nc  flows 64..127 of that dataset, classified
+    report.md, figures/    written by ``lcnfast study report``
+
+A shard file holds the flow Dataset of :func:`lcnfast.gradient_flow` (or
+:func:`lcnfast.gradient_descent`), the variables of :func:`lcnfast.analysis.classify`, the
+bounds of Lemma 3.6 per flow, and the cell's factors as coordinates along ``flow``. It is
+written under a temporary name and renamed (:func:`lcnfast.to_netcdf`), so a file that exists
+is complete; a killed run leaves at most a temporary file, removed by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import netCDF4
+import numpy as np
+import xarray as xr
+
+from .. import analysis as _analysis
+from ..flows import gradient_descent, gradient_flow
+from ..io import open_dataset, to_netcdf
+from ..problem import Problem
+from . import draws
+from .spec import FACTORS, load_spec, log_save_times
+
+__all__ = ["Shard", "plan", "run_shard", "dataset_path", "shard_path", "write_datasets"]
+
+_SHARD_RE = re.compile(r"^c(\d{4,})_d(\d{4,})_f(\d{7,})-(\d{7,})\.nc$")
+
+
+class Shard(NamedTuple):
+    """Flows ``f0 .. f1 - 1`` of dataset ``dataset`` of cell ``cell``."""
+
+    cell: int
+    dataset: int
+    f0: int
+    f1: int
+
+    @property
+    def name(self):
+        return f"c{self.cell:04d}_d{self.dataset:04d}_f{self.f0:07d}-{self.f1:07d}"
+
+    @property
+    def n_flows(self):
+        return self.f1 - self.f0
+
+
+def shard_path(study_dir, shard):
+    return Path(study_dir) / "shards" / f"{shard.name}.nc"
+
+
+def dataset_path(study_dir, cell, dataset):
+    return Path(study_dir) / "datasets" / f"c{cell:04d}_d{dataset:04d}.nc"
+
+
+def _file_hash(path):
+    with netCDF4.Dataset(path) as f:
+        return getattr(f, "spec_hash", None)
+
+
+def finished_shards(study_dir, spec_hash):
+    """Shards whose file exists and carries ``spec_hash`` (others raise: never mixed)."""
+    done = []
+    for p in sorted((Path(study_dir) / "shards").glob("*.nc")):
+        m = _SHARD_RE.match(p.name)
+        if not m:
+            continue
+        h = _file_hash(p)
+        if h != spec_hash:
+            raise ValueError(
+                f"{p} belongs to another spec (hash {h}, this spec {spec_hash}): "
+                "use another output directory"
+            )
+        done.append(Shard(*map(int, m.groups())))
+    return done
+
+
+def plan(study, done, shard_size):
+    """The shards still to run: for every cell and dataset, the flows not covered by a
+    finished shard, in blocks of at most ``shard_size`` (so a resumption with another shard
+    size computes nothing twice)."""
+    n_d, n_f = study.spec["data"]["n_datasets"], study.spec["flows_per_dataset"]
+    covered = {}
+    for s in done:
+        covered.setdefault((s.cell, s.dataset), np.zeros(n_f, bool))[s.f0 : s.f1] = True
+    todo = []
+    for c in range(len(study.cells)):
+        for d in range(n_d):
+            cov = covered.get((c, d), np.zeros(n_f, bool))
+            f = 0
+            while f < n_f:
+                if cov[f]:
+                    f += 1
+                    continue
+                g = f
+                while g < n_f and not cov[g] and g - f < shard_size:
+                    g += 1
+                todo.append(Shard(c, d, f, g))
+                f = g
+    return todo
+
+
+# ----------------------------------------------------------------------------- datasets
+def write_datasets(study, study_dir):
+    """Write the data (X, Y) of every cell and dataset not written yet; returns the count."""
+    n = 0
+    for cell in study.cells:
+        for d in range(study.spec["data"]["n_datasets"]):
+            path = dataset_path(study_dir, cell.index, d)
+            if path.exists() and _file_hash(path) == study.spec_hash:
+                continue
+            X, Y, v_target = draws.make_dataset(cell, d, study.spec["seed"])
+            problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+            rank = _analysis.rank_report(problem)
+            data_vars = {
+                "X": (("x_row", "sample"), X, {"long_name": "inputs x_i as columns (d0, m)"}),
+                "Y": (("y_row", "sample"), Y, {"long_name": "targets y_i as columns (d_N, m)"}),
+            }
+            if v_target is not None:
+                data_vars["v_target"] = (
+                    "v_tap", v_target, {"long_name": "target filter (teacher's pi(w*), or given)"}
+                )  # fmt: skip
+            attrs = {
+                "title": f"lcnfast study {study.name}: data of cell {cell.index}, dataset {d}",
+                "spec_hash": study.spec_hash,
+                "cell": cell.index,
+                "dataset": d,
+                "cell_labels": json.dumps(cell.labels),
+                **{
+                    k: int(v) if isinstance(v, (bool, np.bool_)) else v
+                    for k, v in rank.items()
+                    if k in ("xxt_rank", "xxt_full_rank", "gram_rank", "gram_pd", "gram_min_eig")
+                },
+            }
+            to_netcdf(xr.Dataset(data_vars, attrs=attrs), path)
+            n += 1
+    return n
+
+
+def read_dataset(study_dir, cell, dataset):
+    """(X, Y) of a dataset of a study directory."""
+    ds = open_dataset(dataset_path(study_dir, cell, dataset))
+    return ds["X"].values, ds["Y"].values
+
+
+# ----------------------------------------------------------------------------- one shard
+_STUDIES = {}  # resolved spec (canonical JSON) -> Study, per process (dask workers reuse it)
+
+
+def _study(spec):
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _STUDIES:
+        _STUDIES[key] = load_spec(spec)
+    return _STUDIES[key]
+
+
+def integrate(problem, W0, integ, n_threads):
+    """Run the flows of one integrator setting (a resolved ``integrator`` entry)."""
+    if integ["method"] == "rk45":
+        save = integ["save"]
+        save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
+        return gradient_flow(
+            problem,
+            W0,
+            t_end=integ["t_end"],
+            rtol=integ["rtol"],
+            atol=integ["atol"],
+            grad_tol=integ["grad_tol"],
+            max_steps=integ["max_steps"],
+            save_times=save_t,
+            n_threads=n_threads,
+        )
+    return gradient_descent(
+        problem,
+        W0,
+        h=integ["h"],
+        n_steps=integ["n_steps"],
+        grad_tol=integ["grad_tol"],
+        save_every=integ["save_every"],
+        n_threads=n_threads,
+    )
+
+
+def _lemma36(problem, ds):
+    """Per-flow bounds on ||v||_1 (Lemma 3.6; the Gram extension), NaN where they do not apply."""
+    rep = _analysis.rank_report(problem, ds)
+    K = ds.sizes["flow"]
+    out = {}
+    for key, long_name in (
+        ("lemma36_bound", "Lemma 3.6 bound g(L(w_0)) on ||v(t)||_1 (NaN: X X^T singular)"),
+        ("gram_bound", "bound on ||v(t)||_1 from lambda_min(A) > 0 (NaN: A singular)"),
+    ):
+        b = rep[key]
+        arr = np.full(K, np.nan) if b is None else np.broadcast_to(np.asarray(b, float), (K,))
+        out[key] = ("flow", np.array(arr), {"long_name": long_name})
+    out["xxt_full_rank"] = ("flow", np.full(K, rep["xxt_full_rank"]), {"long_name": "X X^T full rank"})
+    out["gram_pd"] = ("flow", np.full(K, rep["gram_pd"]), {"long_name": "window Gram A > 0"})
+    out["gram_min_eig"] = ("flow", np.full(K, rep["gram_min_eig"]), {"long_name": "lambda_min(A)"})
+    scale = json.loads(ds.attrs["analysis"])["loss_scale"]
+    out["loss_scale"] = ("flow", np.full(K, scale), {"long_name": "L(v = 0), the analysis' scale"})
+    return out
+
+
+def _per_flow(ds):
+    """Give every variable the ``flow`` dimension (scalars of the analysis are per dataset),
+    and turn ``root_layer`` into a variable: then shards of any cells concatenate along flow."""
+    if "root_layer" in ds.coords:
+        ds = ds.reset_coords("root_layer")
+    for name in list(ds.data_vars):
+        if "flow" not in ds[name].dims:
+            ds[name] = ds[name].expand_dims(flow=ds.sizes["flow"]).copy()
+    return ds
+
+
+def run_shard(study_dir, spec, shard, n_threads=None):
+    """Run, classify and write one shard; returns a small summary dict.
+
+    ``spec`` is the resolved spec (a dict: it travels to dask workers as plain data).
+    """
+    t0 = time.perf_counter()
+    study = _study(spec)
+    shard = Shard(*shard)
+    cell = study.cells[shard.cell]
+    X, Y = read_dataset(study_dir, shard.cell, shard.dataset)
+    problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+    W0 = draws.initial_points(cell, shard.dataset, shard.f0, shard.f1, study.spec["seed"])
+    ds = integrate(problem, W0, cell.integrator, n_threads)
+    t1 = time.perf_counter()
+    ds = _analysis.classify(ds, problem, **study.spec["analysis"])
+    ds = ds.assign(_lemma36(problem, ds))
+    t2 = time.perf_counter()
+    n_d, n_f = study.spec["data"]["n_datasets"], study.spec["flows_per_dataset"]
+    replicate = np.arange(shard.f0, shard.f1)
+    K = shard.n_flows
+    coords = {
+        "flow": ((shard.cell * n_d) + shard.dataset) * n_f + replicate,
+        "cell": ("flow", np.full(K, shard.cell)),
+        "dataset": ("flow", np.full(K, shard.dataset)),
+        "replicate": ("flow", replicate),
+    }
+    for f in FACTORS:
+        coords[f] = ("flow", np.full(K, cell.labels[f]))
+    ds = _per_flow(ds.assign_coords(coords))
+    ds.attrs.update(
+        spec=json.dumps(study.spec),
+        spec_hash=study.spec_hash,
+        study=study.name,
+        shard=shard.name,
+        cell_labels=json.dumps(cell.labels),
+        flow_seconds=t1 - t0,
+        classify_seconds=t2 - t1,
+    )
+    path = shard_path(study_dir, shard)
+    to_netcdf(ds, path)
+    status = ds.status.values
+    label = ds.label.values
+    return {
+        "shard": shard.name,
+        "path": str(path),
+        "n_flows": K,
+        "n_grad_evals": int(ds.n_grad_evals.sum()),
+        "status": {int(s): int((status == s).sum()) for s in np.unique(status)},
+        "label": {int(s): int((label == s).sum()) for s in np.unique(label)},
+        "flow_seconds": t1 - t0,
+        "classify_seconds": t2 - t1,
+        "seconds": time.perf_counter() - t0,
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,667 @@
+"""Study specifications: read a TOML file, validate every key, fill in defaults, form the grid.
+
+A study is a Cartesian grid of *cells*. Each factor below is a single value or a list of values
+(a list is a factor of the grid): ``architectures``, ``losses`` and ``integrator`` (a table or an
+array of tables), and the keys ``data.m``, ``data.noise``, ``data.inputs``, ``data.target``,
+``init.scale``, ``init.distribution``. Every cell runs ``data.n_datasets`` datasets with
+``flows_per_dataset`` flows each. The full format, with every default, is in the README
+("Study specifications").
+
+:func:`load_spec` returns a :class:`Study`: the *resolved* spec (every default filled in, plain
+JSON data, stored in every output file so that one file reproduces its run), its hash, and the
+cells. Errors are ``ValueError`` naming the key path (``architectures[2].s: ...``) and, where it
+can be found, the line of the TOML file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import numbers
+import re
+import tomllib
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import analysis as _analysis
+from .. import losses as _losses
+from ..architecture import Architecture
+
+__all__ = ["Study", "Cell", "load_spec", "spec_diff", "FORMAT_VERSION", "builtin_specs"]
+
+#: version of the resolved-spec format and of the shard files (part of the spec hash)
+FORMAT_VERSION = 1
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: integrator methods: method -> (required keys, defaults of the optional keys)
+METHODS = {
+    "rk45": (
+        ("t_end",),
+        {"rtol": 1e-8, "atol": 1e-10, "grad_tol": None, "max_steps": 100_000, "save": 25},
+    ),
+    "euler": (("h", "n_steps"), {"grad_tol": None, "save_every": None}),
+}
+
+_TOP = {
+    "name", "description", "seed", "architectures", "losses", "data", "init", "integrator",
+    "flows_per_dataset", "shard_size", "analysis", "report", "quick",
+}  # fmt: skip
+_DATA = {"m", "noise", "inputs", "target", "n_datasets"}
+_INIT = {"scale", "distribution"}
+_REPORT = {"title", "sections"}
+#: keys that do not change any number of a run (left out of the spec hash)
+_EXECUTION_KEYS = ("description", "shard_size", "report", "quick")
+
+
+class SpecError(ValueError):
+    """A study spec is invalid (a ``ValueError`` whose message names the key path)."""
+
+
+class Cell(NamedTuple):
+    """One cell of the grid: the factor values and their indices in the spec's lists.
+
+    ``index`` is the cell's number (row-major over the factors in :data:`FACTORS` order);
+    ``levels`` maps each factor to the index of its value in the spec (the seeds use them);
+    ``labels`` maps each factor to a short string (the coordinates of :func:`lcnfast.study.load`).
+    """
+
+    index: int
+    architecture: dict
+    loss: dict
+    integrator: dict
+    m: int | None
+    noise: float
+    inputs: object
+    target: object
+    init_scale: float
+    init_distribution: str
+    levels: dict
+    labels: dict
+
+    def arch(self):
+        """The cell's :class:`lcnfast.Architecture`."""
+        a = self.architecture
+        return Architecture(a["d0"], a["k"], a["s"])
+
+    def loss_fn(self):
+        """The cell's :class:`lcnfast.losses.Loss`."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # lp(p odd): warned at validation
+            return _losses.from_dict({"name": self.loss["name"], **self.loss["params"]})
+
+
+#: the grid's factors, in the order of the cell index (slowest first)
+FACTORS = (
+    "architecture", "loss", "integrator", "m", "noise", "inputs", "target",
+    "init_scale", "init_distribution",
+)  # fmt: skip
+
+
+class Study(NamedTuple):
+    """A validated study: ``spec`` (resolved, JSON-ready), ``spec_hash``, ``cells``, ``source``
+    (the TOML file, or None)."""
+
+    spec: dict
+    spec_hash: str
+    cells: tuple
+    source: str | None
+
+    @property
+    def name(self):
+        return self.spec["name"]
+
+    @property
+    def n_flows(self):
+        return len(self.cells) * self.spec["data"]["n_datasets"] * self.spec["flows_per_dataset"]
+
+
+# ----------------------------------------------------------------------------- locating errors
+class _Locator:
+    """Finds the TOML line of a key path (best effort: ``[[table]]`` headers and ``key =``)."""
+
+    def __init__(self, text):
+        self.lines = text.splitlines() if text else []
+
+    def line(self, path):
+        if not self.lines:
+            return None
+        parts = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\[\d+\]", path)
+        start, end = 0, len(self.lines)
+        header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]?\]")
+        found = None
+        i = 0
+        while i < len(parts):
+            key = parts[i]
+            idx = None
+            if i + 1 < len(parts) and parts[i + 1].startswith("["):
+                idx = int(parts[i + 1][1:-1])
+            # a table header for this key within [start, end)
+            hits = [
+                n for n in range(start, end)
+                if (h := header_re.match(self.lines[n])) and h.group(1).split(".")[-1] == key
+            ]  # fmt: skip
+            if hits:
+                n = hits[idx] if idx is not None and idx < len(hits) else hits[0]
+                found = n
+                nxt = [m for m in range(n + 1, end) if header_re.match(self.lines[m])]
+                start, end = n + 1, (nxt[0] if nxt else end)
+            else:
+                kre = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
+                keyhits = [n for n in range(start, end) if kre.search(self.lines[n])]
+                if keyhits:
+                    found = keyhits[0]
+                    start = keyhits[0]
+                break
+            i += 2 if idx is not None else 1
+        return None if found is None else found + 1
+
+
+class _Ctx:
+    def __init__(self, text, source):
+        self.loc = _Locator(text)
+        self.source = source
+
+    def error(self, path, msg):
+        line = self.loc.line(path)
+        where = f" ({self.source}, line {line})" if line and self.source else (
+            f" (line {line})" if line else ""
+        )
+        return SpecError(f"{path}: {msg}{where}")
+
+
+# ----------------------------------------------------------------------------- value checks
+def _whole(ctx, path, x, minimum):
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise ctx.error(path, f"must be a whole number, got {x!r}")
+    if x < minimum:
+        raise ctx.error(path, f"must be >= {minimum}, got {x}")
+    return int(x)
+
+
+def _real(ctx, path, x, *, low=None, positive=False):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise ctx.error(path, f"must be a number, got {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ctx.error(path, f"must be finite, got {x!r}")
+    if positive and x <= 0:
+        raise ctx.error(path, f"must be > 0, got {x!r}")
+    if low is not None and x < low:
+        raise ctx.error(path, f"must be >= {low}, got {x!r}")
+    return x
+
+
+def _table(ctx, path, x):
+    if not isinstance(x, dict):
+        raise ctx.error(path, f"must be a table, got {type(x).__name__} {x!r}")
+    return x
+
+
+def _known(ctx, path, table, allowed):
+    for key in table:
+        if key not in allowed:
+            close = [a for a in sorted(allowed) if _similar(key, a)]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ctx.error(
+                f"{path}.{key}" if path else key,
+                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}",
+            )
+
+
+def _similar(a, b):
+    import difflib
+
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, list) else [x]
+
+
+# ----------------------------------------------------------------------------- sections
+def _architecture(ctx, path, a):
+    _table(ctx, path, a)
+    _known(ctx, path, a, {"d0", "k", "s"})
+    for key in ("d0", "k"):
+        if key not in a:
+            raise ctx.error(f"{path}.{key}", "missing (an architecture needs d0 and k)")
+    k = a["k"] if isinstance(a["k"], list) else [a["k"]]
+    s = a.get("s")
+    s = None if s is None else (s if isinstance(s, list) else [s])
+    try:
+        arch = Architecture(a["d0"], k, s)
+    except (TypeError, ValueError) as e:
+        key = "s" if "s" in str(e).split(":")[0] or "stride" in str(e) else "k"
+        if str(e).startswith("d0"):
+            key = "d0"
+        raise ctx.error(f"{path}.{key}", str(e)) from None
+    return arch.to_dict()
+
+
+def _loss(ctx, path, x):
+    if isinstance(x, str):
+        x = {"name": x}
+    _table(ctx, path, x)
+    _known(ctx, path, x, {"name", "params"})
+    if "name" not in x:
+        raise ctx.error(f"{path}.name", "missing")
+    params = _table(ctx, f"{path}.params", x.get("params", {}))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = _losses.from_dict({"name": x["name"], **params})
+    except TypeError as e:
+        raise ctx.error(f"{path}.params", f"{e} (loss {x['name']!r})") from None
+    except ValueError as e:
+        key = "name" if "unknown loss" in str(e) else "params"
+        raise ctx.error(f"{path}.{key}", str(e)) from None
+    for w in caught:
+        warnings.warn(f"{path}: {w.message}", UserWarning, stacklevel=4)
+    return {"name": loss.name, "params": loss.param_dict}
+
+
+def _save_times(ctx, path, save, t_end):
+    if isinstance(save, list):
+        try:
+            t = np.asarray(save, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ctx.error(path, "must be a whole number or a list of times") from None
+        if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)):
+            raise ctx.error(path, "must be a non-empty list of finite times")
+        if t.min() < 0 or t.max() > t_end or np.any(np.diff(t) <= 0):
+            raise ctx.error(path, f"times must increase strictly within [0, t_end = {t_end:g}]")
+        return [float(v) for v in t]
+    n = _whole(ctx, path, save, 2)
+    return n
+
+
+def log_save_times(n, t_end):
+    """``n`` save times: 0, then ``n - 1`` log-spaced times from ``t_end * 1e-4`` to ``t_end``."""
+    return np.concatenate([[0.0], np.geomspace(t_end * 1e-4, t_end, n - 1)])
+
+
+def _integrator(ctx, path, x):
+    _table(ctx, path, x)
+    method = x.get("method", "rk45")
+    if method not in METHODS:
+        raise ctx.error(f"{path}.method", f"must be one of {sorted(METHODS)}, got {method!r}")
+    required, optional = METHODS[method]
+    _known(ctx, path, x, {"method", *required, *optional})
+    out = {"method": method}
+    for key in required:
+        if key not in x:
+            raise ctx.error(f"{path}.{key}", f"missing (method {method!r} needs {required})")
+    if method == "rk45":
+        out["t_end"] = _real(ctx, f"{path}.t_end", x["t_end"], positive=True)
+        out["rtol"] = _real(ctx, f"{path}.rtol", x.get("rtol", optional["rtol"]), positive=True)
+        out["atol"] = _real(ctx, f"{path}.atol", x.get("atol", optional["atol"]), low=0.0)
+        out["max_steps"] = _whole(ctx, f"{path}.max_steps", x.get("max_steps", 100_000), 1)
+        out["save"] = _save_times(ctx, f"{path}.save", x.get("save", 25), out["t_end"])
+    else:
+        out["h"] = _real(ctx, f"{path}.h", x["h"], positive=True)
+        out["n_steps"] = _whole(ctx, f"{path}.n_steps", x["n_steps"], 0)
+        se = x.get("save_every")
+        out["save_every"] = (
+            max(1, out["n_steps"] // 10) if se is None else _whole(ctx, f"{path}.save_every", se, 1)
+        )
+    g = x.get("grad_tol")
+    out["grad_tol"] = None if g is None else _real(ctx, f"{path}.grad_tol", g, low=0.0)
+    return out
+
+
+def _inputs(ctx, path, x, base_dir):
+    if x == "gaussian":
+        return "gaussian"
+    if isinstance(x, dict) and len(x) == 1:
+        (key, val), = x.items()
+        if key == "low_rank":
+            return {"low_rank": _whole(ctx, f"{path}.low_rank", val, 1)}
+        if key == "gram_singular":
+            return {"gram_singular": _whole(ctx, f"{path}.gram_singular", val, 1)}
+        if key == "file":
+            if not isinstance(val, str):
+                raise ctx.error(f"{path}.file", f"must be a path string, got {val!r}")
+            p = Path(val).expanduser()
+            if not p.is_absolute():
+                p = (base_dir / p).resolve()
+            if not p.is_file():
+                raise ctx.error(f"{path}.file", f"no such file: {p}")
+            if p.suffix not in (".npz", ".nc"):
+                raise ctx.error(f"{path}.file", "must be a .npz or netCDF (.nc) file")
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            return {"file": str(p), "sha256": digest}
+    raise ctx.error(
+        path,
+        'must be "gaussian", {low_rank = r}, {gram_singular = nullity} or {file = "X.npz"}, '
+        f"got {x!r}",
+    )
+
+
+def _target(ctx, path, x):
+    if x in ("teacher", "gaussian", "file"):
+        return x
+    if isinstance(x, dict) and set(x) == {"v"}:
+        v = x["v"]
+        if not isinstance(v, list) or not v:
+            raise ctx.error(f"{path}.v", "must be a non-empty list of numbers")
+        return {"v": [_real(ctx, f"{path}.v[{i}]", vi) for i, vi in enumerate(v)]}
+    raise ctx.error(
+        path, f'must be "teacher", "gaussian", "file" or {{v = [...]}}, got {x!r}'
+    )
+
+
+def _data(ctx, x, base_dir):
+    _table(ctx, "data", x)
+    _known(ctx, "data", x, _DATA)
+    out = {}
+    ms = _as_list(x.get("m", [None]))
+    out["m"] = [None if m is None else _whole(ctx, f"data.m[{i}]", m, 1) for i, m in enumerate(ms)]
+    out["noise"] = [
+        _real(ctx, f"data.noise[{i}]", v, low=0.0) for i, v in enumerate(_as_list(x.get("noise", 0.0)))
+    ]
+    inp = x.get("inputs", "gaussian")
+    inp = inp if isinstance(inp, list) else [inp]
+    out["inputs"] = [_inputs(ctx, f"data.inputs[{i}]", v, base_dir) for i, v in enumerate(inp)]
+    tg = x.get("target", "teacher")
+    tg = tg if isinstance(tg, list) else [tg]
+    out["target"] = [_target(ctx, f"data.target[{i}]", v) for i, v in enumerate(tg)]
+    out["n_datasets"] = _whole(ctx, "data.n_datasets", x.get("n_datasets", 1), 1)
+    files = [isinstance(i, dict) and "file" in i for i in out["inputs"]]
+    if any(files) and any(m is not None for m in out["m"]):
+        raise ctx.error("data.m", "do not set m with inputs = {file = ...}: m comes from the file")
+    if not all(files) and any(m is None for m in out["m"]):
+        raise ctx.error("data.m", "missing (the number of samples; a list makes it a factor)")
+    if "file" in out["target"] and not all(files):
+        raise ctx.error("data.target", '"file" needs inputs = {file = ...} with a Y array')
+    return out
+
+
+def _init(ctx, x):
+    _table(ctx, "init", x)
+    _known(ctx, "init", x, _INIT)
+    scales = [
+        _real(ctx, f"init.scale[{i}]", v, positive=True)
+        for i, v in enumerate(_as_list(x.get("scale", 1.0)))
+    ]
+    dists = _as_list(x.get("distribution", "gaussian"))
+    for i, d in enumerate(dists):
+        if d not in ("gaussian", "balanced"):
+            raise ctx.error(
+                f"init.distribution[{i}]", f'must be "gaussian" or "balanced", got {d!r}'
+            )
+    return {"scale": scales, "distribution": dists}
+
+
+def _analysis_tols(ctx, x):
+    _table(ctx, "analysis", x)
+    _known(ctx, "analysis", x, set(_analysis.DEFAULTS))
+    return {
+        key: _real(ctx, f"analysis.{key}", x.get(key, default), positive=True)
+        for key, default in _analysis.DEFAULTS.items()
+    }
+
+
+def _report(ctx, x, base_dir):
+    _table(ctx, "report", x)
+    _known(ctx, "report", x, _REPORT)
+    title = x.get("title")
+    if title is not None and not isinstance(title, str):
+        raise ctx.error("report.title", "must be a string")
+    sections = x.get("sections")
+    if sections is not None:
+        if not isinstance(sections, str):
+            raise ctx.error("report.sections", "must be the path of a Python file")
+        p = Path(sections).expanduser()
+        p = p if p.is_absolute() else (base_dir / p).resolve()
+        if not p.is_file():
+            raise ctx.error("report.sections", f"no such file: {p}")
+        sections = str(p)
+    return {"title": title, "sections": sections}
+
+
+def _merge(base, over):
+    """Deep merge of ``over`` into a copy of ``base`` (tables merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+# ----------------------------------------------------------------------------- resolution
+def _resolve(raw, ctx, base_dir, quick):
+    _table(ctx, "", raw)
+    _known(ctx, "", raw, _TOP)
+    if quick:
+        q = _table(ctx, "quick", raw.get("quick", {}))
+        _known(ctx, "quick", q, _TOP - {"quick", "name"})
+        raw = _merge({k: v for k, v in raw.items() if k != "quick"}, q)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ctx.error("name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}")
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise ctx.error("description", "must be a string")
+    if "architectures" not in raw:
+        raise ctx.error("architectures", "missing (a table {d0, k, s} or an array of tables)")
+    if "integrator" not in raw:
+        raise ctx.error("integrator", "missing (e.g. {method = \"rk45\", t_end = 200.0})")
+    if "data" not in raw:
+        raise ctx.error("data", "missing (at least data.m)")
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "name": name + ("-quick" if quick else ""),
+        "description": desc,
+        "seed": _whole(ctx, "seed", raw.get("seed", 0), 0),
+        "architectures": [
+            _architecture(ctx, f"architectures[{i}]", a)
+            for i, a in enumerate(_as_list(raw["architectures"]))
+        ],
+        "losses": [
+            _loss(ctx, f"losses[{i}]", x) for i, x in enumerate(_as_list(raw.get("losses", "square")))
+        ],
+        "integrator": [
+            _integrator(ctx, f"integrator[{i}]", x) for i, x in enumerate(_as_list(raw["integrator"]))
+        ],
+        "data": _data(ctx, raw["data"], base_dir),
+        "init": _init(ctx, raw.get("init", {})),
+        "flows_per_dataset": _whole(ctx, "flows_per_dataset", raw.get("flows_per_dataset", 100), 1),
+        "analysis": _analysis_tols(ctx, raw.get("analysis", {})),
+        "shard_size": _whole(ctx, "shard_size", raw.get("shard_size", 256), 1),
+        "report": _report(ctx, raw.get("report", {}), base_dir),
+        "quick": bool(quick),
+    }
+    for i, t in enumerate(spec["data"]["target"]):
+        if isinstance(t, dict):
+            for j, a in enumerate(spec["architectures"]):
+                kv = Architecture(a["d0"], a["k"], a["s"]).k_v
+                if len(t["v"]) != kv:
+                    raise ctx.error(
+                        f"data.target[{i}].v",
+                        f"has {len(t['v'])} taps but architectures[{j}] has k_v = {kv}",
+                    )
+    return spec
+
+
+def _labels(spec):
+    """Short, unique labels for the values of each factor."""
+
+    def arch_label(a):
+        k = ",".join(map(str, a["k"]))
+        s = ",".join(map(str, a["s"]))
+        return f"({a['d0']}; {k}; {s})"
+
+    def loss_label(x):
+        p = ", ".join(f"{k}={v:g}" for k, v in x["params"].items())
+        return f"{x['name']}({p})" if p else x["name"]
+
+    def integ_label(x):
+        if x["method"] == "rk45":
+            return f"rk45(t_end={x['t_end']:g}, rtol={x['rtol']:g})"
+        return f"euler(h={x['h']:g}, n_steps={x['n_steps']})"
+
+    def inputs_label(x):
+        if x == "gaussian":
+            return x
+        (k, v), = ((k, v) for k, v in x.items() if k != "sha256")
+        return f"file:{Path(v).name}" if k == "file" else f"{k}={v}"
+
+    def target_label(x):
+        if isinstance(x, str):
+            return x
+        return "v=[" + ", ".join(f"{v:g}" for v in x["v"]) + "]"
+
+    d, i = spec["data"], spec["init"]
+    return {
+        "architecture": [arch_label(a) for a in spec["architectures"]],
+        "loss": [loss_label(x) for x in spec["losses"]],
+        "integrator": [integ_label(x) for x in spec["integrator"]],
+        "m": [-1 if m is None else m for m in d["m"]],
+        "noise": d["noise"],
+        "inputs": [inputs_label(x) for x in d["inputs"]],
+        "target": [target_label(x) for x in d["target"]],
+        "init_scale": i["scale"],
+        "init_distribution": i["distribution"],
+    }
+
+
+def _cells(spec):
+    d, i = spec["data"], spec["init"]
+    values = {
+        "architecture": spec["architectures"],
+        "loss": spec["losses"],
+        "integrator": spec["integrator"],
+        "m": d["m"],
+        "noise": d["noise"],
+        "inputs": d["inputs"],
+        "target": d["target"],
+        "init_scale": i["scale"],
+        "init_distribution": i["distribution"],
+    }
+    labels = _labels(spec)
+    for f in FACTORS:
+        if len(set(map(str, labels[f]))) != len(labels[f]):
+            raise SpecError(f"{f}: the list has repeated values {labels[f]}")
+    cells = []
+    ranges = [range(len(values[f])) for f in FACTORS]
+    for n, idx in enumerate(itertools.product(*ranges)):
+        lv = dict(zip(FACTORS, idx))
+        kw = {f: values[f][lv[f]] for f in FACTORS}
+        cells.append(
+            Cell(index=n, levels=lv, labels={f: labels[f][lv[f]] for f in FACTORS}, **kw)
+        )
+    return tuple(cells)
+
+
+def science_part(spec):
+    """The part of a resolved spec that determines the numbers (what the hash covers)."""
+    return {k: v for k, v in spec.items() if k not in _EXECUTION_KEYS}
+
+
+def spec_hash(spec):
+    """SHA-256 of the canonical JSON of :func:`science_part`."""
+    text = json.dumps(science_part(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def spec_diff(a, b, path=""):
+    """Key paths where two resolved specs differ (science part only), e.g. ``["data.noise"]``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            if not path and key in _EXECUTION_KEYS:
+                continue
+            sub = f"{path}.{key}" if path else key
+            if key not in a or key not in b:
+                out.append(sub)
+            else:
+                out += spec_diff(a[key], b[key], sub)
+        return out
+    return [] if a == b else [path]
+
+
+def builtin_specs():
+    """The built-in study specs: ``{name: path}`` of ``studies/*.toml`` in the source tree."""
+    root = Path(__file__).resolve().parents[2] / "studies"
+    return {p.stem: p for p in sorted(root.glob("*.toml"))}
+
+
+def _find(spec):
+    p = Path(spec).expanduser()
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SpecError(f"spec: no such file: {p}")
+        return p
+    builtin = builtin_specs()
+    if spec in builtin:
+        return builtin[spec]
+    local = Path("studies") / f"{spec}.toml"
+    if local.is_file():
+        return local
+    known = ", ".join(builtin) or "none found"
+    raise SpecError(f"spec: {spec!r} is neither a .toml file nor a built-in study ({known})")
+
+
+def load_spec(spec, *, quick=False):
+    """Read and validate a study spec.
+
+    Parameters
+    ----------
+    spec : str, path or dict
+        A TOML file, the name of a built-in study (``lcnfast study list``), or the spec as a
+        dict (the parsed TOML, or a resolved spec read back from an output file).
+    quick : bool
+        Apply the spec's ``[quick]`` overrides (a small version of the study, for tests and
+        trials); the study's name gets the suffix ``-quick``.
+
+    Returns
+    -------
+    Study
+
+    Raises
+    ------
+    ValueError (SpecError)
+        Malformed TOML, unknown keys, invalid values, with the key path and line.
+    """
+    if isinstance(spec, dict):
+        raw, text, source, base = copy.deepcopy(spec), None, None, Path.cwd()
+        if raw.get("format_version") is not None:  # a resolved spec: strip what _resolve adds
+            if raw.pop("format_version") != FORMAT_VERSION:
+                raise SpecError("format_version: written by another version of lcnfast.study")
+            if raw.pop("quick", False):
+                raw["name"] = raw["name"].removesuffix("-quick")
+                raw["quick"] = {}
+                quick = True
+            raw["integrator"] = [_unresolve_integrator(x) for x in raw["integrator"]]
+            raw["data"]["inputs"] = [
+                {"file": x["file"]} if isinstance(x, dict) and "file" in x else x
+                for x in raw["data"]["inputs"]
+            ]
+            raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
+    else:
+        path = _find(spec)
+        text = path.read_text()
+        source, base = str(path), path.resolve().parent
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{path}: invalid TOML: {e}") from None
+    ctx = _Ctx(text, source)
+    resolved = _resolve(raw, ctx, base, quick)
+    return Study(resolved, spec_hash(resolved), _cells(resolved), source)
+
+
+def _unresolve_integrator(x):
+    out = {k: v for k, v in x.items() if v is not None}
+    return out
