@@ -240,10 +240,16 @@ def _architecture(ctx, path, a):
     try:
         arch = Architecture(a["d0"], k, s)
     except (TypeError, ValueError) as e:
-        key = "s" if "s" in str(e).split(":")[0] or "stride" in str(e) else "k"
-        if str(e).startswith("d0"):
-            key = "d0"
-        raise ctx.error(f"{path}.{key}", str(e)) from None
+        msg = str(e)
+        head = msg.split(":")[0]
+        key = next(
+            (k for k in ("d0", "k", "s") if head.startswith((f"{k} ", f"{k}[", f"{k} and"))), None
+        )
+        if key is None and "stride" in msg:
+            key = "s"
+        elif key is None and "filter width" in msg:
+            key = "k"
+        raise ctx.error(f"{path}.{key}" if key else path, msg) from None
     return arch.to_dict()
 
 

@@ -1,0 +1,401 @@
+"""Tests of the laboratory (lcnfast.study, the lcnfast command): specs, seeds, shards,
+resumption, invariance of the results under the execution, dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+import lcnfast
+from lcnfast import Architecture, Problem, analysis, losses
+from lcnfast.flows import balancedness
+from lcnfast.study import draws, load, load_problem, load_spec, run_study
+from lcnfast.study.shards import finished_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Eight cells (2 architectures, one strided, x 2 losses x 2 integrators), 1 dataset, 10 flows.
+TINY = """
+name = "tiny"
+description = "test study"
+seed = 7
+flows_per_dataset = 10
+shard_size = 64
+
+[[architectures]]
+d0 = 8
+k = [2, 2]
+
+[[architectures]]
+d0 = 9
+k = [3, 2]
+s = [2, 1]
+
+[[losses]]
+name = "square"
+
+[[losses]]
+name = "pseudo_huber"
+params = { delta = 1.0 }
+
+[data]
+m = 12
+noise = 0.1
+
+[init]
+scale = 0.5
+
+[[integrator]]
+method = "rk45"
+t_end = 20.0
+rtol = 1e-6
+atol = 1e-9
+max_steps = 5000
+save = 6
+
+[[integrator]]
+method = "euler"
+h = 0.01
+n_steps = 300
+save_every = 100
+
+[quick]
+flows_per_dataset = 3
+"""
+
+
+def write_spec(tmp_path, text=TINY, name="tiny.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def assert_same_results(a, b):
+    """Every data variable identical (values, dims, coordinates, attributes)."""
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in a.data_vars:
+        xr.testing.assert_identical(a[v], b[v])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny study run once in this process (shards of 64 flows, default threads)."""
+    d = tmp_path_factory.mktemp("ref")
+    spec = write_spec(d)
+    s = run_study(spec, d / "out", progress=False, report=False)
+    return spec, d / "out", load(d / "out"), s
+
+
+# ----------------------------------------------------------------------------- specs
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (("seed = 7", "seeed = 7"), "seeed: unknown key (did you mean 'seed'?)"),
+        (("s = [2, 1]", "s = [4, 1]"), "architectures[1]: layer 1"),
+        (("s = [2, 1]", "s = [2, 0]"), "architectures[1].s: layer 2: stride"),
+        (("delta = 1.0", "delta = -1.0"), "losses[1].params"),
+        (('name = "pseudo_huber"', 'name = "huber"'), "losses[1].name"),
+        (("rtol = 1e-6", "rtoll = 1e-6"), "integrator[0].rtoll: unknown key"),
+        (("m = 12", "m = 0"), "data.m[0]: must be >= 1"),
+        (("scale = 0.5", 'scale = "big"'), "init.scale[0]: must be a number"),
+        (("noise = 0.1", "noise = 0.1\ntarget = {v = [1.0, 2.0]}"), "data.target[0].v"),
+        (('method = "euler"', 'method = "heun"'), "integrator[1].method"),
+        (("[quick]", "[quick]\nname = 'other'"), "quick.name: unknown key"),
+    ],
+)
+def test_spec_errors_name_the_key_and_line(tmp_path, edit, where):
+    text = TINY.replace(*edit)
+    assert text != TINY
+    spec = write_spec(tmp_path, text)
+    with pytest.raises(ValueError) as e:
+        load_spec(spec, quick="quick" in where)
+    msg = str(e.value)
+    assert where in msg
+    # the line of the offending key, where the locator finds it
+    key = where.split(":")[0].split(".")[-1].split("[")[0]
+    lines = [n + 1 for n, ln in enumerate(text.splitlines()) if ln.strip().startswith(key)]
+    if lines and key not in ("m", "scale"):
+        assert "line " in msg
+
+
+def test_malformed_toml_and_missing_sections(tmp_path):
+    with pytest.raises(ValueError, match=r"invalid TOML.*line 4"):
+        load_spec(write_spec(tmp_path, 'name = "x"\nseed = 1\nk = [1, 2\nm = 3\n'))
+    with pytest.raises(ValueError, match="architectures: missing"):
+        load_spec({"name": "x", "data": {"m": 3}, "integrator": {"t_end": 1.0}})
+    with pytest.raises(ValueError, match="data.m: missing"):
+        load_spec({"name": "x", "architectures": {"d0": 4, "k": [2]}, "data": {},
+                   "integrator": {"t_end": 1.0}})  # fmt: skip
+    with pytest.raises(ValueError, match="spec: 'no-such-study' is neither"):
+        load_spec("no-such-study")
+
+
+def test_resolved_spec_fills_defaults_and_round_trips(tmp_path):
+    st = load_spec(write_spec(tmp_path))
+    assert len(st.cells) == 8 and st.n_flows == 80
+    rk = st.spec["integrator"][0]
+    assert rk["grad_tol"] is None and rk["save"] == 6
+    assert st.spec["analysis"] == {k: float(v) for k, v in analysis.DEFAULTS.items()}
+    again = load_spec(json.loads(json.dumps(st.spec)))
+    assert again.spec == st.spec and again.spec_hash == st.spec_hash
+    quick = load_spec(write_spec(tmp_path), quick=True)
+    assert quick.name == "tiny-quick" and quick.n_flows == 24
+    assert load_spec(json.loads(json.dumps(quick.spec))).spec_hash == quick.spec_hash
+    # execution-only keys do not change the hash
+    other = load_spec(write_spec(tmp_path, TINY.replace("shard_size = 64", "shard_size = 3")))
+    assert other.spec_hash == st.spec_hash
+
+
+def test_builtin_quickstart_is_valid():
+    st = load_spec("quickstart")
+    assert st.spec["name"] == "quickstart" and st.n_flows >= 200
+    assert load_spec("quickstart", quick=True).n_flows < st.n_flows
+
+
+# ----------------------------------------------------------------------------- seeds and data
+def test_draws_are_stateless_and_paired(tmp_path):
+    st = load_spec(write_spec(tmp_path))
+    c0, c1 = st.cells[0], st.cells[2]  # same architecture, different loss
+    assert c0.levels["architecture"] == c1.levels["architecture"]
+    assert c0.levels["loss"] != c1.levels["loss"]
+    W = draws.initial_points(c0, 0, 0, 8, st.spec["seed"])
+    np.testing.assert_array_equal(draws.initial_points(c0, 0, 3, 5, st.spec["seed"]), W[3:5])
+    np.testing.assert_array_equal(draws.initial_points(c1, 0, 0, 8, st.spec["seed"]), W)
+    assert not np.array_equal(draws.initial_points(c0, 1, 0, 8, st.spec["seed"]), W)
+    X0, Y0, v0 = draws.make_dataset(c0, 0, st.spec["seed"])
+    X1, Y1, v1 = draws.make_dataset(c1, 0, st.spec["seed"])
+    np.testing.assert_array_equal(X0, X1)
+    np.testing.assert_array_equal(Y0, Y1)
+    assert X0.shape == (8, 12) and Y0.shape == (6, 12) and v0.shape == (3,)
+
+
+def test_balanced_init_keeps_the_final_filter(tmp_path):
+    text = TINY.replace("scale = 0.5", 'scale = 0.5\ndistribution = ["gaussian", "balanced"]')
+    st = load_spec(write_spec(tmp_path, text))
+    gauss, bal = st.cells[0], st.cells[1]
+    assert bal.init_distribution == "balanced"
+    arch = gauss.arch()
+    Wg = draws.initial_points(gauss, 0, 0, 5, st.spec["seed"])
+    Wb = draws.initial_points(bal, 0, 0, 5, st.spec["seed"])
+    X, Y, _ = draws.make_dataset(gauss, 0, st.spec["seed"])
+    p = Problem(arch, X, Y, losses.square())
+    # pi is invariant under the rescaling (section 1.1); rounding of the scaled entries only
+    np.testing.assert_allclose(p.final_filter(Wb), p.final_filter(Wg), rtol=1e-13, atol=1e-15)
+    # equal layer norms: delta_i = 0 up to rounding of the squared norms
+    np.testing.assert_allclose(balancedness(arch, Wb), 0.0, atol=1e-14)
+
+
+def test_data_options(tmp_path):
+    arch = Architecture(8, (2, 2))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 5))
+    Y = rng.standard_normal((6, 5))
+    np.savez(tmp_path / "mydata.npz", X=X, Y=Y)
+    spec = {
+        "name": "opts",
+        "architectures": {"d0": 8, "k": [2, 2]},
+        "data": {
+            "m": 6,
+            "inputs": ["gaussian", {"low_rank": 2}, {"gram_singular": 1}],
+            "target": ["teacher", "gaussian", {"v": [1.0, 0.0, 1.0]}],
+        },
+        "integrator": {"t_end": 1.0},
+    }
+    st = load_spec(spec)
+    assert len(st.cells) == 9
+    for cell in st.cells:
+        Xc, Yc, v = draws.make_dataset(cell, 0, 0)
+        assert Xc.shape == (8, 6) and Yc.shape == (6, 6)
+        rank = np.linalg.matrix_rank(Xc)
+        want = {"gaussian": 6, "low_rank=2": 2}.get(cell.labels["inputs"])
+        if want is not None:
+            assert rank == want
+        if cell.labels["target"].startswith("v="):
+            # v* = 1 + x^2 has the roots +-i: outside the image of pi for k = (2, 2)
+            np.testing.assert_array_equal(v, [1.0, 0.0, 1.0])
+            np.testing.assert_allclose(Yc, lcnfast.data.conv_apply(v, Xc, 1))
+    p = Problem(arch, *draws.make_dataset(st.cells[6], 0, 0)[:2], losses.square())
+    assert np.linalg.matrix_rank(p.A) == arch.k_v - 1  # gram_singular = 1
+    fspec = dict(spec, data={"inputs": {"file": str(tmp_path / "mydata.npz")}, "target": "file"})
+    fcell = load_spec(fspec).cells[0]
+    Xf, Yf, _ = draws.make_dataset(fcell, 0, 0)
+    np.testing.assert_array_equal(Xf, X)
+    np.testing.assert_array_equal(Yf, Y)
+    with pytest.raises(ValueError, match="data.m: do not set m"):
+        load_spec(dict(fspec, data={"m": 5, "inputs": {"file": str(tmp_path / "mydata.npz")}}))
+    with pytest.raises(ValueError, match=r"data.inputs\[0\].file: no such file"):
+        load_spec(dict(fspec, data={"inputs": {"file": "nope.npz"}}))
+
+
+# ----------------------------------------------------------------------------- runs
+def test_run_writes_shards_with_everything_needed(reference):
+    spec, out, ds, summary = reference
+    st = load_spec(spec)
+    assert summary.n_flows_run == 80 and summary.n_shards_run == 8
+    assert sum(summary.status_counts.values()) == 80
+    assert ds.sizes["flow"] == 80
+    assert set(ds.indexes["flow"].names) >= {"cell", "architecture", "loss", "dataset", "replicate"}
+    # a factor level selects its flows; padded parameters of the smaller architecture are NaN
+    sq = ds.sel(loss="square")
+    assert sq.sizes["flow"] == 40
+    assert set(ds["param"].to_index()) == {(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)}
+    a22 = ds.sel(architecture="(8; 2,2; 1,1)")
+    assert np.isnan(a22.w_final.sel(layer=1, tap=2).values).all()
+    # one shard file reproduces its run: resolved spec, data, flows
+    shard = next((out / "shards").glob("*.nc"))
+    f = lcnfast.open_dataset(shard)
+    assert load_spec(json.loads(f.attrs["spec"])).spec_hash == st.spec_hash
+    cell, dataset = int(f["cell"][0]), int(f["dataset"][0])
+    problem = load_problem(out, cell, dataset)
+    np.testing.assert_array_equal(problem.loss(f.w_final.values), f.limit_loss.values)
+    assert {"label", "is_critical", "lemma36_bound", "balance_drift", "reached_best"} <= set(f)
+
+
+def test_rerun_skips_finished_shards(reference, tmp_path):
+    spec, out, ds, _ = reference
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.nc")}
+    s = run_study(spec, out, progress=False, report=False)
+    assert s.n_flows_run == 0 and s.n_shards_skipped == 8
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.nc")} == mtimes
+
+
+def test_shard_size_and_threads_do_not_change_results(reference, tmp_path):
+    spec, _, ref, _ = reference
+    small = run_study(spec, tmp_path / "s3", shard_size=3, threads=1, progress=False, report=False)
+    assert small.n_shards_run == 8 * 4  # 10 flows per dataset in blocks of 3, 3, 3, 1
+    assert_same_results(ref, load(tmp_path / "s3"))
+    run_study(spec, tmp_path / "t2", shard_size=7, threads=2, progress=False, report=False)
+    assert_same_results(ref, load(tmp_path / "t2"))
+
+
+def test_directory_of_another_spec_is_refused_before_any_flow(reference, tmp_path):
+    spec, out, _, _ = reference
+    changed = write_spec(tmp_path, TINY.replace("noise = 0.1", "noise = 0.2"))
+    n = len(list((out / "shards").glob("*")))
+    with pytest.raises(ValueError, match=r"differing keys: data\.noise"):
+        run_study(changed, out, progress=False, report=False)
+    assert len(list((out / "shards").glob("*"))) == n
+    other = tmp_path / "notastudy"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a study directory"):
+        run_study(spec, other, progress=False, report=False)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match="out: "):
+        run_study(spec, afile / "sub", progress=False, report=False)
+    with pytest.raises(ValueError, match="shard_size"):
+        run_study(spec, tmp_path / "x", shard_size=0, progress=False, report=False)
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NUMBA_NUM_THREADS", None)
+    return env
+
+
+def test_killed_run_resumes_with_nothing_lost_or_computed_twice(reference, tmp_path):
+    spec, _, ref, _ = reference
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lcnfast.cli", "study", "run", str(spec), "--out", str(out),
+           "--shard-size", "1", "--no-report", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and len(list((out / "shards").glob("c*.nc"))) < 5:
+            time.sleep(0.05)
+            assert proc.poll() is None, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    done_before = finished_shards(out, load_spec(spec).spec_hash)
+    assert 5 <= len(done_before) < 80
+    for p in (out / "shards").glob("c*.nc"):  # every shard file that exists is complete
+        with netCDF4.Dataset(p) as f:
+            assert f.variables["w_final"].shape[0] == 1
+    s = run_study(spec, out, shard_size=64, progress=False, report=False)
+    assert s.n_flows_run == 80 - len(done_before)  # nothing computed twice
+    assert not list((out / "shards").glob(".tmp-*"))  # no partial file survives
+    assert_same_results(ref, load(out))
+
+
+def test_dask_workers_give_the_same_results(reference, tmp_path):
+    pytest.importorskip("distributed")  # the [distributed] extra; part of the test extra
+    spec, _, ref, _ = reference
+    s = run_study(spec, tmp_path / "dask", workers=2, shard_size=4, progress=False, report=False)
+    assert s.n_flows_run == 80
+    assert_same_results(ref, load(tmp_path / "dask"))
+
+
+def test_dask_worker_dying_mid_shard_is_recomputed(reference, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    from lcnfast.study.runner import _numba_threads_plugin, _worker_env
+
+    spec, _, ref, _ = reference
+    out = tmp_path / "dying"
+    killed = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=_worker_env(1),
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        client.register_plugin(_numba_threads_plugin(1))
+        assert set(client.run(lambda: __import__("numba").get_num_threads()).values()) == {1}
+
+        def kill_a_busy_worker():
+            deadline = time.time() + 120
+            while time.time() < deadline and not killed:
+                busy = {w: t for w, t in client.processing().items() if t}
+                if busy and (out / "shards").is_dir() and any((out / "shards").glob("c*.nc")):
+                    w, tasks = next(iter(busy.items()))
+                    pid = client.run(os.getpid, workers=[w])[w]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(worker=w, tasks=list(tasks))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=kill_a_busy_worker)
+        t.start()
+        s = run_study(spec, out, client=client, shard_size=2, progress=False, report=False)
+        t.join()
+    assert killed, "no worker was busy to be killed"
+    assert s.n_flows_run == 80  # each shard's result counted once
+    names = [p.name for p in (out / "shards").glob("*.nc")]
+    assert len(names) == 40 == len(set(names))
+    assert_same_results(ref, load(out))
+
+
+# ----------------------------------------------------------------------------- command line
+def test_command_line_end_to_end(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "cli"
+
+    def lcn(*args):
+        return subprocess.run([sys.executable, "-m", "lcnfast.cli", *args], env=_env(),
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    r = lcn("study", "run", str(spec), "--out", str(out), "--quick", "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert "study tiny-quick: 8 cells" in r.stderr
+    assert "compiling kernels" in r.stderr and "flows: 24 run" in r.stderr
+    r = lcn("study", "status", str(out))
+    assert r.returncode == 0 and "flows 24/24 done" in r.stdout
+    r = lcn("study", "list")
+    assert r.returncode == 0 and "quickstart" in r.stdout
+    r = lcn("info")
+    assert r.returncode == 0 and "numba" in r.stdout and "LCNFAST_CACHE_DIR" in r.stdout
+    bad = write_spec(tmp_path, TINY.replace("seed = 7", "seeed = 7"), "bad.toml")
+    r = lcn("study", "run", str(bad), "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "seeed: unknown key" in r.stderr
+    assert not (tmp_path / "bad").exists()
+    for args in (["--help"], ["study", "--help"], ["study", "run", "--help"]):
+        r = lcn(*args)
+        assert r.returncode == 0 and "usage: lcnfast" in r.stdout
