@@ -399,3 +399,40 @@ def test_command_line_end_to_end(tmp_path):
     for args in (["--help"], ["study", "--help"], ["study", "run", "--help"]):
         r = lcn(*args)
         assert r.returncode == 0 and "usage: lcnfast" in r.stdout
+
+
+# ----------------------------------------------------------------------------- the README
+def _readme_block(heading, lang):
+    text = (ROOT / "README.md").read_text()
+    part = text[text.index(heading) :]
+    start = part.index(f"```{lang}\n") + len(lang) + 4
+    return part[start : part.index("```", start)]
+
+
+def test_readme_spec_example_is_valid(tmp_path):
+    toml = _readme_block("### The spec format", "toml")
+    (tmp_path / "limits_report.py").write_text("def sections(ds, study, figures_dir):\n    return []\n")
+    st = load_spec(write_spec(tmp_path, toml, "example.toml"))
+    assert st.name == "limits-22" and len(st.cells) == 4  # 2 losses x 2 noise levels
+    assert st.spec["report"]["sections"] == str(tmp_path / "limits_report.py")
+    assert st.spec["integrator"][0]["max_steps"] == 300_000
+
+
+def test_documented_defaults():
+    """The defaults the README's spec example states in its comments."""
+    st = load_spec({"name": "d", "architectures": {"d0": 6, "k": [2, 2]}, "data": {"m": 4},
+                    "integrator": {"t_end": 1.0}})  # fmt: skip
+    s = st.spec
+    assert (s["seed"], s["flows_per_dataset"], s["shard_size"]) == (0, 100, 256)
+    assert s["architectures"][0]["s"] == [1, 1] and s["losses"] == [{"name": "square", "params": {}}]
+    assert s["data"] == {"m": [4], "noise": [0.0], "inputs": ["gaussian"], "target": ["teacher"],
+                         "n_datasets": 1}  # fmt: skip
+    assert s["init"] == {"scale": [1.0], "distribution": ["gaussian"]}
+    assert s["integrator"] == [{"method": "rk45", "t_end": 1.0, "rtol": 1e-8, "atol": 1e-10,
+                                "max_steps": 100_000, "save": 25, "grad_tol": None}]  # fmt: skip
+    eu = load_spec({"name": "d", "architectures": {"d0": 6, "k": [2, 2]}, "data": {"m": 4},
+                    "integrator": {"method": "euler", "h": 0.1, "n_steps": 55}})  # fmt: skip
+    assert eu.spec["integrator"][0]["save_every"] == 5
+    np.testing.assert_allclose(
+        lcnfast.study.spec.log_save_times(25, 1000.0)[[0, 1, -1]], [0.0, 0.1, 1000.0]
+    )

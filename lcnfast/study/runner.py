@@ -30,13 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .. import analysis as _analysis
 from ..flows import STATUS, threads as _threads
 from ..problem import Problem
 from . import draws
-from .shards import Shard, finished_shards, integrate, plan, read_dataset, run_shard
+from .shards import finished_shards, integrate, plan, read_dataset, run_shard
 from .shards import write_datasets
 from .spec import load_spec, spec_diff
 

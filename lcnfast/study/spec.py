@@ -19,8 +19,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
-import numbers
 import re
 import tomllib
 import warnings
@@ -32,6 +30,8 @@ import numpy as np
 from .. import analysis as _analysis
 from .. import losses as _losses
 from ..architecture import Architecture
+from . import _keys as K
+from ._keys import SpecError
 
 __all__ = ["Study", "Cell", "load_spec", "spec_diff", "FORMAT_VERSION", "builtin_specs"]
 
@@ -58,10 +58,6 @@ _INIT = {"scale", "distribution"}
 _REPORT = {"title", "sections"}
 #: keys that do not change any number of a run (left out of the spec hash)
 _EXECUTION_KEYS = ("description", "shard_size", "report", "quick")
-
-
-class SpecError(ValueError):
-    """A study spec is invalid (a ``ValueError`` whose message names the key path)."""
 
 
 class Cell(NamedTuple):
@@ -122,115 +118,10 @@ class Study(NamedTuple):
         return len(self.cells) * self.spec["data"]["n_datasets"] * self.spec["flows_per_dataset"]
 
 
-# ----------------------------------------------------------------------------- locating errors
-class _Locator:
-    """Finds the TOML line of a key path (best effort: ``[[table]]`` headers and ``key =``)."""
-
-    def __init__(self, text):
-        self.lines = text.splitlines() if text else []
-
-    def line(self, path):
-        if not self.lines:
-            return None
-        parts = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\[\d+\]", path)
-        start, end = 0, len(self.lines)
-        header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]?\]")
-        found = None
-        i = 0
-        while i < len(parts):
-            key = parts[i]
-            idx = None
-            if i + 1 < len(parts) and parts[i + 1].startswith("["):
-                idx = int(parts[i + 1][1:-1])
-            # a table header for this key within [start, end)
-            hits = [
-                n for n in range(start, end)
-                if (h := header_re.match(self.lines[n])) and h.group(1).split(".")[-1] == key
-            ]  # fmt: skip
-            if hits:
-                n = hits[idx] if idx is not None and idx < len(hits) else hits[0]
-                found = n
-                nxt = [m for m in range(n + 1, end) if header_re.match(self.lines[m])]
-                start, end = n + 1, (nxt[0] if nxt else end)
-            else:
-                kre = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
-                keyhits = [n for n in range(start, end) if kre.search(self.lines[n])]
-                if keyhits:
-                    found = keyhits[0]
-                    start = keyhits[0]
-                break
-            i += 2 if idx is not None else 1
-        return None if found is None else found + 1
-
-
-class _Ctx:
-    def __init__(self, text, source):
-        self.loc = _Locator(text)
-        self.source = source
-
-    def error(self, path, msg):
-        line = self.loc.line(path)
-        where = f" ({self.source}, line {line})" if line and self.source else (
-            f" (line {line})" if line else ""
-        )
-        return SpecError(f"{path}: {msg}{where}")
-
-
-# ----------------------------------------------------------------------------- value checks
-def _whole(ctx, path, x, minimum):
-    if isinstance(x, float) and x.is_integer():
-        x = int(x)
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise ctx.error(path, f"must be a whole number, got {x!r}")
-    if x < minimum:
-        raise ctx.error(path, f"must be >= {minimum}, got {x}")
-    return int(x)
-
-
-def _real(ctx, path, x, *, low=None, positive=False):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise ctx.error(path, f"must be a number, got {x!r}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ctx.error(path, f"must be finite, got {x!r}")
-    if positive and x <= 0:
-        raise ctx.error(path, f"must be > 0, got {x!r}")
-    if low is not None and x < low:
-        raise ctx.error(path, f"must be >= {low}, got {x!r}")
-    return x
-
-
-def _table(ctx, path, x):
-    if not isinstance(x, dict):
-        raise ctx.error(path, f"must be a table, got {type(x).__name__} {x!r}")
-    return x
-
-
-def _known(ctx, path, table, allowed):
-    for key in table:
-        if key not in allowed:
-            close = [a for a in sorted(allowed) if _similar(key, a)]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ctx.error(
-                f"{path}.{key}" if path else key,
-                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}",
-            )
-
-
-def _similar(a, b):
-    import difflib
-
-    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
-
-
-def _as_list(x):
-    return list(x) if isinstance(x, list) else [x]
-
-
 # ----------------------------------------------------------------------------- sections
 def _architecture(ctx, path, a):
-    _table(ctx, path, a)
-    _known(ctx, path, a, {"d0", "k", "s"})
+    K.table(ctx, path, a)
+    K.known(ctx, path, a, {"d0", "k", "s"})
     for key in ("d0", "k"):
         if key not in a:
             raise ctx.error(f"{path}.{key}", "missing (an architecture needs d0 and k)")
@@ -256,11 +147,11 @@ def _architecture(ctx, path, a):
 def _loss(ctx, path, x):
     if isinstance(x, str):
         x = {"name": x}
-    _table(ctx, path, x)
-    _known(ctx, path, x, {"name", "params"})
+    K.table(ctx, path, x)
+    K.known(ctx, path, x, {"name", "params"})
     if "name" not in x:
         raise ctx.error(f"{path}.name", "missing")
-    params = _table(ctx, f"{path}.params", x.get("params", {}))
+    params = K.table(ctx, f"{path}.params", x.get("params", {}))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -286,7 +177,7 @@ def _save_times(ctx, path, save, t_end):
         if t.min() < 0 or t.max() > t_end or np.any(np.diff(t) <= 0):
             raise ctx.error(path, f"times must increase strictly within [0, t_end = {t_end:g}]")
         return [float(v) for v in t]
-    n = _whole(ctx, path, save, 2)
+    n = K.whole(ctx, path, save, 2)
     return n
 
 
@@ -296,31 +187,31 @@ def log_save_times(n, t_end):
 
 
 def _integrator(ctx, path, x):
-    _table(ctx, path, x)
+    K.table(ctx, path, x)
     method = x.get("method", "rk45")
     if method not in METHODS:
         raise ctx.error(f"{path}.method", f"must be one of {sorted(METHODS)}, got {method!r}")
     required, optional = METHODS[method]
-    _known(ctx, path, x, {"method", *required, *optional})
+    K.known(ctx, path, x, {"method", *required, *optional})
     out = {"method": method}
     for key in required:
         if key not in x:
             raise ctx.error(f"{path}.{key}", f"missing (method {method!r} needs {required})")
     if method == "rk45":
-        out["t_end"] = _real(ctx, f"{path}.t_end", x["t_end"], positive=True)
-        out["rtol"] = _real(ctx, f"{path}.rtol", x.get("rtol", optional["rtol"]), positive=True)
-        out["atol"] = _real(ctx, f"{path}.atol", x.get("atol", optional["atol"]), low=0.0)
-        out["max_steps"] = _whole(ctx, f"{path}.max_steps", x.get("max_steps", 100_000), 1)
+        out["t_end"] = K.real(ctx, f"{path}.t_end", x["t_end"], positive=True)
+        out["rtol"] = K.real(ctx, f"{path}.rtol", x.get("rtol", optional["rtol"]), positive=True)
+        out["atol"] = K.real(ctx, f"{path}.atol", x.get("atol", optional["atol"]), low=0.0)
+        out["max_steps"] = K.whole(ctx, f"{path}.max_steps", x.get("max_steps", 100_000), 1)
         out["save"] = _save_times(ctx, f"{path}.save", x.get("save", 25), out["t_end"])
     else:
-        out["h"] = _real(ctx, f"{path}.h", x["h"], positive=True)
-        out["n_steps"] = _whole(ctx, f"{path}.n_steps", x["n_steps"], 0)
+        out["h"] = K.real(ctx, f"{path}.h", x["h"], positive=True)
+        out["n_steps"] = K.whole(ctx, f"{path}.n_steps", x["n_steps"], 0)
         se = x.get("save_every")
         out["save_every"] = (
-            max(1, out["n_steps"] // 10) if se is None else _whole(ctx, f"{path}.save_every", se, 1)
+            max(1, out["n_steps"] // 10) if se is None else K.whole(ctx, f"{path}.save_every", se, 1)
         )
     g = x.get("grad_tol")
-    out["grad_tol"] = None if g is None else _real(ctx, f"{path}.grad_tol", g, low=0.0)
+    out["grad_tol"] = None if g is None else K.real(ctx, f"{path}.grad_tol", g, low=0.0)
     return out
 
 
@@ -330,9 +221,9 @@ def _inputs(ctx, path, x, base_dir):
     if isinstance(x, dict) and len(x) == 1:
         (key, val), = x.items()
         if key == "low_rank":
-            return {"low_rank": _whole(ctx, f"{path}.low_rank", val, 1)}
+            return {"low_rank": K.whole(ctx, f"{path}.low_rank", val, 1)}
         if key == "gram_singular":
-            return {"gram_singular": _whole(ctx, f"{path}.gram_singular", val, 1)}
+            return {"gram_singular": K.whole(ctx, f"{path}.gram_singular", val, 1)}
         if key == "file":
             if not isinstance(val, str):
                 raise ctx.error(f"{path}.file", f"must be a path string, got {val!r}")
@@ -359,20 +250,20 @@ def _target(ctx, path, x):
         v = x["v"]
         if not isinstance(v, list) or not v:
             raise ctx.error(f"{path}.v", "must be a non-empty list of numbers")
-        return {"v": [_real(ctx, f"{path}.v[{i}]", vi) for i, vi in enumerate(v)]}
+        return {"v": [K.real(ctx, f"{path}.v[{i}]", vi) for i, vi in enumerate(v)]}
     raise ctx.error(
         path, f'must be "teacher", "gaussian", "file" or {{v = [...]}}, got {x!r}'
     )
 
 
 def _data(ctx, x, base_dir):
-    _table(ctx, "data", x)
-    _known(ctx, "data", x, _DATA)
+    K.table(ctx, "data", x)
+    K.known(ctx, "data", x, _DATA)
     out = {}
-    ms = _as_list(x.get("m", [None]))
-    out["m"] = [None if m is None else _whole(ctx, f"data.m[{i}]", m, 1) for i, m in enumerate(ms)]
+    ms = K.as_list(x.get("m", [None]))
+    out["m"] = [None if m is None else K.whole(ctx, f"data.m[{i}]", m, 1) for i, m in enumerate(ms)]
     out["noise"] = [
-        _real(ctx, f"data.noise[{i}]", v, low=0.0) for i, v in enumerate(_as_list(x.get("noise", 0.0)))
+        K.real(ctx, f"data.noise[{i}]", v, low=0.0) for i, v in enumerate(K.as_list(x.get("noise", 0.0)))
     ]
     inp = x.get("inputs", "gaussian")
     inp = inp if isinstance(inp, list) else [inp]
@@ -380,7 +271,7 @@ def _data(ctx, x, base_dir):
     tg = x.get("target", "teacher")
     tg = tg if isinstance(tg, list) else [tg]
     out["target"] = [_target(ctx, f"data.target[{i}]", v) for i, v in enumerate(tg)]
-    out["n_datasets"] = _whole(ctx, "data.n_datasets", x.get("n_datasets", 1), 1)
+    out["n_datasets"] = K.whole(ctx, "data.n_datasets", x.get("n_datasets", 1), 1)
     files = [isinstance(i, dict) and "file" in i for i in out["inputs"]]
     if any(files) and any(m is not None for m in out["m"]):
         raise ctx.error("data.m", "do not set m with inputs = {file = ...}: m comes from the file")
@@ -392,13 +283,13 @@ def _data(ctx, x, base_dir):
 
 
 def _init(ctx, x):
-    _table(ctx, "init", x)
-    _known(ctx, "init", x, _INIT)
+    K.table(ctx, "init", x)
+    K.known(ctx, "init", x, _INIT)
     scales = [
-        _real(ctx, f"init.scale[{i}]", v, positive=True)
-        for i, v in enumerate(_as_list(x.get("scale", 1.0)))
+        K.real(ctx, f"init.scale[{i}]", v, positive=True)
+        for i, v in enumerate(K.as_list(x.get("scale", 1.0)))
     ]
-    dists = _as_list(x.get("distribution", "gaussian"))
+    dists = K.as_list(x.get("distribution", "gaussian"))
     for i, d in enumerate(dists):
         if d not in ("gaussian", "balanced"):
             raise ctx.error(
@@ -408,17 +299,17 @@ def _init(ctx, x):
 
 
 def _analysis_tols(ctx, x):
-    _table(ctx, "analysis", x)
-    _known(ctx, "analysis", x, set(_analysis.DEFAULTS))
+    K.table(ctx, "analysis", x)
+    K.known(ctx, "analysis", x, set(_analysis.DEFAULTS))
     return {
-        key: _real(ctx, f"analysis.{key}", x.get(key, default), positive=True)
+        key: K.real(ctx, f"analysis.{key}", x.get(key, default), positive=True)
         for key, default in _analysis.DEFAULTS.items()
     }
 
 
 def _report(ctx, x, base_dir):
-    _table(ctx, "report", x)
-    _known(ctx, "report", x, _REPORT)
+    K.table(ctx, "report", x)
+    K.known(ctx, "report", x, _REPORT)
     title = x.get("title")
     if title is not None and not isinstance(title, str):
         raise ctx.error("report.title", "must be a string")
@@ -447,11 +338,11 @@ def _merge(base, over):
 
 # ----------------------------------------------------------------------------- resolution
 def _resolve(raw, ctx, base_dir, quick):
-    _table(ctx, "", raw)
-    _known(ctx, "", raw, _TOP)
+    K.table(ctx, "", raw)
+    K.known(ctx, "", raw, _TOP)
     if quick:
-        q = _table(ctx, "quick", raw.get("quick", {}))
-        _known(ctx, "quick", q, _TOP - {"quick", "name"})
+        q = K.table(ctx, "quick", raw.get("quick", {}))
+        K.known(ctx, "quick", q, _TOP - {"quick", "name"})
         raw = _merge({k: v for k, v in raw.items() if k != "quick"}, q)
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -469,22 +360,22 @@ def _resolve(raw, ctx, base_dir, quick):
         "format_version": FORMAT_VERSION,
         "name": name + ("-quick" if quick else ""),
         "description": desc,
-        "seed": _whole(ctx, "seed", raw.get("seed", 0), 0),
+        "seed": K.whole(ctx, "seed", raw.get("seed", 0), 0),
         "architectures": [
             _architecture(ctx, f"architectures[{i}]", a)
-            for i, a in enumerate(_as_list(raw["architectures"]))
+            for i, a in enumerate(K.as_list(raw["architectures"]))
         ],
         "losses": [
-            _loss(ctx, f"losses[{i}]", x) for i, x in enumerate(_as_list(raw.get("losses", "square")))
+            _loss(ctx, f"losses[{i}]", x) for i, x in enumerate(K.as_list(raw.get("losses", "square")))
         ],
         "integrator": [
-            _integrator(ctx, f"integrator[{i}]", x) for i, x in enumerate(_as_list(raw["integrator"]))
+            _integrator(ctx, f"integrator[{i}]", x) for i, x in enumerate(K.as_list(raw["integrator"]))
         ],
         "data": _data(ctx, raw["data"], base_dir),
         "init": _init(ctx, raw.get("init", {})),
-        "flows_per_dataset": _whole(ctx, "flows_per_dataset", raw.get("flows_per_dataset", 100), 1),
+        "flows_per_dataset": K.whole(ctx, "flows_per_dataset", raw.get("flows_per_dataset", 100), 1),
         "analysis": _analysis_tols(ctx, raw.get("analysis", {})),
-        "shard_size": _whole(ctx, "shard_size", raw.get("shard_size", 256), 1),
+        "shard_size": K.whole(ctx, "shard_size", raw.get("shard_size", 256), 1),
         "report": _report(ctx, raw.get("report", {}), base_dir),
         "quick": bool(quick),
     }
@@ -663,7 +554,7 @@ def load_spec(spec, *, quick=False):
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{path}: invalid TOML: {e}") from None
-    ctx = _Ctx(text, source)
+    ctx = K.Ctx(text, source)
     resolved = _resolve(raw, ctx, base, quick)
     return Study(resolved, spec_hash(resolved), _cells(resolved), source)
 

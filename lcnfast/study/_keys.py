@@ -1,0 +1,119 @@
+"""Checking a study spec's values: errors that name the key path and the TOML line.
+
+Private helpers of :mod:`lcnfast.study.spec`. Every check takes a context (:class:`Ctx`, which
+knows the TOML text) and the key path of the value, and raises :class:`SpecError` (a
+``ValueError``) as ``"<key path>: <what is wrong> (<file>, line <n>)"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import re
+
+class SpecError(ValueError):
+    """A study spec is invalid (a ``ValueError`` whose message names the key path)."""
+
+
+# ----------------------------------------------------------------------------- locating errors
+class Locator:
+    """Finds the TOML line of a key path (best effort: ``[[table]]`` headers and ``key =``)."""
+
+    def __init__(self, text):
+        self.lines = text.splitlines() if text else []
+
+    def line(self, path):
+        if not self.lines:
+            return None
+        parts = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\[\d+\]", path)
+        start, end = 0, len(self.lines)
+        header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]?\]")
+        found = None
+        i = 0
+        while i < len(parts):
+            key = parts[i]
+            idx = None
+            if i + 1 < len(parts) and parts[i + 1].startswith("["):
+                idx = int(parts[i + 1][1:-1])
+            # a table header for this key within [start, end)
+            hits = [
+                n for n in range(start, end)
+                if (h := header_re.match(self.lines[n])) and h.group(1).split(".")[-1] == key
+            ]  # fmt: skip
+            if hits:
+                n = hits[idx] if idx is not None and idx < len(hits) else hits[0]
+                found = n
+                nxt = [m for m in range(n + 1, end) if header_re.match(self.lines[m])]
+                start, end = n + 1, (nxt[0] if nxt else end)
+            else:
+                kre = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
+                keyhits = [n for n in range(start, end) if kre.search(self.lines[n])]
+                if keyhits:
+                    found = keyhits[0]
+                    start = keyhits[0]
+                break
+            i += 2 if idx is not None else 1
+        return None if found is None else found + 1
+
+
+class Ctx:
+    def __init__(self, text, source):
+        self.loc = Locator(text)
+        self.source = source
+
+    def error(self, path, msg):
+        line = self.loc.line(path)
+        where = f" ({self.source}, line {line})" if line and self.source else (
+            f" (line {line})" if line else ""
+        )
+        return SpecError(f"{path}: {msg}{where}")
+
+
+# ----------------------------------------------------------------------------- value checks
+def whole(ctx, path, x, minimum):
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise ctx.error(path, f"must be a whole number, got {x!r}")
+    if x < minimum:
+        raise ctx.error(path, f"must be >= {minimum}, got {x}")
+    return int(x)
+
+
+def real(ctx, path, x, *, low=None, positive=False):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise ctx.error(path, f"must be a number, got {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ctx.error(path, f"must be finite, got {x!r}")
+    if positive and x <= 0:
+        raise ctx.error(path, f"must be > 0, got {x!r}")
+    if low is not None and x < low:
+        raise ctx.error(path, f"must be >= {low}, got {x!r}")
+    return x
+
+
+def table(ctx, path, x):
+    if not isinstance(x, dict):
+        raise ctx.error(path, f"must be a table, got {type(x).__name__} {x!r}")
+    return x
+
+
+def known(ctx, path, table, allowed):
+    for key in table:
+        if key not in allowed:
+            close = [a for a in sorted(allowed) if _similar(key, a)]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ctx.error(
+                f"{path}.{key}" if path else key,
+                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}",
+            )
+
+
+def _similar(a, b):
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
+
+
+def as_list(x):
+    return list(x) if isinstance(x, list) else [x]
