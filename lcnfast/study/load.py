@@ -13,12 +13,12 @@ from ..io import open_dataset
 from ..problem import Problem
 from .runner import SPEC_FILE
 from .shards import finished_shards, read_dataset
-from .spec import FACTORS, load_spec
+from .spec import COORDS, FACTORS, load_spec
 
 __all__ = ["load", "load_problem", "read_spec"]
 
 #: levels of the ``flow`` MultiIndex of :func:`load`
-FLOW_LEVELS = ("cell", *FACTORS, "dataset", "replicate")
+FLOW_LEVELS = ("cell", *(COORDS[f] for f in FACTORS), "dataset", "replicate")
 
 
 def read_spec(study_dir):
@@ -37,9 +37,10 @@ def load(study_dir, *, cells=None):
     """All finished shards of a study as one :class:`xarray.Dataset`.
 
     The ``flow`` dimension carries a MultiIndex with levels ``cell``, the factors
-    (``architecture``, ``loss``, ``integrator``, ``m``, ``noise``, ``inputs``, ``target``,
-    ``init_scale``, ``init_distribution``: short labels, as in the report), ``dataset`` and
-    ``replicate`` (the flow's number within its dataset). So ``ds.sel(loss="square")`` selects
+    (``architecture``, ``loss_fn``, ``integrator``, ``m``, ``noise``, ``inputs``, ``target``,
+    ``init_scale``, ``init_distribution``: short labels, as in the report; ``loss`` is the saved
+    loss values), ``dataset`` and ``replicate`` (the flow's number within its dataset). So
+    ``ds.sel(loss_fn="square")`` selects
     a factor level, ``ds.groupby("cell")`` iterates over cells and ``ds.unstack("flow")`` gives
     the full grid. Variables: the flow schema of :mod:`lcnfast.flows`, the analysis of
     :func:`lcnfast.analysis.classify` (``loss_best_found`` and ``reached_best`` are recomputed

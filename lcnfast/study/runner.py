@@ -428,16 +428,16 @@ def run_study(
         )
         bar = None
         try:
-            with _Ticker(
-                "writing the datasets", progress and sys.stderr.isatty()
+            local = todo and not distributed
+            what = f"compiling kernels for {_loss_names(study)}" if local else "writing the data"
+            with _threads(threads), _Ticker(
+                f"{what} (the first run compiles for 1-2 min, later runs load them in seconds)",
+                progress and sys.stderr.isatty(),
             ) if progress else contextlib.nullcontext():
-                write_datasets(study, d)  # the first run compiles the teacher's kernels
-            if todo and not distributed:
-                with _threads(threads), _Ticker(
-                    f"compiling kernels for {_loss_names(study)} (first run only, ~1 min per loss)",
-                    progress and sys.stderr.isatty(),
-                ) if progress else contextlib.nullcontext():
+                write_datasets(study, d)
+                if local:
                     summary.compile_seconds = warm_up(study.spec, str(d), threads)
+            if local:
                 bar = _Progress(n_todo, study.name, progress)
                 _run_local(study, d, todo, threads, bar, summary)
             elif todo:
@@ -448,7 +448,7 @@ def run_study(
                 ) as cl:
                     cl.register_plugin(_numba_threads_plugin(tpw))
                     say(f"dask: {len(cl.scheduler_info()['workers'])} workers; compiling kernels "
-                        "on each (first run only, ~1 min per loss) ...")
+                        "on each (the first run compiles for 1-2 min, later runs load them) ...")
                     t0 = time.perf_counter()
                     cl.run(warm_up, study.spec, str(d), tpw)
                     summary.compile_seconds = time.perf_counter() - t0
@@ -460,6 +460,7 @@ def run_study(
         finally:
             if bar is not None:
                 bar.close()
+        _remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
         summary.wall_seconds = time.perf_counter() - t_start
         if report and not summary.interrupted:
             from .report import write_report

@@ -32,7 +32,7 @@ from ..flows import gradient_descent, gradient_flow
 from ..io import open_dataset, to_netcdf
 from ..problem import Problem
 from . import draws
-from .spec import FACTORS, load_spec, log_save_times
+from .spec import COORDS, FACTORS, load_spec, log_save_times
 
 __all__ = ["Shard", "plan", "run_shard", "dataset_path", "shard_path", "write_datasets"]
 
@@ -133,6 +133,7 @@ def write_datasets(study, study_dir):
                 )  # fmt: skip
             attrs = {
                 "title": f"lcnfast study {study.name}: data of cell {cell.index}, dataset {d}",
+                "spec": json.dumps(study.spec),
                 "spec_hash": study.spec_hash,
                 "cell": cell.index,
                 "dataset": d,
@@ -250,7 +251,7 @@ def run_shard(study_dir, spec, shard, n_threads=None):
         "replicate": ("flow", replicate),
     }
     for f in FACTORS:
-        coords[f] = ("flow", np.full(K, cell.labels[f]))
+        coords[COORDS[f]] = ("flow", np.full(K, cell.labels[f]))
     ds = _per_flow(ds.assign_coords(coords))
     ds.attrs.update(
         spec=json.dumps(study.spec),

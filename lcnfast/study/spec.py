@@ -100,6 +100,11 @@ FACTORS = (
 )  # fmt: skip
 
 
+#: the name of each factor's coordinate in the study's Datasets: the loss factor is
+#: ``loss_fn`` because ``loss`` is the flow schema's saved loss values (flow, time)
+COORDS = {f: ("loss_fn" if f == "loss" else f) for f in FACTORS}
+
+
 class Study(NamedTuple):
     """A validated study: ``spec`` (resolved, JSON-ready), ``spec_hash``, ``cells``, ``source``
     (the TOML file, or None)."""

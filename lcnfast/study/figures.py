@@ -1,0 +1,310 @@
+"""The figures of a study report (:mod:`lcnfast.study.report`), one function per figure.
+
+Every function takes the Dataset of :func:`lcnfast.study.load` (or nothing, for the paper's
+Figure 1), writes one PNG and returns its path. Figures are built on
+:class:`matplotlib.figure.Figure` objects, never through ``pyplot``: no backend is selected
+and no global matplotlib state changes, so writing a report from a notebook or a dask worker
+leaves the caller's plotting alone (``Figure.savefig`` renders PNG with Agg by itself).
+
+Panels are small multiples, one per cell that has flows, titled by the cell's number and the
+levels of the factors that vary in the study (:func:`panel_titles`). Quantile bands are the
+10-50-90% quantiles over the cell's flows (all its datasets) at each saved time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, NullFormatter
+
+from .. import losses as _losses
+
+__all__ = [
+    "QUANTILES",
+    "panel_titles",
+    "loss_time",
+    "loss_gap_time",
+    "grad_norm_time",
+    "final_loss_hist",
+    "fraction_global",
+    "paper_figure1",
+]
+
+#: the loss at the saved times (flow, time) in a study's Dataset (the flow schema's ``loss``)
+LOSS_T = "loss"
+#: quantiles of the bands (lower, median, upper)
+QUANTILES = (0.1, 0.5, 0.9)
+_DPI = 110
+_NCOLS = 4
+
+
+def panel_titles(study, varying):
+    """``{cell: title}``: ``"cell 3"`` and a line per factor in ``varying`` (the factors with
+    more than one level in the study) with the cell's level."""
+    return {
+        c.index: "\n".join([f"cell {c.index}", *(f"{f}={c.labels[f]}" for f in varying)])
+        for c in study.cells
+    }
+
+
+def _cells(ds):
+    """``[(cell, sub-Dataset)]`` for the cells present, in order."""
+    cell = ds["cell"].values
+    return [(int(c), ds.isel(flow=np.flatnonzero(cell == c))) for c in np.unique(cell)]
+
+
+def _grid(n, *, sharex=True):
+    """A figure with ``n`` panels of 4 x 3 inches on a grid of at most :data:`_NCOLS` columns
+    (spare axes hidden); returns ``(figure, list of n axes)``."""
+    ncols = min(n, _NCOLS)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _save(fig, path):
+    path = Path(path)
+    fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def _filled(sub, var, final_var):
+    """The saved ``var`` (flow, time) of one cell, ready for quantiles over flows.
+
+    Saved values after a flow stopped are NaN. A converged flow (status 0) stays at its limit,
+    so its NaNs after ``t_final`` become ``final_var``; a flow that stopped for another reason
+    (max_steps, step_underflow, non_finite) leaves the band there. Only the times at which
+    some flow of the cell has a value are kept (the time axis is the union of the save times
+    of all cells; the others are NaN for this cell, and would break the lines). Returns
+    ``(times, values)``.
+    """
+    vals = sub[var].transpose("flow", "time").values
+    keep = np.isfinite(vals).any(axis=0)
+    t, vals = sub["time"].values[keep], vals[:, keep]
+    stopped = (sub["status"].values == 0)[:, None] & (t[None, :] > sub["t_final"].values[:, None])
+    fill = np.broadcast_to(sub[final_var].values[:, None], vals.shape)
+    vals = np.where(stopped & np.isnan(vals), fill, vals)
+    return t, vals
+
+
+def _quantiles(vals):
+    """10/50/90% quantiles over flows (axis 0), NaN where no flow has a value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+        return np.nanquantile(vals, QUANTILES, axis=0)
+
+
+def _time_zero(ds):
+    """Where t = 0 goes on a log time axis: a third of the smallest positive saved time."""
+    t = ds["time"].values
+    pos = t[t > 0]
+    return pos.min() / 3.0 if pos.size else 1.0
+
+
+def _band(ax, t, vals, t0, color="C0"):
+    """Draw the quantile band of ``vals`` (flow, time) against ``t`` with t = 0 moved to t0;
+    a log y axis unless some value is <= 0 (the generalized Huber loss with beta < -1 is
+    negative near r = 0)."""
+    x = np.where(t > 0, t, t0)
+    lo, med, hi = _quantiles(vals)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.3, lw=0, label="10-90%")
+    ax.plot(x, med, color=color, lw=1.5, label="median")
+    finite = vals[np.isfinite(vals)]
+    ax.set_yscale("log" if finite.size and finite.min() > 0 else "linear")
+
+
+def _log_time_axis(ax, t0, t_max):
+    """Log time axis whose left edge is t = 0 (drawn at ``t0``, tick label "0")."""
+    ax.set_xscale("log")
+    ax.set_xlim(t0, t_max * 1.05)
+    decades = np.arange(math.ceil(math.log10(t0 * 1.5)), math.floor(math.log10(t_max)) + 1)
+    ticks = [t0, *(10.0**decades)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    fmt = LogFormatterSciNotation()
+    ax.xaxis.set_major_formatter(lambda x, pos: "0" if x == t0 else fmt(x, pos))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None):
+    """Quantile bands of ``transform(sub, values)`` against time, one panel per cell (log
+    time axis; log y axis where the values are positive); ``hline(sub)`` gives an optional
+    dashed reference level ``(value, label)`` per panel."""
+    cells = _cells(ds)
+    fig, axes = _grid(len(cells))
+    t0 = _time_zero(ds)
+    t_max = max(float(ds["time"].max()), 10 * t0)
+    for ax, (c, sub) in zip(axes, cells):
+        t, vals = _filled(sub, var, final_var)
+        _band(ax, t, transform(sub, vals), t0)
+        level = None if hline is None else hline(sub)
+        if level is not None:
+            ax.axhline(level[0], color="k", ls="--", lw=0.8, label=level[1])
+        ax.set_title(titles[c], fontsize=8)
+        ax.set_ylabel(ylabel)
+    for ax in axes:
+        _log_time_axis(ax, t0, t_max)
+        ax.set_xlabel("time t")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def loss_time(ds, titles, path):
+    """Loss L(w(t)) against time: 10-50-90% bands over the flows of each cell.
+
+    Shows how fast the flows of a cell descend and whether they split into groups (a wide band
+    at late times: flows ending at different limits, or plateaus near saddles). Log-log axes;
+    t = 0 is the left edge. Mixes the datasets of a cell, whose losses differ: see
+    :func:`loss_gap_time` for a scale-free view.
+    """
+    return _time_bands(ds, titles, path, LOSS_T, "loss_final", lambda sub, v: v, "loss L(w(t))")
+
+
+def loss_gap_time(ds, titles, path, gap_tol):
+    """Relative gap to the best limit found, ``(L(w(t)) - L_best) / L(v = 0)``, as bands.
+
+    ``L_best`` is the lowest limit loss among the flows of the same cell and dataset and
+    ``L(v = 0)`` the loss of the zero network (the analysis' scale), so datasets of a cell are
+    comparable and the log axis shows the approach to the best limit (a straight line: a
+    power law; a bend down: exponential convergence near a strict minimum). Gaps are floored
+    at ``gap_tol`` (dashed): below it a flow counts as at the best value (``reached_best``).
+    """
+
+    def gap(sub, vals):
+        best = sub["loss_best_found"].values[:, None]
+        rel = (vals - best) / sub["loss_scale"].values[:, None]
+        return np.where(np.isnan(rel), np.nan, np.maximum(rel, gap_tol))
+
+    return _time_bands(
+        ds, titles, path, LOSS_T, "loss_final", gap, "(L(t) - L_best) / L(v=0)",
+        hline=lambda sub: (gap_tol, "gap_tol"),
+    )  # fmt: skip
+
+
+def grad_norm_time(ds, titles, path, grad_tols):
+    """Gradient norm ``||grad L(w(t))||`` against time as bands, log-log: the decay rate
+    (a straight line: a power law, as near degenerate limits; a curve bending down:
+    exponential decay, near a strict minimum; a shoulder: a plateau near a saddle). Dashed:
+    the integrator's ``grad_tol``, where converged flows stop (they keep their final value)."""
+
+    def tol(sub):
+        g = grad_tols.get(int(sub["cell"].values[0]))
+        return None if g is None else (g, "grad_tol")
+
+    return _time_bands(
+        ds, titles, path, "grad_norm", "grad_norm_final", lambda sub, v: v, "||grad L(w(t))||",
+        hline=tol,
+    )  # fmt: skip
+
+
+def final_loss_hist(ds, titles, path):
+    """Histogram of the final loss per cell, stacked by dataset (up to 8 datasets).
+
+    Limits of gradient flows take few distinct values (the global minimum and the spurious
+    critical values), so the histogram shows which limits occur and how often. Dashed lines:
+    per dataset, the global minimum where the cell decides it (``loss_convex_min``, filling
+    architecture and convex loss), else the best value found.
+    """
+    cells = _cells(ds)
+    fig, axes = _grid(len(cells), sharex=False)
+    for ax, (c, sub) in zip(axes, cells):
+        loss = sub["loss_final"].values
+        dset = sub["dataset"].values
+        finite = np.isfinite(loss)
+        decided = "is_global" in sub and np.isfinite(sub["is_global"].values).any()
+        ref = sub["loss_convex_min" if decided else "loss_best_found"].values
+        groups = np.unique(dset)
+        stack = len(groups) <= 8
+        if stack:
+            data = [loss[finite & (dset == d)] for d in groups]
+            labels = [f"dataset {d}" for d in groups]
+        else:
+            data, labels = [loss[finite]], ["all datasets"]
+        if finite.any():
+            ax.hist(data, bins=30, stacked=True, label=labels)
+        for i, d in enumerate(groups):
+            r = ref[dset == d]
+            if np.isfinite(r).any():
+                ax.axvline(np.nanmin(r), color=f"C{i % 10}" if stack else "k", ls="--", lw=0.8)
+        n_bad = int((~finite).sum())
+        if n_bad:
+            ax.text(0.98, 0.95, f"{n_bad} non-finite", transform=ax.transAxes, ha="right", va="top")
+        ax.set_title(titles[c], fontsize=8)
+        ax.set_xlabel("final loss" + (" (dashed: global min)" if decided else " (dashed: best)"))
+        ax.set_ylabel("flows")
+    if len(np.unique(ds["dataset"].values)) > 1:
+        axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fraction_global(table, path):
+    """Fraction of flows at the global minimum per cell, with Wilson 95% intervals.
+
+    ``table`` is :func:`lcnfast.study.report.cell_summary`. Filled circles: ``is_global``
+    (filling architecture, convex loss: the analysis decides globality); open squares:
+    ``reached_best``, the fraction at the best value found in the cell's dataset (an upper
+    bound on the fraction global when the best found is not global). The question of the
+    quickstart study, answered in one picture.
+    """
+    rows = table[table["n_flows"] > 0]
+    fig = Figure(figsize=(max(4.0, 0.6 * len(rows) + 2.0), 3.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    for ref, marker, face in (("global", "o", None), ("best found", "s", "none")):
+        sel = (rows["reference"] == ref).values
+        if not sel.any():
+            continue
+        r = rows[sel]
+        err = np.vstack([r["frac_ref"] - r["ref_lo"], r["ref_hi"] - r["frac_ref"]])
+        ax.errorbar(
+            x[sel], r["frac_ref"], yerr=err, fmt=marker, mfc=face, capsize=3,
+            label="global (is_global)" if ref == "global" else "at best found (reached_best)",
+        )  # fmt: skip
+    ax.set_xticks(x, [f"cell {c}" for c in rows.index], rotation=45, ha="right")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("fraction of flows (Wilson 95%)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+#: the losses of the paper's Figure 1 (section 3.3): label -> (name, parameters)
+FIGURE1_LOSSES = {
+    "square  $r^2$": ("square", {}),
+    "$\\ell_4$  $|r|^4/4$": ("lp", {"p": 4.0}),
+    "$\\ell_1$  $|r|$": ("lp", {"p": 1.0}),
+    "pseudo-Huber $\\delta=1$": ("pseudo_huber", {"delta": 1.0}),
+    "gen. Huber $\\alpha=1, \\beta=0$": ("generalized_huber", {"alpha": 1.0, "beta": 0.0}),
+    "gen. Huber $\\alpha=1, \\beta=-1$": ("generalized_huber", {"alpha": 1.0, "beta": -1.0}),
+    "log-cosh $\\alpha=1$": ("log_cosh", {"alpha": 1.0}),
+}
+
+
+def paper_figure1(path):
+    """Figure 1 of the paper: the losses of section 3.3 as functions of the residual
+    ``r = x - y`` on [-4, 4], evaluated with :mod:`lcnfast.losses` (the code the flows use).
+
+    The smooth losses grow like |r| for large |r| (robust, as l1) and like r^2 near 0
+    (differentiable, as l2); this is what Corollary 3.7 needs. The y axis is cut at 6 (the
+    l4 loss reaches 64 at r = 4).
+    """
+    r = np.linspace(-4.0, 4.0, 801)
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for label, (name, params) in FIGURE1_LOSSES.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # l1 is not analytic: known
+            loss = _losses.from_dict({"name": name, **params})
+        ax.plot(r, loss.value(r), label=label, lw=1.4)
+    ax.set_xlim(-4, 4)
+    ax.set_ylim(0, 6)
+    ax.set_xlabel("residual r = x - y")
+    ax.set_ylabel("loss l(r)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,542 @@
+"""The report of a study: ``report.md`` with tables per cell, and ``figures/*.png``.
+
+:func:`write_report` reads a study directory (:func:`lcnfast.study.load`; a partial study gets
+a report too, saying so) and writes, in this order:
+
+1. a header: title (``report.title`` or the study's name), description, versions, the number
+   of flows found against the number expected;
+2. the spec: the grid's factors and their levels, datasets and flows, integrator settings,
+   analysis tolerances;
+3. tables with one row per cell (columns: the factors that vary, then results), from
+   :func:`cell_summary`:
+
+   - *limit points*: fractions of the labels of :func:`lcnfast.analysis.classify`, and the
+     fraction at the global minimum (``is_global``, where the analysis decides it: filling
+     architecture, convex loss) or else at the best value found in the cell's dataset
+     (``reached_best``), with Wilson 95% intervals;
+   - *Prop. 5.1* (stride 1, convex loss): critical limits not at the convex minimum, how many
+     have a common root (and a rank-deficient Jacobian of pi), and every violation with its
+     flow's coordinates (cell, dataset, replicate);
+   - *Lemma 3.6*: whether ``v_l1_max`` stays below ``lemma36_bound`` (and the Gram bound) for
+     every flow, every violation, and the looseness ``bound / v_l1_max``;
+   - *integration*: quantiles of ``t_final``, steps, gradient evaluations, balancedness drift
+     (Lemma 3.3), loss increases, status counts;
+
+4. the figures of :mod:`lcnfast.study.figures`;
+5. the study's own sections: ``report.sections`` in the spec names a Python file defining
+   ``sections(ds, study, figures_dir)`` that returns ``[(heading, markdown), ...]``.
+
+Quantiles are written "10% / 50% / 90%" in one column. Tables are plain markdown (no
+dependency beyond pandas).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numba
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from .. import __version__
+from ..analysis import LABELS
+from ..flows import STATUS
+from . import figures as _fig
+from .load import load, read_spec
+from .spec import FACTORS
+
+__all__ = [
+    "write_report",
+    "cell_summary",
+    "prop51_violations",
+    "bound_violations",
+    "varying_factors",
+    "markdown_table",
+    "wilson",
+]
+
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"
+#: relative allowance for rounding in ``v_l1_max <= bound`` (as lcnfast.analysis.rank_report)
+BOUND_RTOL = 1e-9
+_Q = _fig.QUANTILES
+
+
+# ----------------------------------------------------------------------------- statistics
+def wilson(k, n, confidence=0.95):
+    """Wilson score interval ``(low, high)`` for ``k`` successes in ``n`` trials (scipy's
+    ``binomtest(k, n).proportion_ci(method="wilson")``); ``(nan, nan)`` when ``n = 0``."""
+    if n == 0:
+        return (np.nan, np.nan)
+    ci = scipy.stats.binomtest(int(k), int(n)).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
+    return (float(ci.low), float(ci.high))
+
+
+def _quantiles(x, name):
+    """``{name_q10: ..., name_q50: ..., name_q90: ...}`` over the finite values of x."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    qs = np.quantile(x, _Q) if x.size else np.full(len(_Q), np.nan)
+    return {f"{name}_q{round(100 * q)}": float(v) for q, v in zip(_Q, qs)}
+
+
+def _label_stats(sub):
+    label = sub["label"].values
+    return {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
+
+
+def _reference_stats(sub):
+    """Fraction at the global minimum (``is_global`` where decided) or else at the best value
+    found (``reached_best``), with its Wilson interval."""
+    g = sub["is_global"].values if "is_global" in sub else np.full(sub.sizes["flow"], np.nan)
+    decided = np.isfinite(g)
+    if decided.any():
+        ref, hit = "global", g[decided] == 1
+    else:
+        ref, hit = "best found", sub["reached_best"].values.astype(bool)
+    k, n = int(hit.sum()), hit.size
+    lo, hi = wilson(k, n)
+    return {"reference": ref, "k_ref": k, "n_ref": n, "frac_ref": k / n if n else np.nan,
+            "ref_lo": lo, "ref_hi": hi}  # fmt: skip
+
+
+def _prop51_mask(sub):
+    """Boolean masks over flows: Prop. 5.1 applies (``prop51_ok`` is not NaN: stride 1 and a
+    convex loss), the limit is critical and not at the convex minimum, it has a common root."""
+    K = sub.sizes["flow"]
+    ok = sub["prop51_ok"].values.astype(float) if "prop51_ok" in sub else np.full(K, np.nan)
+    applicable = np.isfinite(ok)
+    nonglobal = applicable & sub["is_critical"].values.astype(bool)
+    if "attains_convex_min" in sub:
+        nonglobal &= ~sub["attains_convex_min"].values.astype(bool)
+    return applicable, nonglobal, sub["has_common_root"].values.astype(bool)
+
+
+def _prop51_stats(sub):
+    applicable, nonglobal, common = _prop51_mask(sub)
+    if not applicable.any():
+        return {"prop51": False}
+    jac = sub["jac_deficient"].values.astype(bool)
+    return {
+        "prop51": True,
+        "n_nonglobal_critical": int(nonglobal.sum()),
+        "n_common_root": int((nonglobal & common).sum()),
+        "n_jac_deficient": int((nonglobal & jac).sum()),
+        "n_prop51_violations": int((nonglobal & ~common).sum()),
+    }
+
+
+def _bound_stats(sub):
+    """Per bound (``lemma36``, ``gram``): flows where it applies, flows within it, and the
+    quantiles of bound / v_l1_max."""
+    out = {}
+    obs = sub["v_l1_max"].values
+    for key, var in (("lemma36", "lemma36_bound"), ("gram", "gram_bound")):
+        b = sub[var].values if var in sub else np.full(obs.shape, np.nan)
+        ok = np.isfinite(b) & np.isfinite(obs)
+        out[f"n_{key}"] = int(ok.sum())
+        out[f"n_{key}_ok"] = int((obs[ok] <= b[ok] * (1 + BOUND_RTOL)).sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.update(_quantiles(b[ok] / obs[ok], f"{key}_ratio"))
+    return out
+
+
+def _integration_stats(sub):
+    out = {}
+    out.update(_quantiles(sub["t_final"].values, "t_final"))
+    out.update(_quantiles(sub["n_accepted"].values + sub["n_rejected"].values, "steps"))
+    out.update(_quantiles(sub["n_grad_evals"].values, "grad_evals"))
+    out.update(_quantiles(sub["balance_drift"].values, "drift"))
+    out["n_loss_increased"] = int(sub["loss_increased"].values.astype(bool).sum())
+    status = sub["status"].values
+    out.update({f"status_{name}": int((status == code).sum()) for code, name in STATUS.items()})
+    return out
+
+
+def varying_factors(study):
+    """The factors with more than one level in the study, in grid order."""
+    return [f for f in FACTORS if len({str(c.labels[f]) for c in study.cells}) > 1]
+
+
+def cell_summary(ds, study):
+    """One row per cell of the study (index ``cell``; cells without flows yet have
+    ``n_flows = 0`` and NaN): the labels of the varying factors, ``n_flows``, ``n_expected``,
+    ``frac_<label>`` per label, the reference fraction (``reference`` = "global" or "best
+    found", ``k_ref``, ``n_ref``, ``frac_ref``, Wilson ``ref_lo``, ``ref_hi``), Prop. 5.1
+    counts (``prop51`` applicable, ``n_nonglobal_critical``, ``n_common_root``,
+    ``n_jac_deficient``, ``n_prop51_violations``), bounds (``n_lemma36`` flows with a bound,
+    ``n_lemma36_ok`` within it, ``lemma36_ratio_q10/50/90`` = bound / v_l1_max; the same for
+    ``gram``), and quantiles ``t_final_q*``, ``steps_q*`` (accepted + rejected),
+    ``grad_evals_q*``, ``drift_q*`` (balance_drift), ``n_loss_increased``, ``status_<name>``.
+    """
+    varying = varying_factors(study)
+    n_expected = study.spec["data"]["n_datasets"] * study.spec["flows_per_dataset"]
+    cell_of_flow = ds["cell"].values
+    rows = {}
+    for c in study.cells:
+        row = {f: c.labels[f] for f in varying}
+        sel = np.flatnonzero(cell_of_flow == c.index)
+        row.update(n_flows=sel.size, n_expected=n_expected)
+        if sel.size:
+            sub = ds.isel(flow=sel)
+            for part in (_label_stats, _reference_stats, _prop51_stats, _bound_stats,
+                         _integration_stats):  # fmt: skip
+                row.update(part(sub))
+        rows[c.index] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "cell"
+    return df
+
+
+def _flow_coords(ds, sel):
+    """The coordinates (cell, dataset, replicate) of the flows ``sel`` (a boolean mask)."""
+    return {k: ds[k].values[sel] for k in ("cell", "dataset", "replicate")}
+
+
+def prop51_violations(ds):
+    """Every flow that violates Prop. 5.1: stride 1, convex loss, a critical limit not at the
+    convex minimum and no common root of the layer polynomials. Columns: ``cell``,
+    ``dataset``, ``replicate``, ``label``, ``limit_loss``, ``loss_gap``,
+    ``min_root_distance``, ``jac_deficient`` (a rank-deficient Jacobian of pi would still
+    indicate a common root the root test missed)."""
+    _, nonglobal, common = _prop51_mask(ds)
+    sel = nonglobal & ~common
+    out = _flow_coords(ds, sel)
+    out["label"] = [LABELS[k] for k in ds["label"].values[sel]]
+    for var in ("limit_loss", "loss_gap", "min_root_distance", "jac_deficient"):
+        out[var] = ds[var].values[sel] if var in ds else np.full(sel.sum(), np.nan)
+    return pd.DataFrame(out)
+
+
+def bound_violations(ds):
+    """Every flow with ``v_l1_max`` above its bound (Lemma 3.6, or the Gram bound of
+    :func:`lcnfast.analysis.rank_report`). Columns: ``cell``, ``dataset``, ``replicate``,
+    ``bound`` (which), ``v_l1_max``, ``value`` (the bound)."""
+    parts = []
+    obs = ds["v_l1_max"].values
+    for name, var in (("Lemma 3.6", "lemma36_bound"), ("Gram", "gram_bound")):
+        if var not in ds:
+            continue
+        b = ds[var].values
+        with np.errstate(invalid="ignore"):
+            sel = np.isfinite(b) & np.isfinite(obs) & (obs > b * (1 + BOUND_RTOL))
+        part = _flow_coords(ds, sel)
+        part.update(bound=name, v_l1_max=obs[sel], value=b[sel])
+        parts.append(pd.DataFrame(part))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------- markdown
+def _fmt(x):
+    """A table entry: '–' for missing, yes/no, integers as such, floats to 3 digits."""
+    if x is None or (isinstance(x, (float, np.floating)) and np.isnan(x)):
+        return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.3g}"
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df):
+    """A pandas DataFrame as a markdown table (columns only; put the index in a column)."""
+    cols = [_fmt(str(c)) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _q(row, name):
+    """'q10 / q50 / q90' of ``name`` from a cell_summary row."""
+    vals = [row.get(f"{name}_q{round(100 * q)}", np.nan) for q in _Q]
+    return "–" if all(pd.isna(v) for v in vals) else " / ".join(_fmt(v) for v in vals)
+
+
+def _cell_frame(table, varying, columns):
+    """A table for markdown: ``cell``, the varying factors, ``flows`` (found / expected),
+    then ``columns`` = {header: function of a cell_summary row (a dict)} ('–' for a cell
+    without flows)."""
+    rows = []
+    for cell, row in table.iterrows():
+        row = row.to_dict()
+        out = {"cell": cell, **{f: row[f] for f in varying}}
+        out["flows"] = f"{int(row['n_flows'])}/{int(row['n_expected'])}"
+        out.update({h: (fn(row) if row["n_flows"] else "–") for h, fn in columns.items()})
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def _ci(row):
+    return f"{_fmt(row['frac_ref'])} [{_fmt(row['ref_lo'])}, {_fmt(row['ref_hi'])}]"
+
+
+def _counts(row, names, prefix):
+    parts = [f"{n} {int(row[f'{prefix}{n}'])}" for n in names if row.get(f"{prefix}{n}", 0) > 0]
+    return ", ".join(parts) or "none"
+
+
+# ----------------------------------------------------------------------------- sections
+def _levels(study, factor):
+    """The labels of a factor's levels, in spec order."""
+    return list(dict.fromkeys(str(c.labels[factor]) for c in study.cells))
+
+
+def _header(ds, study, table, title):
+    spec = study.spec
+    n_found, n_total = ds.sizes["flow"], study.n_flows
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# {title}", ""]
+    if spec["description"]:
+        lines += [spec["description"], ""]
+    lines += [
+        f"- study `{study.name}`, spec hash `{study.spec_hash[:12]}`, seed {spec['seed']}",
+        f"- written {now} by lcnfast {__version__} (numba {numba.__version__})",
+        f"- flows: {n_found} of {n_total} expected"
+        + (" (complete)" if n_found == n_total else " (**partial**)"),
+    ]
+    if n_found < n_total:
+        short = table.index[table["n_flows"] < table["n_expected"]].tolist()
+        lines += [
+            "",
+            f"> **Partial study**: {n_found} of {n_total} flows are in finished shards; "
+            f"incomplete cells: {', '.join(map(str, short))}. Every number below covers the "
+            "finished shards only. Run the study again to finish it (finished shards are kept).",
+        ]
+    return "\n".join(lines)
+
+
+def _integrator_settings(x):
+    keys = [k for k in x if k != "method"]
+    fmt = {k: (f"{len(x[k])} times" if isinstance(x[k], list) else _fmt(x[k])) for k in keys}
+    return ", ".join(f"{k}={v}" for k, v in fmt.items())
+
+
+def _spec_section(study):
+    spec = study.spec
+    n_d, n_f = spec["data"]["n_datasets"], spec["flows_per_dataset"]
+    grid = " x ".join(f"{f} {len(_levels(study, f))}" for f in varying_factors(study))
+    factors = pd.DataFrame(
+        [{"factor": f, "levels": len(_levels(study, f)), "values": ", ".join(_levels(study, f))}
+         for f in FACTORS]
+    )  # fmt: skip
+    integ = pd.DataFrame(
+        [{"level": lab, "method": x["method"], "settings": _integrator_settings(x)}
+         for lab, x in zip(_levels(study, "integrator"), spec["integrator"])]
+    )  # fmt: skip
+    tols = ", ".join(f"{k} = {v:g}" for k, v in spec["analysis"].items())
+    return "\n\n".join([
+        "## Specification",
+        f"{len(study.cells)} cell(s){f' ({grid})' if grid else ''}, each with {n_d} dataset(s) "
+        f"of {n_f} flow(s): {study.n_flows} in all. Architectures are written (d0; k; s)"
+        + ("; m = -1: from the file." if "-1" in _levels(study, "m") else "."),
+        markdown_table(factors),
+        "Integrators:",
+        markdown_table(integ),
+        f"Analysis tolerances (lcnfast.analysis): {tols}.",
+    ])  # fmt: skip
+
+
+def _limits_section(table, varying):
+    cols = {name: (lambda r, n=name: r[f"frac_{n}"]) for name in LABELS}
+    cols["at reference (Wilson 95%)"] = _ci
+    cols["reference"] = lambda r: r["reference"]
+    return "\n\n".join([
+        "## Limit points",
+        "Fraction of each cell's flows per label of the limit point (gradient norm and the "
+        "Hessian modulo the rescaling symmetry), and the fraction at the reference value: "
+        "*global* = at the global minimum over w (`is_global`, decided for a filling "
+        "architecture and a convex loss: the limit attains the convex function-space "
+        "minimum); *best found* = within "
+        "gap_tol L(v=0) of the lowest limit loss among the flows of the same cell and dataset "
+        "(`reached_best`: no proof of globality). Intervals: Wilson score, 95%.",
+        markdown_table(_cell_frame(table, varying, cols)),
+    ])  # fmt: skip
+
+
+def _prop51_section(table, ds, varying):
+    parts = [
+        "## Prop. 5.1: non-global critical limits have common roots",
+        "For stride 1 and a convex loss, a critical point whose layer polynomials have no "
+        "common root is a global minimum. So every critical limit not at the convex "
+        "minimum must have a common root (`has_common_root`); a rank-deficient Jacobian of pi "
+        "(`jac_deficient`) is the second, independent test.",
+    ]
+    app = table[table["prop51"].eq(True)] if "prop51" in table else table.iloc[:0]
+    rest = [c for c in table.index if c not in app.index]
+    if len(app):
+        cols = {
+            "non-global critical": lambda r: r["n_nonglobal_critical"],
+            "with common root": lambda r: r["n_common_root"],
+            "Jacobian deficient": lambda r: r["n_jac_deficient"],
+            "violations": lambda r: r["n_prop51_violations"],
+        }
+        parts.append(markdown_table(_cell_frame(app, varying, cols)))
+        bad = prop51_violations(ds)
+        parts.append(
+            "No violation: every non-global critical limit has a common root." if bad.empty else
+            f"**{len(bad)} violation(s)** (non-global critical limits without a detected common "
+            "root):\n\n" + markdown_table(bad)
+        )  # fmt: skip
+    if rest:
+        parts.append(
+            f"Not applicable (a stride > 1, a non-convex loss, or no flows yet): cells "
+            f"{', '.join(map(str, rest))}."
+        )
+    return "\n\n".join(parts)
+
+
+def _within(key):
+    """'k/n' flows within a bound, marked when some are not, 'n/a' when it does not apply."""
+
+    def fn(r):
+        n, ok = int(r[f"n_{key}"]), int(r[f"n_{key}_ok"])
+        return "n/a" if n == 0 else (f"{ok}/{n}" if ok == n else f"**{ok}/{n}: VIOLATED**")
+
+    return fn
+
+
+def _bounds_section(table, ds, varying):
+    cols = {
+        "Lemma 3.6 within": _within("lemma36"),
+        "bound / v_l1_max (10/50/90%)": lambda r: _q(r, "lemma36_ratio"),
+        "Gram bound within": _within("gram"),
+        "Gram bound / v_l1_max": lambda r: _q(r, "gram_ratio"),
+    }
+    bad = bound_violations(ds)
+    return "\n\n".join([
+        "## Bounds on ||v(t)||_1 (Lemma 3.6, Theorem 3.4)",
+        "Along a flow the loss decreases, so ||v(t)||_1 <= g(L(w_0)) (Lemma 3.6, needs X X^T of "
+        "full rank); the Gram bound needs only the window Gram A > 0 (lcnfast.analysis."
+        "rank_report). `v_l1_max` is the largest ||v||_1 over the accepted states of a flow; "
+        "the ratio bound / v_l1_max measures how loose the bound is (1: tight). n/a: the "
+        "bound's hypothesis fails on the cell's data.",
+        markdown_table(_cell_frame(table, varying, cols)),
+        "Every flow stays within the bounds that apply." if bad.empty else
+        f"**{len(bad)} flow(s) above a bound:**\n\n" + markdown_table(bad),
+    ])  # fmt: skip
+
+
+def _integration_section(table, varying):
+    status = [STATUS[k] for k in sorted(STATUS)]
+    cols = {
+        "t_final (10/50/90%)": lambda r: _q(r, "t_final"),
+        "steps": lambda r: _q(r, "steps"),
+        "gradient evaluations": lambda r: _q(r, "grad_evals"),
+        "balance drift": lambda r: _q(r, "drift"),
+        "loss increased": lambda r: r["n_loss_increased"],
+        "status": lambda r: _counts(r, status, "status_"),
+    }
+    return "\n\n".join([
+        "## Integration",
+        "Quantiles over each cell's flows of the stopping time, the steps (accepted + "
+        "rejected), the gradient evaluations; the balancedness drift max_i |delta_i(t_final) "
+        "- delta_i(0)| (0 for the exact flow, Lemma 3.3: the integrator's error); the number "
+        "of flows whose loss increased on an accepted step (above rounding); and why the flows "
+        "stopped.",
+        markdown_table(_cell_frame(table, varying, cols)),
+    ])  # fmt: skip
+
+
+def _figures(ds, study, table, figdir):
+    """Write every figure; returns ``[(file name, caption)]`` in report order."""
+    titles = _fig.panel_titles(study, varying_factors(study))
+    gap_tol = study.spec["analysis"]["gap_tol"]
+    grad_tols = {c.index: c.integrator["grad_tol"] for c in study.cells}
+    made = [
+        (_fig.loss_time(ds, titles, figdir / "loss_time.png"),
+         "Loss against time per cell: median and 10-90% band over the flows (log-log; the "
+         "left edge is t = 0; converged flows stay at their final loss)."),
+        (_fig.loss_gap_time(ds, titles, figdir / "loss_gap_time.png", gap_tol),
+         "Relative gap to the best limit of the flow's dataset, (L(t) - L_best) / L(v=0), "
+         "floored at gap_tol (dashed): the approach to the best value, comparable across "
+         "datasets."),
+        (_fig.grad_norm_time(ds, titles, figdir / "grad_norm_time.png", grad_tols),
+         "Gradient norm against time per cell (log-log): the decay rate; dashed: the "
+         "integrator's grad_tol."),
+        (_fig.final_loss_hist(ds, titles, figdir / "final_loss_hist.png"),
+         "Final losses per cell, stacked by dataset; dashed: the global minimum (where "
+         "decided) or the best value found."),
+        (_fig.fraction_global(table, figdir / "fraction_global.png"),
+         "Fraction of flows at the global minimum (filled) or at the best value found (open) "
+         "per cell, with Wilson 95% intervals."),
+        (_fig.paper_figure1(figdir / "losses.png"),
+         "The losses of section 3.3 on r in [-4, 4] (the paper's Figure 1), evaluated with "
+         "lcnfast.losses."),
+    ]  # fmt: skip
+    return [(p.name, caption) for p, caption in made]
+
+
+def _figures_section(figs):
+    parts = ["## Figures"]
+    for name, caption in figs:
+        parts.append(f"![{name}]({FIGURES_DIR}/{name})\n\n*{name}*: {caption}")
+    return "\n\n".join(parts)
+
+
+def _custom_sections(path, ds, study, figdir):
+    """Import ``report.sections`` (a Python file) and return its ``sections(ds, study,
+    figures_dir)``: a list of ``(heading, markdown)`` pairs (checked). ``ds`` is the study's
+    Dataset (:func:`lcnfast.study.load`), ``study`` its :class:`lcnfast.study.Study`, ``figures_dir`` where to put figures."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"report.sections: no such file: {p}")
+    name = "lcnfast_report_sections_" + hashlib.sha256(str(p).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, "sections", None)
+    if not callable(fn):
+        raise ValueError(
+            f"report.sections: {p} defines no function sections(ds, study, figures_dir)"
+        )
+    out = list(fn(ds, study, figdir))
+    for i, item in enumerate(out):
+        pair = isinstance(item, tuple) and len(item) == 2
+        if not (pair and all(isinstance(s, str) for s in item)):
+            raise TypeError(
+                f"report.sections: {p}: sections() item {i} must be a (heading, markdown) pair "
+                f"of strings, got {item!r}"
+            )
+    return out
+
+
+def write_report(study_dir):
+    """Write ``report.md`` and ``figures/*.png`` of a study directory (see the module
+    docstring for the content); returns the path of ``report.md``. Works on a partial study
+    (the report says so); raises ``ValueError`` when no shard is finished yet."""
+    d = Path(study_dir)
+    study = read_spec(d)
+    ds = load(d)
+    figdir = d / FIGURES_DIR
+    figdir.mkdir(exist_ok=True)
+    table = cell_summary(ds, study)
+    varying = varying_factors(study)
+    rep = json.loads(ds.attrs["spec"])["report"]
+    title = rep["title"] or f"Study report: {study.name}"
+    parts = [
+        _header(ds, study, table, title),
+        _spec_section(study),
+        _limits_section(table, varying),
+        _prop51_section(table, ds, varying),
+        _bounds_section(table, ds, varying),
+        _integration_section(table, varying),
+        _figures_section(_figures(ds, study, table, figdir)),
+    ]
+    if rep["sections"]:
+        extra = _custom_sections(rep["sections"], ds, study, figdir)
+        parts += [f"## {heading}\n\n{md}" for heading, md in extra]
+    path = d / REPORT_FILE
+    tmp = d / f".{REPORT_FILE}.tmp"
+    tmp.write_text("\n\n".join(parts) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,214 @@
+"""The report of a study (lcnfast.study.report): files, tables, checks, custom sections.
+
+One tiny study (square loss; a filling stride-1 and a strided architecture; rk45 and Euler;
+2 datasets of 3 flows per cell, in shards of 2) is run once for the module.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from lcnfast.study import load, read_spec, run_study, write_report
+from lcnfast.study import report as R
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = (
+    "loss_time.png",
+    "loss_gap_time.png",
+    "grad_norm_time.png",
+    "final_loss_hist.png",
+    "fraction_global.png",
+    "losses.png",
+)
+SECTIONS = '''
+def sections(ds, study, figures_dir):
+    (figures_dir / "custom.txt").write_text("made by the study's sections")
+    return [("Custom check", f"flows seen by the section: {ds.sizes['flow']}"),
+            ("Second", "cells: " + str(len(study.cells)))]
+'''
+
+
+def _spec(sections):
+    return {
+        "name": "tiny-report",
+        "description": "a tiny study for the report tests",
+        "seed": 3,
+        "flows_per_dataset": 3,
+        "shard_size": 2,
+        "architectures": [{"d0": 6, "k": [3, 3]}, {"d0": 6, "k": [2, 2], "s": [2, 1]}],
+        "losses": "square",
+        "integrator": [
+            {"method": "rk45", "t_end": 50.0, "grad_tol": 1e-7, "max_steps": 20000, "save": 8},
+            {"method": "euler", "h": 1e-3, "n_steps": 500, "save_every": 100},
+        ],
+        "data": {"m": 8, "noise": 0.1, "n_datasets": 2},
+        "init": {"scale": 0.5},
+        "report": {"title": "Tiny report", "sections": str(sections)},
+    }
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    sections = root / "sections.py"
+    sections.write_text(SECTIONS)
+    out = root / "study"
+    run_study(_spec(sections), out=out, report=False, progress=False, threads=1)
+    write_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(study_dir):
+    """The study's Dataset (tests that change it take a deep copy)."""
+    return load(study_dir)
+
+
+@pytest.fixture(scope="module")
+def text(study_dir):
+    return (study_dir / "report.md").read_text()
+
+
+def _table_after(text, marker):
+    """Header and rows (lists of stripped cells) of the first markdown table after ``marker``."""
+    lines = text.split(marker, 1)[1].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    table = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        table.append([c.strip() for c in ln.strip("|").split(" | ")])
+    return table[0], table[2:]
+
+
+def test_figures_are_pngs_and_linked(study_dir, text):
+    for name in FIGURES:
+        path = study_dir / "figures" / name
+        assert path.is_file(), name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        assert f"(figures/{name})" in text
+
+
+def test_header_and_spec(text):
+    assert text.startswith("# Tiny report\n")
+    assert "a tiny study for the report tests" in text
+    assert "flows: 24 of 24 expected (complete)" in text
+    assert "Partial study" not in text
+    assert re.search(r"\| architecture \| 2 \| \(6; 3,3; 1,1\), \(6; 2,2; 2,1\) \|", text)
+    assert "| euler(h=0.001, n_steps=500) | euler | h=0.001, n_steps=500" in text
+
+
+def test_cell_table_one_row_per_cell(study_dir, loaded, text):
+    study = read_spec(study_dir)
+    table = R.cell_summary(loaded, study)
+    assert list(table.index) == [0, 1, 2, 3]
+    assert (table["n_flows"] == 6).all() and (table["n_expected"] == 6).all()
+    expected = {"architecture", "integrator", "frac_minimum", "frac_non_finite", "frac_ref",
+                "ref_lo", "ref_hi", "n_lemma36_ok", "t_final_q50", "steps_q90",
+                "grad_evals_q10", "drift_q50", "n_loss_increased", "status_converged"}  # fmt: skip
+    assert expected <= set(table.columns)
+    assert "loss" not in table.columns  # one level: not a column
+    # filling stride-1 cells decide globality; the strided ones compare with the best found
+    assert list(table["reference"]) == ["global", "global", "best found", "best found"]
+    assert list(table["prop51"]) == [True, True, False, False]
+    fracs = table[[f"frac_{x}" for x in ("minimum", "strict_saddle", "degenerate",
+                                         "not_critical", "non_finite")]]  # fmt: skip
+    np.testing.assert_allclose(fracs.sum(axis=1), 1.0)
+    head, rows = _table_after(text, "## Limit points")
+    assert head[:4] == ["cell", "architecture", "integrator", "flows"]
+    assert head[-2:] == ["at reference (Wilson 95%)", "reference"]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"]
+    assert all(r[3] == "6/6" for r in rows)
+    for heading in ("## Bounds on", "## Integration"):
+        _, rows = _table_after(text, heading)
+        assert [r[0] for r in rows] == ["0", "1", "2", "3"]
+
+
+def test_wilson_interval():
+    lo, hi = R.wilson(7, 10)  # Wilson score interval, z = 1.959964
+    assert lo == pytest.approx(0.396774, abs=1e-5) and hi == pytest.approx(0.892208, abs=1e-5)
+    assert R.wilson(0, 12) == pytest.approx((0.0, 0.242494), abs=1e-5)
+    assert np.isnan(R.wilson(0, 0)).all()
+
+
+def test_wilson_in_the_table(study_dir, loaded):
+    table = R.cell_summary(loaded, read_spec(study_dir))
+    for _, row in table.iterrows():
+        lo, hi = R.wilson(row["k_ref"], row["n_ref"])
+        assert (row["ref_lo"], row["ref_hi"]) == (lo, hi)
+        assert lo <= row["frac_ref"] <= hi
+
+
+def test_planted_prop51_violation_is_listed(study_dir, loaded):
+    ds = loaded.copy(deep=True)
+    study = read_spec(study_dir)
+    i = int(np.flatnonzero((ds["cell"].values == 1) & (ds["dataset"].values == 1))[2])
+    for var, value in (("is_critical", True), ("attains_convex_min", False),
+                       ("has_common_root", False), ("prop51_ok", 0.0)):  # fmt: skip
+        ds[var].values[i] = value
+    bad = R.prop51_violations(ds)
+    assert len(bad) == 1
+    assert bad.iloc[0][["cell", "dataset", "replicate"]].tolist() == [1, 1, 2]
+    table = R.cell_summary(ds, study)
+    assert table.loc[1, "n_prop51_violations"] == 1
+    assert table.loc[1, "n_nonglobal_critical"] >= 1
+    md = R._prop51_section(table, ds, R.varying_factors(study))
+    assert "**1 violation(s)**" in md
+    head, rows = _table_after(md, "violation(s)**")
+    assert head[:3] == ["cell", "dataset", "replicate"] and rows[0][:3] == ["1", "1", "2"]
+
+
+def test_no_violation_reported_on_clean_data(text):
+    assert "No violation: every non-global critical limit has a common root." in text
+    assert "Not applicable (a stride > 1, a non-convex loss, or no flows yet): cells 2, 3." in text
+
+
+def test_planted_bound_violation_is_listed(study_dir, loaded):
+    ds = loaded.copy(deep=True)
+    i = int(np.flatnonzero(ds["cell"].values == 2)[4])
+    ds["v_l1_max"].values[i] = 2.0 * ds["lemma36_bound"].values[i]
+    bad = R.bound_violations(ds)
+    assert set(bad["bound"]) == {"Lemma 3.6", "Gram"}
+    assert (bad[["cell", "dataset", "replicate"]].values == [2, 1, 1]).all()
+    table = R.cell_summary(ds, read_spec(study_dir))
+    assert table.loc[2, "n_lemma36_ok"] == table.loc[2, "n_lemma36"] - 1 == 5
+
+
+def test_custom_sections_are_appended(study_dir, text):
+    assert "## Custom check\n\nflows seen by the section: 24" in text
+    assert text.index("## Custom check") > text.index("## Figures")
+    assert "## Second\n\ncells: 4" in text
+    assert (study_dir / "figures" / "custom.txt").is_file()
+
+
+def test_bad_sections_file(study_dir, loaded, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def sections(ds, study, figures_dir):\n    return ['just a string']\n")
+    with pytest.raises(TypeError, match="item 0 must be a .heading, markdown. pair"):
+        R._custom_sections(str(bad), loaded, read_spec(study_dir), tmp_path)
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no function sections"):
+        R._custom_sections(str(bad), loaded, read_spec(study_dir), tmp_path)
+
+
+def test_partial_study_says_so(study_dir, tmp_path):
+    """Cell 3 without any shard and cell 2 with one shard (of 2 flows) missing."""
+    part = tmp_path / "partial"
+    shutil.copytree(study_dir, part)
+    (part / "report.md").unlink()
+    (part / "shards" / "c0002_d0001_f0000000-0000002.nc").unlink()
+    for shard in (part / "shards").glob("c0003_*.nc"):
+        shard.unlink()
+    text = write_report(part).read_text()
+    assert "flows: 16 of 24 expected (**partial**)" in text
+    note = "> **Partial study**: 16 of 24 flows are in finished shards; incomplete cells: 2, 3."
+    assert note in text
+    _, rows = _table_after(text, "## Limit points")
+    assert [r[3] for r in rows] == ["6/6", "6/6", "4/6", "0/6"]
+    assert rows[3][4:] == ["–"] * (len(rows[3]) - 4)
+    for name in FIGURES:
+        assert (part / "figures" / name).read_bytes()[:8] == PNG_MAGIC
