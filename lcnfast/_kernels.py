@@ -14,7 +14,7 @@ Conventions (0-based indices)
 - Data, transposed once so that windows are contiguous: ``Xt`` (m, d0), ``Yt`` (m, d_N).
   Output ``j`` of sample ``i`` sees the window ``Xt[i, j s_v : j s_v + k_v]``.
 - Function-space gradient ``G = dL/dv`` (k_v,). Square loss: ``G = 2 (A v - b)`` with the
-  window Gram ``A`` (k_v, k_v) and ``b`` (k_v,) (DESIGN.md); other losses:
+  window Gram ``A`` (k_v, k_v) and ``b`` (k_v,) (:class:`lcnfast.Problem`); other losses:
   ``G_n = sum_{i,j} l'(r_ij) Xt[i, j s_v + n]`` with ``r = VX - Y``.
 - Parameter gradient by reverse mode through the polynomial product:
   ``dL/dw_i[a] = sum_m gP_i[m + a S_i] prefix[i-1][m]`` and
@@ -179,7 +179,7 @@ def jacobian_into(w, k, S, offs, work, J):
 #   computed a row at a time by _conv_strided, in the same order. The Hessian's G uses it.
 #
 # Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over output
-#   positions (DESIGN.md, "Where speed comes from"):
+#   positions (README, "How it is fast"):
 #   - layout (_data_layout): mode 2 (m >= 16 and the data small enough to copy): X and Y are
 #     copied once per workspace sample-major by blocks of R samples, X (d0, R), Y (d_N, R) per
 #     block (R = all m for stride > 1); the windows of output j over a block's samples then
@@ -818,7 +818,8 @@ def _loss_grad_fast_ws(model, w, ws, out_g):
 @nb.njit(**_JIT)
 def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     """Hessian (n_params, n_params) of L at w into Hw:
-    ``J^T Hv J + sum_m G_m d^2 v_m / dw^2`` (DESIGN.md). ``work`` is (2, k_v); ``J`` is
+    ``J^T Hv J + sum_m G_m d^2 v_m / dw^2`` (chain rule through v = pi(w), J = dv/dw, Hv the
+    function-space Hessian). ``work`` is (2, k_v); ``J`` is
     (k_v, n_params); ``Hv`` is (k_v, k_v); ``G`` (k_v,) and ``HJ`` (k_v, n_params) are
     scratch. G = dL/dv is summed one window at a time (:func:`_fs_loss_grad_seq`)."""
     k = model.k

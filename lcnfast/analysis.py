@@ -330,7 +330,7 @@ def convex_minimum(problem):
     minimum over w; for any architecture it is a lower bound, attained by w exactly when
     pi(w) is a minimiser.
 
-    Square loss: ``L(v) = v^T A v - 2 b^T v + ||Y||^2`` (DESIGN.md), minimised by any solution
+    Square loss: ``L(v) = v^T A v - 2 b^T v + ||Y||^2`` (:class:`lcnfast.Problem`), minimised by any solution
     of ``A v = b`` (b lies in the range of A, so the least-squares solution is exact even for a
     singular A; we return the minimum-norm one). Other convex losses: Newton's method with a
     trust region (scipy ``trust-exact``, exact Hessian) from the least-squares filter; lp with
@@ -721,7 +721,7 @@ def classify_points(problem, w, *, w_init=None, hessians=None, **tolerances):
 
 # ----------------------------------------------------------------------------- flow Datasets
 #: a loss increase counts when above this many eps times max(|loss_init|, L(v=0)): the
-#: rounding error of evaluating L (Gram path: eps * (||Y||^2 + v^T A v), DESIGN.md)
+#: rounding error of evaluating L (Gram path: eps * (||Y||^2 + v^T A v), see Problem's Notes)
 LOSS_INCREASE_EPS = 64
 
 
@@ -913,7 +913,7 @@ def lemma36_bound(problem, loss_value):
 def rank_report(problem, ds=None, *, loss0=None):
     """Rank conditions on the data, and the bound of Lemma 3.6 against observed ||v(t)||_1.
 
-    Two conditions (DESIGN.md, "Questions the paper leaves open"):
+    Two conditions (which of them decides convergence is open: the paper assumes the first):
 
     - the paper's hypothesis: ``X X^T`` (d0, d0) has full rank (needs m >= d0);
     - the window Gram ``A`` (k_v, k_v) is positive definite, i.e. ``v -> V X`` is injective.

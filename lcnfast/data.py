@@ -110,7 +110,7 @@ def initial_filters(arch, K, *, scale=1.0, seed=None):
 
 
 # ----------------------------------------------------------------------------- rank conditions
-# Two conditions on the inputs X (d0, m) matter for Lemma 3.6 / Theorem 3.4 (DESIGN.md): the
+# Two conditions on the inputs X (d0, m) matter for Lemma 3.6 / Theorem 3.4: the
 # paper's hypothesis rank(X X^T) = d0, and the weaker one that the window Gram
 # A = sum_{i,j} x_ij x_ij^T (k_v, k_v) over all windows x_ij = X[j s_v : j s_v + k_v, i] is
 # positive definite (v -> V X injective). The generators below separate them. Ranks are

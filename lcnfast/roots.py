@@ -8,7 +8,8 @@ Layer ``i`` (1-based, as in the paper) with filter ``w^(i)`` (k_i,) and dilation
 of *formal* degree ``t_i = (k_i - 1) S_i``. Its roots are counted on the Riemann sphere: when
 the leading coefficient vanishes the degree drops and the missing roots are roots at infinity
 (this is the convention under which, for stride 1, the Jacobian of pi has rank k_v exactly when
-no two layer polynomials share a root, DESIGN.md). Since ``p~_i(x) = q_i(x^{S_i})`` with the
+no two layer polynomials share a root: J is then a generalised Sylvester matrix of
+them, see :mod:`lcnfast.analysis`). Since ``p~_i(x) = q_i(x^{S_i})`` with the
 ordinary polynomial ``q_i(y) = sum_j w^(i)_{j+1} y^j``, every root ``y`` of ``q_i`` gives the
 ``S_i`` roots ``x = y^{1/S_i}`` (all branches) of ``p~_i``; 0 and infinity give ``S_i`` copies
 of themselves. The roots of all layers together, ``sum_i t_i = k_v - 1`` of them, are the roots

@@ -6,7 +6,7 @@ Run from the repository root::
     python studies/benchmark.py --quick    # short smoke run (CI)
     python studies/benchmark.py --json out.json
 
-Two cases (DESIGN.md, "Where speed comes from"), each a batch of K parameter vectors from
+Two cases (README, "How it is fast"), each a batch of K parameter vectors from
 ``lcnfast.data.initial_filters`` on ``lcnfast.data.teacher`` data, timed through
 ``Problem.grad`` (gradient evaluations, the issue's measure) and ``Problem.loss_and_grad``
 (what a flow step needs; on the data path it also sums the losses):
