@@ -389,6 +389,10 @@ def test_command_line_end_to_end(tmp_path):
     assert "compiling kernels for pseudo_huber, square" in r.stderr and "flows: 24 run" in r.stderr
     r = lcn("study", "status", str(out))
     assert r.returncode == 0 and "flows 24/24 done" in r.stdout
+    assert "report: not written yet" in r.stdout
+    r = lcn("study", "report", str(out))
+    assert r.returncode == 0 and r.stdout.strip() == str(out / "report.md")
+    assert "## Limit points" in (out / "report.md").read_text()
     r = lcn("study", "list")
     assert r.returncode == 0 and "quickstart" in r.stdout
     r = lcn("info")
