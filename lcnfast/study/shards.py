@@ -167,29 +167,16 @@ def _study(spec):
 
 
 def integrate(problem, W0, integ, n_threads):
-    """Run the flows of one integrator setting (a resolved ``integrator`` entry)."""
-    if integ["method"] == "rk45":
-        save = integ["save"]
-        save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
-        return gradient_flow(
-            problem,
-            W0,
-            t_end=integ["t_end"],
-            rtol=integ["rtol"],
-            atol=integ["atol"],
-            grad_tol=integ["grad_tol"],
-            max_steps=integ["max_steps"],
-            save_times=save_t,
-            n_threads=n_threads,
-        )
-    return gradient_descent(
-        problem,
-        W0,
-        h=integ["h"],
-        n_steps=integ["n_steps"],
-        grad_tol=integ["grad_tol"],
-        save_every=integ["save_every"],
-        n_threads=n_threads,
+    """Run the flows of one integrator setting (a resolved ``integrator`` entry: its keys are
+    the keyword arguments of :func:`lcnfast.gradient_descent` or :func:`lcnfast.gradient_flow`,
+    but ``save``, which gives the save times)."""
+    kw = {k: v for k, v in integ.items() if k not in ("method", "save")}
+    if integ["method"] == "euler":
+        return gradient_descent(problem, W0, n_threads=n_threads, **kw)
+    save = integ["save"]
+    save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
+    return gradient_flow(
+        problem, W0, method=integ["method"], save_times=save_t, n_threads=n_threads, **kw
     )
 
 
