@@ -57,6 +57,7 @@ import pandas as pd
 import xarray as xr
 
 from . import _integrate as I
+from . import _rosenbrock as R
 from .problem import Problem
 
 __all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS"]
@@ -128,6 +129,17 @@ def _extra_attrs(attrs):
         ):
             raise TypeError(f"attrs[{key!r}] must be a string, a number or a list of numbers")
     return dict(attrs)
+
+
+def _t_end(t_end, grad_tol):
+    """t_end > 0, or inf (None) to run until ||grad L|| <= grad_tol, which is then required."""
+    if t_end is None or (
+        isinstance(t_end, numbers.Real) and not isinstance(t_end, bool) and t_end == math.inf
+    ):
+        if grad_tol is None:
+            raise ValueError("t_end=None (or inf) runs until ||grad L|| <= grad_tol: give grad_tol")
+        return math.inf
+    return _positive_float(t_end, "t_end")
 
 
 def _grad_tol(grad_tol):
@@ -222,11 +234,12 @@ def gradient_flow(
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
-    if method != "rk45":
+    if method not in ("rk45", "rosenbrock"):
         raise ValueError(
-            f"method must be 'rk45', got {method!r} (explicit Euler is gradient_descent)"
+            f"method must be 'rk45' or 'rosenbrock', got {method!r} "
+            "(explicit Euler is gradient_descent)"
         )
-    t_end = _positive_float(t_end, "t_end")
+    t_end = _t_end(t_end, grad_tol)
     rtol = _positive_float(rtol, "rtol")
     atol = _positive_float(atol, "atol", allow_zero=True)
     if rtol < 100 * _EPS:
@@ -235,7 +248,7 @@ def gradient_flow(
     gtol = _grad_tol(grad_tol)
     max_steps = _count(max_steps, "max_steps", minimum=1)
     if save_times is None:
-        save_t = np.linspace(0.0, t_end, 11)
+        save_t = np.linspace(0.0, t_end, 11) if t_end < math.inf else np.zeros(1)
     else:
         try:
             save_t = np.atleast_1d(np.asarray(save_times, dtype=np.float64))
@@ -254,12 +267,16 @@ def gradient_flow(
     out = _outputs(K, n, problem.arch.k_v, save_t.size)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
-        # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
-        kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
-        I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
+        if method == "rk45":
+            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
+            I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
+        else:
+            stats = R.new_stats(K)
+            R.rodas_batch(problem.model, W0, opt, out, stats, nt)
         wall = _time.perf_counter() - t0
     run_attrs = {
-        "method": "rk45",
+        "method": method,
         "t_end": t_end,
         "rtol": rtol,
         "atol": atol,
@@ -267,7 +284,13 @@ def gradient_flow(
     }
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
-    return _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds["newton_step_final"] = ("flow", R.newton_step_norm(problem, out.w_final), {
+        "long_name": "||H^+ grad L||_2 at w_final (H = Hess L, eigenvalues below "
+        f"{R.NEWTON_RCOND:g} max|eig| left out): estimated distance to the limit"})
+    if method == "rosenbrock":
+        R.add_statistics(ds, stats)
+    return ds
 
 
 def gradient_descent(
