@@ -210,88 +210,90 @@ def grad_ws(model, w, ws, out_g, want_loss):
 
 
 @nb.njit(**_JIT)
-def hessian_into(model, w, wk):
-    """Hess L(w) into wk.H (the kernel of Problem.hessian)."""
-    hessian_one(model, w, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, wk.H, wk.hG, wk.hHJ)
+def hessian_into(model, w, wk, H):
+    """Hess L(w) into H (n, n) (the kernel of Problem.hessian; scratch from wk)."""
+    hessian_one(model, w, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, H, wk.hG, wk.hHJ)
 
 
+# The step's helpers take the arrays themselves, not the _Work tuple: every access to a
+# field of a tuple passed along costs atomic reference counting (measured: twice the time of
+# a whole step on the benchmark case).
 @nb.njit(**_JIT)
-def rodas_step(model, wk, h):
-    """Attempt one RODAS step of size h from wk.y, given wk.g = grad L(y) and wk.H = Hess L(y):
-    stages into wk.U (u_6 is the error estimate), the new point into wk.y_new.
+def rodas_step(model, ws, H, E, piv, U, y, g, y_new, ytmp, gtmp, h):
+    """Attempt one RODAS step of size h from y (n,), given g = grad L(y) and H = Hess L(y)
+    (n, n): the LU factors of I / (h gamma) + H into E and piv, the stages u_i into U (6, n)
+    (u_6 is the error estimate), the new point into y_new; ws, ytmp, gtmp: scratch.
 
     Returns the number of gradient evaluations done (5), or -1 if the factorisation failed
     (nothing else was computed). A non-finite stage shows up as a non-finite y_new or u_6.
     """
-    n = wk.y.shape[0]
-    E = wk.E
+    n = y.shape[0]
     inv = 1.0 / (h * RO_GAMMA)
     for i in range(n):
         for j in range(n):
-            E[i, j] = wk.H[i, j]
+            E[i, j] = H[i, j]
         E[i, i] += inv
-    if not lu_factor(E, wk.piv):
+    if not lu_factor(E, piv):
         return -1
-    U = wk.U
     for i in range(n):  # stage 1: the right-hand side is f(y) = -grad L(y)
-        U[0, i] = -wk.g[i]
-    lu_solve(E, wk.piv, U[0])
+        U[0, i] = -g[i]
+    lu_solve(E, piv, U[0])
     for st in range(1, 6):
         for i in range(n):
-            acc = wk.y[i]
+            acc = y[i]
             for j in range(st):
                 acc += RO_A[st, j] * U[j, i]
-            wk.ytmp[i] = acc
-        grad_ws(model, wk.ytmp, wk.ws, wk.gtmp, False)
+            ytmp[i] = acc
+        grad_ws(model, ytmp, ws, gtmp, False)
         for i in range(n):
             acc = 0.0
             for j in range(st):
                 acc += RO_C[st, j] * U[j, i]
-            U[st, i] = acc / h - wk.gtmp[i]
-        lu_solve(E, wk.piv, U[st])
+            U[st, i] = acc / h - gtmp[i]
+        lu_solve(E, piv, U[st])
     for i in range(n):
-        acc = wk.y[i]
+        acc = y[i]
         for j in range(6):
             acc += RO_M[j] * U[j, i]
-        wk.y_new[i] = acc
+        y_new[i] = acc
     return 5
 
 
 @nb.njit(**_JIT)
-def dense_point(wk, s, out):
-    """The order-3 continuous extension at t + s h (0 <= s <= 1) of the last step into out."""
-    n = wk.y.shape[0]
+def dense_point(y, y_new, U, s, out):
+    """The order-3 continuous extension at t + s h (0 <= s <= 1) of the step from y to y_new
+    with stages U into out."""
+    n = y.shape[0]
     for i in range(n):
         d1 = 0.0
         d2 = 0.0
         for j in range(5):
-            d1 += RO_D[0, j] * wk.U[j, i]
-            d2 += RO_D[1, j] * wk.U[j, i]
-        out[i] = (1.0 - s) * wk.y[i] + s * (wk.y_new[i] + (1.0 - s) * (d1 + s * d2))
+            d1 += RO_D[0, j] * U[j, i]
+            d2 += RO_D[1, j] * U[j, i]
+        out[i] = (1.0 - s) * y[i] + s * (y_new[i] + (1.0 - s) * (d1 + s * d2))
 
 
 @nb.njit(**_JIT)
-def error_norm(wk, rtol, atol):
+def error_norm(y, y_new, U, rtol, atol):
     """RMS of u_6 / (atol + rtol max(|y|, |y_new|)); inf if it or y_new is not finite."""
-    n = wk.y.shape[0]
+    n = y.shape[0]
     acc = 0.0
     for i in range(n):
-        if not math.isfinite(wk.y_new[i]):
+        if not math.isfinite(y_new[i]):
             return math.inf
-        sc = atol + rtol * max(abs(wk.y[i]), abs(wk.y_new[i]))
-        acc += (wk.U[5, i] / sc) ** 2
+        sc = atol + rtol * max(abs(y[i]), abs(y_new[i]))
+        acc += (U[5, i] / sc) ** 2
     err = math.sqrt(acc / n)
     return err if math.isfinite(err) else math.inf
 
 
 # ----------------------------------------------------------------------------- one flow
 @nb.njit(**_JIT)
-def _finish(out, st, f, wk, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last):
-    n = wk.y.shape[0]
-    for i in range(n):
-        out.w_final[f, i] = wk.y[i]
-    for i in range(wk.v.shape[0]):
-        out.v_final[f, i] = wk.v[i]
+def _finish(out, st, f, y, v, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last):
+    for i in range(y.shape[0]):
+        out.w_final[f, i] = y[i]
+    for i in range(v.shape[0]):
+        out.v_final[f, i] = v[i]
     out.loss_final[f] = L
     out.grad_norm_final[f] = gn
     out.t_final[f] = t
@@ -313,22 +315,22 @@ def _save(out, f, r, y, L, gn):
 
 
 @nb.njit(**_JIT)
-def _keep_filter(model, wk):
-    """Copy pi(y) of the last gradient evaluation (ws.prefix[N]) into wk.v."""
+def _keep_filter(model, ws, v):
+    """Copy pi(y) of the last gradient evaluation (ws.prefix[N]) into v."""
     N = model.k.shape[0]
-    for i in range(wk.v.shape[0]):
-        wk.v[i] = wk.ws.prefix[N, i]
+    for i in range(v.shape[0]):
+        v[i] = ws.prefix[N, i]
 
 
 @nb.njit(**_JIT)
-def _dense_saves(model, opt, out, f, wk, si, t, h):
+def _dense_saves(model, opt, out, f, y, y_new, U, ws, ytmp, gtmp, si, t, h):
     """Saves at the save times inside (t, t + h) from the continuous extension (one gradient
     evaluation each, for the loss and gradient norm). Returns the next save index."""
     T = opt.save_t.shape[0]
     while si < T and opt.save_t[si] < t + h:
-        dense_point(wk, (opt.save_t[si] - t) / h, wk.ytmp)
-        Ls = grad_ws(model, wk.ytmp, wk.ws, wk.gtmp, True)
-        _save(out, f, si, wk.ytmp, Ls, _norm2(wk.gtmp))
+        dense_point(y, y_new, U, (opt.save_t[si] - t) / h, ytmp)
+        Ls = grad_ws(model, ytmp, ws, gtmp, True)
+        _save(out, f, si, ytmp, Ls, _norm2(gtmp))
         si += 1
     return si
 
@@ -339,18 +341,20 @@ def rodas_flow(model, W0, f, opt, out, st, wk):
     docstring); the stopping rules, statuses and saves are those of rk45."""
     n = W0.shape[1]
     T = opt.save_t.shape[0]
+    ws, H, E, piv, U, v = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v
+    y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
     for i in range(n):
-        wk.y[i] = W0[f, i]
-    L = grad_ws(model, wk.y, wk.ws, wk.g, True)
-    _keep_filter(model, wk)
-    gn = _norm2(wk.g)
+        y[i] = W0[f, i]
+    L = grad_ws(model, y, ws, g, True)
+    _keep_filter(model, ws, v)
+    gn = _norm2(g)
     _start(out, f)
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
-    _record(out, f, _l1(wk.v), _norm2(wk.y))
+    _record(out, f, _l1(v), _norm2(y))
     si = 0
     while si < T and opt.save_t[si] <= 0.0:
-        _save(out, f, si, wk.y, L, gn)
+        _save(out, f, si, y, L, gn)
         si += 1
     t = 0.0
     n_acc = 0
@@ -367,8 +371,8 @@ def rodas_flow(model, W0, f, opt, out, st, wk):
         status = CONVERGED
     else:
         for i in range(n):
-            wk.gtmp[i] = -wk.g[i]  # f(y0)
-        h_abs = _initial_step(model, wk.y, wk.gtmp, opt.t_end, opt, wk.ws, wk.ytmp, wk.y_new)
+            gtmp[i] = -g[i]  # f(y0)
+        h_abs = _initial_step(model, y, gtmp, opt.t_end, opt, ws, ytmp, y_new)
         evals += 1
     rejected = False
     need_hessian = True
@@ -393,15 +397,15 @@ def rodas_flow(model, W0, f, opt, out, st, wk):
         h = t_new - t
         h_abs = h
         if need_hessian:
-            hessian_into(model, wk.y, wk)
+            hessian_into(model, y, wk, H)
             n_hess += 1
             need_hessian = False
-        done = rodas_step(model, wk, h)
+        done = rodas_step(model, ws, H, E, piv, U, y, g, y_new, ytmp, gtmp, h)
         n_lu += 1
         err = math.inf
         if done > 0:
             evals += done
-            err = error_norm(wk, opt.rtol, opt.atol)
+            err = error_norm(y, y_new, U, opt.rtol, opt.atol)
         if not err < 1.0:
             h_abs *= max(MIN_FACTOR, SAFETY * err**RO_ERROR_EXPONENT)
             rejected = True
@@ -415,30 +419,30 @@ def rodas_flow(model, W0, f, opt, out, st, wk):
         n_acc += 1
         h_last = h
         si0 = si
-        si = _dense_saves(model, opt, out, f, wk, si, t, h)
+        si = _dense_saves(model, opt, out, f, y, y_new, U, ws, ytmp, gtmp, si, t, h)
         evals += si - si0
-        L_new = grad_ws(model, wk.y_new, wk.ws, wk.g_new, True)
+        L_new = grad_ws(model, y_new, ws, g_new, True)
         evals += 1
-        gn = _norm2(wk.g_new)
+        gn = _norm2(g_new)
         if L_new - L > out.max_loss_increase[f]:
             out.max_loss_increase[f] = L_new - L
         L = L_new
         t = t_new
         for i in range(n):
-            wk.y[i] = wk.y_new[i]
-            wk.g[i] = wk.g_new[i]
-        _keep_filter(model, wk)
+            y[i] = y_new[i]
+            g[i] = g_new[i]
+        _keep_filter(model, ws, v)
         need_hessian = True
         while si < T and opt.save_t[si] <= t:
-            _save(out, f, si, wk.y, L, gn)
+            _save(out, f, si, y, L, gn)
             si += 1
         if not (math.isfinite(L) and math.isfinite(gn)):
             status = NON_FINITE
             break
-        _record(out, f, _l1(wk.v), _norm2(wk.y))
+        _record(out, f, _l1(v), _norm2(y))
         if gn <= opt.grad_tol:
             status = CONVERGED
-    _finish(out, st, f, wk, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last)
+    _finish(out, st, f, y, v, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last)
 
 
 @nb.njit(**_JIT)

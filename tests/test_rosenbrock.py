@@ -89,16 +89,17 @@ def test_rodas_tableau_order_conditions_and_l_stability():
 def _fixed_steps(model, y0, h, n_steps, s_dense, wk):
     """n_steps RODAS steps of size h from y0 (the integrator's own step function); also the
     dense output of the first step at t = s_dense h."""
-    wk.y[:] = y0
+    y, g, y_new = wk.y, wk.g, wk.y_new
+    y[:] = y0
     dense = np.empty_like(y0)
     for j in range(n_steps):
-        R.grad_ws(model, wk.y, wk.ws, wk.g, False)
-        R.hessian_into(model, wk.y, wk)
-        R.rodas_step(model, wk, h)
+        R.grad_ws(model, y, wk.ws, g, False)
+        R.hessian_into(model, y, wk, wk.H)
+        R.rodas_step(model, wk.ws, wk.H, wk.E, wk.piv, wk.U, y, g, y_new, wk.ytmp, wk.gtmp, h)
         if j == 0:
-            R.dense_point(wk, s_dense, dense)
-        wk.y[:] = wk.y_new
-    return wk.y.copy(), dense
+            R.dense_point(y, y_new, wk.U, s_dense, dense)
+        y[:] = y_new
+    return y.copy(), dense
 
 
 def _linear_problem():
