@@ -273,7 +273,9 @@ def gradient_flow(
             I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
         else:
             stats = R.new_stats(K)
-            R.rodas_batch(problem.model, W0, opt, out, stats, nt)
+            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
+            R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt)
         wall = _time.perf_counter() - t0
     run_attrs = {
         "method": method,
