@@ -229,6 +229,24 @@ def test_rosenbrock_agrees_with_rk45_and_keeps_the_invariants(arch_args, loss):
     assert drift < 1e-7 * scale**2, drift
 
 
+@pytest.mark.parametrize("loss", [square(), log_cosh(2.0)], ids=lambda l: l.name)
+def test_flows_leaving_the_saddle_at_zero_follow_rk45_into_the_same_limit(loss):
+    """w = 0 is a critical point but no minimum (three layers: gradient and Hessian vanish
+    there, L decreases along the cubic directions pi(w) = v with b^T v > 0): flows started
+    next to it escape slowly, where a large linearly implicit step could jump into another
+    basin: it must not."""
+    p = make_problem(ARCHS[0], loss)
+    w0 = lf.data.initial_filters(p.arch, 3, scale=0.05, seed=3)
+    kw = dict(t_end=60.0, rtol=1e-10, atol=1e-12, save_times=np.linspace(0, 60.0, 7))
+    ro = lf.gradient_flow(p, w0, method="rosenbrock", **kw)
+    rk = lf.gradient_flow(p, w0, method="rk45", **kw)
+    # the same trajectories to the accumulated error of both methods at rtol 1e-10
+    # (4e-11 measured), and the same limit: losses equal to ~1e-14 relative
+    assert np.abs(ro.w.values - rk.w.values).max() < 1e-8
+    np.testing.assert_allclose(ro.loss_final.values, rk.loss_final.values, rtol=1e-10)
+    assert np.all(ro.grad_norm_final.values < 1e-6)
+
+
 def test_stiff_linear_problem_steps_far_beyond_the_explicit_stability_limit():
     """dw/dt = -2 A w + 2 b with the eigenvalues of 2A from 1 to 1e8 (one layer, d0 = k: the
     window Gram is X X^T)."""
