@@ -1,7 +1,8 @@
 """Many gradient flows at once: the public integrators and the Dataset schema of their results.
 
-``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4);
-``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
+``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4)
+or, stiff near every limit, the L-stable Rosenbrock method RODAS with the exact Hessian
+(:mod:`lcnfast._rosenbrock`); ``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
 points (K, n_params), advance every flow with its own step size and stopping rule, and
 return an :class:`xarray.Dataset` with the schema below.
 
@@ -35,6 +36,13 @@ v_l1_max               (flow,)              max over accepted states of ||v||_1 
 w_norm_max             (flow,)              max over accepted states of ||w||_2
 w                      (flow, time, param)  parameters at the saved times
 loss, grad_norm        (flow, time)         L and ||grad L|| at the saved times
+newton_step_final      (flow,)              gradient_flow only: ||H^+ grad L||_2 at w_final
+                                            (H = Hess L without its eigenvalues below 1e-8
+                                            max|eig|): the Newton correction, an estimate of
+                                            the distance to the limit
+n_hessian_evals        (flow,)              rosenbrock only: Hessian evaluations
+n_lu                   (flow,)              rosenbrock only: LU factorisations
+h_final                (flow,)              rosenbrock only: last accepted step size
 =====================  ===================  ==============================================
 
 Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
@@ -197,10 +205,14 @@ def gradient_flow(
 ):
     """Integrate the gradient flow ``dw/dt = -grad L(w)`` from every row of ``w0``.
 
-    Dormand-Prince 5(4) (scipy ``RK45`` conventions) with a step size of its own for every flow;
-    values at ``save_times`` come from the 4th-order dense output of the accepted steps
-    (Shampine's continuous extension, as scipy's ``dense_output``), so saving never changes
-    the steps. Each saved point costs one extra gradient evaluation (for its loss and
+    ``method="rk45"``: Dormand-Prince 5(4) (scipy ``RK45`` conventions) with a step size of
+    its own for every flow; values at ``save_times`` come from the 4th-order dense output of
+    the accepted steps (Shampine's continuous extension, as scipy's ``dense_output``).
+    ``method="rosenbrock"``: RODAS (Hairer-Wanner, order 4(3), L-stable) with the exact
+    Hessian, the same error control, and its 3rd-order dense output: stable steps whatever
+    the Hessian's largest eigenvalue, so that flows near their limits (stiff) take large
+    steps and reach ``grad_tol`` down to ~eps lambda_max(Hess L) ||w||. Saving never changes
+    the steps; each saved point costs one extra gradient evaluation (for its loss and
     gradient norm).
 
     Parameters
@@ -208,10 +220,11 @@ def gradient_flow(
     problem : Problem
     w0 : array_like (K, n_params) or (n_params,)
         Initial points (finite).
-    method : {"rk45"}
+    method : {"rk45", "rosenbrock"}
         The integrator (explicit Euler is :func:`gradient_descent`).
-    t_end : float > 0
-        Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7).
+    t_end : float > 0, inf or None
+        Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7); inf or None:
+        run every flow until ||grad L|| <= grad_tol (required then) or max_steps.
     rtol, atol : float
         Relative (>= 100 eps; smaller is raised with a warning, as scipy) and absolute
         (>= 0) tolerances of the error norm RMS(err / (atol + rtol max(|w|, |w_new|))).
@@ -221,7 +234,7 @@ def gradient_flow(
         Cap on attempted (accepted + rejected) steps per flow.
     save_times : array_like or None
         Strictly increasing times in [0, t_end]; default 11 equally spaced times from 0 to
-        t_end.
+        t_end (t = 0 alone if t_end is infinite).
     n_threads : int or None
         Numba threads for this call (None: current setting).
     attrs : dict or None

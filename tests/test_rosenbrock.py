@@ -232,9 +232,9 @@ def test_rosenbrock_agrees_with_rk45_and_keeps_the_invariants(arch_args, loss):
 @pytest.mark.parametrize("loss", [square(), log_cosh(2.0)], ids=lambda l: l.name)
 def test_flows_leaving_the_saddle_at_zero_follow_rk45_into_the_same_limit(loss):
     """w = 0 is a critical point but no minimum (three layers: gradient and Hessian vanish
-    there, L decreases along the cubic directions pi(w) = v with b^T v > 0): flows started
-    next to it escape slowly, where a large linearly implicit step could jump into another
-    basin: it must not."""
+    there, and L decreases to third order where pi(w) points against dL/dv(0)): flows
+    started next to it escape slowly, where a large linearly implicit step could jump into
+    another basin: it must not."""
     p = make_problem(ARCHS[0], loss)
     w0 = lf.data.initial_filters(p.arch, 3, scale=0.05, seed=3)
     kw = dict(t_end=60.0, rtol=1e-10, atol=1e-12, save_times=np.linspace(0, 60.0, 7))
