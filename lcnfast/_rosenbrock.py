@@ -50,12 +50,13 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._integrate import (CONVERGED, MAX_FACTOR, MAX_STEPS, MIN_FACTOR, NON_FINITE, REACHED_END,
-                         SAFETY, STEP_UNDERFLOW, _fetch_add, _initial_step, _l1, _norm2,
-                         _record, _start)
+from ._integrate import (CONVERGED, ERROR_EXPONENT, MAX_FACTOR, MAX_STEPS, MIN_FACTOR,
+                         NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW, _fetch_add,
+                         _initial_step, _l1, _norm2, _record, _start)
 from ._jit import JIT as _JIT
-from ._kernels import (_fs_loss_grad_buf, backward_filter, forward_filter, hessian_one,
-                       new_workspace)
+from ._kernels import hessian_one, new_workspace
+from ._one_flow import (NONSTIFF_RESET, STIFF_COUNT, STIFF_HLAMB, dp_dense_point,
+                        dp_error_norm, dp_step, grad_any, grad_ws, h_lambda)
 
 # ----------------------------------------------------------------------------- RODAS tableau
 # Hairer & Wanner (1996), section VI.4; coefficients of rodas.f (RODCOE, METH = 1).
@@ -95,10 +96,13 @@ class RosenbrockStats(NamedTuple):
     n_hessian_evals: np.ndarray  # (K,) int64
     n_lu: np.ndarray  # (K,) int64 factorisations (one per attempted step)
     h_final: np.ndarray  # (K,) size of the last accepted step (NaN: none)
+    n_dp_steps: np.ndarray  # (K,) int64 Dormand-Prince steps (auto), accepted + rejected
+    t_switch: np.ndarray  # (K,) time of the switch to RODAS (auto; NaN: never; rosenbrock: 0)
 
 
 def new_stats(K):
-    return RosenbrockStats(np.zeros(K, np.int64), np.zeros(K, np.int64), np.full(K, np.nan))
+    return RosenbrockStats(np.zeros(K, np.int64), np.zeros(K, np.int64), np.full(K, np.nan),
+                           np.zeros(K, np.int64), np.full(K, np.nan))
 
 
 class _Work(NamedTuple):
@@ -126,6 +130,8 @@ class _Work(NamedTuple):
     kG: np.ndarray  # (n, 1)
     kL: np.ndarray  # (1,)
     kV: np.ndarray  # (k_v, 1)
+    Kst: np.ndarray  # (7, n) Dormand-Prince stages (auto)
+    v_new: np.ndarray  # (k_v,) pi(y_new) of a Dormand-Prince step
 
 
 @nb.njit(**_JIT)
@@ -138,7 +144,7 @@ def new_work(model, n):
         np.zeros((kv, kv)), np.zeros(kv), np.zeros((kv, n)), np.zeros((n, n)),
         np.zeros((n, n)), np.zeros(n, np.int64), np.zeros((6, n)), z.copy(), z.copy(),
         z.copy(), z.copy(), z.copy(), z.copy(), np.zeros(kv), np.zeros((n, 1)), np.zeros((n, 1)),
-        np.zeros(1), np.zeros((kv, 1)),
+        np.zeros(1), np.zeros((kv, 1)), np.zeros((7, n)), np.zeros(kv),
     )
 
 
@@ -205,36 +211,6 @@ def lu_solve(E, piv, x):
 
 
 # ----------------------------------------------------------------------------- one step
-@nb.njit(**_JIT)
-def grad_ws(model, w, ws, out_g, want_loss):
-    """grad L(w) into out_g (n,) and L(w) (NaN unless ``want_loss``; the data path then skips
-    the loss values, the gradient is the same bits); pi(w) is left in ws.prefix[N]."""
-    k = model.k
-    kv = forward_filter(w, k, model.S, model.offs, ws.prefix)
-    L = _fs_loss_grad_buf(model, ws.prefix[k.shape[0], :kv], ws.G, ws.buf, want_loss)
-    backward_filter(w, k, model.S, model.offs, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
-    return L
-
-
-@nb.njit(**_JIT)
-def grad_any(model, kern, use_kern, w, ws, out_g, want_loss, kW, kG, kL, kV):
-    """:func:`grad_ws` through the generated kernel ``kern`` (lcnfast._codegen, one lane:
-    kW, kG (n, 1), kL (1,), kV (k_v, 1) scratch) when ``use_kern``: the same numbers, ~10x
-    faster on small filters; pi(w) is copied to ws.prefix[N] as grad_ws leaves it."""
-    if not use_kern:
-        return grad_ws(model, w, ws, out_g, want_loss)
-    n = w.shape[0]
-    N = model.k.shape[0]
-    for i in range(n):
-        kW[i, 0] = w[i]
-    kern(kW, model.A, model.b, model.yy, kG, kL, kV)
-    for i in range(n):
-        out_g[i] = kG[i, 0]
-    for i in range(kV.shape[0]):
-        ws.prefix[N, i] = kV[i, 0]
-    return kL[0]
-
-
 @nb.njit(**_JIT)
 def hessian_into(model, w, wk, H):
     """Hess L(w) into H (n, n) (the kernel of Problem.hessian; scratch from wk)."""
@@ -316,7 +292,7 @@ def error_norm(y, y_new, U, rtol, atol):
 
 # ----------------------------------------------------------------------------- one flow
 @nb.njit(**_JIT)
-def _finish(out, st, f, y, v, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last):
+def _finish(out, f, y, v, L, gn, t, status, n_acc, n_rej, evals):
     for i in range(y.shape[0]):
         out.w_final[f, i] = y[i]
     for i in range(v.shape[0]):
@@ -328,9 +304,6 @@ def _finish(out, st, f, y, v, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_l
     out.n_accepted[f] = n_acc
     out.n_rejected[f] = n_rej
     out.n_grad_evals[f] = evals
-    st.n_hessian_evals[f] = n_hess
-    st.n_lu[f] = n_lu
-    st.h_final[f] = h_last
 
 
 @nb.njit(**_JIT)
@@ -343,35 +316,37 @@ def _save(out, f, r, y, L, gn):
 
 @nb.njit(**_JIT)
 def _keep_filter(model, ws, v):
-    """Copy pi(y) of the last gradient evaluation (ws.prefix[N]) into v."""
+    """Copy pi(w) of the last gradient evaluation (ws.prefix[N]) into v."""
     N = model.k.shape[0]
     for i in range(v.shape[0]):
         v[i] = ws.prefix[N, i]
 
 
 @nb.njit(**_JIT)
-def _dense_saves(model, kern, use_kern, opt, out, f, y, y_new, U, ws, K1, ytmp, gtmp, si, t,
-                 h):
-    """Saves at the save times inside (t, t + h) from the continuous extension (one gradient
-    evaluation each, for the loss and gradient norm). Returns the next save index."""
+def _dense_saves(model, kern, use_kern, opt, out, f, stiff, wk, K1, si, t, h):
+    """Saves at the save times inside (t, t + h) from the continuous extension of the
+    accepted step (RODAS if ``stiff``, else Dormand-Prince), one gradient evaluation each (for
+    the loss and gradient norm). Returns the next save index."""
     T = opt.save_t.shape[0]
+    ytmp, gtmp = wk.ytmp, wk.gtmp
     while si < T and opt.save_t[si] < t + h:
-        dense_point(y, y_new, U, (opt.save_t[si] - t) / h, ytmp)
-        Ls = grad_any(model, kern, use_kern, ytmp, ws, gtmp, True, K1[0], K1[1], K1[2], K1[3])
+        x = (opt.save_t[si] - t) / h
+        if stiff:
+            dense_point(wk.y, wk.y_new, wk.U, x, ytmp)
+        else:
+            dp_dense_point(wk.Kst, wk.y, h, x, ytmp)
+        Ls = grad_any(model, kern, use_kern, ytmp, wk.ws, gtmp, True, K1[0], K1[1], K1[2], K1[3])
         _save(out, f, si, ytmp, Ls, _norm2(gtmp))
         si += 1
     return si
 
 
 @nb.njit(**_JIT)
-def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk):
-    """Integrate flow f (row f of W0) with RODAS into ``out`` / ``st`` (see the module
-    docstring); the stopping rules, statuses and saves are those of rk45."""
+def _begin(model, W0, f, opt, out, wk):
+    """Load flow f, evaluate its start, save at t <= 0; returns (L, ||g||, status or -1, next
+    save index, initial step)."""
     n = W0.shape[1]
-    T = opt.save_t.shape[0]
-    ws, H, E, piv, U, v = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v
-    y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
-    K1 = (wk.kW, wk.kG, wk.kL, wk.kV)
+    y, g, v, ws = wk.y, wk.g, wk.v, wk.ws
     for i in range(n):
         y[i] = W0[f, i]
     L = grad_ws(model, y, ws, g, True)
@@ -382,27 +357,35 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk):
     out.grad_norm_init[f] = gn
     _record(out, f, _l1(v), _norm2(y))
     si = 0
-    while si < T and opt.save_t[si] <= 0.0:
+    while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
         _save(out, f, si, y, L, gn)
         si += 1
-    t = 0.0
-    n_acc = 0
-    n_rej = 0
-    evals = 1
-    n_hess = 0
-    n_lu = 0
-    h_last = math.nan
-    h_abs = 0.0
-    status = -1
     if not (math.isfinite(L) and math.isfinite(gn)):
-        status = NON_FINITE
-    elif gn <= opt.grad_tol:
-        status = CONVERGED
-    else:
-        for i in range(n):
-            gtmp[i] = -g[i]  # f(y0)
-        h_abs = _initial_step(model, y, gtmp, opt.t_end, opt, ws, ytmp, y_new)
-        evals += 1
+        return L, gn, NON_FINITE, si, 0.0
+    if gn <= opt.grad_tol:
+        return L, gn, CONVERGED, si, 0.0
+    for i in range(n):
+        wk.gtmp[i] = -g[i]  # f(y0)
+    return L, gn, -1, si, _initial_step(model, y, wk.gtmp, opt.t_end, opt, ws, wk.ytmp, wk.y_new)
+
+
+@nb.njit(**_JIT)
+def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
+    """Integrate flow f (row f of W0) into ``out`` / ``st`` with RODAS, or (``auto``) with
+    Dormand-Prince until the stiffness detection of :mod:`lcnfast._one_flow` fires and RODAS
+    from there on (a flow near its limit stays stiff: no switching back). The stopping rules,
+    statuses and saves are those of rk45."""
+    n = W0.shape[1]
+    ws, H, E, piv, U, v, Kst = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v, wk.Kst
+    y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
+    K1 = (wk.kW, wk.kG, wk.kL, wk.kV)
+    L, gn, status, si, h_abs = _begin(model, W0, f, opt, out, wk)
+    t = 0.0
+    n_acc = n_rej = n_hess = n_lu = n_dp = n_stiff = n_calm = 0
+    evals = 1 if status >= 0 else 2
+    h_last = math.nan
+    t_switch = math.nan if auto else 0.0
+    stiff = not auto
     rejected = False
     need_hessian = True
     min_step = 0.0
@@ -425,46 +408,72 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk):
             break
         h = t_new - t
         h_abs = h
-        if need_hessian:
-            hessian_into(model, y, wk, H)
-            n_hess += 1
-            need_hessian = False
-        done = rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp, gtmp, h)
-        n_lu += 1
-        err = math.inf
-        if done > 0:
-            evals += done
-            err = error_norm(y, y_new, U, opt.rtol, opt.atol)
+        if stiff:
+            if need_hessian:
+                hessian_into(model, y, wk, H)
+                n_hess += 1
+                need_hessian = False
+            done = rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp,
+                              gtmp, h)
+            n_lu += 1
+            err = math.inf
+            if done > 0:
+                evals += done
+                err = error_norm(y, y_new, U, opt.rtol, opt.atol)
+            expo = RO_ERROR_EXPONENT
+        else:
+            L_new = dp_step(model, kern, use_kern, ws, K1, Kst, y, g, y_new, g_new, ytmp, gtmp,
+                            h)
+            _keep_filter(model, ws, wk.v_new)
+            n_dp += 1
+            evals += 6
+            err = dp_error_norm(Kst, y, y_new, h, opt.rtol, opt.atol)
+            expo = ERROR_EXPONENT
         if not err < 1.0:
-            h_abs *= max(MIN_FACTOR, SAFETY * err**RO_ERROR_EXPONENT)
+            h_abs *= max(MIN_FACTOR, SAFETY * err**expo)
             rejected = True
             n_rej += 1
             continue
-        factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**RO_ERROR_EXPONENT)
+        factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**expo)
         if rejected:
             factor = min(1.0, factor)
         h_abs *= factor
         rejected = False
         n_acc += 1
         h_last = h
+        was_stiff = stiff
+        if not stiff:  # before the dense saves overwrite the 6th stage in ytmp, gtmp
+            if h_lambda(y_new, g_new, ytmp, gtmp, h) > STIFF_HLAMB:
+                n_calm = 0
+                n_stiff += 1
+                stiff = n_stiff >= STIFF_COUNT
+            else:
+                n_calm += 1
+                if n_calm >= NONSTIFF_RESET:
+                    n_stiff = 0
         si0 = si
-        si = _dense_saves(model, kern, use_kern, opt, out, f, y, y_new, U, ws, K1, ytmp, gtmp, si,
-                          t, h)
+        si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
         evals += si - si0
-        L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, True, K1[0], K1[1], K1[2],
-                         K1[3])
-        evals += 1
+        if was_stiff:
+            L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, True, K1[0], K1[1],
+                             K1[2], K1[3])
+            evals += 1
+            _keep_filter(model, ws, v)
+        else:
+            for i in range(v.shape[0]):
+                v[i] = wk.v_new[i]
         gn = _norm2(g_new)
         if L_new - L > out.max_loss_increase[f]:
             out.max_loss_increase[f] = L_new - L
         L = L_new
         t = t_new
+        if stiff and not was_stiff:
+            t_switch = t
         for i in range(n):
             y[i] = y_new[i]
             g[i] = g_new[i]
-        _keep_filter(model, ws, v)
         need_hessian = True
-        while si < T and opt.save_t[si] <= t:
+        while si < opt.save_t.shape[0] and opt.save_t[si] <= t:
             _save(out, f, si, y, L, gn)
             si += 1
         if not (math.isfinite(L) and math.isfinite(gn)):
@@ -473,27 +482,33 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk):
         _record(out, f, _l1(v), _norm2(y))
         if gn <= opt.grad_tol:
             status = CONVERGED
-    _finish(out, st, f, y, v, L, gn, t, status, n_acc, n_rej, evals, n_hess, n_lu, h_last)
+    _finish(out, f, y, v, L, gn, t, status, n_acc, n_rej, evals)
+    st.n_hessian_evals[f] = n_hess
+    st.n_lu[f] = n_lu
+    st.h_final[f] = h_last
+    st.n_dp_steps[f] = n_dp
+    st.t_switch[f] = t_switch
 
 
 @nb.njit(**_JIT)
-def _worker(model, kern, use_kern, W0, opt, out, st, counter):
+def _worker(model, kern, use_kern, W0, opt, out, st, counter, auto):
     K, n = W0.shape
     wk = new_work(model, n)
     while True:
         f = _fetch_add(counter, 0, 1)
         if f >= K:
             break
-        rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk)
+        rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto)
 
 
 @nb.njit(parallel=True, **_JIT)
-def rodas_batch(model, kern, use_kern, W0, opt, out, st, n_workers):
-    """RODAS for every row of W0 (K, n) into ``out`` (_integrate.FlowOutputs) and ``st``;
-    gradients through the generated kernel ``kern`` when ``use_kern`` (as rk45_batch)."""
+def rodas_batch(model, kern, use_kern, W0, opt, out, st, n_workers, auto):
+    """RODAS (``auto``: Dormand-Prince switching to RODAS when stiff) for every row of W0
+    (K, n) into ``out`` (_integrate.FlowOutputs) and ``st``; gradients through the generated
+    kernel ``kern`` when ``use_kern`` (as rk45_batch)."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _worker(model, kern, use_kern, W0, opt, out, st, counter)
+        _worker(model, kern, use_kern, W0, opt, out, st, counter, auto)
 
 
 # ----------------------------------------------------------------------------- Dataset
@@ -520,9 +535,16 @@ def newton_step_norm(problem, W):
     return out
 
 
-def add_statistics(ds, stats):
-    """The Rosenbrock method's own per-flow variables (module docstring of lcnfast.flows)."""
+def add_statistics(ds, stats, method):
+    """The per-flow variables of methods rosenbrock and auto (module docstring of
+    lcnfast.flows)."""
     ds["n_hessian_evals"] = ("flow", stats.n_hessian_evals, {"long_name": "Hessian evaluations"})
-    ds["n_lu"] = ("flow", stats.n_lu, {"long_name": "LU factorisations (one per attempted step)"})
+    ds["n_lu"] = ("flow", stats.n_lu, {
+        "long_name": "LU factorisations = Rosenbrock steps attempted"})
     ds["h_final"] = ("flow", stats.h_final, {
         "long_name": "size of the last accepted step (NaN: none)"})
+    if method == "auto":
+        ds["n_dp_steps"] = ("flow", stats.n_dp_steps, {
+            "long_name": "Dormand-Prince steps attempted (before the switch to Rosenbrock)"})
+        ds["t_switch"] = ("flow", stats.t_switch, {
+            "long_name": "time of the switch to Rosenbrock (NaN: never stiff)"})

@@ -2,7 +2,8 @@
 
 ``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4)
 or, stiff near every limit, the L-stable Rosenbrock method RODAS with the exact Hessian
-(:mod:`lcnfast._rosenbrock`); ``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
+(:mod:`lcnfast._rosenbrock`), or Dormand-Prince switching to RODAS per flow once stiff
+("auto"); ``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
 points (K, n_params), advance every flow with its own step size and stopping rule, and
 return an :class:`xarray.Dataset` with the schema below.
 
@@ -40,9 +41,12 @@ newton_step_final      (flow,)              gradient_flow only: ||H^+ grad L||_2
                                             (H = Hess L without its eigenvalues below 1e-8
                                             max|eig|): the Newton correction, an estimate of
                                             the distance to the limit
-n_hessian_evals        (flow,)              rosenbrock only: Hessian evaluations
-n_lu                   (flow,)              rosenbrock only: LU factorisations
-h_final                (flow,)              rosenbrock only: last accepted step size
+n_hessian_evals        (flow,)              rosenbrock, auto: Hessian evaluations
+n_lu                   (flow,)              rosenbrock, auto: LU factorisations (= RODAS
+                                            steps attempted)
+h_final                (flow,)              rosenbrock, auto: last accepted step size
+n_dp_steps             (flow,)              auto: Dormand-Prince steps attempted
+t_switch               (flow,)              auto: time of the switch to RODAS (NaN: never)
 =====================  ===================  ==============================================
 
 Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
@@ -211,7 +215,10 @@ def gradient_flow(
     ``method="rosenbrock"``: RODAS (Hairer-Wanner, order 4(3), L-stable) with the exact
     Hessian, the same error control, and its 3rd-order dense output: stable steps whatever
     the Hessian's largest eigenvalue, so that flows near their limits (stiff) take large
-    steps and reach ``grad_tol`` down to ~eps lambda_max(Hess L) ||w||. Saving never changes
+    steps and reach ``grad_tol`` down to ~eps lambda_max(Hess L) ||w||. ``method="auto"``:
+    per flow, Dormand-Prince (one flow at a time) until Hairer's stiffness detection finds
+    its step held by stability (h lambda > 3.25 on 15 accepted steps), RODAS from there on
+    (no switching back: a flow near its limit stays stiff). Saving never changes
     the steps; each saved point costs one extra gradient evaluation (for its loss and
     gradient norm).
 
@@ -220,7 +227,7 @@ def gradient_flow(
     problem : Problem
     w0 : array_like (K, n_params) or (n_params,)
         Initial points (finite).
-    method : {"rk45", "rosenbrock"}
+    method : {"rk45", "rosenbrock", "auto"}
         The integrator (explicit Euler is :func:`gradient_descent`).
     t_end : float > 0, inf or None
         Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7); inf or None:
@@ -247,9 +254,9 @@ def gradient_flow(
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
-    if method not in ("rk45", "rosenbrock"):
+    if method not in ("rk45", "rosenbrock", "auto"):
         raise ValueError(
-            f"method must be 'rk45' or 'rosenbrock', got {method!r} "
+            f"method must be 'rk45', 'rosenbrock' or 'auto', got {method!r} "
             "(explicit Euler is gradient_descent)"
         )
     t_end = _t_end(t_end, grad_tol)
@@ -288,7 +295,7 @@ def gradient_flow(
             stats = R.new_stats(K)
             # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
             kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
-            R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt)
+            R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
         wall = _time.perf_counter() - t0
     run_attrs = {
         "method": method,
@@ -303,8 +310,8 @@ def gradient_flow(
     ds["newton_step_final"] = ("flow", R.newton_step_norm(problem, out.w_final), {
         "long_name": "||H^+ grad L||_2 at w_final (H = Hess L, eigenvalues below "
         f"{R.NEWTON_RCOND:g} max|eig| left out): estimated distance to the limit"})
-    if method == "rosenbrock":
-        R.add_statistics(ds, stats)
+    if method != "rk45":
+        R.add_statistics(ds, stats, method)
     return ds
 
 

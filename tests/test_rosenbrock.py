@@ -212,12 +212,13 @@ def test_rosenbrock_matches_scipy_radau_with_the_exact_hessian(arch_args, loss):
     np.testing.assert_allclose(ds.v_final.values, p.final_filter(ds.w_final.values), rtol=1e-14)
 
 
+@pytest.mark.parametrize("method", ["rosenbrock", "auto"])
 @pytest.mark.parametrize("arch_args, loss", CASES[:3], ids=lambda c: str(c))
-def test_rosenbrock_agrees_with_rk45_and_keeps_the_invariants(arch_args, loss):
+def test_rosenbrock_and_auto_agree_with_rk45_and_keep_the_invariants(arch_args, loss, method):
     p = make_problem(arch_args, loss)
     w0 = lf.data.initial_filters(p.arch, 6, scale=0.8, seed=2)
     kw = dict(t_end=6.0, rtol=1e-10, atol=1e-12, save_times=np.linspace(0, 6.0, 7))
-    ro = lf.gradient_flow(p, w0, method="rosenbrock", **kw)
+    ro = lf.gradient_flow(p, w0, method=method, **kw)
     rk = lf.gradient_flow(p, w0, method="rk45", **kw)
     # both integrate the same flow at rtol 1e-10: trajectories agree to ~1e-9 of the scale
     scale = 1 + np.abs(rk.w.values).max()
@@ -227,6 +228,26 @@ def test_rosenbrock_agrees_with_rk45_and_keeps_the_invariants(arch_args, loss):
     # balancedness delta_i (Lemma 3.3) is conserved by the exact flow: drift at the error level
     drift = np.abs(ro.delta_final - ro.delta_init).max()
     assert drift < 1e-7 * scale**2, drift
+    if method == "auto":  # every attempted step was taken by one of the two methods
+        np.testing.assert_array_equal(ro.n_dp_steps + ro.n_lu, ro.n_accepted + ro.n_rejected)
+        np.testing.assert_array_equal(np.isnan(ro.t_switch), ro.n_lu == 0)
+
+
+def test_auto_switches_to_rosenbrock_where_the_flow_is_stiff():
+    """The stiff linear problem below (eigenvalues 1 .. 1e8) and, over a short time, a
+    non-stiff one (eigenvalues 1 .. 4): auto switches on the first only."""
+    stiff, w0, exact, lam = _stiff_linear_problem(8)
+    ds = lf.gradient_flow(stiff, w0, t_end=20.0, method="auto")
+    # Dormand-Prince's step is held near 3.3 / 1e8 once the fastest mode has decayed; the
+    # detection fires after 15 such steps (measured: t = 3.9e-6 .. 4.6e-6, 184-230 steps)
+    assert np.all(ds.t_switch.values < 1e-3), ds.t_switch.values
+    assert np.all(ds.n_dp_steps.values < 1000)
+    assert np.all(ds.h_final.values > 1e6 * 2 / lam[-1])
+    assert np.abs(ds.w_final.values - exact(20.0)).max() < 1e-6
+    calm, w0, exact, _ = _stiff_linear_problem(0.6)
+    ds = lf.gradient_flow(calm, w0, t_end=2.0, method="auto")
+    assert np.all(np.isnan(ds.t_switch.values)) and np.all(ds.n_hessian_evals.values == 0)
+    assert np.abs(ds.w_final.values - exact(2.0)).max() < 1e-7
 
 
 @pytest.mark.parametrize("loss", [square(), log_cosh(2.0)], ids=lambda l: l.name)
@@ -247,26 +268,30 @@ def test_flows_leaving_the_saddle_at_zero_follow_rk45_into_the_same_limit(loss):
     assert np.all(ro.grad_norm_final.values < 1e-6)
 
 
-def test_stiff_linear_problem_steps_far_beyond_the_explicit_stability_limit():
-    """dw/dt = -2 A w + 2 b with the eigenvalues of 2A from 1 to 1e8 (one layer, d0 = k: the
-    window Gram is X X^T)."""
+def _stiff_linear_problem(decades):
+    """dw/dt = -2 A w + 2 b with the eigenvalues of 2A from 1 to 10^decades (one layer,
+    d0 = k: the window Gram is X X^T); also the exact solution."""
     k = 6
     rng = np.random.default_rng(1)
     Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
-    lam = np.logspace(0, 8, k)  # eigenvalues of the Jacobian's negative, 2A
+    lam = np.logspace(0, decades, k)  # eigenvalues of the Jacobian's negative, 2A
     X = Q @ np.diag(np.sqrt(lam / 2)) @ Q.T
     Y = rng.standard_normal((1, k))
     p = lf.Problem(lf.Architecture(k, (k,)), X, Y, square())
     np.testing.assert_allclose(np.linalg.eigvalsh(2 * p.A), lam, rtol=1e-6)
     w0 = rng.standard_normal((3, k))
+    w_star = np.linalg.solve(p.A, p.b)
+    return p, w0, lambda t: w_star + (expm(-2 * p.A * t) @ (w0 - w_star).T).T, lam
+
+
+def test_stiff_linear_problem_steps_far_beyond_the_explicit_stability_limit():
+    p, w0, exact, lam = _stiff_linear_problem(8)
     t_end = 20.0
     ds = lf.gradient_flow(p, w0, t_end=t_end, rtol=1e-8, atol=1e-10, method="rosenbrock")
     assert np.all(ds.status.values == I.REACHED_END)
-    w_star = np.linalg.solve(p.A, p.b)
-    exact = w_star + (expm(-2 * p.A * t_end) @ (w0 - w_star).T).T
     # the slowest mode (lambda = 1) has decayed by e^-20; the state is w_star to within the
     # accumulated local errors (rtol 1e-8 of |w| ~ 1)
-    assert np.abs(ds.w_final.values - exact).max() < 1e-6
+    assert np.abs(ds.w_final.values - exact(t_end)).max() < 1e-6
     # an explicit method would need t_end lambda_max / 2 = 1e9 steps. Here the transients of
     # the six modes (amplitudes ~1, decay rates 1 .. 1e8) are followed to rtol 1e-8: ~60-110
     # steps per mode (683-767 measured in all); once they have decayed, L-stability lets the
@@ -302,10 +327,11 @@ def test_run_until_converged_certifies_the_limit():
 
 
 # ----------------------------------------------------------------------------- invariance
-def test_bitwise_invariance_over_batches_and_in_process_thread_counts():
+@pytest.mark.parametrize("method", ["rosenbrock", "auto"])
+def test_bitwise_invariance_over_batches_and_in_process_thread_counts(method):
     p = make_problem(ARCHS[1], log_cosh(1.5), m=8)
     w0 = lf.data.initial_filters(p.arch, 37, seed=12)
-    kw = dict(t_end=2.0, grad_tol=1e-3, save_times=[0.0, 0.5, 2.0], method="rosenbrock")
+    kw = dict(t_end=2.0, grad_tol=1e-3, save_times=[0.0, 0.5, 2.0], method=method)
     one = lf.gradient_flow(p, w0, n_threads=1, **kw)
     two = lf.gradient_flow(p, w0[::-1], n_threads=numba.config.NUMBA_NUM_THREADS, **kw)
     alone = lf.gradient_flow(p, w0[20:21], n_threads=1, **kw)
