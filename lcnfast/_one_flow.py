@@ -120,3 +120,13 @@ def h_lambda(y_new, g_new, ytmp, gtmp, h):
         num += (g_new[i] - gtmp[i]) ** 2
         den += (y_new[i] - ytmp[i]) ** 2
     return h * math.sqrt(num / den) if den > 0.0 else 0.0
+
+
+@nb.njit(**_JIT)
+def stiffness_count(hlamb, n_stiff, n_calm):
+    """Update the counts of stiff and non-stiff estimates (dopri5.f's IASTI, NONSTI) with the
+    estimate ``hlamb`` of an accepted step; the flow is stiff once n_stiff >= STIFF_COUNT."""
+    if hlamb > STIFF_HLAMB:
+        return n_stiff + 1, 0
+    n_calm += 1
+    return (0 if n_calm >= NONSTIFF_RESET else n_stiff), n_calm

@@ -55,8 +55,8 @@ from ._integrate import (CONVERGED, ERROR_EXPONENT, MAX_FACTOR, MAX_STEPS, MIN_F
                          _initial_step, _l1, _norm2, _record, _start)
 from ._jit import JIT as _JIT
 from ._kernels import hessian_one, new_workspace
-from ._one_flow import (NONSTIFF_RESET, STIFF_COUNT, STIFF_HLAMB, dp_dense_point,
-                        dp_error_norm, dp_step, grad_any, grad_ws, h_lambda)
+from ._one_flow import (STIFF_COUNT, dp_dense_point, dp_error_norm, dp_step, grad_any, grad_ws,
+                        h_lambda, stiffness_count)
 
 # ----------------------------------------------------------------------------- RODAS tableau
 # Hairer & Wanner (1996), section VI.4; coefficients of rodas.f (RODCOE, METH = 1).
@@ -342,6 +342,25 @@ def _dense_saves(model, kern, use_kern, opt, out, f, stiff, wk, K1, si, t, h):
 
 
 @nb.njit(**_JIT)
+def _prepare(opt, t, h_abs, min_step, rejected, n_steps):
+    """Stopping checks before a step from t (rk45's order) and its end t_new; returns
+    (status or -1, t_new, min_step)."""
+    if not rejected:  # a new step
+        if t >= opt.t_end:
+            return REACHED_END, t, min_step
+        min_step = 10.0 * (np.nextafter(t, math.inf) - t)
+        h_abs = max(h_abs, min_step)
+    if n_steps >= opt.max_steps:
+        return MAX_STEPS, t, min_step
+    if not h_abs >= min_step:
+        return STEP_UNDERFLOW, t, min_step
+    t_new = min(t + h_abs, opt.t_end)
+    if t_new == math.inf:  # t_end = inf and the time overflows: the flow has reached it
+        return REACHED_END, t, min_step
+    return -1, t_new, min_step
+
+
+@nb.njit(**_JIT)
 def _begin(model, W0, f, opt, out, wk):
     """Load flow f, evaluate its start, save at t <= 0; returns (L, ||g||, status or -1, next
     save index, initial step)."""
@@ -390,21 +409,8 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
     need_hessian = True
     min_step = 0.0
     while status < 0:
-        if not rejected:  # a new step
-            if t >= opt.t_end:
-                status = REACHED_END
-                break
-            min_step = 10.0 * (np.nextafter(t, math.inf) - t)
-            h_abs = max(h_abs, min_step)
-        if n_acc + n_rej >= opt.max_steps:
-            status = MAX_STEPS
-            break
-        if not h_abs >= min_step:
-            status = STEP_UNDERFLOW
-            break
-        t_new = min(t + h_abs, opt.t_end)
-        if t_new == math.inf:  # t_end = inf and the time overflows: the flow has reached it
-            status = REACHED_END
+        status, t_new, min_step = _prepare(opt, t, h_abs, min_step, rejected, n_acc + n_rej)
+        if status >= 0:
             break
         h = t_new - t
         h_abs = h
@@ -443,25 +449,19 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
         h_last = h
         was_stiff = stiff
         if not stiff:  # before the dense saves overwrite the 6th stage in ytmp, gtmp
-            if h_lambda(y_new, g_new, ytmp, gtmp, h) > STIFF_HLAMB:
-                n_calm = 0
-                n_stiff += 1
-                stiff = n_stiff >= STIFF_COUNT
-            else:
-                n_calm += 1
-                if n_calm >= NONSTIFF_RESET:
-                    n_stiff = 0
+            n_stiff, n_calm = stiffness_count(h_lambda(y_new, g_new, ytmp, gtmp, h), n_stiff,
+                                              n_calm)
+            stiff = n_stiff >= STIFF_COUNT
         si0 = si
         si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
         evals += si - si0
-        if was_stiff:
+        if was_stiff:  # the new point's gradient (Dormand-Prince has it: FSAL)
             L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, True, K1[0], K1[1],
                              K1[2], K1[3])
             evals += 1
-            _keep_filter(model, ws, v)
-        else:
-            for i in range(v.shape[0]):
-                v[i] = wk.v_new[i]
+            _keep_filter(model, ws, wk.v_new)
+        for i in range(v.shape[0]):
+            v[i] = wk.v_new[i]
         gn = _norm2(g_new)
         if L_new - L > out.max_loss_increase[f]:
             out.max_loss_increase[f] = L_new - L

@@ -1,15 +1,15 @@
-"""Rosenbrock (RODAS, exact Hessian) next to rk45 on the square-loss benchmark case.
+"""Rosenbrock (RODAS, exact Hessian) and auto next to rk45 on the square-loss benchmark case.
 
     python studies/bench_rosenbrock.py [--quick] [--json PATH] [--logcosh-flows N]
 
 Square loss, (32; 3,3,3), m = 128, 4096 flows (quick: 256), rtol 1e-8, atol 1e-10:
 
-(a) rk45 and rosenbrock to t_end = 200 (quick: 20) on the same flows in the same run: wall
+(a) rosenbrock, auto and rk45 to t_end = 200 (quick: 20) on the same flows in one run: wall
     time, steps per flow (median, max), gradient and Hessian evaluations, final gradient
     norms, and how far apart the final states are;
-(b) rosenbrock until converged: t_end = None, grad_tol = 1e-11: wall time, statuses, steps,
-    t_final and the Newton certificate ``newton_step_final``;
-(c) with ``--logcosh-flows N``: the log-cosh (64; 5,5,5), m = 256 case, N flows, both methods
+(b) rosenbrock and auto until converged: t_end = None, grad_tol = 1e-11: wall time, statuses,
+    steps, t_final and the Newton certificate ``newton_step_final``;
+(c) with ``--logcosh-flows N``: the log-cosh (64; 5,5,5), m = 256 case, N flows, all methods
     to t_end = 200 (rk45 takes ~10 s per flow and thread there).
 
 Also printed: the load average before and after, the numpy matmul rate of the host at the
@@ -28,6 +28,9 @@ import numpy as np
 
 import lcnfast
 from lcnfast import Architecture, Problem, data, losses
+
+
+METHODS = ("rosenbrock", "auto", "rk45")
 
 
 def matmul_gflops(n=2048, repeats=5):
@@ -90,22 +93,28 @@ def case(arch, m, loss, K, t_end, seed_w=1):
     w0 = data.initial_filters(arch, K, scale=0.5, seed=seed_w)
     kw = dict(rtol=1e-8, atol=1e-10, save_times=[0.0])
     out = {"K": K, "t_end": t_end}
-    # first calls: load (or compile) the kernels; the timed calls ask for enough gradients
-    # for kernel="auto" to pick the generated kernel where it applies
-    for method in ("rk45", "rosenbrock"):
-        _, dt = timed(lambda: lcnfast.gradient_flow(prob, w0[:2], t_end=0.1, method=method,
+    # first calls: load (or compile) the kernels, on 16 flows: enough gradients asked for
+    # kernel="auto" to pick (and load) the generated kernel where it applies, as the timed
+    # calls will
+    for method in METHODS:
+        _, dt = timed(lambda: lcnfast.gradient_flow(prob, w0[:16], t_end=0.1, method=method,
                                                     **kw))
         out[f"first_call_{method}_s"] = dt
-    ro, dt = timed(lambda: lcnfast.gradient_flow(prob, w0, t_end=t_end, method="rosenbrock",
-                                                 **kw))
-    out["rosenbrock"] = summary(ro, dt)
-    line(f"rosenbrock, t_end={t_end:g}, K={K}", out["rosenbrock"])
-    rk, dt = timed(lambda: lcnfast.gradient_flow(prob, w0, t_end=t_end, method="rk45", **kw))
-    out["rk45"] = summary(rk, dt)
-    line(f"rk45,       t_end={t_end:g}, K={K}", out["rk45"])
-    out["speedup"] = out["rk45"]["wall_s"] / out["rosenbrock"]["wall_s"]
-    print(f"  -> rosenbrock {out['speedup']:.1f}x less wall time than rk45")
-    out["agreement"] = compare(ro, rk, "rosenbrock vs rk45")
+    res = {}
+    for method in METHODS:
+        res[method], dt = timed(lambda: lcnfast.gradient_flow(prob, w0, t_end=t_end,
+                                                              method=method, **kw))
+        out[method] = summary(res[method], dt)
+        line(f"{method:10s} t_end={t_end:g}, K={K}", out[method])
+        if method == "auto":
+            out[method]["dp_steps_median"] = float(np.median(res[method].n_dp_steps))
+            out[method]["t_switch_median"] = float(np.nanmedian(res[method].t_switch))
+            print(f"      auto: Dormand-Prince steps median {out[method]['dp_steps_median']:.0f}, "
+                  f"switch at t median {out[method]['t_switch_median']:.3g}")
+    for method in METHODS[:2]:
+        out[f"speedup_{method}"] = out["rk45"]["wall_s"] / out[method]["wall_s"]
+        print(f"  -> {method} {out[f'speedup_{method}']:.1f}x less wall time than rk45")
+        out[f"agreement_{method}"] = compare(res[method], res["rk45"], f"{method} vs rk45")
     return prob, w0, out
 
 
@@ -125,17 +134,18 @@ def main(argv=None):
     print("(a) square loss (32; 3,3,3), m=128, rtol 1e-8, atol 1e-10")
     prob, w0, res["square"] = case(Architecture(32, (3, 3, 3)), 128, losses.square(), K, t_end)
     res["threading_layer"] = numba.threading_layer()
-    print("(b) rosenbrock until converged, t_end=None, grad_tol=1e-11")
-    conv, dt = timed(lambda: lcnfast.gradient_flow(prob, w0, t_end=None, grad_tol=1e-11,
-                                                   method="rosenbrock", rtol=1e-8, atol=1e-10))
-    s = summary(conv, dt)
-    s["t_final_median"] = float(np.median(conv.t_final))
-    s["t_final_max"] = float(conv.t_final.max())
-    s["newton_step_final_max"] = float(conv.newton_step_final.max())
-    res["until_converged"] = s
-    line(f"rosenbrock until ||grad L|| <= 1e-11, K={K}", s)
-    print(f"      t_final median {s['t_final_median']:.3g}, max {s['t_final_max']:.3g}; "
-          f"newton_step_final max {s['newton_step_final_max']:.1e}")
+    print("(b) until converged, t_end=None, grad_tol=1e-11")
+    for method in METHODS[:2]:
+        conv, dt = timed(lambda: lcnfast.gradient_flow(prob, w0, t_end=None, grad_tol=1e-11,
+                                                       method=method, rtol=1e-8, atol=1e-10))
+        s = summary(conv, dt)
+        s["t_final_median"] = float(np.median(conv.t_final))
+        s["t_final_max"] = float(conv.t_final.max())
+        s["newton_step_final_max"] = float(conv.newton_step_final.max())
+        res[f"until_converged_{method}"] = s
+        line(f"{method} until ||grad L|| <= 1e-11, K={K}", s)
+        print(f"      t_final median {s['t_final_median']:.3g}, max {s['t_final_max']:.3g}; "
+              f"newton_step_final max {s['newton_step_final_max']:.1e}")
     if args.logcosh_flows:
         print(f"(c) log-cosh (64; 5,5,5), m=256, {args.logcosh_flows} flows")
         _, _, res["logcosh"] = case(Architecture(64, (5, 5, 5)), 256, losses.log_cosh(1.0),
