@@ -18,7 +18,7 @@ import lcnfast as lf
 from lcnfast import _codegen
 from lcnfast import _integrate as I
 from lcnfast import _rosenbrock as R
-from lcnfast.losses import log_cosh, pseudo_huber, square
+from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHS = [(12, (3, 2, 2), (1, 1, 1)), (20, (4, 3, 2), (2, 1, 1))]
@@ -178,6 +178,8 @@ CASES = [
     (ARCHS[0], log_cosh(2.0)),  # data path
     (ARCHS[1], pseudo_huber(0.5)),  # data path, strided
     (ARCHS[1], square()),  # Gram path, strided
+    (ARCHS[0], lp(4)),  # the other losses of section 3.3
+    (ARCHS[1], generalized_huber(1.0, -0.5)),
 ]
 
 
