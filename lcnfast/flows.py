@@ -1,7 +1,9 @@
 """Many gradient flows at once: the public integrators and the Dataset schema of their results.
 
-``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4);
-``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
+``gradient_flow`` integrates ``dw/dt = -grad L(w)`` (eq. 1.7 / 3.1) with Dormand-Prince 5(4)
+or, stiff near every limit, the L-stable Rosenbrock method RODAS with the exact Hessian
+(:mod:`lcnfast._rosenbrock`), or Dormand-Prince switching to RODAS per flow once stiff
+("auto"); ``gradient_descent`` is its explicit Euler discretisation. Both take a batch of initial
 points (K, n_params), advance every flow with its own step size and stopping rule, and
 return an :class:`xarray.Dataset` with the schema below.
 
@@ -35,6 +37,16 @@ v_l1_max               (flow,)              max over accepted states of ||v||_1 
 w_norm_max             (flow,)              max over accepted states of ||w||_2
 w                      (flow, time, param)  parameters at the saved times
 loss, grad_norm        (flow, time)         L and ||grad L|| at the saved times
+newton_step_final      (flow,)              gradient_flow only: ||H^+ grad L||_2 at w_final
+                                            (H = Hess L without its eigenvalues below 1e-8
+                                            max|eig|): the Newton correction, an estimate of
+                                            the distance to the limit
+n_hessian_evals        (flow,)              rosenbrock, auto: Hessian evaluations
+n_lu                   (flow,)              rosenbrock, auto: LU factorisations (= RODAS
+                                            steps attempted)
+h_final                (flow,)              rosenbrock, auto: last accepted step size
+n_dp_steps             (flow,)              auto: Dormand-Prince steps attempted
+t_switch               (flow,)              auto: time of the switch to RODAS (NaN: never)
 =====================  ===================  ==============================================
 
 Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
@@ -57,6 +69,7 @@ import pandas as pd
 import xarray as xr
 
 from . import _integrate as I
+from . import _rosenbrock as R
 from .problem import Problem
 
 __all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS"]
@@ -130,6 +143,17 @@ def _extra_attrs(attrs):
     return dict(attrs)
 
 
+def _t_end(t_end, grad_tol):
+    """t_end > 0, or inf (None) to run until ||grad L|| <= grad_tol, which is then required."""
+    if t_end is None or (
+        isinstance(t_end, numbers.Real) and not isinstance(t_end, bool) and t_end == math.inf
+    ):
+        if grad_tol is None:
+            raise ValueError("t_end=None (or inf) runs until ||grad L|| <= grad_tol: give grad_tol")
+        return math.inf
+    return _positive_float(t_end, "t_end")
+
+
 def _grad_tol(grad_tol):
     if grad_tol is None:
         return -1.0
@@ -185,10 +209,17 @@ def gradient_flow(
 ):
     """Integrate the gradient flow ``dw/dt = -grad L(w)`` from every row of ``w0``.
 
-    Dormand-Prince 5(4) (scipy ``RK45`` conventions) with a step size of its own for every flow;
-    values at ``save_times`` come from the 4th-order dense output of the accepted steps
-    (Shampine's continuous extension, as scipy's ``dense_output``), so saving never changes
-    the steps. Each saved point costs one extra gradient evaluation (for its loss and
+    ``method="rk45"``: Dormand-Prince 5(4) (scipy ``RK45`` conventions) with a step size of
+    its own for every flow; values at ``save_times`` come from the 4th-order dense output of
+    the accepted steps (Shampine's continuous extension, as scipy's ``dense_output``).
+    ``method="rosenbrock"``: RODAS (Hairer-Wanner, order 4(3), L-stable) with the exact
+    Hessian, the same error control, and its 3rd-order dense output: stable steps whatever
+    the Hessian's largest eigenvalue, so that flows near their limits (stiff) take large
+    steps and reach ``grad_tol`` down to ~eps lambda_max(Hess L) ||w||. ``method="auto"``:
+    per flow, Dormand-Prince (one flow at a time) until Hairer's stiffness detection finds
+    its step held by stability (h lambda > 3.25 on 15 accepted steps), RODAS from there on
+    (no switching back: a flow near its limit stays stiff). Saving never changes
+    the steps; each saved point costs one extra gradient evaluation (for its loss and
     gradient norm).
 
     Parameters
@@ -196,10 +227,11 @@ def gradient_flow(
     problem : Problem
     w0 : array_like (K, n_params) or (n_params,)
         Initial points (finite).
-    method : {"rk45"}
+    method : {"rk45", "rosenbrock", "auto"}
         The integrator (explicit Euler is :func:`gradient_descent`).
-    t_end : float > 0
-        Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7).
+    t_end : float > 0, inf or None
+        Time horizon (same units as the paper's t: L is unnormalised, eq. 1.7); inf or None:
+        run every flow until ||grad L|| <= grad_tol (required then) or max_steps.
     rtol, atol : float
         Relative (>= 100 eps; smaller is raised with a warning, as scipy) and absolute
         (>= 0) tolerances of the error norm RMS(err / (atol + rtol max(|w|, |w_new|))).
@@ -209,7 +241,7 @@ def gradient_flow(
         Cap on attempted (accepted + rejected) steps per flow.
     save_times : array_like or None
         Strictly increasing times in [0, t_end]; default 11 equally spaced times from 0 to
-        t_end.
+        t_end (t = 0 alone if t_end is infinite).
     n_threads : int or None
         Numba threads for this call (None: current setting).
     attrs : dict or None
@@ -222,11 +254,12 @@ def gradient_flow(
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
-    if method != "rk45":
+    if method not in ("rk45", "rosenbrock", "auto"):
         raise ValueError(
-            f"method must be 'rk45', got {method!r} (explicit Euler is gradient_descent)"
+            f"method must be 'rk45', 'rosenbrock' or 'auto', got {method!r} "
+            "(explicit Euler is gradient_descent)"
         )
-    t_end = _positive_float(t_end, "t_end")
+    t_end = _t_end(t_end, grad_tol)
     rtol = _positive_float(rtol, "rtol")
     atol = _positive_float(atol, "atol", allow_zero=True)
     if rtol < 100 * _EPS:
@@ -235,7 +268,7 @@ def gradient_flow(
     gtol = _grad_tol(grad_tol)
     max_steps = _count(max_steps, "max_steps", minimum=1)
     if save_times is None:
-        save_t = np.linspace(0.0, t_end, 11)
+        save_t = np.linspace(0.0, t_end, 11) if t_end < math.inf else np.zeros(1)
     else:
         try:
             save_t = np.atleast_1d(np.asarray(save_times, dtype=np.float64))
@@ -254,12 +287,18 @@ def gradient_flow(
     out = _outputs(K, n, problem.arch.k_v, save_t.size)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
-        # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
-        kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
-        I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
+        if method == "rk45":
+            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
+            I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
+        else:
+            stats = R.new_stats(K)
+            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
+            R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
         wall = _time.perf_counter() - t0
     run_attrs = {
-        "method": "rk45",
+        "method": method,
         "t_end": t_end,
         "rtol": rtol,
         "atol": atol,
@@ -267,7 +306,13 @@ def gradient_flow(
     }
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
-    return _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds["newton_step_final"] = ("flow", R.newton_step_norm(problem, out.w_final), {
+        "long_name": "||H^+ grad L||_2 at w_final (H = Hess L, eigenvalues below "
+        f"{R.NEWTON_RCOND:g} max|eig| left out): estimated distance to the limit"})
+    if method != "rk45":
+        R.add_statistics(ds, stats, method)
+    return ds
 
 
 def gradient_descent(

@@ -1,0 +1,132 @@
+"""One flow at a time: its gradient through either kernel, one Dormand-Prince 5(4) step, and
+Hairer's stiffness detection.
+
+Private module: the stage gradients of the Rosenbrock method and the non-stiff phase of
+``gradient_flow(method="auto")``, run flow by flow by the driver of
+:mod:`lcnfast._rosenbrock` (the batched rk45 engine is :mod:`lcnfast._integrate`,
+whose tableau this uses; the arithmetic per stage is the same, one flow instead of lanes).
+
+Stiffness detection (Hairer & Wanner, *Solving ODEs I*, II.10 and ``dopri5.f``): after an
+accepted step, ``h lambda ~ h ||f(y_7) - f(y_6)|| / ||y_7 - y_6||`` estimates h times the
+dominant eigenvalue of the Jacobian from the last two stages, whose points differ by O(h).
+Dormand-Prince is stable for h lambda up to ~3.3 on the negative axis: an estimate above
+``STIFF_HLAMB`` = 3.25 on ``STIFF_COUNT`` = 15 accepted steps (reset after 6 steps below it)
+means the step is held by stability, not accuracy: the flow is stiff.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+
+from ._integrate import DP_A, DP_B, DP_E, DP_P
+from ._jit import JIT as _JIT
+from ._kernels import _fs_loss_grad_buf, backward_filter, forward_filter
+
+STIFF_HLAMB = 3.25
+STIFF_COUNT = 15  # consecutive-ish stiff estimates before switching
+NONSTIFF_RESET = 6  # non-stiff estimates in a row that reset the count
+
+
+@nb.njit(**_JIT)
+def grad_ws(model, w, ws, out_g, want_loss):
+    """grad L(w) into out_g (n,) and L(w) (NaN unless ``want_loss``; the data path then skips
+    the loss values, the gradient is the same bits); pi(w) is left in ws.prefix[N]."""
+    k = model.k
+    kv = forward_filter(w, k, model.S, model.offs, ws.prefix)
+    L = _fs_loss_grad_buf(model, ws.prefix[k.shape[0], :kv], ws.G, ws.buf, want_loss)
+    backward_filter(w, k, model.S, model.offs, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
+    return L
+
+
+@nb.njit(**_JIT)
+def grad_any(model, kern, use_kern, w, ws, out_g, want_loss, kW, kG, kL, kV):
+    """:func:`grad_ws` through the generated kernel ``kern`` (lcnfast._codegen, one lane:
+    kW, kG (n, 1), kL (1,), kV (k_v, 1) scratch) when ``use_kern``: the same numbers, ~10x
+    faster on small filters; pi(w) is copied to ws.prefix[N] as grad_ws leaves it."""
+    if not use_kern:
+        return grad_ws(model, w, ws, out_g, want_loss)
+    n = w.shape[0]
+    N = model.k.shape[0]
+    for i in range(n):
+        kW[i, 0] = w[i]
+    kern(kW, model.A, model.b, model.yy, kG, kL, kV)
+    for i in range(n):
+        out_g[i] = kG[i, 0]
+    for i in range(kV.shape[0]):
+        ws.prefix[N, i] = kV[i, 0]
+    return kL[0]
+
+
+@nb.njit(**_JIT)
+def dp_step(model, kern, use_kern, ws, K1, Kst, y, g, y_new, g_new, ytmp, gtmp, h):
+    """One Dormand-Prince step of size h from y (n,) with g = grad L(y): stages into Kst
+    (7, n) (Kst[q] = f = -grad L at the stage point; Kst[6] at y_new, FSAL), the new point
+    into y_new and its gradient into g_new; on return ytmp, gtmp hold the 6th stage's point
+    and gradient (stiffness detection); gradients by :func:`grad_any`. Returns L(y_new)."""
+    n = y.shape[0]
+    for i in range(n):
+        Kst[0, i] = -g[i]
+    L = math.nan
+    for st in range(1, 7):
+        coef = DP_A[st] if st < 6 else DP_B
+        dst = ytmp if st < 6 else y_new
+        gst = gtmp if st < 6 else g_new
+        for i in range(n):
+            acc = 0.0
+            for q in range(st):
+                acc += coef[q] * Kst[q, i]
+            dst[i] = y[i] + h * acc
+        L = grad_any(model, kern, use_kern, dst, ws, gst, st == 6, K1[0], K1[1], K1[2], K1[3])
+        for i in range(n):
+            Kst[st, i] = -gst[i]
+    return L
+
+
+@nb.njit(**_JIT)
+def dp_error_norm(Kst, y, y_new, h, rtol, atol):
+    """RMS of the 4th-order error estimate h sum_q E_q K_q scaled as rk45 (inf if not
+    finite)."""
+    n = y.shape[0]
+    acc = 0.0
+    for i in range(n):
+        e = 0.0
+        for q in range(7):
+            e += DP_E[q] * Kst[q, i]
+        sc = atol + rtol * max(abs(y[i]), abs(y_new[i]))
+        acc += (h * e / sc) ** 2
+    err = math.sqrt(acc / n)
+    return err if math.isfinite(err) else math.inf
+
+
+@nb.njit(**_JIT)
+def dp_dense_point(Kst, y, h, x, out):
+    """Shampine's 4th-order continuous extension at t + x h (as rk45) into out."""
+    for i in range(y.shape[0]):
+        acc = 0.0
+        for q in range(7):
+            acc += Kst[q, i] * (x * (DP_P[q, 0] + x * (DP_P[q, 1] + x * (DP_P[q, 2]
+                                                                        + x * DP_P[q, 3]))))
+        out[i] = y[i] + h * acc
+
+
+@nb.njit(**_JIT)
+def h_lambda(y_new, g_new, ytmp, gtmp, h):
+    """h ||f(y_new) - f(y_6)|| / ||y_new - y_6|| (0 if the points coincide)."""
+    num = 0.0
+    den = 0.0
+    for i in range(y_new.shape[0]):
+        num += (g_new[i] - gtmp[i]) ** 2
+        den += (y_new[i] - ytmp[i]) ** 2
+    return h * math.sqrt(num / den) if den > 0.0 else 0.0
+
+
+@nb.njit(**_JIT)
+def stiffness_count(hlamb, n_stiff, n_calm):
+    """Update the counts of stiff and non-stiff estimates (dopri5.f's IASTI, NONSTI) with the
+    estimate ``hlamb`` of an accepted step; the flow is stiff once n_stiff >= STIFF_COUNT."""
+    if hlamb > STIFF_HLAMB:
+        return n_stiff + 1, 0
+    n_calm += 1
+    return (0 if n_calm >= NONSTIFF_RESET else n_stiff), n_calm
