@@ -420,7 +420,8 @@ def test_readme_spec_example_is_valid(tmp_path):
     st = load_spec(write_spec(tmp_path, toml, "example.toml"))
     assert st.name == "limits-22" and len(st.cells) == 4  # 2 losses x 2 noise levels
     assert st.spec["report"]["sections"] == str(tmp_path / "limits_report.py")
-    assert st.spec["integrator"][0]["max_steps"] == 300_000
+    assert st.spec["integrator"][0]["max_steps"] == 20_000
+    assert st.spec["integrator"][0]["t_end"] == float("inf")
 
 
 def test_documented_defaults():
@@ -433,7 +434,7 @@ def test_documented_defaults():
     assert s["data"] == {"m": [4], "noise": [0.0], "inputs": ["gaussian"], "target": ["teacher"],
                          "n_datasets": 1}  # fmt: skip
     assert s["init"] == {"scale": [1.0], "distribution": ["gaussian"]}
-    assert s["integrator"] == [{"method": "rk45", "t_end": 1.0, "rtol": 1e-8, "atol": 1e-10,
+    assert s["integrator"] == [{"method": "auto", "t_end": 1.0, "rtol": 1e-8, "atol": 1e-10,
                                 "max_steps": 100_000, "save": 25, "grad_tol": None}]  # fmt: skip
     eu = load_spec({"name": "d", "architectures": {"d0": 6, "k": [2, 2]}, "data": {"m": 4},
                     "integrator": {"method": "euler", "h": 0.1, "n_steps": 55}})  # fmt: skip
@@ -441,6 +442,27 @@ def test_documented_defaults():
     np.testing.assert_allclose(
         lcnfast.study.spec.log_save_times(25, 1000.0)[[0, 1, -1]], [0.0, 0.1, 1000.0]
     )
+    np.testing.assert_allclose(
+        lcnfast.study.spec.log_save_times(30, np.inf)[[0, 1, -1]], [0.0, 1e-2, 1e6]
+    )
+
+
+def test_run_until_converged_with_the_stiff_methods(tmp_path):
+    """t_end = inf with grad_tol (TOML inf): rosenbrock and auto run every flow to
+    ||grad L|| <= grad_tol; inf without grad_tol is refused."""
+    text = TINY.replace("t_end = 20.0", "t_end = inf\ngrad_tol = 1e-10").replace(
+        'method = "rk45"', 'method = "auto"'
+    )
+    text = text.replace('method = "euler"\nh = 0.01\nn_steps = 300\nsave_every = 100',
+                        'method = "rosenbrock"\nt_end = inf\ngrad_tol = 1e-10')  # fmt: skip
+    st = load_spec(write_spec(tmp_path, text), quick=True)
+    assert [x["method"] for x in st.spec["integrator"]] == ["auto", "rosenbrock"]
+    run_study(st.spec, tmp_path / "out", progress=False, report=False)
+    ds = load(tmp_path / "out")
+    assert (ds.status.values == lcnfast.flows.I.CONVERGED).all()
+    assert (ds.grad_norm_final.values <= 1e-10).all()
+    with pytest.raises(ValueError, match=r"integrator\[0\].t_end: inf \(run until converged\) needs"):
+        load_spec(write_spec(tmp_path, TINY.replace("t_end = 20.0", "t_end = inf")))
 
 
 def test_no_docstring_points_outside_the_repository():

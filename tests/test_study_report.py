@@ -212,3 +212,17 @@ def test_partial_study_says_so(study_dir, tmp_path):
     assert rows[3][4:] == ["–"] * (len(rows[3]) - 4)
     for name in FIGURES:
         assert (part / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_final_loss_histogram_of_flows_at_one_limit(study_dir, loaded, tmp_path):
+    """Flows at one limit agree to rounding: the histogram must still be drawn (matplotlib
+    refused 30 bins over a range of a few ulp)."""
+    from lcnfast.study import figures as F
+
+    ds = loaded.copy()
+    L = ds["loss_final"].values.copy()
+    L[:] = 3.0 + np.arange(L.size) * 4e-16
+    ds["loss_final"] = ("flow", L)
+    study = read_spec(study_dir)
+    path = F.final_loss_hist(ds, F.panel_titles(study, R.varying_factors(study)), tmp_path / "h.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC

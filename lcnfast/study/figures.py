@@ -227,7 +227,11 @@ def final_loss_hist(ds, titles, path):
         else:
             data, labels = [loss[finite]], ["all datasets"]
         if finite.any():
-            ax.hist(data, bins=30, stacked=True, label=labels)
+            # explicit bins: flows at one limit agree to rounding, a range matplotlib cannot cut
+            lo, hi = loss[finite].min(), loss[finite].max()
+            span = max(hi - lo, 1e-6 * max(abs(hi), abs(lo), 1e-300))
+            bins = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 31)
+            ax.hist(data, bins=bins, stacked=True, label=labels)
         for i, d in enumerate(groups):
             r = ref[dset == d]
             if np.isfinite(r).any():

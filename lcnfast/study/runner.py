@@ -229,10 +229,10 @@ def warm_up(spec, study_dir, n_threads=None):
         problem = Problem(cell.arch(), X, Y, cell.loss_fn())
         W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
         integ = dict(cell.integrator)
-        if integ["method"] == "rk45":
-            integ.update(t_end=integ["t_end"] * 1e-3, max_steps=5, save=2)
-        else:
+        if integ["method"] == "euler":
             integ.update(n_steps=2, save_every=1)
+        else:
+            integ.update(t_end=min(integ["t_end"], 1.0) * 1e-3, max_steps=5, save=2)
         ds = integrate(problem, W0, integ, n_threads)
         _analysis.classify(ds, problem, **study.spec["analysis"])
     return time.perf_counter() - t0

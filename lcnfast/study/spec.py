@@ -19,6 +19,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 import warnings
@@ -40,14 +41,19 @@ FORMAT_VERSION = 1
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-#: integrator methods: method -> (required keys, defaults of the optional keys)
+_FLOW_OPTIONAL = {"rtol": 1e-8, "atol": 1e-10, "grad_tol": None, "max_steps": 100_000, "save": 25}
+#: integrator methods: method -> (required keys, defaults of the optional keys). rk45,
+#: rosenbrock and auto are the methods of :func:`lcnfast.gradient_flow`, euler is
+#: :func:`lcnfast.gradient_descent`
 METHODS = {
-    "rk45": (
-        ("t_end",),
-        {"rtol": 1e-8, "atol": 1e-10, "grad_tol": None, "max_steps": 100_000, "save": 25},
-    ),
+    "auto": (("t_end",), _FLOW_OPTIONAL),
+    "rk45": (("t_end",), _FLOW_OPTIONAL),
+    "rosenbrock": (("t_end",), _FLOW_OPTIONAL),
     "euler": (("h", "n_steps"), {"grad_tol": None, "save_every": None}),
 }
+DEFAULT_METHOD = "auto"
+#: with t_end = inf (run until grad_tol), ``save = n`` spans 0 and 1e-2 .. this time
+INF_SAVE_END = 1e6
 
 _TOP = {
     "name", "description", "seed", "architectures", "losses", "data", "init", "integrator",
@@ -187,13 +193,24 @@ def _save_times(ctx, path, save, t_end):
 
 
 def log_save_times(n, t_end):
-    """``n`` save times: 0, then ``n - 1`` log-spaced times from ``t_end * 1e-4`` to ``t_end``."""
+    """``n`` save times: 0, then ``n - 1`` log-spaced times from ``t_end * 1e-4`` to ``t_end``
+    (``t_end = inf``: from 1e-2 to ``INF_SAVE_END``; the flows stop at their limits before)."""
+    if math.isinf(t_end):
+        return np.concatenate([[0.0], np.geomspace(1e-2, INF_SAVE_END, n - 1)])
     return np.concatenate([[0.0], np.geomspace(t_end * 1e-4, t_end, n - 1)])
+
+
+def _t_end(ctx, path, x, grad_tol):
+    if isinstance(x, float) and x == math.inf:
+        if grad_tol is None:
+            raise ctx.error(path, "inf (run until converged) needs grad_tol")
+        return math.inf
+    return K.real(ctx, path, x, positive=True)
 
 
 def _integrator(ctx, path, x):
     K.table(ctx, path, x)
-    method = x.get("method", "rk45")
+    method = x.get("method", DEFAULT_METHOD)
     if method not in METHODS:
         raise ctx.error(f"{path}.method", f"must be one of {sorted(METHODS)}, got {method!r}")
     required, optional = METHODS[method]
@@ -202,8 +219,10 @@ def _integrator(ctx, path, x):
     for key in required:
         if key not in x:
             raise ctx.error(f"{path}.{key}", f"missing (method {method!r} needs {required})")
-    if method == "rk45":
-        out["t_end"] = K.real(ctx, f"{path}.t_end", x["t_end"], positive=True)
+    g = x.get("grad_tol")
+    grad_tol = None if g is None else K.real(ctx, f"{path}.grad_tol", g, low=0.0)
+    if method != "euler":
+        out["t_end"] = _t_end(ctx, f"{path}.t_end", x["t_end"], grad_tol)
         out["rtol"] = K.real(ctx, f"{path}.rtol", x.get("rtol", optional["rtol"]), positive=True)
         out["atol"] = K.real(ctx, f"{path}.atol", x.get("atol", optional["atol"]), low=0.0)
         out["max_steps"] = K.whole(ctx, f"{path}.max_steps", x.get("max_steps", 100_000), 1)
@@ -215,8 +234,7 @@ def _integrator(ctx, path, x):
         out["save_every"] = (
             max(1, out["n_steps"] // 10) if se is None else K.whole(ctx, f"{path}.save_every", se, 1)
         )
-    g = x.get("grad_tol")
-    out["grad_tol"] = None if g is None else K.real(ctx, f"{path}.grad_tol", g, low=0.0)
+    out["grad_tol"] = grad_tol
     return out
 
 
@@ -358,7 +376,7 @@ def _resolve(raw, ctx, base_dir, quick):
     if "architectures" not in raw:
         raise ctx.error("architectures", "missing (a table {d0, k, s} or an array of tables)")
     if "integrator" not in raw:
-        raise ctx.error("integrator", "missing (e.g. {method = \"rk45\", t_end = 200.0})")
+        raise ctx.error("integrator", "missing (e.g. {method = \"auto\", t_end = 200.0})")
     if "data" not in raw:
         raise ctx.error("data", "missing (at least data.m)")
     spec = {
@@ -409,9 +427,9 @@ def _labels(spec):
         return f"{x['name']}({p})" if p else x["name"]
 
     def integ_label(x):
-        if x["method"] == "rk45":
-            return f"rk45(t_end={x['t_end']:g}, rtol={x['rtol']:g})"
-        return f"euler(h={x['h']:g}, n_steps={x['n_steps']})"
+        if x["method"] == "euler":
+            return f"euler(h={x['h']:g}, n_steps={x['n_steps']})"
+        return f"{x['method']}(t_end={x['t_end']:g}, rtol={x['rtol']:g})"
 
     def inputs_label(x):
         if x == "gaussian":
