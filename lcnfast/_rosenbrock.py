@@ -29,17 +29,22 @@ next step; a rejected step keeps its Hessian and refactorises for the smaller st
 Error control as :mod:`lcnfast._integrate` (scipy conventions): RMS norm of
 ``err / (atol + rtol max(|y|, |y_new|))``, factor ``SAFETY err^(-1/4)`` (embedded order 3)
 clipped to [MIN_FACTOR, MAX_FACTOR] and to <= 1 right after a rejection, Hairer's initial
-step, ``min_step = 10 ulp(t)``. A factorisation that is numerically singular (a pivot below
-``n eps max|E|``: near a saddle ``I / (h gamma) + Hess L`` can be singular) or non-finite,
-and any non-finite stage, reject the step and shrink h by MIN_FACTOR.
+step (rk45's, for a method of order 4), ``min_step = 10 ulp(t)``. A factorisation that is
+numerically singular (a pivot below ``n eps max|E|``: near a saddle ``I / (h gamma) +
+Hess L`` can be singular) or non-finite, and any non-finite stage, reject the step and
+shrink h by MIN_FACTOR.
+
+Method "auto" runs the same driver from Dormand-Prince steps (:mod:`lcnfast._one_flow`) and
+switches a flow to RODAS for good once Hairer's stiffness detection fires.
 
 Layout: ``prange`` runs one worker per thread; a worker integrates whole flows one at a time
 with the one-flow kernels of :mod:`lcnfast._kernels` (n_params is small, a step costs six
 gradients, one Hessian and an n x n LU; the square loss's gradients go through the generated
-straight-line kernel of :mod:`lcnfast._codegen`, one lane wide, when the Problem picks it: the
-same numbers, ~10x faster than the generic one-flow loops) and takes the next flow from a counter shared by all
-workers (atomic fetch-and-add). A flow's arithmetic never depends on the worker or the batch:
-results are bitwise identical for any thread count and batch composition.
+straight-line kernel of :mod:`lcnfast._codegen`, one lane wide, when the Problem picks it:
+the same numbers, ~10x faster than the generic one-flow loops) and takes the next flow from
+a counter shared by all workers (atomic fetch-and-add). A flow's arithmetic never depends on
+the worker or the batch: results are bitwise identical for any thread count and batch
+composition.
 """
 
 from __future__ import annotations

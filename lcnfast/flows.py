@@ -287,14 +287,12 @@ def gradient_flow(
     out = _outputs(K, n, problem.arch.k_v, save_t.size)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
+        # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
+        kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
-            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
             I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
         else:
             stats = R.new_stats(K)
-            # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
-            kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
             R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
         wall = _time.perf_counter() - t0
     run_attrs = {
