@@ -157,10 +157,14 @@ def test_resolved_spec_fills_defaults_and_round_trips(tmp_path):
     assert other.spec_hash == st.spec_hash
 
 
-def test_builtin_quickstart_is_valid():
+def test_builtin_quickstart_runs_at_its_quick_size(tmp_path):
     st = load_spec("quickstart")
     assert st.spec["name"] == "quickstart" and st.n_flows >= 200
     assert load_spec("quickstart", quick=True).n_flows < st.n_flows
+    s = run_study("quickstart", tmp_path / "q", quick=True, progress=False)
+    assert s.report == tmp_path.resolve() / "q" / "report.md" and s.report.is_file()
+    # auto with t_end = inf: every flow reaches its grad_tol (1e-10: ~1e-12 is reachable)
+    assert s.status_counts == {lcnfast.flows.I.CONVERGED: load_spec("quickstart", quick=True).n_flows}
 
 
 # ----------------------------------------------------------------------------- seeds and data
