@@ -224,6 +224,8 @@ def run_shard(study_dir, spec, shard, n_threads=None):
     problem = Problem(cell.arch(), X, Y, cell.loss_fn())
     W0 = draws.initial_points(cell, shard.dataset, shard.f0, shard.f1, study.spec["seed"])
     ds = integrate(problem, W0, cell.integrator, n_threads)
+    if ds.attrs.get("interrupted"):  # Ctrl-C in the engine: its flows stopped part-way
+        raise KeyboardInterrupt  # the shard is not written, so a resumption runs it again
     t1 = time.perf_counter()
     ds = _analysis.classify(ds, problem, **study.spec["analysis"])
     ds = ds.assign(_lemma36(problem, ds))
