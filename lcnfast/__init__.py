@@ -24,6 +24,8 @@ from .flows import STATUS, gradient_descent, gradient_flow, threads
 from .io import open_dataset, to_netcdf
 from .problem import Problem
 
+_numba_cache.guard_dispatchers()  # damaged cache entries are dropped and recompiled
+
 try:
     __version__ = version("lcnfast")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree

@@ -23,6 +23,11 @@ initial step, dense-output saves) use the one-flow kernel :func:`_kernels.loss_g
 flow's arithmetic is the same whatever its lane, worker or batch, so results are bitwise
 identical for any thread count and batch composition. Nothing is raised from parallel code:
 every flow ends with a status code.
+
+Interruption: every worker reads the caller's flag ``stop[0]`` once per pass over its lanes
+(an atomic load: one instruction, which the compiler may not hoist out of the loop). Once it is
+non-zero, each worker ends its running flows with status ``INTERRUPTED`` at their last accepted
+state and returns; flows not started yet keep status -1 (the caller marks them).
 """
 
 from __future__ import annotations
@@ -47,7 +52,15 @@ REACHED_END = 1  # t_end (rk45) or n_steps (Euler) reached
 MAX_STEPS = 2  # rk45: max_steps attempted steps exhausted before t_end
 STEP_UNDERFLOW = 3  # rk45: step size fell below 10 ulp(t)
 NON_FINITE = 4  # the state, loss or gradient became NaN or Inf
-STATUS_MEANINGS = ("converged", "reached_end", "max_steps", "step_underflow", "non_finite")
+INTERRUPTED = 5  # the caller's stop flag was set (SIGINT): the last accepted state
+STATUS_MEANINGS = (
+    "converged",
+    "reached_end",
+    "max_steps",
+    "step_underflow",
+    "non_finite",
+    "interrupted",
+)
 
 # ----------------------------------------------------------------------------- Dormand-Prince
 # Butcher tableau of Dormand & Prince (1980), RK5(4)7M; C, A, B: the 5th-order solution;
@@ -141,12 +154,58 @@ def _fetch_add(typingctx, arr, idx, val):
     return sig, codegen
 
 
+@intrinsic
+def _atomic_load(typingctx, arr, idx):
+    """``arr[idx]`` of an int64 array as an atomic (monotonic) load: another thread's store is
+    seen, and the load is never hoisted out of a loop."""
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        arr_v, idx_v = args
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, arr_v)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx_v])
+        return builder.load_atomic(ptr, "monotonic", 8)
+
+    return sig, codegen
+
+
+# Norms: the sum of squares overflows for entries above ~1e154 (and loses everything below
+# ~1e-154) although the norm itself is representable. Each norm is summed plainly first; only
+# when that sum overflowed or is below 2^-900 (zero included), i.e. when its square root is
+# not in [_NORM_MIN, inf), is it summed again scaled by the largest entry (two more passes).
+# Otherwise the plain sum is accurate (no partial sum overflowed, and squares that underflowed
+# are far below its rounding), and the norm has the bits it always had. A NaN is kept. In the
+# integrators the plain norm is computed as before and checked at the call site, the scaled
+# one is a function of its own (folding the check and the scaled passes into the norm made
+# the Dormand-Prince steps of the square loss ~3% slower).
+_NORM_MIN = 2.0**-450  # sqrt(2^-900), exact
+
+
+@nb.njit(inline="always", **_JIT)
+def _plain_ok(nrm):
+    """Whether ``nrm`` (the square root of a plain sum of squares) stands (see above)."""
+    return (nrm >= _NORM_MIN and nrm < math.inf) or nrm != nrm
+
+
 @nb.njit(**_JIT)
 def _norm2(x):
     acc = 0.0
     for i in range(x.shape[0]):
         acc += x[i] * x[i]
-    return math.sqrt(acc)
+    nrm = math.sqrt(acc)
+    if _plain_ok(nrm):
+        return nrm
+    big = 0.0
+    for i in range(x.shape[0]):
+        big = max(big, abs(x[i]))
+    if big == 0.0 or big == math.inf:
+        return big
+    acc = 0.0
+    for i in range(x.shape[0]):
+        r = x[i] / big
+        acc += r * r
+    return big * math.sqrt(acc)
 
 
 @nb.njit(**_JIT)
@@ -160,10 +219,27 @@ def _l1(x):
 # ----------------------------------------------------------------------------- lane bookkeeping
 @nb.njit(**_JIT)
 def _lane_norm2(X, b):
+    """||X[:, b]||_2 from the plain sum of squares: check it with :func:`_plain_ok` (else
+    :func:`_lane_norm2_scaled`)."""
     acc = 0.0
     for i in range(X.shape[0]):
         acc += X[i, b] * X[i, b]
     return math.sqrt(acc)
+
+
+@nb.njit(**_JIT)
+def _lane_norm2_scaled(X, b):
+    """||X[:, b]||_2 scaled by its largest entry (see _norm2)."""
+    big = 0.0
+    for i in range(X.shape[0]):
+        big = max(big, abs(X[i, b]))
+    if big == 0.0 or big == math.inf:
+        return big
+    acc = 0.0
+    for i in range(X.shape[0]):
+        r = X[i, b] / big
+        acc += r * r
+    return big * math.sqrt(acc)
 
 
 @nb.njit(**_JIT)
@@ -223,7 +299,8 @@ def _park(Y, b):
 # ----------------------------------------------------------------------------- Euler
 @nb.njit(**_JIT)
 def _lane_norms(G, V, Y, gn, v1, wn):
-    """Per lane: ||G||_2, ||V||_1, ||Y||_2 (sums in index order, SIMD over lanes)."""
+    """Per lane: ||G||_2, ||V||_1, ||Y||_2 (sums in index order, SIMD over lanes; the caller
+    checks the 2-norms of its running lanes with :func:`_plain_ok`)."""
     for b in range(LANES):
         gn[b] = 0.0
         v1[b] = 0.0
@@ -255,7 +332,7 @@ def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, want_loss):
 
 
 @nb.njit(**_JIT)
-def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
+def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
     N = model.k.shape[0]
     lws = new_lane_workspace(model)
@@ -295,6 +372,10 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
             f = flow[b]
             if f < 0:
                 continue
+            if not _plain_ok(gn[b]):  # rare: sum of squares out of range, see _norm2
+                gn[b] = _lane_norm2_scaled(G, b)
+            if not _plain_ok(wn[b]):
+                wn[b] = _lane_norm2_scaled(Y, b)
             j = step[b]
             if j == 0:
                 out.loss_init[f] = L[b]
@@ -322,6 +403,13 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
                 continue
             step[b] = j + 1
             L_prev[b] = L[b]
+        if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows at their state
+            for b in range(LANES):
+                f = flow[b]
+                if f >= 0:
+                    j = step[b] - 1
+                    _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, INTERRUPTED, j, 0, j + 1)
+            break
         # the step, for all lanes at once (idle lanes are overwritten when refilled)
         for i in range(n):
             for b in range(LANES):
@@ -329,30 +417,42 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter):
 
 
 @nb.njit(parallel=True, **_JIT)
-def euler_batch(model, kern, use_kern, W0, opt, out, n_workers):
-    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``."""
+def euler_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
+    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``;
+    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _euler_worker(model, kern, use_kern, W0, opt, out, counter)
+        _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop)
 
 
 # ----------------------------------------------------------------------------- Dormand-Prince
+@nb.njit(inline="always", **_JIT)
+def _over(a, sc):
+    """``a / sc`` for the error norms, with 0 / 0 = 0: with atol = 0 a component that is zero
+    and stays zero has no error to measure (a constant solution is not a step underflow)."""
+    return 0.0 if a == 0.0 else a / sc
+
+
 @nb.njit(**_JIT)
 def _initial_step(model, y0, f0, t_end, opt, ws, y1, g1):
-    """Hairer's initial step (scipy's select_initial_step, order 4); one gradient evaluation."""
+    """Hairer's initial step (scipy's select_initial_step, order 4); one gradient evaluation.
+    Where the step would be 0 (atol = 0 and a zero component that moves: an infinite
+    relative derivative) it starts from 1e-6 and leaves the rest to the error control."""
     n = y0.shape[0]
     d0 = 0.0
     d1 = 0.0
     for i in range(n):
         sc = opt.atol + abs(y0[i]) * opt.rtol
-        d0 += (y0[i] / sc) ** 2
-        d1 += (f0[i] / sc) ** 2
+        d0 += _over(y0[i], sc) ** 2
+        d1 += _over(f0[i], sc) ** 2
     d0 = math.sqrt(d0 / n)
     d1 = math.sqrt(d1 / n)
     if d0 < 1e-5 or d1 < 1e-5:
         h0 = 1e-6
     else:
         h0 = 0.01 * d0 / d1
+        if not h0 > 0.0:
+            h0 = 1e-6
     h0 = min(h0, t_end)
     for i in range(n):
         y1[i] = y0[i] + h0 * f0[i]
@@ -360,7 +460,7 @@ def _initial_step(model, y0, f0, t_end, opt, ws, y1, g1):
     d2 = 0.0
     for i in range(n):
         sc = opt.atol + abs(y0[i]) * opt.rtol
-        d2 += ((-g1[i] - f0[i]) / sc) ** 2
+        d2 += _over(-g1[i] - f0[i], sc) ** 2
     d2 = math.sqrt(d2 / n) / h0
     if not math.isfinite(d2):
         return h0
@@ -368,6 +468,8 @@ def _initial_step(model, y0, f0, t_end, opt, ws, y1, g1):
         h1 = max(1e-6, h0 * 1e-3)
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / 5.0)
+        if not h1 > 0.0:
+            return h0
     return min(100.0 * h0, h1, t_end)
 
 
@@ -551,6 +653,20 @@ def _rk_attempt(model, kern, use_kern, s, lws, V):
                 Kst[st, i, b] = -s.G[i, b]
 
 
+@nb.njit(**_JIT)
+def _err_sumsq_at_rest(s, b, h, opt):
+    """The error norm's sum of squares of lane b's attempted step with 0 / 0 = 0 (atol = 0)."""
+    acc2 = 0.0
+    for i in range(s.Y.shape[0]):
+        e = 0.0
+        for q in range(7):
+            e += DP_E[q] * s.Kst[q, i, b]
+        e *= h
+        sc = opt.atol + opt.rtol * max(abs(s.Y[i, b]), abs(s.Y_new[i, b]))
+        acc2 += _over(e, sc) ** 2
+    return acc2
+
+
 @nb.njit(inline="always", **_JIT)
 def _rk_conclude(model, opt, out, s, b, lws, ws):
     """Accept or reject lane b's attempted step (error control as scipy's RK45); on
@@ -569,6 +685,8 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
         e *= h
         sc = opt.atol + opt.rtol * max(abs(s.Y[i, b]), abs(s.Y_new[i, b]))
         acc2 += (e / sc) ** 2
+    if acc2 != acc2 and opt.atol == 0.0:  # 0 / 0 from a component at rest: counts 0
+        acc2 = _err_sumsq_at_rest(s, b, h, opt)
     err = math.sqrt(acc2 / n)
     if not err < 1.0:
         if math.isfinite(err):
@@ -588,6 +706,8 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
     t_new = t + h
     L_new = s.L_new[b]
     gn_new = _lane_norm2(s.G, b)
+    if not _plain_ok(gn_new):
+        gn_new = _lane_norm2_scaled(s.G, b)
     # dense output at save times inside (t, t_new): one-flow evaluations in the scratch vectors
     T = opt.save_t.shape[0]
     si = s.si[b]
@@ -623,19 +743,27 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
     if not (math.isfinite(L_new) and math.isfinite(gn_new) and _lane_finite(s.Y, b)):
         _rk_finish(out, s, b, NON_FINITE)
         return
-    _record(out, f, _lane_l1(s.V, b), _lane_norm2(s.Y, b))
+    wn = _lane_norm2(s.Y, b)
+    if not _plain_ok(wn):
+        wn = _lane_norm2_scaled(s.Y, b)
+    _record(out, f, _lane_l1(s.V, b), wn)
     if gn_new <= opt.grad_tol:
         _rk_finish(out, s, b, CONVERGED)
 
 
 @nb.njit(**_JIT)
-def _rk45_worker(model, kern, use_kern, W0, opt, out, counter):
+def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
     V = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
     ws = new_workspace(model)
     while True:
+        if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows where they are
+            for b in range(LANES):
+                if s.flow[b] >= 0:
+                    _rk_finish(out, s, b, INTERRUPTED)
+            break
         n_active = 0
         for b in range(LANES):
             while s.flow[b] < 0:  # refill an idle lane
@@ -659,8 +787,9 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter):
 
 
 @nb.njit(parallel=True, **_JIT)
-def rk45_batch(model, kern, use_kern, W0, opt, out, n_workers):
-    """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``."""
+def rk45_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
+    """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``; ``stop`` (1,) int64: set
+    ``stop[0]`` from another thread to interrupt."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _rk45_worker(model, kern, use_kern, W0, opt, out, counter)
+        _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop)

@@ -1,6 +1,7 @@
 """Numba compile options shared by the kernel modules.
 
-- JIT: cached, no GIL, numpy's error model (1/0 gives inf, no exception).
+- JIT: cached (unless no cache location is writable: see lcnfast._numba_cache), no GIL,
+  numpy's error model (1/0 gives inf, no exception).
 - Fast-math flags, only on the private data-path helpers that name them (never 'nnan'/'ninf':
   NaN and Inf keep their meaning, a diverging flow still shows up as NaN/Inf):
   - JIT_C: 'contract' lets LLVM fuse a*b + c into one FMA (more accurate, not reordered);
@@ -10,6 +11,9 @@
     or the threads. Helpers under 'reassoc' must not contain the tanh range reduction.
 """
 
-JIT = dict(cache=True, nogil=True, error_model="numpy")
+from ._numba_cache import caching_available
+
+CACHE = caching_available()
+JIT = dict(cache=CACHE, nogil=True, error_model="numpy")
 JIT_C = dict(JIT, fastmath={"contract"})
 JIT_R = dict(JIT, fastmath={"reassoc", "contract"})

@@ -28,6 +28,7 @@ import numba as nb
 import numpy as np
 
 from ._jit import JIT as _JIT
+from ._jit import JIT_R as _JIT_R
 from ._kernels import _data_buf, _fs_loss_grad_buf
 
 LANES = 8  # two AVX2 vectors of float64 per inner loop
@@ -169,11 +170,40 @@ def loss_grad_lanes(model, W, ws, out_g, out_L, want_loss):
 
 _WIDE = 64  # flows per call of a generated kernel in batched evaluations
 
+# The batched evaluations below return an overflow flag for lcnfast.Problem: 0.0 if the values
+# checked are finite, NaN otherwise (the sum of x * 0.0 over them, taken once per chunk of rows
+# by a vectorised pass). Checked: on the Gram path (square loss) the losses, which the Gram
+# path always computes: a pass over the gradients would cost ~5% of a generated-kernel
+# gradient (one per ~20 ns), and a gradient overflows without its loss only for layers scaled
+# by ~1e150 against each other; on the data path, where such a pass is ~0.1% of the work, the
+# gradients and, with want_loss, the losses.
+
+
+@nb.njit(**_JIT_R)
+def _zero_sum(x, i0, i1):
+    """Sum of x[i] * 0.0 over i0 <= i < i1: 0.0 if those entries are finite, else NaN (in any
+    order of summation, so 'reassoc' lets it vectorise)."""
+    acc = 0.0
+    for i in range(i0, i1):
+        acc += x[i] * 0.0
+    return acc
+
+
+@nb.njit(**_JIT_R)
+def _zero_sum_rows(X, r0, r1):
+    """:func:`_zero_sum` over the rows r0..r1-1 of X."""
+    acc = 0.0
+    for r in range(r0, r1):
+        for i in range(X.shape[1]):
+            acc += X[r, i] * 0.0
+    return acc
+
 
 @nb.njit(**_JIT)
 def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
     """Rows f0..f1-1 of W through the generated kernel ``kern``, up to ``_WIDE`` flows per
-    call (its code is scalar per flow: wider calls only spread its set-up)."""
+    call (its code is scalar per flow: wider calls only spread its set-up). Returns the
+    overflow flag (see above)."""
     n = W.shape[1]
     kv = model.k_v
     c = min(_WIDE, f1 - f0)
@@ -196,12 +226,14 @@ def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
             out_loss[a + b] = Ll[b]
             for q in range(n):
                 out_grad[a + b, q] = gl[q, b]
+    return _zero_sum(out_loss, f0, f1)
 
 
 @nb.njit(**_JIT)
 def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1, want_loss):
     """Lane blocks blk0..blk1-1 of the rows of W through the generic lane kernel (a last
-    partial block repeats its first row in the unused lanes)."""
+    partial block repeats its first row in the unused lanes). Returns the overflow flag (see
+    above)."""
     K, n = W.shape
     ws = new_lane_workspace(model)
     Wl = np.empty((n, LANES))
@@ -218,25 +250,36 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1, want_loss):
             out_loss[f0 + b] = Ll[b]
             for q in range(n):
                 out_grad[f0 + b, q] = gl[q, b]
+    r0 = blk0 * LANES
+    r1 = min(K, blk1 * LANES)
+    flag = 0.0
+    if want_loss or model.use_gram:
+        flag += _zero_sum(out_loss, r0, r1)
+    if not model.use_gram:
+        flag += _zero_sum_rows(out_grad, r0, r1)
+    return flag
 
 
 @nb.njit(parallel=True, **_JIT)
 def loss_grad_batch(model, W, out_loss, out_grad, nc, want_loss):
     """L (K,) and gradients (K, n) for every row of W (K, n), in ``nc`` prange chunks of
-    whole lane blocks; unless ``want_loss`` the losses may be NaN (the data path skips them)."""
+    whole lane blocks; unless ``want_loss`` the losses may be NaN (the data path skips them).
+    Returns the overflow flag (see above)."""
     nblk = (W.shape[0] + LANES - 1) // LANES
     nc = min(nc, nblk)
+    flag = 0.0  # a prange reduction (an array of flags would cost ~3 us per call)
     for c in nb.prange(nc):
-        _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc, (c + 1) * nblk // nc,
-                          want_loss)
+        flag += _loss_grad_blocks(model, W, out_loss, out_grad, c * nblk // nc,
+                                  (c + 1) * nblk // nc, want_loss)
+    return flag
 
 
 @nb.njit(**_JIT)
 def loss_grad_serial(model, W, out_loss, out_grad, want_loss):
     """:func:`loss_grad_batch` on the calling thread (small batches: waking the thread team
     costs more than the work)."""
-    _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES,
-                      want_loss)
+    return _loss_grad_blocks(model, W, out_loss, out_grad, 0, (W.shape[0] + LANES - 1) // LANES,
+                             want_loss)
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -245,12 +288,14 @@ def generated_batch(model, kern, W, out_loss, out_grad, nc):
     K = W.shape[0]
     nblk = (K + _WIDE - 1) // _WIDE
     nc = min(nc, nblk)
+    flag = 0.0
     for c in nb.prange(nc):
-        _generated_rows(model, kern, W, out_loss, out_grad, c * nblk // nc * _WIDE,
-                        min(K, (c + 1) * nblk // nc * _WIDE))
+        flag += _generated_rows(model, kern, W, out_loss, out_grad, c * nblk // nc * _WIDE,
+                                min(K, (c + 1) * nblk // nc * _WIDE))
+    return flag
 
 
 @nb.njit(**_JIT)
 def generated_serial(model, kern, W, out_loss, out_grad):
     """:func:`generated_batch` on the calling thread."""
-    _generated_rows(model, kern, W, out_loss, out_grad, 0, W.shape[0])
+    return _generated_rows(model, kern, W, out_loss, out_grad, 0, W.shape[0])

@@ -408,7 +408,9 @@ def classify_points(problem, w, *, w_init=None, hessians=None, **tolerances):
     ----------
     problem : Problem
     w : array_like (n_params,) or (K, n_params)
-        Points to classify (rows with NaN/Inf get label ``non_finite`` and NaN elsewhere).
+        Points to classify, finite (ValueError otherwise, as :meth:`Problem.grad`; the
+        diverged flows of a Dataset, NaN/Inf in ``w_final``, are labelled ``non_finite`` by
+        :func:`classify`).
     w_init : array_like (K, n_params), optional
         Initial points of the flows; adds ``balance_drift`` = max_i |delta_i(w) - delta_i(w_init)|
         (Lemma 3.3: delta_i = ||w^(i+1)||^2 - ||w^(i)||^2 is constant along the exact flow).
@@ -436,10 +438,18 @@ def classify_points(problem, w, *, w_init=None, hessians=None, **tolerances):
         for stride 1 and a convex loss ``prop51_ok`` and ``prop51_ok_jac``; with ``w_init``,
         ``balance_drift``. Attributes record the tolerances and rules.
     """
+    return _classify_points(problem, w, w_init, hessians, tolerances, finite_only=True)
+
+
+def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
+    """:func:`classify_points`; unless ``finite_only``, rows of ``w`` with NaN/Inf are taken
+    and get label ``non_finite`` and NaN elsewhere (the diverged flows of :func:`classify`)."""
     _check_problem(problem)
     tol = _tolerances(tolerances)
     arch = problem.arch
     W = _param_batch(arch, w, "w")
+    if finite_only and not np.all(np.isfinite(W)):
+        raise ValueError("w contains NaN or Inf")
     K, n = W.shape
     N, kv = arch.depth, arch.k_v
     finite = np.all(np.isfinite(W), axis=1)
@@ -458,6 +468,8 @@ def classify_points(problem, w, *, w_init=None, hessians=None, **tolerances):
         W0 = _param_batch(arch, w_init, "w_init")
         if W0.shape != W.shape:
             raise ValueError(f"w_init must have the shape of w, {W.shape}, got {W0.shape}")
+        if finite_only and not np.all(np.isfinite(W0)):
+            raise ValueError("w_init contains NaN or Inf")
 
     def full(shape, fill, dtype=np.float64):
         return np.full((K,) + shape, fill, dtype=dtype)
@@ -760,6 +772,12 @@ def _check_flow_dataset(ds, problem):
             raise ValueError("ds's param index (layer, tap) is not in the architecture's order")
 
 
+def _per_flow(da, K):
+    """The values of ``da`` as (K, rest), flow first (K = 0 included)."""
+    a = da.transpose("flow", ...).values
+    return a.reshape(K, int(np.prod(a.shape[1:], dtype=np.int64)))
+
+
 def classify(ds, problem, **tolerances):
     """Classify the limit points ``w_final`` of a flow Dataset and add the results to it.
 
@@ -790,11 +808,11 @@ def classify(ds, problem, **tolerances):
     _check_problem(problem)
     _check_flow_dataset(ds, problem)
     W = ds.w_final.transpose("flow", "param").values
-    res = classify_points(problem, W, **tolerances)
+    res = _classify_points(problem, W, None, None, tolerances, finite_only=False)
     extra = {}
     if "delta_init" in ds and "delta_final" in ds:
-        d0 = ds.delta_init.transpose("flow", ...).values.reshape(W.shape[0], -1)
-        d1 = ds.delta_final.transpose("flow", ...).values.reshape(W.shape[0], -1)
+        d0 = _per_flow(ds.delta_init, W.shape[0])
+        d1 = _per_flow(ds.delta_final, W.shape[0])
         with np.errstate(invalid="ignore"):
             drift = np.max(np.abs(d1 - d0), axis=1, initial=0.0)
         drift = np.where(np.all(np.isfinite(d1 - d0), axis=1), drift, np.nan)

@@ -47,6 +47,17 @@ def _check_count(value, name):
     return int(value)
 
 
+def _rng(seed):
+    """``numpy.random.default_rng(seed)``, its errors naming ``seed``."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(
+            f"seed must be None, a whole number >= 0, a SeedSequence or a Generator, got "
+            f"{seed!r} ({e})"
+        ) from None
+
+
 def _check_nonneg(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -91,7 +102,7 @@ def teacher(arch, m, *, noise=0.0, seed=None):
     _check_arch(arch)
     m = _check_count(m, "m")
     noise = _check_nonneg(noise, "noise")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     X = rng.standard_normal((arch.d0, m)) / np.sqrt(m)
     return _teacher_targets(arch, X, rng, noise)
 
@@ -105,7 +116,7 @@ def initial_filters(arch, K, *, scale=1.0, seed=None):
     _check_arch(arch)
     K = _check_count(K, "K")
     scale = _check_nonneg(scale, "scale")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     return scale * rng.standard_normal((K, arch.n_params))
 
 
@@ -175,7 +186,7 @@ def low_rank_inputs(arch, m, rank, *, seed=None):
             f"rank: the windows of a rank-{rank} X span at most d_N * rank = "
             f"{arch.d_N * rank} < k_v = {arch.k_v} dimensions, so A cannot be positive definite"
         )
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     for _ in range(_MAX_DRAWS):
         B = rng.standard_normal((arch.d0, rank))
         C = rng.standard_normal((rank, m))
@@ -223,7 +234,7 @@ def gram_singular_inputs(arch, m, *, nullity=1, seed=None):
         raise ValueError(
             f"nullity must be < k_v = {arch.k_v} (A = 0 needs X = 0), got {nullity}"
         )
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     for _ in range(_MAX_DRAWS):
         U = np.concatenate(
             [_conv_matrix(rng.standard_normal(arch.k_v), arch.d0, arch.s_v) for _ in range(nullity)]
@@ -265,5 +276,5 @@ def teacher_for_inputs(arch, X, *, noise=0.0, seed=None):
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or Inf")
     noise = _check_nonneg(noise, "noise")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     return _teacher_targets(arch, X, rng, noise)

@@ -25,7 +25,7 @@ loss_init, loss_final  (flow,)              L at the start / end
 grad_norm_init/_final  (flow,)              ||grad L||_2 at the start / end
 t_final                (flow,)              time at which the flow stopped
 status                 (flow,) int8         CF flags: converged, reached_end, max_steps,
-                                            step_underflow, non_finite
+                                            step_underflow, non_finite, interrupted
 n_accepted             (flow,)              accepted steps (Euler: steps taken)
 n_rejected             (flow,)              rejected steps (Euler: 0)
 n_grad_evals           (flow,)              gradient evaluations, dense-output saves included
@@ -51,6 +51,26 @@ t_switch               (flow,)              auto: time of the switch to RODAS (N
 
 Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
 ``status`` say when and why it stopped, ``w_final`` holds its last state.
+
+Statuses ``max_steps`` and ``step_underflow`` (the flow stopped before ``t_end`` without
+converging) give one :class:`FlowWarning` per run with their counts.
+
+Interruption (Ctrl-C)
+---------------------
+Called from the main thread, both integrators stop within about one step of SIGINT (the
+kernels poll a flag once per step of each group of eight flows, set as the signal arrives; see
+"running" below) and return what they have instead of discarding it:
+flows in progress end with status ``interrupted`` at their last accepted state
+(``w_final``, ``loss_final``, ``t_final`` = the time reached, their saved times up to there);
+flows not started yet get status ``interrupted`` with ``t_final = 0``, ``w_final = w_init``,
+``n_grad_evals = 0`` and NaN losses, norms and ``v_final`` (never evaluated). The Dataset
+says so in ``attrs["interrupted"]`` (1; 0 for a complete run) and a :class:`FlowWarning` is
+issued: a script that should stop on Ctrl-C checks ``ds.attrs["interrupted"]`` (or turns the
+warning into an error), and can save the partial Dataset first; SIGINT after the call returned
+raises KeyboardInterrupt as usual. ``attrs["interrupted"]`` is 1 whenever SIGINT came during
+the call, even if every flow had just ended anyway. Not interruptible this way: runs called
+from other threads (Python handles signals in the main thread) and runs under a SIGINT
+handler of the caller's own (left in place: it runs when the call returns).
 """
 
 from __future__ import annotations
@@ -60,6 +80,10 @@ import datetime
 import json
 import math
 import numbers
+import os
+import select
+import signal
+import threading
 import time as _time
 import warnings
 
@@ -72,13 +96,17 @@ from . import _integrate as I
 from . import _rosenbrock as R
 from .problem import Problem
 
-__all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS"]
+__all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS", "FlowWarning"]
 
 #: status code -> meaning (also in each Dataset's ``status.attrs``)
 STATUS = dict(enumerate(I.STATUS_MEANINGS))
 
 _MAX_SAVE_BYTES = 8 * 2**30  # refuse save arrays larger than this (memory of a 24 GiB machine)
 _EPS = np.finfo(float).eps
+
+
+class FlowWarning(RuntimeWarning):
+    """Flows that stopped early (max_steps, step_underflow) or a run interrupted by SIGINT."""
 
 
 @contextlib.contextmanager
@@ -120,8 +148,13 @@ def _positive_float(x, name, *, allow_zero=False):
 
 
 def _count(x, name, *, minimum):
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+    """A whole number >= minimum; integral floats (1e6) are taken too."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a whole number, got {x!r}")
+    if not isinstance(x, numbers.Integral):
+        if not (math.isfinite(x) and float(x).is_integer()):
+            raise TypeError(f"{name} must be a whole number, got {x!r}")
+        x = int(x)
     if x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
     return int(x)
@@ -192,6 +225,154 @@ def _outputs(K, n, kv, T):
     )
 
 
+# ----------------------------------------------------------------------------- running
+# How SIGINT reaches a running kernel. Python runs its signal handlers in the main thread
+# between bytecodes, never while that thread is inside a kernel, but its C-level handler also
+# writes the signal number to the "wakeup fd" at once (signal.set_wakeup_fd). During a run that
+# fd is a pipe read by a watcher thread (made once; it waits in select without the GIL, which
+# the kernel does not hold either): on SIGINT it sets the flag the kernel polls. Bytes of other
+# signals go on to the wakeup fd installed before (asyncio's, say); the pipe is drained when
+# the run ends. The kernel runs in the calling thread, as before (in a helper thread it would
+# bring a second OpenMP thread team, which made the main thread's parallel kernels 3x slower
+# on two cores), and SIGINT's Python handler is replaced during the run by one that only sets
+# the flag, so no KeyboardInterrupt follows.
+class _Watcher:
+    lock = threading.Lock()
+    pipe = None  # (read end, write end), both non-blocking, made on first use
+    stop = None  # the flag of the run in progress, or None
+    forward = -1  # the wakeup fd installed before the run
+
+    @classmethod
+    def start(cls):
+        if cls.pipe is None:
+            cls.pipe = os.pipe()
+            for fd in cls.pipe:
+                os.set_blocking(fd, False)
+            threading.Thread(target=cls._watch, name="lcnfast-sigint", daemon=True).start()
+        return cls.pipe[1]
+
+    @classmethod
+    def _watch(cls):
+        while True:
+            select.select([cls.pipe[0]], [], [])
+            with cls.lock:
+                cls.drain()
+
+    @classmethod
+    def drain(cls):
+        """Act on the signal numbers in the pipe (call with the lock held)."""
+        while True:
+            try:
+                data = os.read(cls.pipe[0], 512)
+            except BlockingIOError:
+                return
+            other = bytes(b for b in data if b != signal.SIGINT)
+            if len(other) < len(data) and cls.stop is not None:
+                cls.stop[0] = 1
+            if other and cls.forward >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(cls.forward, other)
+
+    @classmethod
+    def reset_in_child(cls):
+        """After fork: the watcher thread did not come along; make a new one when needed."""
+        if cls.pipe is not None:
+            for fd in cls.pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        cls.lock = threading.Lock()
+        cls.pipe = None
+        cls.stop = None
+        cls.forward = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Watcher.reset_in_child)
+
+
+@contextlib.contextmanager
+def _sigint_sets(stop):
+    """While active, SIGINT sets ``stop[0] = 1`` (also while the thread is in a kernel) instead
+    of raising KeyboardInterrupt; in effect only in the main thread with Python's default SIGINT
+    handler in place (elsewhere SIGINT behaves as usual)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def handler(signum, frame):
+        stop[0] = 1
+
+    try:
+        wfd = _Watcher.start()
+        with _Watcher.lock:
+            _Watcher.forward = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+            _Watcher.stop = stop
+    except (OSError, ValueError):  # pragma: no cover - no pipes or wakeup fd here
+        yield
+        return
+    prev = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+        with _Watcher.lock:
+            signal.set_wakeup_fd(_Watcher.forward)  # later signals go where they went before
+            _Watcher.drain()  # those of the run: SIGINT sets the flag, others are passed on
+            _Watcher.forward = -1
+            _Watcher.stop = None
+
+
+def _run(kernel, args):
+    """Run ``kernel(*args, stop)``; return whether SIGINT came during the run (``stop[0]``),
+    see :func:`_sigint_sets`. A kernel's first run in the process is compiled (or loaded from
+    the cache) before, where Ctrl-C interrupts a long compile as usual."""
+    stop = np.zeros(1, np.int64)
+    args = (*args, stop)
+    if not kernel.signatures:
+        kernel.compile(tuple(numba.typeof(a) for a in args))
+    with _sigint_sets(stop):
+        kernel(*args)
+    return bool(stop[0])
+
+
+def _conclude(out, W0, interrupted, name, wall):
+    """Mark the flows an interrupt left unstarted and issue the run's warnings."""
+    K = W0.shape[0]
+    todo = out.status < 0
+    if interrupted:
+        out.status[todo] = I.INTERRUPTED
+        out.t_final[todo] = 0.0
+        out.w_final[todo] = W0[todo]
+    elif np.any(todo):  # pragma: no cover - every flow ends with a status
+        raise RuntimeError(f"{name}: {int(todo.sum())} flows ended without a status")
+    early = {
+        I.STATUS_MEANINGS[c]: int(np.count_nonzero(out.status == c))
+        for c in (I.MAX_STEPS, I.STEP_UNDERFLOW)
+    }
+    early = {k: v for k, v in early.items() if v}
+    if early:
+        counts = ", ".join(f"{v} {k}" for k, v in early.items())
+        warnings.warn(
+            f"{name}: {sum(early.values())} of {K} flows stopped before t_end without "
+            f"converging ({counts}); see ds.status and ds.t_final (max_steps: raise max_steps; "
+            "step_underflow: the step size fell below 10 ulp(t), a stiff or non-smooth spot)",
+            FlowWarning,
+            stacklevel=3,
+        )
+    if interrupted:
+        n_int = int(np.count_nonzero(out.status == I.INTERRUPTED))
+        warnings.warn(
+            f"{name} interrupted (SIGINT) after {wall:.3g} s: {n_int} of {K} flows stopped "
+            f"early ({int(todo.sum())} not started); the Dataset holds their states so far "
+            "(status 'interrupted', t_final = time reached; ds.attrs['interrupted'] = 1)",
+            FlowWarning,
+            stacklevel=3,
+        )
+
+
 # ----------------------------------------------------------------------------- public API
 def gradient_flow(
     problem,
@@ -238,7 +419,8 @@ def gradient_flow(
     grad_tol : float >= 0 or None
         Stop a flow on the first accepted state with ||grad L||_2 <= grad_tol (None: never).
     max_steps : int >= 1
-        Cap on attempted (accepted + rejected) steps per flow.
+        Cap on attempted (accepted + rejected) steps per flow (an integral float such as 1e6
+        is taken).
     save_times : array_like or None
         Strictly increasing times in [0, t_end]; default 11 equally spaced times from 0 to
         t_end (t = 0 alone if t_end is infinite).
@@ -250,7 +432,8 @@ def gradient_flow(
     Returns
     -------
     xarray.Dataset
-        See the module docstring for the schema.
+        See the module docstring for the schema; Ctrl-C returns the partial Dataset
+        (``attrs["interrupted"] == 1``, module docstring, "Interruption").
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
@@ -290,11 +473,13 @@ def gradient_flow(
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            I.rk45_batch(problem.model, kern, use, W0, opt, out, nt)
-        else:
+            stopped = _run(I.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
+        else:  # RODAS does not poll the stop flag: Ctrl-C acts when the kernel returns
             stats = R.new_stats(K)
             R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
+            stopped = False
         wall = _time.perf_counter() - t0
+    _conclude(out, W0, stopped, "gradient_flow", wall)
     run_attrs = {
         "method": method,
         "t_end": t_end,
@@ -304,6 +489,7 @@ def gradient_flow(
     }
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
+    run_attrs["interrupted"] = int(stopped)
     ds = _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
     ds["newton_step_final"] = ("flow", R.newton_step_norm(problem, out.w_final), {
         "long_name": "||H^+ grad L||_2 at w_final (H = Hess L, eigenvalues below "
@@ -326,7 +512,7 @@ def gradient_descent(
         Step size (time units of the flow: step j is at time j h). Above 2 / lambda_max of the
         Hessian at a limit the iteration cannot converge there (2-cycles or divergence).
     n_steps : int >= 0
-        Steps per flow.
+        Steps per flow (integral floats such as 1e5 are taken, here and for ``save_every``).
     grad_tol : float >= 0 or None
         Stop a flow at the first iterate with ||grad L||_2 <= grad_tol (None: never).
     save_every : int >= 1 or None
@@ -338,7 +524,8 @@ def gradient_descent(
     Returns
     -------
     xarray.Dataset
-        See the module docstring; ``time`` holds ``step * h``.
+        See the module docstring; ``time`` holds ``step * h``. Ctrl-C returns the partial
+        Dataset (``attrs["interrupted"] == 1``; ``t_final`` = steps taken times ``h``).
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
@@ -356,12 +543,14 @@ def gradient_descent(
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
-        I.euler_batch(problem.model, kern, use, W0, opt, out, nt)
+        stopped = _run(I.euler_batch, (problem.model, kern, use, W0, opt, out, nt))
         wall = _time.perf_counter() - t0
+    _conclude(out, W0, stopped, "gradient_descent", wall)
     save_t = np.arange(n_save) * save_every * h
     run_attrs = {"method": "euler", "h": h, "n_steps": n_steps, "save_every": save_every}
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
+    run_attrs["interrupted"] = int(stopped)
     return _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
 
 
@@ -375,9 +564,13 @@ def param_index(arch):
 
 
 def balancedness(arch, W):
-    """delta_i = ||w^(i+1)||^2 - ||w^(i)||^2 (Lemma 3.3) for W (K, n): (K, N - 1)."""
-    sq = np.stack([np.sum(W[:, arch.layer_slice(i)] ** 2, axis=1) for i in range(arch.depth)], 1)
-    return np.diff(sq, axis=1)
+    """delta_i = ||w^(i+1)||^2 - ||w^(i)||^2 (Lemma 3.3) for W (K, n): (K, N - 1); inf or NaN
+    where a squared norm exceeds the float range (a diverged flow: its status says so)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.stack(
+            [np.sum(W[:, arch.layer_slice(i)] ** 2, axis=1) for i in range(arch.depth)], 1
+        )
+        return np.diff(sq, axis=1)
 
 
 def _versions(n_threads):

@@ -7,8 +7,11 @@ a Dataset identical to the one written (``xarray.testing.assert_identical``).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
+import socket
+import stat
 
 import xarray as xr
 
@@ -23,28 +26,101 @@ def _encoding(ds, level):
     return enc
 
 
+# Temporary files of to_netcdf: ``.lcnfast-partial-<host>-<pid>-<random>.nc`` next to the
+# target. A process killed while writing (kill -9, power loss) leaves one behind; the next
+# to_netcdf into that directory removes those of processes of this host that no longer run.
+_PARTIAL = ".lcnfast-partial-"
+
+
+def _host():
+    return socket.gethostname().replace("-", "_").replace(os.sep, "_") or "host"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's)
+        return True
+    return True
+
+
+def _remove_stale_partials(directory):
+    """Remove this host's partial files in ``directory`` whose writer no longer runs."""
+    prefix = f"{_PARTIAL}{_host()}-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".nc")):
+            continue
+        pid = name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
+def _create_partial(directory):
+    """Create an empty partial file with the mode a new file gets here (0666 less the umask,
+    and the directory's default ACL, applied by the system); returns its path."""
+    base = f"{_PARTIAL}{_host()}-{os.getpid()}-"
+    for _ in range(100):
+        tmp = os.path.join(directory, base + secrets.token_hex(6) + ".nc")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"path: cannot create a temporary file in {directory!r}")
+
+
 def to_netcdf(ds, path, *, complevel=4):
     """Write ``ds`` to ``path`` (netCDF4, zlib-compressed) atomically.
 
-    The file is written under a temporary name in the same directory and renamed into place,
-    so a crash never leaves a half-written file at ``path``. Returns ``path``.
+    The file is written under a temporary name in the same directory,
+    ``.lcnfast-partial-<host>-<pid>-<random>.nc``, and renamed into place, so a crash never
+    leaves a half-written file at ``path``; partial files left by killed processes of this host
+    are removed by the next write into that directory. A new file gets the usual mode (0666
+    less the umask); an existing file keeps its mode (and, where permitted, its owner and
+    group). If ``path`` is a symbolic link, the file it points to is replaced and the link
+    kept. Returns ``path``.
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    target = os.path.realpath(path)  # through symbolic links: write the file they point to
+    directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise ValueError(f"path: directory {directory!r} does not exist")
+    if os.path.isdir(target):
+        raise ValueError(f"path: {path!r} is a directory")
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
     out = ds
     if "param" in ds.indexes and "layer" in ds.coords:
         out = ds.reset_index("param")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nc", dir=directory)
-    os.close(fd)
+    _remove_stale_partials(directory)
+    tmp = _create_partial(directory)
     try:
         out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(out, complevel))
-        os.replace(tmp, path)
+        if old is not None:  # keep the owner (where permitted) and mode of the file replaced
+            st = os.stat(tmp)
+            if (st.st_uid, st.st_gid) != (old.st_uid, old.st_gid):
+                with contextlib.suppress(OSError):  # only root may give a file away
+                    os.chown(tmp, old.st_uid, old.st_gid)
+            os.chmod(tmp, stat.S_IMODE(old.st_mode))  # after chown, which clears set-id bits
+        os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
     return path

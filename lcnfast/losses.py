@@ -31,6 +31,8 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from ._jit import CACHE as _CACHE
+
 __all__ = ["Loss", "square", "lp", "pseudo_huber", "generalized_huber", "log_cosh"]
 
 SQUARE, LP, PSEUDO_HUBER, GENERALIZED_HUBER, LOG_COSH = 0, 1, 2, 3, 4
@@ -44,7 +46,7 @@ _NAMES = {
 
 
 # ----------------------------------------------------------------------------- scalar kernels
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=_CACHE, inline="always")
 def loss_value(code, p0, p1, r):
     """l(r) for loss ``code`` with parameters ``(p0, p1)``."""
     if code == SQUARE:
@@ -66,7 +68,7 @@ def loss_value(code, p0, p1, r):
         return (a + math.log1p(e) - math.log(2.0)) / p0
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=_CACHE, inline="always")
 def loss_d1(code, p0, p1, r):
     """l'(r)."""
     if code == SQUARE:
@@ -87,7 +89,7 @@ def loss_d1(code, p0, p1, r):
         return math.tanh(p0 * r)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=_CACHE, inline="always")
 def loss_d2(code, p0, p1, r):
     """l''(r). For lp with 1 < p < 2 it is +inf at r = 0 (and 0 for p = 1, r != 0)."""
     if code == SQUARE:
@@ -116,7 +118,7 @@ def loss_d2(code, p0, p1, r):
         return p0 * 4.0 * e / (den * den)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=_CACHE)
 def _eval_array(code, p0, p1, r, order, out):
     fr = r.ravel()
     fo = out.ravel()
@@ -207,7 +209,7 @@ def _u2f(typingctx, x):
     return types.float64(types.uint64), codegen
 
 
-@nb.njit(cache=True, inline="always", error_model="numpy")
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _tanh_consts(alpha):
     """The constants of :func:`_tanh_nd` for tanh(alpha d), ALPHA_MIN <= alpha <= ALPHA_MAX:
     (clamp bound _TANH_X_MAX / alpha, 2 alpha/ln2, ln2/(2 alpha), then the coefficients of
@@ -218,7 +220,7 @@ def _tanh_consts(alpha):
             _PB * (a2 * alpha), _PC * alpha, _QB * a4, _QC * a2)
 
 
-@nb.njit(cache=True, inline="always", error_model="numpy")
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _tanh_nd(d, cs):
     """(num, den) with tanh(alpha d) = num / den for any d; ``cs`` = :func:`_tanh_consts`
     (alpha). d is clamped to [-bound, bound], bound = _TANH_X_MAX / alpha, first (NaN stays
@@ -229,7 +231,7 @@ def _tanh_nd(d, cs):
     return _tanh_nd_in_range(d, cs)
 
 
-@nb.njit(cache=True, inline="always", error_model="numpy")
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _tanh_nd_in_range(d, cs):
     """:func:`_tanh_nd` for |d| <= _TANH_X_MAX / alpha only (the same bits there, no clamp;
     outside, the result is undefined)."""
@@ -264,7 +266,7 @@ _LC_C = (0.5, -0.08333333333333333, 0.022222222222222223, -0.006746031746031746,
          -9.09896491907074e-05)  # mpmath.taylor(log(cosh(x)))
 
 
-@nb.njit(cache=True, inline="always", error_model="numpy")
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _log_cosh_series(a):
     """log cosh a for |a| <= 1/8 (Taylor series in s = a^2, Horner)."""
     s = a * a
@@ -377,9 +379,11 @@ def lp(p):
 
     Theorem 3.8 covers even p only; other p give a non-analytic loss and a warning.
     """
-    p = _positive(p, "p")
-    if p < 1:
-        raise ValueError(f"p must be >= 1, got {p!r}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p must be a real number, got {p!r}")
+    if not (math.isfinite(p) and p >= 1):
+        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
+    p = float(p)
     if not (p.is_integer() and int(p) % 2 == 0):
         warnings.warn(
             f"lp loss with p={p:g} is not analytic (p is not an even integer): "

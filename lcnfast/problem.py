@@ -74,6 +74,30 @@ def _finite_matrix(a, name, shape):
     return a
 
 
+def _overflowed(method, rows, loss=None):
+    """Warn if any of the boolean ``rows`` (points whose results are not finite) is set; turn
+    NaN losses (an overflow, from finite input and data) into +inf."""
+    n_bad = int(np.count_nonzero(rows))
+    if n_bad == 0:
+        return
+    if loss is not None:
+        loss[np.isnan(loss)] = np.inf
+        what = "the loss is reported as inf, other results may hold inf/NaN entries"
+    else:
+        what = "the results hold inf/NaN entries"
+    warnings.warn(
+        f"lcnfast: Problem.{method} overflowed at {n_bad} of {rows.size} points (finite "
+        f"parameters too large for float64): {what}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _bad_rows(a):
+    """Rows (first axis) of ``a`` with a non-finite entry."""
+    return ~np.isfinite(a).all(axis=tuple(range(1, a.ndim)))
+
+
 class Problem:
     """Empirical risk of an architecture on data ``X`` (d0, m), ``Y`` (d_N, m) under a loss.
 
@@ -110,6 +134,16 @@ class Problem:
 
     Notes
     -----
+    Overflow: parameters are checked to be finite, but finite ones can still be too large for
+    float64 (``np.full(n, 1e200)``: ``v = pi(w)`` overflows). Every evaluation then warns
+    (``RuntimeWarning`` naming the method and the number of points): the loss is reported as
+    ``inf`` (the true value exceeds the float range; it is never NaN), the final filter,
+    prediction, gradient or Jacobian keep the ``inf``/``NaN`` entries the arithmetic gave.
+    Batched gradients of the square loss through the Gram are checked through their loss values
+    (see :mod:`lcnfast._lanes`: a gradient overflows without its loss only for layers scaled
+    by ~1e150 against each other). Hessians are not checked (l_p with p < 2 has l'' = inf at a
+    zero residual by design).
+
     The Gram path computes the loss as ``v^T A v - 2 b^T v + ||Y||^2``, whose absolute rounding
     error is about ``eps * (||Y||^2 + v^T A v)``: near an exact fit use ``use_gram=False`` when
     the loss value itself (not its gradient) is needed to many digits.
@@ -250,49 +284,57 @@ class Problem:
         W, single = self._params(w)
         md = self._model
         V = K.final_filter_batch(W, md.k, md.S, md.offs, md.k_v, n_chunks(W))
+        _overflowed("final_filter", _bad_rows(V))
         return V[0] if single else V
 
     def predict(self, w):
         """Network output ``V X``: (d_N, m) or (K, d_N, m)."""
         W, single = self._params(w)
         Z = K.predict_batch(self._model, W, n_chunks(W))
+        _overflowed("predict", _bad_rows(Z))
         return Z[0] if single else Z
 
     def loss(self, w):
         """Empirical risk ``L(w)``: float or (K,)."""
         W, single = self._params(w)
         out = K.loss_batch(self._model, W, n_chunks(W))
+        _overflowed("loss", ~np.isfinite(out), out)
         return float(out[0]) if single else out
 
     def loss_and_grad(self, w):
         """``(L(w), grad L(w))``: (float, (n_params,)) or ((K,), (K, n_params))."""
         W, single = self._params(w)
-        L, G = self._loss_grad(W, want_loss=True)
+        L, G, flag = self._loss_grad(W, want_loss=True)
+        if flag != 0.0:  # NaN: some loss or gradient entry is not finite (rare: find them)
+            _overflowed("loss_and_grad", ~np.isfinite(L) | _bad_rows(G), L)
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):
         """Gradient ``grad L(w)``: (n_params,) or (K, n_params); bitwise the gradient of
         :meth:`loss_and_grad`, faster on the data path (no loss values)."""
         W, single = self._params(w)
-        G = self._loss_grad(W, want_loss=False)[1]
+        _, G, flag = self._loss_grad(W, want_loss=False)
+        if flag != 0.0:
+            _overflowed("grad", _bad_rows(G))
         return G[0] if single else G
 
     def _loss_grad(self, W, want_loss):
-        """Losses (K,) (NaN on the data path unless ``want_loss``) and gradients (K, n_params)
-        of the rows of a validated batch W."""
+        """Losses (K,) (NaN on the data path unless ``want_loss``), gradients (K, n_params) of
+        the rows of a validated batch W, and the overflow flag of :mod:`lcnfast._lanes`: 0.0
+        if the values it checks are finite, else NaN."""
         L = np.empty(W.shape[0])
         G = np.empty_like(W)
         kern, use = self._lane_kernel(W.shape[0], batch=W.shape[0])
         serial = self._serial(W)
         if use and serial:
-            _lanes.generated_serial(self._model, kern, W, L, G)
+            flag = _lanes.generated_serial(self._model, kern, W, L, G)
         elif use:
-            _lanes.generated_batch(self._model, kern, W, L, G, n_chunks(W))
+            flag = _lanes.generated_batch(self._model, kern, W, L, G, n_chunks(W))
         elif serial:
-            _lanes.loss_grad_serial(self._model, W, L, G, want_loss)
+            flag = _lanes.loss_grad_serial(self._model, W, L, G, want_loss)
         else:
-            _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W), want_loss)
-        return L, G
+            flag = _lanes.loss_grad_batch(self._model, W, L, G, n_chunks(W), want_loss)
+        return L, G, flag
 
     def hessian(self, w):
         """Hessian of L: (n_params, n_params) or (K, n_params, n_params)."""
@@ -305,31 +347,35 @@ class Problem:
         W, single = self._params(w)
         md = self._model
         J = K.jacobian_batch(W, md.k, md.S, md.k_v, n_chunks(W))
+        _overflowed("jacobian", _bad_rows(J))
         return J[0] if single else J
+
+    def _filter(self, v):
+        """A final filter v (k_v,), validated like parameters (finite)."""
+        v = as_real_array(v, "v")
+        if v.shape != (self.arch.k_v,):
+            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("v contains NaN or Inf")
+        return np.ascontiguousarray(v)
 
     def function_space_loss(self, v):
         """L as a function of the final filter v (k_v,) (the convex problem for convex losses)."""
-        v = as_real_array(v, "v")
-        if v.shape != (self.arch.k_v,):
-            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
-        return float(K.fs_loss(self._model, np.ascontiguousarray(v)))
+        L = np.array([K.fs_loss(self._model, self._filter(v))])
+        _overflowed("function_space_loss", ~np.isfinite(L), L)
+        return float(L[0])
 
     def function_space_grad(self, v):
         """(L(v), dL/dv) for a final filter v (k_v,)."""
-        v = as_real_array(v, "v")
-        if v.shape != (self.arch.k_v,):
-            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
         G = np.empty(self.arch.k_v)
-        L = K.fs_loss_grad(self._model, np.ascontiguousarray(v), G)
-        return float(L), G
+        L = np.array([K.fs_loss_grad(self._model, self._filter(v), G)])
+        _overflowed("function_space_grad", ~np.isfinite(L) | ~np.isfinite(G).all(), L)
+        return float(L[0]), G
 
     def function_space_hessian(self, v):
         """d^2 L / dv^2 (k_v, k_v) at a final filter v."""
-        v = as_real_array(v, "v")
-        if v.shape != (self.arch.k_v,):
-            raise ValueError(f"v must have shape ({self.arch.k_v},), got {v.shape}")
         H = np.empty((self.arch.k_v, self.arch.k_v))
-        K.fs_hessian(self._model, np.ascontiguousarray(v), H)
+        K.fs_hessian(self._model, self._filter(v), H)
         return H
 
     # ------------------------------------------------------------------ data conditions

@@ -761,3 +761,25 @@ def test_convex_minimum_rejects_nonconvex_loss(deep):
     rng = np.random.default_rng(0)
     for dv in 1e-3 * rng.standard_normal((5, pb3.arch.k_v)):
         assert pb3.function_space_loss(v + dv) >= L - 1e-12
+
+
+# ----------------------------------------------------------------------------- NaN and K = 0
+def test_classify_points_rejects_nan_like_problem_grad(deep):
+    n = deep.arch.n_params
+    with pytest.raises(ValueError, match=r"\bw\b.*NaN"):
+        analysis.classify_points(deep, np.full((1, n), np.nan))
+    with pytest.raises(ValueError, match=r"\bw\b.*NaN"):
+        analysis.classify_points(deep, np.r_[np.ones(n - 1), np.inf])
+    with pytest.raises(ValueError, match=r"\bw_init\b.*NaN"):
+        analysis.classify_points(deep, np.ones(n), w_init=np.full(n, np.nan))
+
+
+def test_classify_takes_an_empty_flow_dataset(deep):
+    """gradient_flow accepts K = 0; classifying its Dataset failed with 'cannot reshape
+    array of size 0'."""
+    from lcnfast import gradient_flow
+
+    ds = gradient_flow(deep, np.zeros((0, deep.arch.n_params)), t_end=1.0)
+    out = analysis.classify(ds, deep)
+    assert out.sizes["flow"] == 0 and out.label.shape == (0,)
+    assert out.balance_drift.shape == (0,)

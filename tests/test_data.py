@@ -112,6 +112,8 @@ def test_initial_filters_scale_is_the_standard_deviation():
         (dict(m=3, noise=np.inf), ValueError, "noise"),
         (dict(m=3, noise=np.nan), ValueError, "noise"),
         (dict(m=3, noise="0.1"), TypeError, "noise"),
+        (dict(m=3, seed=-1), ValueError, "seed"),
+        (dict(m=3, seed="x"), TypeError, "seed"),
     ],
 )
 def test_teacher_validation(kwargs, exc, word):
@@ -132,6 +134,8 @@ def test_teacher_validation(kwargs, exc, word):
         (dict(K=3, scale=-1.0), ValueError, "scale"),
         (dict(K=3, scale=np.nan), ValueError, "scale"),
         (dict(K=3, scale=[1.0]), TypeError, "scale"),
+        (dict(K=2, seed=-1), ValueError, "seed"),  # numpy's message alone did not name seed
+        (dict(K=2, seed=1.5), TypeError, "seed"),
     ],
 )
 def test_initial_filters_validation(kwargs, exc, word):

@@ -1,5 +1,6 @@
 """The flow engine: tableau, order, agreement with scipy, invariants, status codes, schema."""
 
+import warnings
 from fractions import Fraction
 
 import numba
@@ -213,7 +214,8 @@ def test_grad_tol_at_start_and_max_steps():
     ds = lf.gradient_flow(p, zero, t_end=1.0, grad_tol=0.0)
     assert ds.status.values[0] == I.CONVERGED and ds.t_final.values[0] == 0
     w0 = lf.data.initial_filters(p.arch, 3, seed=11)
-    ds = lf.gradient_flow(p, w0, t_end=100.0, max_steps=7)
+    with pytest.warns(lf.flows.FlowWarning, match="3 max_steps"):
+        ds = lf.gradient_flow(p, w0, t_end=100.0, max_steps=7)
     assert np.all(ds.status.values == I.MAX_STEPS)
     assert np.all(ds.n_accepted.values + ds.n_rejected.values == 7)
     ds = lf.gradient_descent(p, zero, h=0.1, n_steps=5, grad_tol=0.0)
@@ -225,7 +227,7 @@ def test_status_flags_are_cf_conformant():
     ds = lf.gradient_flow(p, np.ones(p.arch.n_params), t_end=0.5)
     st = ds.status
     assert st.dtype == np.int8
-    assert list(st.attrs["flag_values"]) == [0, 1, 2, 3, 4]
+    assert list(st.attrs["flag_values"]) == [0, 1, 2, 3, 4, 5]
     assert st.attrs["flag_meanings"].split() == list(lf.STATUS.values())
 
 
@@ -349,3 +351,86 @@ def test_bad_arguments_raise_clear_errors():
         lf.gradient_descent(p, w0, h=0.1, n_steps=3, save_every=0)
     with pytest.warns(UserWarning, match="rtol"):
         lf.gradient_flow(p, w0, t_end=0.1, rtol=1e-20)
+
+
+# ----------------------------------------------------------------------------- issue 17
+def _two_layers():
+    arch = lf.Architecture(8, (2, 2), (1, 1))
+    td = lf.data.teacher(arch, 8, noise=0.1, seed=0)
+    return lf.Problem(arch, td.X, td.Y, square())
+
+
+def _norm(x):
+    """The 2-norm without overflow or underflow (a reference)."""
+    big = np.abs(x).max()
+    return big * np.sqrt(np.sum((x / big) ** 2)) if big > 0 else 0.0
+
+
+@pytest.mark.parametrize("scale", [1e60, 1e-170])
+def test_norms_neither_overflow_nor_underflow(scale):
+    """w0 * 1e60 in two layers: L ~ 1e240 and its gradient ~ 1e180 are finite, but the sum
+    of squares of the gradient overflowed, and the flow was flagged non_finite; w0 * 1e-170:
+    the sum of squares underflowed to 0, and grad_tol = 0 called a moving flow converged."""
+    p = _two_layers()
+    w0 = lf.data.initial_filters(p.arch, 1, scale=0.5, seed=1)[0] * scale
+    g = p.grad(w0)
+    assert np.isfinite(g).all() and np.any(g != 0)
+    ds = lf.gradient_flow(p, w0, t_end=1e-300, grad_tol=0.0, max_steps=3)
+    gd = lf.gradient_descent(p, w0, h=1e-300, n_steps=1, grad_tol=0.0)
+    for d in (ds, gd):
+        assert d.status.values[0] not in (I.NON_FINITE, I.CONVERGED)
+        np.testing.assert_allclose(d.grad_norm_init.values[0], _norm(g), rtol=1e-14)
+        np.testing.assert_allclose(d.w_norm_max.values[0], _norm(w0), rtol=1e-14)
+        assert np.isfinite(d.loss_final.values[0]) and np.isfinite(d.grad_norm_final.values[0])
+    np.testing.assert_allclose(ds.grad_norm.values[0, 0], _norm(g), rtol=1e-14)
+
+
+def test_a_constant_solution_with_atol_zero_reaches_the_end():
+    """w0 = 0 is a critical point: the flow stays there. With atol = 0 its error norm divided
+    0 by 0, and the flow was reported as a step underflow at t = 0."""
+    p = _two_layers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing to warn about
+        ds = lf.gradient_flow(p, np.zeros(p.arch.n_params), t_end=10.0, atol=0.0)
+    assert ds.status.values[0] == I.REACHED_END and ds.t_final.values[0] == 10.0
+    assert np.all(ds.w_final.values == 0) and ds.n_rejected.values[0] == 0
+    assert np.all(ds.loss.values[0] == ds.loss_init.values[0])
+
+
+def test_early_stops_warn_once_per_run_with_their_counts():
+    p = _two_layers()
+    w0 = lf.data.initial_filters(p.arch, 4, seed=2)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = lf.gradient_flow(p, w0, t_end=100.0, max_steps=5)
+    msgs = [str(r.message) for r in rec if issubclass(r.category, lf.flows.FlowWarning)]
+    assert len(msgs) == 1 and "4 of 4 flows" in msgs[0] and "4 max_steps" in msgs[0], msgs
+    assert np.all(ds.status.values == I.MAX_STEPS)
+    # the counts of both early stops, in one warning (step underflows are hard to provoke on
+    # purpose: the run's bookkeeping is checked directly)
+    out = lf.flows._outputs(5, p.arch.n_params, p.arch.k_v, 1)
+    out.status[:] = [I.MAX_STEPS, I.STEP_UNDERFLOW, I.MAX_STEPS, I.REACHED_END, I.CONVERGED]
+    with pytest.warns(lf.flows.FlowWarning) as rec:
+        lf.flows._conclude(out, np.zeros((5, p.arch.n_params)), False, "gradient_flow", 1.0)
+    assert len(rec) == 1
+    assert "3 of 5 flows" in str(rec[0].message)
+    assert "2 max_steps, 1 step_underflow" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run that ended normally: silent
+        lf.gradient_flow(p, w0, t_end=0.5)
+        lf.gradient_descent(p, w0, h=1e-3, n_steps=10)
+
+
+def test_counts_take_integral_floats_as_the_readme_shows():
+    """The README shows max_steps=1e6, which raised 'max_steps must be a whole number'."""
+    p = _two_layers()
+    w0 = np.ones(p.arch.n_params)
+    ds = lf.gradient_flow(p, w0, t_end=0.1, max_steps=1e6)
+    assert ds.attrs["max_steps"] == 1_000_000 and type(ds.attrs["max_steps"]) is int
+    gd = lf.gradient_descent(p, w0, h=1e-3, n_steps=1e2, save_every=5.0)
+    assert gd.attrs["n_steps"] == 100 and gd.sizes["time"] == 21
+    for bad in (2.5, float("inf"), float("nan")):
+        with pytest.raises(TypeError, match="max_steps must be a whole number"):
+            lf.gradient_flow(p, w0, t_end=0.1, max_steps=bad)
+    with pytest.raises(ValueError, match="n_steps must be >= 0"):
+        lf.gradient_descent(p, w0, h=1e-3, n_steps=-1.0)

@@ -259,6 +259,13 @@ def test_out_of_range_parameters_raise_value_error(ctor, args):
         ctor(*args)
 
 
+@pytest.mark.parametrize("p", [0, 0.5, -2, math.inf, math.nan])
+def test_lp_states_its_true_limit(p):
+    """lp(0) said 'p must be a finite number > 0' although the limit is p >= 1."""
+    with pytest.raises(ValueError, match=r"^p must be a finite number >= 1, got"):
+        losses.lp(p)
+
+
 @pytest.mark.parametrize(
     "ctor, args, name",
     [

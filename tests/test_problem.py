@@ -313,6 +313,10 @@ def test_empty_batch_gives_empty_results():
     assert p.loss(W).shape == (0,)
     assert p.grad(W).shape == (0, 4)
     assert p.hessian(W).shape == (0, 4, 4)
+    assert p.loss_and_grad(W)[1].shape == (0, 4)
+    assert p.final_filter(W).shape == (0, 4)
+    assert p.predict(W).shape == (0, 3, 2)
+    assert p.jacobian(W).shape == (0, 4, 4)
 
 
 def test_inputs_are_not_modified():
@@ -427,7 +431,11 @@ def test_bad_parameters_raise_naming_w(method, bad, exc):
 
 
 @pytest.mark.parametrize("method", ["function_space_loss", "function_space_grad", "function_space_hessian"])
-@pytest.mark.parametrize("bad", [np.ones(3), np.ones(5), np.ones((1, 4))])
+@pytest.mark.parametrize(
+    "bad",
+    [np.ones(3), np.ones(5), np.ones((1, 4)), np.array([1.0, np.nan, 0.0, 1.0]),
+     np.array([0.0, 0.0, -np.inf, 0.0])],
+)
 def test_bad_final_filter_raises_naming_v(method, bad):
     a, X, Y = _small()
     p = Problem(a, X, Y, losses.square())
@@ -579,3 +587,48 @@ def test_grad_without_the_loss_is_bitwise_the_gradient_of_loss_and_grad(d0, k, s
     assert naive.max_rel_err(G[5], ref, floor=1e-12 * np.max(np.abs(ref))) <= 1e-9
     ref_L = naive.empirical_risk(loss.name, loss.params[:1], w, d0, k, s, X, Y)
     assert abs(L[5] - ref_L) <= 1e-13 * abs(ref_L)
+
+
+# ----------------------------------------------------------------------------- overflow
+@pytest.mark.parametrize(
+    "loss, kw",
+    [
+        (losses.square(), {}),
+        (losses.square(), {"kernel": "generated"}),
+        (losses.square(), {"use_gram": False}),
+        (losses.log_cosh(1.0), {}),
+        (losses.pseudo_huber(0.5), {}),
+    ],
+)
+def test_overflow_gives_inf_loss_and_a_warning_never_a_silent_nan(loss, kw):
+    """Finite parameters too large for float64 (v = pi(w) overflows): the loss used to come
+    back NaN and the gradient all-NaN without a word (log-cosh too), the final filter inf."""
+    import warnings
+
+    a = Architecture(10, (2, 3), (2, 1))
+    rng = np.random.default_rng(5)
+    p = Problem(a, rng.standard_normal((10, 6)), rng.standard_normal((a.d_N, 6)), loss, **kw)
+    W = np.stack([np.full(a.n_params, 1e200), rng.standard_normal(a.n_params)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a point in range: not a word
+        L_ok, G_ok = p.loss_and_grad(W[1])
+        p.loss(W[1]), p.grad(W[1]), p.final_filter(W[1])
+    with pytest.warns(RuntimeWarning, match=r"Problem\.loss overflowed at 1 of 2 points"):
+        L = p.loss(W)
+    assert L[0] == np.inf and L[1] == p.loss(W[1])
+    with pytest.warns(RuntimeWarning, match=r"Problem\.loss_and_grad overflowed at 1 of 2"):
+        L, G = p.loss_and_grad(W)
+    assert L[0] == np.inf and L[1] == L_ok and np.array_equal(G[1], G_ok)
+    assert not np.isfinite(G[0]).all()
+    with pytest.warns(RuntimeWarning, match=r"Problem\.grad overflowed at 1 of 2"):
+        p.grad(W)
+    with pytest.warns(RuntimeWarning, match=r"Problem\.loss overflowed at 1 of 1"):
+        assert p.loss(W[0]) == np.inf  # one vector: a float, inf
+    with pytest.warns(RuntimeWarning, match=r"Problem\.final_filter overflowed at 1 of 2"):
+        V = p.final_filter(W)
+    assert np.isinf(V[0]).all() and np.isfinite(V[1]).all()
+    with pytest.warns(RuntimeWarning, match=r"Problem\.predict overflowed"):
+        p.predict(W)
+    if loss.code == losses.SQUARE:
+        with pytest.warns(RuntimeWarning, match=r"function_space_loss overflowed"):
+            assert p.function_space_loss(np.full(a.k_v, 1e300)) == np.inf

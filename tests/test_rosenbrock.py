@@ -411,7 +411,7 @@ def test_statuses_max_steps_and_grad_tol_at_start():
 @pytest.mark.parametrize("method", ["rosenbrock", "auto"])
 def test_extreme_starting_points_end_with_a_status_and_leave_the_others_alone(method):
     """Flow 1 starts at 1e20 x (loss ~1e120: Hessian entries ~1e80, factorisations at the
-    edge of the pivot test), flow 2 at 1e40 x (||grad L||^2 overflows at the start): each
+    edge of the pivot test), flow 2 at 1e40 x (||grad L||^2 overflows unscaled): each
     ends with a status, no exception, and the other flows are bitwise as when run alone."""
     p = make_problem(ARCHS[0], square())
     w0 = lf.data.initial_filters(p.arch, 4, seed=4)
@@ -420,7 +420,9 @@ def test_extreme_starting_points_end_with_a_status_and_leave_the_others_alone(me
     kw = dict(t_end=1.0, max_steps=300, method=method)
     ds = lf.gradient_flow(p, w0, **kw)
     assert ds.status.values[1] in (I.MAX_STEPS, I.STEP_UNDERFLOW, I.NON_FINITE)
-    assert ds.status.values[2] == I.NON_FINITE
+    # 1e40 x: the loss (~1e240) and the scaled gradient norm stay finite (issue 17: norms
+    # without spurious overflow), so the flow ends like flow 1, or non_finite if a stage overflows
+    assert ds.status.values[2] in (I.MAX_STEPS, I.STEP_UNDERFLOW, I.NON_FINITE)
     assert np.all(ds.loss_final.values[1] <= ds.loss_init.values[1])
     alone = lf.gradient_flow(p, w0[[0, 3]], **kw)
     for name in ("w_final", "n_accepted", "status", "loss_final"):
