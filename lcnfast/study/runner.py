@@ -173,10 +173,11 @@ def _lock(d):
 
 
 def _remove_partial_files(d):
-    """Temporary files of killed runs (the lock guarantees no writer is active)."""
+    """Partial files of killed runs or workers (lcnfast.to_netcdf writes
+    ``.lcnfast-partial-*.nc`` and renames it; the lock guarantees no writer is active)."""
     n = 0
     for sub in ("shards", "datasets"):
-        for p in (d / sub).glob(".tmp-*"):
+        for p in (d / sub).glob(".lcnfast-partial-*"):
             p.unlink(missing_ok=True)
             n += 1
     return n
