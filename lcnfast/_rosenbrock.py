@@ -55,9 +55,9 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._integrate import (CONVERGED, ERROR_EXPONENT, MAX_FACTOR, MAX_STEPS, MIN_FACTOR,
-                         NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW, _fetch_add,
-                         _initial_step, _l1, _norm2, _record, _start)
+from ._integrate import (CONVERGED, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
+                         MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
+                         _atomic_load, _fetch_add, _initial_step, _l1, _norm2, _record, _start)
 from ._jit import JIT as _JIT
 from ._kernels import hessian_one, new_workspace
 from ._one_flow import (STIFF_COUNT, dp_dense_point, dp_error_norm, dp_step, grad_any, grad_ws,
@@ -394,11 +394,12 @@ def _begin(model, W0, f, opt, out, wk):
 
 
 @nb.njit(**_JIT)
-def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
+def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     """Integrate flow f (row f of W0) into ``out`` / ``st`` with RODAS, or (``auto``) with
     Dormand-Prince until the stiffness detection of :mod:`lcnfast._one_flow` fires and RODAS
     from there on (a flow near its limit stays stiff: no switching back). The stopping rules,
-    statuses and saves are those of rk45."""
+    statuses and saves are those of rk45; ``stop[0]`` != 0 (SIGINT, see lcnfast.flows) ends
+    the flow at its last accepted state with status INTERRUPTED, checked once per step."""
     n = W0.shape[1]
     ws, H, E, piv, U, v, Kst = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v, wk.Kst
     y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
@@ -414,6 +415,9 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
     need_hessian = True
     min_step = 0.0
     while status < 0:
+        if _atomic_load(stop, 0) != 0:  # interrupted: end the flow where it is
+            status = INTERRUPTED
+            break
         status, t_new, min_step = _prepare(opt, t, h_abs, min_step, rejected, n_acc + n_rej)
         if status >= 0:
             break
@@ -496,24 +500,25 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto):
 
 
 @nb.njit(**_JIT)
-def _worker(model, kern, use_kern, W0, opt, out, st, counter, auto):
+def _worker(model, kern, use_kern, W0, opt, out, st, counter, auto, stop):
     K, n = W0.shape
     wk = new_work(model, n)
-    while True:
+    while _atomic_load(stop, 0) == 0:  # interrupted: start no further flow
         f = _fetch_add(counter, 0, 1)
         if f >= K:
             break
-        rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto)
+        rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop)
 
 
 @nb.njit(parallel=True, **_JIT)
-def rodas_batch(model, kern, use_kern, W0, opt, out, st, n_workers, auto):
+def rodas_batch(model, kern, use_kern, W0, opt, out, st, n_workers, auto, stop):
     """RODAS (``auto``: Dormand-Prince switching to RODAS when stiff) for every row of W0
     (K, n) into ``out`` (_integrate.FlowOutputs) and ``st``; gradients through the generated
-    kernel ``kern`` when ``use_kern`` (as rk45_batch)."""
+    kernel ``kern`` when ``use_kern`` (as rk45_batch). ``stop`` (1,) int64: set ``stop[0]``
+    from another thread to interrupt (flows not started keep status -1)."""
     counter = np.zeros(1, np.int64)
     for _wk in nb.prange(n_workers):
-        _worker(model, kern, use_kern, W0, opt, out, st, counter, auto)
+        _worker(model, kern, use_kern, W0, opt, out, st, counter, auto, stop)
 
 
 # ----------------------------------------------------------------------------- Dataset

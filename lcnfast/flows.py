@@ -474,10 +474,10 @@ def gradient_flow(
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
             stopped = _run(I.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
-        else:  # RODAS does not poll the stop flag: Ctrl-C acts when the kernel returns
+        else:
             stats = R.new_stats(K)
-            R.rodas_batch(problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
-            stopped = False
+            args = (problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
+            stopped = _run(R.rodas_batch, args)
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_flow", wall)
     run_attrs = {

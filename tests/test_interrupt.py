@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import lcnfast as lf
 from lcnfast import _integrate as I
@@ -27,6 +28,7 @@ CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore it
 import numpy as np
+import pytest
 import lcnfast as lf
 arch = lf.Architecture(8, (2, 2), (1, 1))
 td = lf.data.teacher(arch, 8, noise=0.1, seed=0)
@@ -172,3 +174,58 @@ def test_other_signals_reach_a_wakeup_fd_installed_before_the_run():
         os.close(w)
     assert got == ["handler"] and ds.attrs["interrupted"] == 0
     assert np.all(ds.status.values == I.REACHED_END)
+
+
+# RODAS / auto (lcnfast._rosenbrock): one thread, 5000 flows integrated one at a time at
+# rtol = 1e-13 (minutes of work): SIGINT ends the running flow and starts no other.
+CHILD_RODAS = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import lcnfast as lf
+arch = lf.Architecture(8, (2, 2), (1, 1))
+td = lf.data.teacher(arch, 8, noise=0.1, seed=0)
+p = lf.Problem(arch, td.X, td.Y, lf.losses.square(), kernel="generic")
+w0 = lf.data.initial_filters(arch, 5000, scale=0.5, seed=1)
+method = sys.argv[2]
+lf.gradient_flow(p, w0[:2], t_end=1.0, method=method)  # compile or load the kernels first
+print("go", flush=True)
+ds = lf.gradient_flow(p, w0, t_end=1e6, rtol=1e-13, atol=1e-15, method=method, n_threads=1)
+print("back", repr(time.time()), flush=True)
+lf.to_netcdf(ds, sys.argv[1] + "/rodas.nc")
+"""
+
+
+@pytest.mark.parametrize("method", ["rosenbrock", "auto"])
+def test_sigint_stops_the_stiff_methods(tmp_path, method):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_RODAS, str(tmp_path), method], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path)  # fmt: skip
+    lines = _reader(proc)
+    try:
+        _expect(lines, "go", timeout=900)
+        time.sleep(1.0)
+        sent = time.time()
+        proc.send_signal(signal.SIGINT)
+        back = float(_expect(lines, "back", timeout=20)[1])
+        assert back - sent < 2.0, back - sent
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ds = lf.open_dataset(tmp_path / "rodas.nc")
+    assert ds.attrs["interrupted"] == 1
+    status = ds.status.values
+    # one worker: the flow it was integrating is interrupted at its state so far, earlier
+    # flows ended normally, the rest never started (t_final = 0, nothing evaluated)
+    running = status == I.INTERRUPTED
+    done = ~running
+    assert 0 < np.count_nonzero(ds.n_grad_evals.values > 0) < ds.sizes["flow"]
+    idle = running & (ds.n_grad_evals.values == 0)
+    assert np.count_nonzero(running & ~idle) == 1
+    assert np.all(ds.t_final.values[idle] == 0)
+    np.testing.assert_array_equal(ds.w_final.values[idle], ds.w_init.values[idle])
+    assert np.isin(status[done], [I.CONVERGED, I.REACHED_END]).all()
+    assert (ds.t_final.values[running & ~idle] > 0).all()
