@@ -339,7 +339,6 @@ def test_killed_run_resumes_with_nothing_lost_or_computed_twice(reference, tmp_p
 
 
 def test_dask_workers_give_the_same_results(reference, tmp_path):
-    pytest.importorskip("distributed")  # the [distributed] extra; part of the test extra
     spec, _, ref, _ = reference
     s = run_study(spec, tmp_path / "dask", workers=2, shard_size=4, progress=False, report=False)
     assert s.n_flows_run == 80
