@@ -52,7 +52,7 @@ def test_dormand_prince_tableau_identities():
 
 
 # ----------------------------------------------------------------------------- order
-def _linear_problem():
+def linear_problem():
     """One layer, square loss: dw/dt = -2 (A w - b), a linear ODE with a known solution."""
     arch = lf.Architecture(8, (4,))
     rng = np.random.default_rng(3)
@@ -69,7 +69,7 @@ def _linear_problem():
 
 
 def test_euler_is_first_order():
-    p, w0, exact = _linear_problem()
+    p, w0, exact = linear_problem()
     t_end = 1.0
     errs = []
     hs = [2e-3, 1e-3, 5e-4]
@@ -82,7 +82,7 @@ def test_euler_is_first_order():
 
 def test_dormand_prince_is_fifth_order():
     """Global error against steps over a range of tolerances: slope about -5."""
-    p, w0, exact = _linear_problem()
+    p, w0, exact = linear_problem()
     t_end = 2.0
     steps, errs = [], []
     for rtol in (1e-5, 1e-6, 1e-7, 1e-8, 1e-9):

@@ -19,6 +19,7 @@ from lcnfast import _codegen
 from lcnfast import _integrate as I
 from lcnfast import _rosenbrock as R
 from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
+from test_flows import linear_problem  # dw/dt = -2 (A w - b) and its exact solution
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHS = [(12, (3, 2, 2), (1, 1, 1)), (20, (4, 3, 2), (2, 1, 1))]
@@ -104,18 +105,6 @@ def _fixed_steps(model, y0, h, n_steps, s_dense, wk):
     return y.copy(), dense
 
 
-def _linear_problem():
-    """One layer, square loss: dw/dt = -2 (A w - b), a linear ODE with a known solution."""
-    arch = lf.Architecture(8, (4,))
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((8, 6)) / np.sqrt(6)
-    Y = rng.standard_normal((5, 6))
-    p = lf.Problem(arch, X, Y, square())
-    w0 = rng.standard_normal(4)
-    w_star = np.linalg.solve(p.A, p.b)
-    return p, w0, lambda t: w_star + expm(-2 * p.A * t) @ (w0 - w_star)
-
-
 def _nonlinear_problem():
     p = make_problem(ARCHS[0], log_cosh(1.0))
     w0 = lf.data.initial_filters(p.arch, 1, scale=0.5, seed=1)[0]
@@ -130,7 +119,7 @@ def _nonlinear_problem():
 
 @pytest.mark.parametrize("which", ["linear", "nonlinear"])
 def test_rodas_is_fourth_order_with_third_order_dense_output(which):
-    p, w0, exact = _linear_problem() if which == "linear" else _nonlinear_problem()
+    p, w0, exact = linear_problem() if which == "linear" else _nonlinear_problem()
     wk = R.new_work(p.model, p.arch.n_params)
     errs, dense_errs = [], []
     for n_steps in (32, 64, 128):  # to T = 1; h |lambda_max| from ~0.5 to ~0.1
