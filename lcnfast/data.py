@@ -3,6 +3,7 @@ Generators (never inside kernels), so results do not depend on threads or batchi
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -17,6 +18,7 @@ __all__ = [
     "initial_filters",
     "low_rank_inputs",
     "gram_singular_inputs",
+    "gram_near_singular_inputs",
     "teacher_for_inputs",
 ]
 
@@ -261,6 +263,38 @@ def gram_singular_inputs(arch, m, *, nullity=1, seed=None):
         f"could not make the window Gram of {arch!r} have nullity {nullity} with m = {m} "
         "samples (too few windows to span the rest of R^k_v); use more samples"
     )
+
+
+def gram_near_singular_inputs(arch, m, eps, *, seed=None):
+    """Inputs X (d0, m) whose window Gram A is positive definite but nearly singular.
+
+    ``X = X0 + eps * G`` with X0 from :func:`gram_singular_inputs` (nullity 1, kernel spanned
+    by a unit filter u) and G with i.i.d. N(0, 1/m) entries: ``u^T A u = ||U (X0 + eps G)||^2
+    = eps^2 ||U G||^2``, so the smallest eigenvalue of A is O(eps^2) times its typical one,
+    while the rest of the spectrum is that of the singular A up to O(eps). X X^T has full
+    rank when m >= d0 (G is generic). The studied limit is eps -> 0 (the singular case).
+
+    Parameters
+    ----------
+    arch : Architecture
+    m : int >= 1
+    eps : float > 0
+        Size of the generic perturbation.
+    seed : int, Generator or None
+
+    Returns
+    -------
+    ndarray (d0, m)
+    """
+    _check_arch(arch)
+    m = _check_count(m, "m")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    rng = _rng(seed)
+    X0 = gram_singular_inputs(arch, m, nullity=1, seed=rng)
+    return X0 + eps * rng.standard_normal((arch.d0, m)) / np.sqrt(m)
 
 
 def teacher_for_inputs(arch, X, *, noise=0.0, seed=None):

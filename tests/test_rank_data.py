@@ -124,6 +124,28 @@ def test_gram_singular_inputs_errors():
         data.gram_singular_inputs(FULL, 10, nullity=2)  # 2 d_N = 16 > d0 = 12 constraints
 
 
+@pytest.mark.parametrize("arch, m", [(FULL, 20), (STRIDED, 12), (FULL, 3)])
+def test_gram_near_singular_inputs_scale_as_eps_squared(arch, m):
+    # claim: lambda_min(A) = eps^2 ||U G||^2 + O(eps^3) for the kernel direction u of the
+    # unperturbed A, so halving eps divides it by ~4; the other eigenvalues move by O(eps).
+    # Tolerance: eps <= 1e-3 makes the O(eps^3) relative correction <~ 1e-2
+    lam = []
+    for eps in (1e-3, 5e-4):
+        X = data.gram_near_singular_inputs(arch, m, eps, seed=5)
+        ev = np.linalg.eigvalsh(gram(arch, X))
+        assert ev[0] > 0 and ev[0] < 1e-4 * ev[-1]
+        assert np.isclose(ev[1], np.linalg.eigvalsh(gram(arch, data.gram_singular_inputs(
+            arch, m, nullity=1, seed=5)))[1], rtol=1e-1)
+        lam.append(ev[0])
+    assert lam[0] / lam[1] == pytest.approx(4.0, rel=2e-2)
+    if m >= arch.d0:
+        assert rank_of_xxt(X) == arch.d0
+    with pytest.raises(ValueError, match="eps"):
+        data.gram_near_singular_inputs(arch, m, 0.0)
+    with pytest.raises(TypeError, match="eps"):
+        data.gram_near_singular_inputs(arch, m, "1e-3")
+
+
 def test_teacher_for_inputs():
     X = data.low_rank_inputs(STRIDED, 5, 2, seed=0)
     td = data.teacher_for_inputs(STRIDED, X, seed=2)

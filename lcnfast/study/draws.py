@@ -55,8 +55,9 @@ def make_dataset(cell, dataset, seed):
     """Data (X, Y) of dataset number ``dataset`` of ``cell``.
 
     Inputs: ``"gaussian"`` X ~ N(0, 1/m); ``{low_rank = r}`` rank-r X with a positive definite
-    window Gram; ``{gram_singular = q}`` X whose window Gram has q zero eigenvalues
-    (:mod:`lcnfast.data`); ``{file = ...}`` the file's X. Targets: ``"teacher"`` Y = pi(w*) * X
+    window Gram; ``{gram_singular = q}`` X whose window Gram has q zero eigenvalues;
+    ``{gram_near_singular = eps}`` a generic perturbation of size eps of a nullity-1 X (the
+    smallest eigenvalue of A is O(eps^2); :mod:`lcnfast.data`); ``{file = ...}`` the file's X. Targets: ``"teacher"`` Y = pi(w*) * X
     with w* ~ N(0, 1) (realisable); ``"gaussian"`` Y ~ N(0, 1/m) entries (no structure);
     ``{v = [...]}`` Y = the convolution with v (stride s_v), v possibly outside the image of pi;
     ``"file"`` the file's Y. Then ``noise`` times N(0, 1) entries are added to Y.
@@ -102,6 +103,9 @@ def _inputs(arch, cell, rng):
         return _data.low_rank_inputs(arch, m, inp["low_rank"], seed=rng), None
     if "gram_singular" in inp:
         return _data.gram_singular_inputs(arch, m, nullity=inp["gram_singular"], seed=rng), None
+    if "gram_near_singular" in inp:
+        X = _data.gram_near_singular_inputs(arch, m, inp["gram_near_singular"], seed=rng)
+        return X, None
     X, Y = read_data_file(inp["file"])
     if X.ndim != 2 or X.shape[0] != arch.d0:
         raise ValueError(

@@ -247,6 +247,9 @@ def _inputs(ctx, path, x, base_dir):
             return {"low_rank": K.whole(ctx, f"{path}.low_rank", val, 1)}
         if key == "gram_singular":
             return {"gram_singular": K.whole(ctx, f"{path}.gram_singular", val, 1)}
+        if key == "gram_near_singular":
+            eps = K.real(ctx, f"{path}.gram_near_singular", val, positive=True)
+            return {"gram_near_singular": eps}
         if key == "file":
             if not isinstance(val, str):
                 raise ctx.error(f"{path}.file", f"must be a path string, got {val!r}")
@@ -261,7 +264,8 @@ def _inputs(ctx, path, x, base_dir):
             return {"file": str(p), "sha256": digest}
     raise ctx.error(
         path,
-        'must be "gaussian", {low_rank = r}, {gram_singular = nullity} or {file = "X.npz"}, '
+        'must be "gaussian", {low_rank = r}, {gram_singular = nullity}, '
+        '{gram_near_singular = eps} or {file = "X.npz"}, '
         f"got {x!r}",
     )
 

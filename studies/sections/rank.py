@@ -1,0 +1,199 @@
+"""Report sections of the `rank` study: which rank condition decides convergence?
+
+``sections(ds, study, figures_dir)`` returns the claims with verdicts (Theorem 3.4 under
+full-rank X X^T; the conjecture that a positive definite window Gram A suffices; the bounds of
+Lemma 3.6 and of the Gram), a table per cell (growth of ||w(t)||, the component of v in the
+kernel of A, gradient norms), and a figure of ||w(t)||. The study directory is the parent of
+``figures_dir``: the data of each dataset is read from it (:func:`lcnfast.study.load_problem`).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lcnfast.flows import I  # noqa: E402
+from lcnfast.study import load_problem  # noqa: E402
+from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
+from lcnfast.study.report import markdown_table  # noqa: E402
+
+#: relative rounding allowance in v_l1_max <= bound
+BOUND_RTOL = 1e-9
+#: ||w|| grew when ||w(T)|| / ||w(T/10)|| exceeds this: a converged flow's norm changes by
+#: O(distance to the limit) << 1% over its last decade of time
+GROWTH = 1.01
+
+
+def w_norms(ds):
+    """(K, T) ||w(t)|| at the saved times (NaN after a flow stopped; parameters are the union
+    over architectures, NaN-padded)."""
+    w = ds["w"].transpose("flow", "time", "param").values
+    saved = np.isfinite(w).any(axis=2)
+    return np.where(saved, np.sqrt(np.nansum(w**2, axis=2)), np.nan)
+
+
+def growth_ratio(ds, norms):
+    """(K,) ||w(T)|| / ||w(t)|| for the last saved t <= T / 10 (T = t_final); NaN without such t."""
+    t = ds["time"].values
+    T = ds["t_final"].values
+    wT = np.sqrt(np.nansum(ds["w_final"].values ** 2, axis=1))
+    out = np.full(T.shape, np.nan)
+    for f in range(T.size):
+        idx = np.flatnonzero((t <= T[f] / 10) & np.isfinite(norms[f]))
+        if idx.size:
+            out[f] = wT[f] / norms[f, idx[-1]]
+    return out
+
+
+def kernel_component(ds, study_dir):
+    """(K, 2): lambda_min(A) / lambda_max(A) of the flow's dataset, and |u^T v_final| /
+    ||v_final|| for u the eigenvector of the smallest eigenvalue of A (the kernel direction when
+    A is singular)."""
+    out = np.full((ds.sizes["flow"], 2), np.nan)
+    cell, dset = ds["cell"].values, ds["dataset"].values
+    v = ds["v_final"].values
+    for c, d in {(int(a), int(b)) for a, b in zip(cell, dset)}:
+        A = load_problem(study_dir, c, d).A
+        ev, U = np.linalg.eigh(A)
+        sel = np.flatnonzero((cell == c) & (dset == d))
+        k = A.shape[0]
+        vs = v[sel, :k]
+        out[sel, 0] = ev[0] / ev[-1]
+        out[sel, 1] = np.abs(vs @ U[:, 0]) / np.linalg.norm(vs, axis=1)
+    return out
+
+
+def _quant(x, qs=(0.5, 0.9)):
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return " / ".join(f"{v:.2g}" for v in np.quantile(x, qs)) if x.size else "–"
+
+
+def _cell_rows(ds, study, growth, kern):
+    rows = []
+    for c in study.cells:
+        sel = np.flatnonzero(ds["cell"].values == c.index)
+        if sel.size == 0:
+            continue
+        sub = ds.isel(flow=sel)
+        conv = sub["status"].values == I.CONVERGED
+        rows.append({
+            "cell": c.index,
+            "architecture": c.labels["architecture"],
+            "m": c.labels["m"],
+            "inputs": c.labels["inputs"],
+            "target": c.labels["target"],
+            "X X^T full rank": bool(sub["xxt_full_rank"].values.all()),
+            "A pos. def.": bool(sub["gram_pd"].values.all()),
+            "lambda_min / lambda_max of A": _quant(kern[sel, 0], (0.5,)),
+            "converged [95% CI]": estimate_row(int(conv.sum()), conv.size),
+            "grad norm q50 / max": _quant(sub["grad_norm_final"].values, (0.5, 1.0)),
+            "sup ||w|| q50 / max": _quant(sub["w_norm_max"].values, (0.5, 1.0)),
+            "||w(T)|| / ||w(T/10)|| q50 / max": _quant(growth[sel], (0.5, 1.0)),
+            "kernel component of v q50 / max": _quant(kern[sel, 1], (0.5, 1.0)),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _claims(ds):
+    converged = ds["status"].values == I.CONVERGED
+    full = ds["xxt_full_rank"].values.astype(bool)
+    pd_ = ds["gram_pd"].values.astype(bool)
+    detail = {"status": ds["status"].values, "grad_norm_final": ds["grad_norm_final"].values,
+              "w_norm_max": ds["w_norm_max"].values}  # fmt: skip
+    checks = [
+        check(
+            "Thm 3.4: with X X^T of full rank every flow converges",
+            "||grad L|| <= grad_tol within t_end and max_steps",
+            converged,
+            applies=full,
+            detail=detail,
+        ),
+        check(
+            "Conjecture (open): A positive definite suffices (X X^T rank-deficient)",
+            "||grad L|| <= grad_tol within t_end and max_steps",
+            converged,
+            applies=pd_ & ~full,
+            detail=detail,
+        ),
+    ]
+    obs = ds["v_l1_max"].values
+    for name, var in (("Lemma 3.6 (X X^T full rank)", "lemma36_bound"),
+                      ("Gram bound (A positive definite)", "gram_bound")):  # fmt: skip
+        b = ds[var].values
+        with np.errstate(invalid="ignore"):
+            ok = np.where(np.isfinite(b), obs <= b * (1 + BOUND_RTOL), np.nan)
+        checks.append(
+            check(
+                f"{name}: sup_t ||v(t)||_1 <= the bound",
+                f"v_l1_max <= bound * (1 + {BOUND_RTOL:g}) (rounding)",
+                ok,
+                detail={"v_l1_max": obs, "bound": b},
+            )
+        )
+    return checks
+
+
+def _norm_figure(ds, norms, figures_dir):
+    """Median and 10-90% band of ||w(t)|| per inputs kind, one panel per architecture."""
+    path = figures_dir / "rank_w_norm.png"
+    t = ds["time"].values
+    archs = list(dict.fromkeys(ds["architecture"].values))
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    for ax, a in zip(axes[0], archs):
+        for i, inp in enumerate(dict.fromkeys(ds["inputs"].values)):
+            for j, m in enumerate(sorted(set(ds["m"].values))):
+                sel = (ds["architecture"].values == a) & (ds["inputs"].values == inp)
+                sel &= ds["m"].values == m
+                if not sel.any():
+                    continue
+                n = norms[sel]
+                # a stopped flow keeps its last state: carry it forward for the bands
+                n = pd.DataFrame(n.T).ffill().values.T
+                with np.errstate(all="ignore"):
+                    lo, med, hi = np.nanquantile(n, [0.1, 0.5, 0.9], axis=0)
+                ok = t > 0
+                ls = ("-", "--", ":")[j % 3]
+                ax.plot(t[ok], med[ok], color=f"C{i}", ls=ls, label=f"{inp}, m={m}")
+                ax.fill_between(t[ok], lo[ok], hi[ok], color=f"C{i}", alpha=0.1, lw=0)
+        ax.set(xscale="log", yscale="log", xlabel="time t", ylabel="||w(t)||", title=str(a))
+        ax.legend(fontsize=6)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sections(ds, study, figures_dir):
+    """The study's report sections: [(heading, markdown), ...]."""
+    norms = w_norms(ds)
+    growth = growth_ratio(ds, norms)
+    kern = kernel_component(ds, figures_dir.parent)
+    fig = _norm_figure(ds, norms, figures_dir)
+    return [
+        (
+            "Claims and verdicts",
+            "The paper proves convergence when X X^T has full rank; the proof needs only a "
+            "bound on ||v||_1 in terms of L, which a positive definite window Gram A also "
+            "gives (the Gram bound). A violation of the conjecture would be a flow that "
+            "does not converge although A is positive definite.\n\n"
+            + claims_markdown(_claims(ds), ds),
+        ),
+        (
+            "Per cell",
+            "*converged*: ||grad L|| <= grad_tol before t_end (Wilson 95% intervals). "
+            "*||w(T)|| / ||w(T/10)||*: growth of the parameters over the last decade of time "
+            f"(above {GROWTH:g}: still growing). *kernel component*: |u^T v(T)| / ||v(T)|| for "
+            "u the eigenvector of A's smallest eigenvalue: the part of v the data cannot "
+            "see.\n\n" + markdown_table(_cell_rows(ds, study, growth, kern)),
+        ),
+        (
+            "||w(t)|| over time",
+            "Median and 10-90% band per input kind and m (a flow that stopped keeps its last "
+            f"value).\n\n![norms]({figures_dir.name}/{fig.name})",
+        ),
+    ]
