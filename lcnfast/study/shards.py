@@ -170,14 +170,24 @@ def integrate(problem, W0, integ, n_threads):
     """Run the flows of one integrator setting (a resolved ``integrator`` entry: its keys are
     the keyword arguments of :func:`lcnfast.gradient_descent` or :func:`lcnfast.gradient_flow`,
     but ``save``, which gives the save times)."""
-    kw = {k: v for k, v in integ.items() if k not in ("method", "save")}
+    kw = {k: v for k, v in integ.items() if k not in ("method", "save", "loss_levels")}
+    fractions = integ.get("loss_levels")
+    if fractions is not None:  # fractions of L(v=0) -> absolute levels for the engine
+        zero = float(problem.loss(np.zeros((1, problem.arch.n_params)))[0])
+        kw["loss_levels"] = [q * zero for q in fractions]
     if integ["method"] == "euler":
-        return gradient_descent(problem, W0, n_threads=n_threads, **kw)
-    save = integ["save"]
-    save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
-    return gradient_flow(
-        problem, W0, method=integ["method"], save_times=save_t, n_threads=n_threads, **kw
-    )
+        ds = gradient_descent(problem, W0, n_threads=n_threads, **kw)
+    else:
+        save = integ["save"]
+        save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
+        ds = gradient_flow(
+            problem, W0, method=integ["method"], save_times=save_t, n_threads=n_threads, **kw
+        )
+    if fractions is not None:  # the same coordinate in every dataset's shards
+        ds = ds.assign_coords(
+            loss_level=("loss_level", fractions, {"long_name": "event level / L(v=0)"})
+        )
+    return ds
 
 
 def _lemma36(problem, ds):

@@ -41,7 +41,10 @@ FORMAT_VERSION = 1
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-_FLOW_OPTIONAL = {"rtol": 1e-8, "atol": 1e-10, "grad_tol": None, "max_steps": 100_000, "save": 25}
+_FLOW_OPTIONAL = {
+    "rtol": 1e-8, "atol": 1e-10, "grad_tol": None, "max_steps": 100_000, "save": 25,
+    "loss_levels": None,
+}  # fmt: skip
 #: integrator methods: method -> (required keys, defaults of the optional keys). rk45,
 #: rosenbrock and auto are the methods of :func:`lcnfast.gradient_flow`, euler is
 #: :func:`lcnfast.gradient_descent`
@@ -49,7 +52,7 @@ METHODS = {
     "auto": (("t_end",), _FLOW_OPTIONAL),
     "rk45": (("t_end",), _FLOW_OPTIONAL),
     "rosenbrock": (("t_end",), _FLOW_OPTIONAL),
-    "euler": (("h", "n_steps"), {"grad_tol": None, "save_every": None}),
+    "euler": (("h", "n_steps"), {"grad_tol": None, "save_every": None, "loss_levels": None}),
 }
 DEFAULT_METHOD = "auto"
 #: with t_end = inf (run until grad_tol), ``save = n`` spans 0 and 1e-2 .. this time
@@ -235,7 +238,21 @@ def _integrator(ctx, path, x):
             max(1, out["n_steps"] // 10) if se is None else K.whole(ctx, f"{path}.save_every", se, 1)
         )
     out["grad_tol"] = grad_tol
+    levels = _loss_levels(ctx, f"{path}.loss_levels", x.get("loss_levels"))
+    if levels is not None:  # absent otherwise: the hashes of specs without events are unchanged
+        out["loss_levels"] = levels
     return out
+
+
+def _loss_levels(ctx, path, x):
+    """Event levels as fractions of L(v = 0) (the loss of the zero network), in (0, 1]: each
+    flow records the first time its loss is at or below ``q * L(v=0)`` (``t_below``)."""
+    if x is None:
+        return None
+    levels = [K.real(ctx, f"{path}[{i}]", q, positive=True) for i, q in enumerate(K.as_list(x))]
+    if not levels or any(q > 1 for q in levels) or len(set(levels)) != len(levels):
+        raise ctx.error(path, f"must be distinct fractions of L(v=0) in (0, 1], got {x!r}")
+    return levels
 
 
 def _inputs(ctx, path, x, base_dir):
