@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
@@ -160,9 +161,15 @@ def _cmd_info(a):
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lcnfast: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     """Entry point of the ``lcnfast`` console script; returns the exit status."""
     a = _parser().parse_args(argv)
+    # a warning is a message to the user, not a traceback line: "lcnfast: warning: ..."
+    warnings.showwarning = _show_warning
     handler = {
         "run": _cmd_run,
         "status": _cmd_status,

@@ -112,6 +112,9 @@ def reference(tmp_path_factory):
         (("noise = 0.1", "noise = 0.1\ntarget = {v = [1.0, 2.0]}"), "data.target[0].v"),
         (('method = "euler"', 'method = "heun"'), "integrator[1].method"),
         (("[quick]", "[quick]\nname = 'other'"), "quick.name: unknown key"),
+        (("save = 6", "save = 6\nloss_levels = [0.5, 1.5]"), "integrator[0].loss_levels"),
+        (("save = 6", "save = 6\nloss_levels = [0.5, 0.5]"), "integrator[0].loss_levels"),
+        (("save = 6", "save = 6\nloss_levels = [-0.5]"), "integrator[0].loss_levels[0]"),
     ],
 )
 def test_spec_errors_name_the_key_and_line(tmp_path, edit, where):

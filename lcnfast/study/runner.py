@@ -430,10 +430,12 @@ def run_study(
         bar = None
         try:
             local = todo and not distributed
-            what = f"compiling kernels for {_loss_names(study)}" if local else "writing the data"
+            what = (
+                f"compiling kernels for {_loss_names(study)} (the first run compiles for 1-2 "
+                "min, later runs load them in seconds)" if local else "writing the data"
+            )
             with _threads(threads), _Ticker(
-                f"{what} (the first run compiles for 1-2 min, later runs load them in seconds)",
-                progress and sys.stderr.isatty(),
+                what, progress and sys.stderr.isatty()
             ) if progress else contextlib.nullcontext():
                 write_datasets(study, d)
                 if local:
