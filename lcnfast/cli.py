@@ -40,7 +40,7 @@ def _parser():
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{study,info}")
     st = sub.add_parser("study", help="run, inspect and report Monte Carlo studies")
-    ss = st.add_subparsers(dest="action", required=True, metavar="{run,status,report,list}")
+    ss = st.add_subparsers(dest="action", required=True, metavar="{run,status,report,reanalyse,list}")
 
     run = ss.add_parser(
         "run",
@@ -69,6 +69,14 @@ def _parser():
     status.add_argument("dir", help="a study's output directory")
     report = ss.add_parser("report", help="write DIR/report.md and DIR/figures/")
     report.add_argument("dir", help="a study's output directory")
+    rean = ss.add_parser(
+        "reanalyse",
+        help="classify a study's stored flows again (new analysis) and rewrite its report",
+        description="Run this version's lcnfast.analysis on every finished shard of DIR "
+        "(nothing is integrated again) and rewrite the report.",
+    )
+    rean.add_argument("dir", help="a study's output directory")
+    rean.add_argument("--quiet", action="store_true", help="no progress output")
     ss.add_parser("list", help="the built-in studies (studies/*.toml)")
     sub.add_parser("info", help="versions, threading, cache directories")
     return p
@@ -125,6 +133,14 @@ def _cmd_report(a):
     return 0
 
 
+def _cmd_reanalyse(a):
+    from .study import reanalyse_study
+
+    counts = reanalyse_study(a.dir, progress=not a.quiet)
+    print("limit points: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def _cmd_list(a):
     from .study import builtin_specs, load_spec
 
@@ -174,6 +190,7 @@ def main(argv=None):
         "run": _cmd_run,
         "status": _cmd_status,
         "report": _cmd_report,
+        "reanalyse": _cmd_reanalyse,
         "list": _cmd_list,
     }.get(getattr(a, "action", None), _cmd_info)
     try:

@@ -281,6 +281,32 @@ def test_rerun_skips_finished_shards(reference, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.nc")} == mtimes
 
 
+def test_reanalyse_restores_the_analysis_and_keeps_the_flows(reference, tmp_path):
+    # a shard whose analysis variables were damaged (as an older analysis would have left
+    # them) is analysed again from its stored end points: the same labels and fields as a
+    # fresh run, the engine's variables untouched, nothing integrated
+    import shutil
+
+    from lcnfast.study import reanalyse_study
+
+    spec, out, ref, _ = reference
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for p in (copy / "shards").glob("*.nc"):
+        with lcnfast.open_dataset(p) as f:
+            ds = f.load()
+        ds["label"][:] = 3
+        ds = ds.drop_vars(["is_critical", "lemma36_bound"])
+        lcnfast.to_netcdf(ds, p)
+    assert (load(copy)["label"] == 3).all()
+    counts = reanalyse_study(copy, progress=False, report=False)
+    assert sum(counts.values()) == ref.sizes["flow"]
+    assert_same_results(ref, load(copy))
+    r = subprocess.run([sys.executable, "-m", "lcnfast.cli", "study", "reanalyse", str(copy),
+                        "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "limit points:" in r.stdout and (copy / "report.md").exists()
+
+
 def test_shard_size_and_threads_do_not_change_results(reference, tmp_path):
     spec, _, ref, _ = reference
     small = run_study(spec, tmp_path / "s3", shard_size=3, threads=1, progress=False, report=False)

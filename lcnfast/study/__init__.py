@@ -8,12 +8,13 @@ initialisations; datasets and flows per cell). :func:`run_study` runs it in resu
 """
 
 from .load import load, load_problem, read_spec
-from .runner import RunSummary, run_study
+from .runner import RunSummary, reanalyse_study, run_study
 from .spec import Study, builtin_specs, load_spec
 
 __all__ = [
     "load_spec",
     "run_study",
+    "reanalyse_study",
     "load",
     "load_problem",
     "read_spec",

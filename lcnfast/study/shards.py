@@ -16,6 +16,7 @@ is complete; a killed run leaves at most a temporary file, removed by the next r
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -34,7 +35,10 @@ from ..problem import Problem
 from . import draws
 from .spec import COORDS, FACTORS, load_spec, log_save_times
 
-__all__ = ["Shard", "plan", "run_shard", "dataset_path", "shard_path", "write_datasets"]
+__all__ = [
+    "Shard", "plan", "run_shard", "reanalyse_shard", "analyse", "dataset_path", "shard_path",
+    "write_datasets",
+]  # fmt: skip
 
 _SHARD_RE = re.compile(r"^c(\d{4,})_d(\d{4,})_f(\d{7,})-(\d{7,})\.nc$")
 
@@ -221,6 +225,43 @@ def _per_flow(ds):
     return ds
 
 
+def analyse(ds, problem, study):
+    """The analysis of a shard's flows: :func:`lcnfast.analysis.classify` with the spec's
+    tolerances, and the per-flow rank conditions and bounds of Lemma 3.6. Variables of a
+    previous analysis are replaced (so a stored shard can be analysed again)."""
+    ds = _analysis.classify(ds, problem, **study.spec["analysis"])
+    return ds.assign(_lemma36(problem, ds))
+
+
+def reanalyse_shard(study_dir, spec, path):
+    """Analyse a finished shard file again with this version of :mod:`lcnfast.analysis`
+    (nothing is integrated again: the flows' stored end points and invariants are used) and
+    rewrite it atomically. Returns ``{"shard", "label"}`` (label counts)."""
+    study = _study(spec)
+    path = Path(path)
+    m = _SHARD_RE.match(path.name)
+    if not m:
+        raise ValueError(f"path: {path} is not a shard file")
+    shard = Shard(*map(int, m.groups()))
+    cell = study.cells[shard.cell]
+    X, Y = read_dataset(study_dir, shard.cell, shard.dataset)
+    problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+    with open_dataset(path) as f:
+        ds = f.load()
+    if ds.attrs.get("spec_hash") != study.spec_hash:
+        raise ValueError(f"{path} belongs to another spec: use its own study directory")
+    t0 = time.perf_counter()
+    ds = _per_flow(analyse(ds, problem, study))
+    ds.attrs.update(classify_seconds=time.perf_counter() - t0, reanalysed=_now())
+    to_netcdf(ds, path)
+    label = ds.label.values
+    return {"shard": shard.name, "label": {int(v): int((label == v).sum()) for v in np.unique(label)}}
+
+
+def _now():
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def run_shard(study_dir, spec, shard, n_threads=None):
     """Run, classify and write one shard; returns a small summary dict.
 
@@ -237,8 +278,7 @@ def run_shard(study_dir, spec, shard, n_threads=None):
     if ds.attrs.get("interrupted"):  # Ctrl-C in the engine: its flows stopped part-way
         raise KeyboardInterrupt  # the shard is not written, so a resumption runs it again
     t1 = time.perf_counter()
-    ds = _analysis.classify(ds, problem, **study.spec["analysis"])
-    ds = ds.assign(_lemma36(problem, ds))
+    ds = analyse(ds, problem, study)
     t2 = time.perf_counter()
     n_d, n_f = study.spec["data"]["n_datasets"], study.spec["flows_per_dataset"]
     replicate = np.arange(shard.f0, shard.f1)
