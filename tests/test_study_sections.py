@@ -1,0 +1,71 @@
+"""Focused tests of the computations in the studies' own report sections
+(``studies/sections/*.py``): each recovers a known answer on constructed data."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SECTIONS = Path(__file__).resolve().parents[1] / "studies" / "sections"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"sections_{name}", SECTIONS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rates = _load("rates")
+
+
+# ------------------------------------------------------------------------------- rates
+def test_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_model():
+    t = np.linspace(20, 40, 12)
+    # two modes: the fast one has died out by t = 20 (exp(-5 * 20) ~ 1e-44 relative)
+    y = 3e-2 * np.exp(-0.37 * t) + 1e-1 * np.exp(-5.0 * t)
+    rate, expo, rms_e, rms_a = rates.fit_decay(t, y)
+    assert rate == pytest.approx(0.37, rel=1e-9)  # exact model: only rounding
+    assert rms_e < rms_a
+
+
+def test_fit_decay_recovers_a_power_law_and_prefers_the_algebraic_model():
+    t = np.geomspace(1e5, 10**5.5, 12)
+    y = 7.0 * t ** (-1.5)
+    rate, expo, rms_e, rms_a = rates.fit_decay(t, y)
+    assert expo == pytest.approx(1.5, rel=1e-9)
+    assert rms_a < rms_e
+
+
+def test_tail_window_keeps_the_last_points_between_the_floor_and_the_drop():
+    t = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 400)])
+    g = np.exp(-0.1 * t)  # g(0) = 1
+    g[t > 300] = np.nan  # the flow stopped
+    idx = rates.tail_window(t, g, g_floor=1e-10)
+    assert idx.size == rates.N_FIT
+    assert np.all(g[idx] <= rates.TAIL_DROP) and np.all(g[idx] >= 1e-10)
+    assert idx[-1] == np.flatnonzero(np.isfinite(g) & (g >= 1e-10))[-1]
+    # a tail that never falls below TAIL_DROP * g(0) is unresolved
+    assert rates.tail_window(t, np.ones_like(t), 1e-10).size == 0
+
+
+def test_lp_interpolation_exponent_of_the_one_dimensional_model():
+    """The derivation behind the interpolation claim: r' = -p r^(p-1) (the flow of L = r^p)
+    has L(t) ~ t^(-p/(p-2)); solved numerically and fitted like a study flow."""
+    from scipy.integrate import solve_ivp
+
+    for p in (4, 6):
+        sol = solve_ivp(lambda t, r: -p * r ** (p - 1), (0, 1e6), [1.0], method="LSODA",
+                        t_eval=np.geomspace(1e5, 10**5.5, 12), rtol=1e-10, atol=1e-14)  # fmt: skip
+        _, expo, _, _ = rates.fit_decay(sol.t, sol.y[0] ** p)
+        assert expo == pytest.approx(p / (p - 2), rel=1e-3)  # t >> 1: the offset t0 is gone
+
+
+def test_median_ci_brackets_the_median():
+    x = np.random.default_rng(0).normal(1.0, 0.1, 200)
+    text = rates.median_ci(x)
+    med, lo, hi = (float(v) for v in text.replace("[", "").replace("]", "").replace(",", "").split())
+    assert lo <= med <= hi and hi - lo < 0.1
