@@ -69,3 +69,38 @@ def test_median_ci_brackets_the_median():
     text = rates.median_ci(x)
     med, lo, hi = (float(v) for v in text.replace("[", "").replace("]", "").replace(",", "").split())
     assert lo <= med <= hi and hi - lo < 0.1
+
+
+# ----------------------------------------------------------------------------- strided
+strided = _load("strided")
+
+
+def test_cluster_values_joins_within_the_tolerance_and_numbers_by_value():
+    v = np.array([5.0, 1.0, 1.0 + 1e-9, np.nan, 3.0, 5.0 - 2e-9, 1.0 - 1e-9])
+    lab = strided.cluster_values(v, tol=1e-8)
+    assert lab.tolist() == [2, 0, 0, -1, 1, 2, 0]
+    # a chain of gaps below the tolerance is one value (single linkage)
+    assert strided.cluster_values(np.arange(5) * 0.9e-8, 1e-8).tolist() == [0] * 5
+    assert strided.cluster_values([2.0, 1.0], 0.5).tolist() == [1, 0]
+
+
+def test_expected_rank_is_the_image_dimension_of_all_strided_architectures():
+    from lcnfast import Architecture
+
+    for d0, k in ((16, (2, 2)), (16, (2, 2, 2)), (17, (3, 2))):
+        arch = Architecture(d0, list(k), [2] * len(k))
+        # at a random point the Jacobian of pi has the rank of the image: sum k_i - N + 1
+        w = np.random.default_rng(1).normal(size=arch.n_params)
+        eps = 1e-6
+        v0 = _end_to_end(arch, w)
+        J = np.stack([(_end_to_end(arch, w + eps * e) - v0) / eps for e in np.eye(arch.n_params)])
+        sv = np.linalg.svd(J, compute_uv=False)
+        assert int((sv > 1e-4 * sv[0]).sum()) == strided.expected_rank(arch)
+
+
+def _end_to_end(arch, w):
+    """pi(w): the end-to-end filter (Problem.final_filter; the data do not matter)."""
+    from lcnfast import Problem, losses
+
+    X = np.random.default_rng(2).normal(size=(arch.d[0], 20))
+    return Problem(arch, X, np.zeros((arch.d[-1], 20)), losses.square()).final_filter(w)
