@@ -56,7 +56,8 @@ print(ds.jac_rank.groupby("architecture").min().to_series(), ds.jac_rank.groupby
 fig, ax = plt.subplots()
 for i, (arch, sub) in enumerate(ds.groupby("architecture")):
     r = int(sub.jac_rank.max())
-    ax.hist(np.log10(sub.jac_sv.values[:, r - 1]), bins=20, histtype="step", label=str(arch))
+    x = np.log10(sub.jac_sv.values[:, r - 1])
+    ax.hist(x, bins=np.linspace(-6, 0, 31), histtype="step", label=str(arch))
 ax.set(xlabel="log10 sigma_r / sigma_max", ylabel="flows")
 ax.legend(fontsize=7)
 
