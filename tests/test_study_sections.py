@@ -104,3 +104,40 @@ def _end_to_end(arch, w):
 
     X = np.random.default_rng(2).normal(size=(arch.d[0], 20))
     return Problem(arch, X, np.zeros((arch.d[-1], 20)), losses.square()).final_filter(w)
+
+
+# ---------------------------------------------------------------------- factorisations
+fact = _load("factorisations")
+
+
+def test_admissible_assignments_keep_conjugate_pairs_together_and_fill_every_layer():
+    real4 = np.array([-2.0, -0.5, 0.3, 1.7]) + 0j
+    assert len(fact.admissible(real4, [2, 2])) == 6  # C(4, 2)
+    assert len(fact.admissible(np.r_[real4, 3.0, 4.0], [2, 2, 2])) == 90  # 6! / 2!^3
+    pair = np.array([-1.0, 0.5 - 1j, 0.5 + 1j])
+    a = fact.admissible(pair, [1, 2])  # (2, 3): the real root must go to the linear layer
+    assert a.tolist() == [[1, 2, 2]]
+    two_pairs = np.array([-1 - 1j, -1 + 1j, 2 - 0.5j, 2 + 0.5j])
+    assert sorted(map(tuple, fact.admissible(two_pairs, [2, 2]))) == [(1, 1, 2, 2), (2, 2, 1, 1)]
+
+
+def test_assign_recovers_a_constructed_factorisation():
+    from lcnfast import roots
+
+    target = roots.poly_roots(np.polynomial.polynomial.polyfromroots([-2.0, -0.5, 0.3, 1.7]))
+    # layer 1 holds -2 and 0.3, layer 2 holds -0.5 and 1.7 (slightly perturbed, shuffled)
+    layer_roots = np.array([0.3 + 1e-9, -2.0, 1.7, -0.5 - 1e-9])
+    a, dist = fact.assign(layer_roots, [1, 1, 2, 2], target)
+    assert fact._label(a) == "1 2 1 2" and dist < 1e-8
+    # the nearest admissible assignment to rough initial roots is the same one
+    rough = np.array([0.1, -1.5, 1.2, -0.7])
+    cand = fact.admissible(target, [2, 2])
+    assert fact._label(fact.nearest_admissible(rough, [1, 1, 2, 2], target, cand)) == "1 2 1 2"
+
+
+def test_shuffle_baseline_is_the_chance_agreement():
+    rng = np.random.default_rng(0)
+    final = np.array(["a"] * 50 + ["b"] * 50)
+    # with two equally frequent labels, a random permutation agrees on ~1/2 of the flows
+    assert fact.shuffle_baseline(final, final, rng) == pytest.approx(0.5, abs=0.03)
+    assert fact.shuffle_baseline(final, np.array(["a"] * 100), rng) == 0.5
