@@ -27,7 +27,7 @@ def test_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_mode
     t = np.linspace(20, 40, 12)
     # two modes: the fast one has died out by t = 20 (exp(-5 * 20) ~ 1e-44 relative)
     y = 3e-2 * np.exp(-0.37 * t) + 1e-1 * np.exp(-5.0 * t)
-    rate, expo, rms_e, rms_a = rates.fit_decay(t, y)
+    rate, _, rms_e, rms_a = rates.fit_decay(t, y)
     assert rate == pytest.approx(0.37, rel=1e-9)  # exact model: only rounding
     assert rms_e < rms_a
 
@@ -35,7 +35,7 @@ def test_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_mode
 def test_fit_decay_recovers_a_power_law_and_prefers_the_algebraic_model():
     t = np.geomspace(1e5, 10**5.5, 12)
     y = 7.0 * t ** (-1.5)
-    rate, expo, rms_e, rms_a = rates.fit_decay(t, y)
+    _, expo, rms_e, rms_a = rates.fit_decay(t, y)
     assert expo == pytest.approx(1.5, rel=1e-9)
     assert rms_a < rms_e
 
@@ -58,7 +58,7 @@ def test_lp_interpolation_exponent_of_the_one_dimensional_model():
     from scipy.integrate import solve_ivp
 
     for p in (4, 6):
-        sol = solve_ivp(lambda t, r: -p * r ** (p - 1), (0, 1e6), [1.0], method="LSODA",
+        sol = solve_ivp(lambda t, r, p=p: -p * r ** (p - 1), (0, 1e6), [1.0], method="LSODA",
                         t_eval=np.geomspace(1e5, 10**5.5, 12), rtol=1e-10, atol=1e-14)  # fmt: skip
         _, expo, _, _ = rates.fit_decay(sol.t, sol.y[0] ** p)
         assert expo == pytest.approx(p / (p - 2), rel=1e-3)  # t >> 1: the offset t0 is gone

@@ -168,17 +168,26 @@ def _keep_table(fl):
     return pd.DataFrame(rows)
 
 
-def paired_same(fl):
-    """Per (architecture, scale): flows with the same initial v(0) (dataset, replicate) under
-    the gaussian and the balanced initialisation: (pairs, pairs with the same assignment)."""
+def paired_same(fl, factor, levels):
+    """Flows that differ only in ``factor`` (two ``levels``; the other factors, dataset and
+    replicate equal: the same initial directions, common random numbers): per value of the
+    remaining factor, (pairs, pairs with the same assignment)."""
+    other = "scale" if factor == "distribution" else "distribution"
     g = fl[fl["is_global"] & fl["final"].notna()]
-    piv = g.pivot_table(index=["architecture", "scale", "dataset", "replicate"],
-                        columns="distribution", values="final", aggfunc="first")  # fmt: skip
-    if not {"gaussian", "balanced"} <= set(piv.columns):
-        return pd.DataFrame(columns=["architecture", "scale", "pairs", "same"])
-    piv = piv.dropna(subset=["gaussian", "balanced"])
-    same = (piv["gaussian"] == piv["balanced"]).groupby(level=[0, 1])
+    piv = g.pivot_table(index=["architecture", other, "dataset", "replicate"],
+                        columns=factor, values="final", aggfunc="first")  # fmt: skip
+    if not set(levels) <= set(piv.columns):
+        return pd.DataFrame(columns=["architecture", other, "pairs", "same"])
+    piv = piv.dropna(subset=list(levels))
+    same = (piv[levels[0]] == piv[levels[1]]).groupby(level=[0, 1])
     return pd.DataFrame({"pairs": same.size(), "same": same.sum()}).reset_index()
+
+
+def _pairs_markdown(fl, factor, levels):
+    pairs = paired_same(fl, factor, levels)
+    col = f"same assignment ({levels[0]} vs {levels[1]})"
+    pairs[col] = [estimate_row(int(k), int(n)) for k, n in zip(pairs["same"], pairs["pairs"])]
+    return markdown_table(pairs.drop(columns=["pairs", "same"]))
 
 
 def _claims(ds, fl):
@@ -213,9 +222,6 @@ def sections(ds, study, figures_dir):
     """The study's report sections: [(heading, markdown), ...]."""
     fl = per_flow(ds, study)
     tab = _keep_table(fl)
-    pairs = paired_same(fl)
-    pairs["same assignment (gaussian vs balanced)"] = [
-        estimate_row(int(s), int(n)) for s, n in zip(pairs["same"], pairs["pairs"])]
     fig = _figure(tab, figures_dir) if len(tab) else None
     text_keep = (
         "*keeps*: the flow's final assignment equals the assignment of v*'s roots to the layers "
@@ -227,12 +233,20 @@ def sections(ds, study, figures_dir):
         "The balanced initialisation is the gaussian one moved along its rescaling orbit "
         "(same v(0), same layer roots, balancedness constants delta_i = 0 instead of random): "
         "a pair has the same dataset and replicate. Only the balancedness differs.\n\n"
-        + markdown_table(pairs.drop(columns=["pairs", "same"]))
+        + _pairs_markdown(fl, "distribution", ("gaussian", "balanced"))
+    )
+    scales = sorted(set(fl["scale"]))
+    text_scale = (
+        "Flows with the same dataset, replicate and distribution start from the same "
+        "directions at every scale: only ||w(0)|| (and with it the balancedness constants, "
+        "quadratic in w) differs.\n\n"
+        + (_pairs_markdown(fl, "scale", (scales[0], scales[-1])) if len(scales) > 1 else "–")
     )
     out = [
         ("Claims and verdicts", claims_markdown(_claims(ds, fl), ds)),
         ("Which assignment, and does it follow the initial roots?", text_keep),
         ("Does the balancedness change the assignment?", text_pairs),
+        ("Does the initial scale change the assignment?", text_scale),
     ]
     if fig is not None:
         out.append(("Keeping the nearest roots", f"![keeps]({figures_dir.name}/{fig.name})"))

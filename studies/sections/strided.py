@@ -80,6 +80,7 @@ def per_dataset(ds):
                          loss_fn=ds["loss_fn"].values[idx[0]], target=ds["target"].values[idx[0]],
                          flows=idx.size, converged=conv.size, n_values=n_val,
                          at_best=int((lab == 0).sum()), stable=stable, separation=sep,
+                         off_best_minima=int((ds["label"].values[conv][lab > 0] == 0).sum()),
                          gaps=(centres - centres[0]) / ds["loss_scale"].values[idx[0]],
                          freq=np.bincount(lab, minlength=n_val) / max(conv.size, 1)))  # fmt: skip
     return pd.DataFrame(rows)
@@ -119,6 +120,8 @@ def _cell_table(tab):
             "datasets with several values": estimate_row(several, len(sub)),
             "flows at the best value": estimate_row(int(sub["at_best"].sum()),
                                                     int(sub["converged"].sum())),
+            "non-best flows at a minimum (label)": estimate_row(
+                int(sub["off_best_minima"].sum()), int((sub["converged"] - sub["at_best"]).sum())),
             "clustering stable (x/÷ 100)": estimate_row(int(sub["stable"].sum()), len(sub)),
             "smallest separation / tol": f"{np.nanmin(sub['separation']):.3g}"
             if np.isfinite(sub["separation"]).any() else "–",
@@ -153,7 +156,9 @@ def sections(ds, study, figures_dir):
         "lowest cluster (the best found in the dataset, not a certified global minimum: the "
         "image of pi is not convex), Wilson 95% intervals. *stable*: the number of values is "
         f"unchanged with the tolerance x/÷ {STABILITY_FACTOR:g}. *separation*: the smallest gap "
-        "between distinct values in units of the tolerance.\n\n" + _cell_table(tab)
+        "between distinct values in units of the tolerance. *non-best flows at a minimum*: of the "
+        "flows ending above the best value, those whose limit is a strict local minimum modulo "
+        "the symmetry (lcnfast.analysis label).\n\n" + _cell_table(tab)
     )
     return [
         ("Claims and verdicts", claims_markdown(_claims(ds, study), ds)),
