@@ -149,9 +149,11 @@ def _keep_table(fl):
     rows = []
     g = fl[fl["is_global"] & fl["final"].notna()]
     for key, sub in g.groupby(["architecture", "scale", "distribution"], sort=False):
-        keep = int((sub["final"] == sub["nearest_initial"]).sum())
+        # a dataset whose v* has one real factorisation only cannot tell: left out
+        choice = sub[sub["n_admissible"] >= 2]
+        keep = int((choice["final"] == choice["nearest_initial"]).sum())
         base = [shuffle_baseline(d["final"], d["nearest_initial"], rng) * len(d)
-                for _, d in sub.groupby("dataset")]  # fmt: skip
+                for _, d in choice.groupby("dataset")]  # fmt: skip
         n_dist = sub.groupby("dataset")["final"].nunique()
         n_adm = sub.groupby("dataset")["n_admissible"].first()
         rows.append({
@@ -162,8 +164,8 @@ def _keep_table(fl):
             "distinct assignments per dataset (median / max)":
                 f"{n_dist.median():g} / {n_dist.max()}",
             "admissible assignments (median / max)": f"{n_adm.median():g} / {n_adm.max()}",
-            "keeps the nearest-initial assignment": estimate_row(keep, len(sub)),
-            "shuffle baseline": f"{sum(base) / len(sub):.3g}",
+            "keeps the nearest-initial assignment": estimate_row(keep, len(choice)),
+            "shuffle baseline": f"{sum(base) / len(choice):.3g}" if len(choice) else "–",
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -173,7 +175,8 @@ def paired_same(fl, factor, levels):
     replicate equal: the same initial directions, common random numbers): per value of the
     remaining factor, (pairs, pairs with the same assignment)."""
     other = "scale" if factor == "distribution" else "distribution"
-    g = fl[fl["is_global"] & fl["final"].notna()]
+    # only datasets whose v* has a choice of factorisation (else "same" holds trivially)
+    g = fl[fl["is_global"] & fl["final"].notna() & (fl["n_admissible"] >= 2)]
     piv = g.pivot_table(index=["architecture", other, "dataset", "replicate"],
                         columns=factor, values="final", aggfunc="first")  # fmt: skip
     if not set(levels) <= set(piv.columns):
@@ -206,6 +209,8 @@ def _figure(tab, figures_dir):
     path = figures_dir / "factorisations_keep.png"
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for i, (_, r) in enumerate(tab.iterrows()):
+        if r["shuffle baseline"] == "–":
+            continue
         k, n = (int(x) for x in r["keeps the nearest-initial assignment"].split(" = ")[0].split("/"))
         lo, hi = wilson(k, n)
         ax.errorbar(i, k / n, yerr=[[k / n - lo], [hi - k / n]], fmt="o", color="C0")
@@ -225,7 +230,8 @@ def sections(ds, study, figures_dir):
     fig = _figure(tab, figures_dir) if len(tab) else None
     text_keep = (
         "*keeps*: the flow's final assignment equals the assignment of v*'s roots to the layers "
-        "with the nearest initial roots (Wilson 95%). *shuffle baseline*: the agreement "
+        "with the nearest initial roots (Wilson 95%), over the datasets whose v* has at least "
+        "two admissible assignments. *shuffle baseline*: the agreement "
         "expected by chance with the same frequencies of assignments (nearest-initial labels "
         f"permuted within each dataset, {N_SHUFFLES} permutations).\n\n" + markdown_table(tab)
     )
