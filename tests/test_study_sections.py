@@ -23,7 +23,7 @@ rates = _load("rates")
 
 
 # ------------------------------------------------------------------------------- rates
-def test_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_model():
+def test_rates_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_model():
     t = np.linspace(20, 40, 12)
     # two modes: the fast one has died out by t = 20 (exp(-5 * 20) ~ 1e-44 relative)
     y = 3e-2 * np.exp(-0.37 * t) + 1e-1 * np.exp(-5.0 * t)
@@ -32,7 +32,7 @@ def test_fit_decay_recovers_an_exponential_rate_and_prefers_the_exponential_mode
     assert rms_e < rms_a
 
 
-def test_fit_decay_recovers_a_power_law_and_prefers_the_algebraic_model():
+def test_rates_fit_decay_recovers_a_power_law_and_prefers_the_algebraic_model():
     t = np.geomspace(1e5, 10**5.5, 12)
     y = 7.0 * t ** (-1.5)
     _, expo, rms_e, rms_a = rates.fit_decay(t, y)
@@ -40,7 +40,7 @@ def test_fit_decay_recovers_a_power_law_and_prefers_the_algebraic_model():
     assert rms_a < rms_e
 
 
-def test_tail_window_keeps_the_last_points_between_the_floor_and_the_drop():
+def test_rates_tail_window_keeps_the_last_points_between_the_floor_and_the_drop():
     t = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 400)])
     g = np.exp(-0.1 * t)  # g(0) = 1
     g[t > 300] = np.nan  # the flow stopped
@@ -52,7 +52,7 @@ def test_tail_window_keeps_the_last_points_between_the_floor_and_the_drop():
     assert rates.tail_window(t, np.ones_like(t), 1e-10).size == 0
 
 
-def test_lp_interpolation_exponent_of_the_one_dimensional_model():
+def test_rates_lp_interpolation_exponent_of_the_one_dimensional_model():
     """The derivation behind the interpolation claim: r' = -p r^(p-1) (the flow of L = r^p)
     has L(t) ~ t^(-p/(p-2)); solved numerically and fitted like a study flow."""
     from scipy.integrate import solve_ivp
@@ -64,7 +64,7 @@ def test_lp_interpolation_exponent_of_the_one_dimensional_model():
         assert expo == pytest.approx(p / (p - 2), rel=1e-3)  # t >> 1: the offset t0 is gone
 
 
-def test_median_ci_brackets_the_median():
+def test_rates_median_ci_brackets_the_median():
     x = np.random.default_rng(0).normal(1.0, 0.1, 200)
     text = rates.median_ci(x)
     med, lo, hi = (float(v) for v in text.replace("[", "").replace("]", "").replace(",", "").split())
@@ -75,7 +75,7 @@ def test_median_ci_brackets_the_median():
 strided = _load("strided")
 
 
-def test_cluster_values_joins_within_the_tolerance_and_numbers_by_value():
+def test_strided_cluster_values_joins_within_the_tolerance_and_numbers_by_value():
     v = np.array([5.0, 1.0, 1.0 + 1e-9, np.nan, 3.0, 5.0 - 2e-9, 1.0 - 1e-9])
     lab = strided.cluster_values(v, tol=1e-8)
     assert lab.tolist() == [2, 0, 0, -1, 1, 2, 0]
@@ -84,7 +84,7 @@ def test_cluster_values_joins_within_the_tolerance_and_numbers_by_value():
     assert strided.cluster_values([2.0, 1.0], 0.5).tolist() == [1, 0]
 
 
-def test_expected_rank_is_the_image_dimension_of_all_strided_architectures():
+def test_strided_expected_rank_is_the_image_dimension_of_all_strided_architectures():
     from lcnfast import Architecture
 
     for d0, k in ((16, (2, 2)), (16, (2, 2, 2)), (17, (3, 2))):
@@ -110,7 +110,7 @@ def _end_to_end(arch, w):
 fact = _load("factorisations")
 
 
-def test_admissible_assignments_keep_conjugate_pairs_together_and_fill_every_layer():
+def test_factorisations_admissible_assignments_keep_conjugate_pairs_together_and_fill_every_layer():
     real4 = np.array([-2.0, -0.5, 0.3, 1.7]) + 0j
     assert len(fact.admissible(real4, [2, 2])) == 6  # C(4, 2)
     assert len(fact.admissible(np.r_[real4, 3.0, 4.0], [2, 2, 2])) == 90  # 6! / 2!^3
@@ -121,7 +121,7 @@ def test_admissible_assignments_keep_conjugate_pairs_together_and_fill_every_lay
     assert sorted(map(tuple, fact.admissible(two_pairs, [2, 2]))) == [(1, 1, 2, 2), (2, 2, 1, 1)]
 
 
-def test_assign_recovers_a_constructed_factorisation():
+def test_factorisations_assign_recovers_a_constructed_factorisation():
     from lcnfast import roots
 
     target = roots.poly_roots(np.polynomial.polynomial.polyfromroots([-2.0, -0.5, 0.3, 1.7]))
@@ -135,7 +135,7 @@ def test_assign_recovers_a_constructed_factorisation():
     assert fact._label(fact.nearest_admissible(rough, [1, 1, 2, 2], target, cand)) == "1 2 1 2"
 
 
-def test_shuffle_baseline_is_the_chance_agreement():
+def test_factorisations_shuffle_baseline_is_the_chance_agreement():
     rng = np.random.default_rng(0)
     final = np.array(["a"] * 50 + ["b"] * 50)
     # with two equally frequent labels, a random permutation agrees on ~1/2 of the flows
