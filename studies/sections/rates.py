@@ -288,7 +288,13 @@ def sections(ds, study, figures_dir):
         "resolved, the fraction whose tail is better fitted by an exponential than by a power "
         "law (Wilson 95%), and medians with bootstrap 95% intervals of the fitted rate "
         "relative to the Hessian prediction and of the fitted exponents (a power-law fit of an "
-        "exponential tail gives exponent ~ rate x t, i.e. large).\n\n" + _table(fits)
+        "exponential tail gives exponent ~ rate x t, i.e. large). Limit types, first match: "
+        "*lp interpolation* (l_p, p >= 4, noise 0, teacher: L_inf = 0 and the Hessian "
+        "vanishes there; lcnfast.analysis may still label these `minimum`, its eig_tol being "
+        "relative to the largest eigenvalue, itself ~0), *common root* (layers share a root: "
+        "rank-deficient Jacobian of pi), *degenerate* (label: a zero projected-Hessian "
+        "eigenvalue), *global, full-rank Jacobian*, *other minimum*, *other*; types no flow "
+        "falls in are absent.\n\n" + _table(fits)
     )
     text_fig = f"![decay of the gradient norm]({figures_dir.name}/{fig.name})"
     return [
