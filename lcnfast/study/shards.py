@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from .. import analysis as _analysis
-from ..flows import gradient_descent, gradient_flow
+from ..flows import FlowWarning, gradient_descent, gradient_flow
 from ..io import open_dataset, to_netcdf
 from ..problem import Problem
 from . import draws
@@ -274,7 +275,11 @@ def run_shard(study_dir, spec, shard, n_threads=None):
     X, Y = read_dataset(study_dir, shard.cell, shard.dataset)
     problem = Problem(cell.arch(), X, Y, cell.loss_fn())
     W0 = draws.initial_points(cell, shard.dataset, shard.f0, shard.f1, study.spec["seed"])
-    ds = integrate(problem, W0, cell.integrator, n_threads)
+    with warnings.catch_warnings():
+        # flows that stop early are counted by status in the summary and the report; one
+        # warning per shard would repeat that hundreds of times in a study's output
+        warnings.simplefilter("ignore", FlowWarning)
+        ds = integrate(problem, W0, cell.integrator, n_threads)
     if ds.attrs.get("interrupted"):  # Ctrl-C in the engine: its flows stopped part-way
         raise KeyboardInterrupt  # the shard is not written, so a resumption runs it again
     t1 = time.perf_counter()
