@@ -23,9 +23,7 @@ DEFAULTS = dict(
 # ----------------------------------------------------------------------------- validation
 def _check_problem(problem):
     if not isinstance(problem, Problem):
-        raise TypeError(
-            f"problem must be a lcnfast.Problem, got {type(problem).__name__}"
-        )
+        raise TypeError(f"problem must be a lcnfast.Problem, got {type(problem).__name__}")
     return problem
 
 
@@ -66,9 +64,7 @@ def _param_batch(arch, w, name):
     if W.ndim == 1 and W.shape[0] == n:
         W = W[None, :]
     if W.ndim != 2 or W.shape[1] != n:
-        raise ValueError(
-            f"{name} must have shape (n_params,) = ({n},) or (K, {n}), got {W.shape}"
-        )
+        raise ValueError(f"{name} must have shape (n_params,) = ({n},) or (K, {n}), got {W.shape}")
     return np.ascontiguousarray(W)
 
 

@@ -22,13 +22,9 @@ def _check_flow_dataset(ds, problem):
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
     if "w_final" not in ds:
-        raise ValueError(
-            "ds must have a variable 'w_final' (flow, param) (lcnfast.flows schema)"
-        )
+        raise ValueError("ds must have a variable 'w_final' (flow, param) (lcnfast.flows schema)")
     if set(ds.w_final.dims) != {"flow", "param"}:
-        raise ValueError(
-            f"ds.w_final must have dims (flow, param), got {ds.w_final.dims}"
-        )
+        raise ValueError(f"ds.w_final must have dims (flow, param), got {ds.w_final.dims}")
     arch = problem.arch
     if ds.sizes["param"] != arch.n_params:
         raise ValueError(
@@ -38,9 +34,7 @@ def _check_flow_dataset(ds, problem):
     if "architecture" in ds.attrs:
         a = json.loads(ds.attrs["architecture"])
         if a != arch.to_dict():
-            raise ValueError(
-                f"ds.attrs['architecture'] = {a} does not match problem.arch {arch!r}"
-            )
+            raise ValueError(f"ds.attrs['architecture'] = {a} does not match problem.arch {arch!r}")
     if "loss" in ds.attrs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -56,9 +50,7 @@ def _check_flow_dataset(ds, problem):
             np.array_equal(ds["layer"].values, want_layer)
             and np.array_equal(ds["tap"].values, want_tap)
         ):
-            raise ValueError(
-                "ds's param index (layer, tap) is not in the architecture's order"
-            )
+            raise ValueError("ds's param index (layer, tap) is not in the architecture's order")
 
 
 def _per_flow(da, K):
@@ -124,11 +116,7 @@ def classify(ds, problem, **tolerances):
     if "max_loss_increase" in ds:
         inc = ds.max_loss_increase.values
         ref = np.abs(ds.loss_init.values) if "loss_init" in ds else np.zeros_like(inc)
-        thr = (
-            LOSS_INCREASE_EPS
-            * np.finfo(float).eps
-            * np.maximum(ref, _loss_scale(problem))
-        )
+        thr = LOSS_INCREASE_EPS * np.finfo(float).eps * np.maximum(ref, _loss_scale(problem))
         with np.errstate(invalid="ignore"):
             extra["loss_increased"] = _var(
                 "flow",
@@ -144,8 +132,6 @@ def classify(ds, problem, **tolerances):
         if v in ds.variables
     ]
     out = ds.drop_vars(stale)
-    out = xr.merge(
-        [out, res], compat="no_conflicts", join="exact", combine_attrs="override"
-    )
+    out = xr.merge([out, res], compat="no_conflicts", join="exact", combine_attrs="override")
     out.attrs = {**ds.attrs, "analysis": res.attrs["analysis"]}
     return out

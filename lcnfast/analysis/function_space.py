@@ -37,9 +37,7 @@ def convex_minimum(problem):
     _check_problem(problem)
     loss = problem.loss_fn
     if not loss.convex:
-        raise ValueError(
-            f"loss {loss!r} is not convex: the function-space problem is not convex"
-        )
+        raise ValueError(f"loss {loss!r} is not convex: the function-space problem is not convex")
     A, b = problem.A, problem.b
     v0 = np.linalg.lstsq(A, b, rcond=None)[0]
     if loss.code == _losses.SQUARE:

@@ -108,20 +108,14 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         if Hs.ndim == 2:
             Hs = Hs[None]
         if Hs.shape != (K, n, n):
-            raise ValueError(
-                f"hessians must have shape ({K}, {n}, {n}), got {Hs.shape}"
-            )
+            raise ValueError(f"hessians must have shape ({K}, {n}, {n}), got {Hs.shape}")
         Hs = Hs[finite]
         if not np.all(np.isfinite(Hs)):
-            raise ValueError(
-                "hessians contains NaN or Inf (for rows where w is finite)"
-            )
+            raise ValueError("hessians contains NaN or Inf (for rows where w is finite)")
     if w_init is not None:
         W0 = _param_batch(arch, w_init, "w_init")
         if W0.shape != W.shape:
-            raise ValueError(
-                f"w_init must have the shape of w, {W.shape}, got {W0.shape}"
-            )
+            raise ValueError(f"w_init must have the shape of w, {W.shape}, got {W0.shape}")
         if finite_only and not np.all(np.isfinite(W0)):
             raise ValueError("w_init contains NaN or Inf")
 
@@ -171,21 +165,15 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         scale = spread(eig)
         scale_b = spread(eig_b)
         thr = tol["eig_tol"] * scale_b
-        n_neg = np.where(
-            finite, np.sum(valid & (eig_b < -thr[:, None]), axis=1), -1
-        ).astype(np.int16)
-        n_pos = np.where(
-            finite, np.sum(valid & (eig_b > thr[:, None]), axis=1), -1
-        ).astype(np.int16)
-        n_zero = np.where(finite, np.sum(valid, axis=1) - n_neg - n_pos, -1).astype(
+        n_neg = np.where(finite, np.sum(valid & (eig_b < -thr[:, None]), axis=1), -1).astype(
             np.int16
         )
-        min_eig = np.where(
-            finite, np.nanmin(np.where(valid, eig, np.inf), axis=1), np.nan
+        n_pos = np.where(finite, np.sum(valid & (eig_b > thr[:, None]), axis=1), -1).astype(
+            np.int16
         )
-        min_eig_b = np.where(
-            finite, np.nanmin(np.where(valid, eig_b, np.inf), axis=1), np.nan
-        )
+        n_zero = np.where(finite, np.sum(valid, axis=1) - n_neg - n_pos, -1).astype(np.int16)
+        min_eig = np.where(finite, np.nanmin(np.where(valid, eig, np.inf), axis=1), np.nan)
+        min_eig_b = np.where(finite, np.nanmin(np.where(valid, eig_b, np.inf), axis=1), np.nan)
     label = np.full(K, NOT_CRITICAL, dtype=np.int8)
     label[critical & (n_pos == np.sum(valid, axis=1))] = MINIMUM
     label[critical & (n_zero > 0)] = DEGENERATE
@@ -205,10 +193,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
     jsv = full((nj,), np.nan)
     jrank = full((), -1, np.int16)
     root_layer = np.concatenate(
-        [
-            np.full((ki - 1) * S, i + 1)
-            for i, (ki, S) in enumerate(zip(arch.k, arch.dilations))
-        ]
+        [np.full((ki - 1) * S, i + 1) for i, (ki, S) in enumerate(zip(arch.k, arch.dilations))]
     ).astype(np.int64)
     generic_rank = arch.function_space_dim
     if Kf:
@@ -217,9 +202,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         n_zero_f[finite] = zero.sum(axis=1)
         z, rl, zl = _roots.layer_roots(arch, Wf, zero_tol=tol["zero_filter_tol"])
         assert np.array_equal(rl, root_layer)
-        cr = _roots.common_roots(
-            z, rl, zl | zero, tol["root_tol"]
-        )  # same rule: zl == zero
+        cr = _roots.common_roots(z, rl, zl | zero, tol["root_tol"])  # same rule: zl == zero
         root[finite] = z
         mult[finite] = cr["multiplicity"]
         shared[finite] = cr["shared"]
@@ -229,9 +212,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         for i in range(N):
             sl = arch.layer_slice(i)
             with np.errstate(invalid="ignore", divide="ignore"):
-                Wn[:, sl] = np.where(
-                    zero[:, i : i + 1], 0.0, Wf[:, sl] / beta[:, i : i + 1]
-                )
+                Wn[:, sl] = np.where(zero[:, i : i + 1], 0.0, Wf[:, sl] / beta[:, i : i + 1])
         sv = np.linalg.svd(problem.jacobian(Wn), compute_uv=False)
         smax = sv[:, :1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -248,13 +229,9 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
     gap_best = loss - best
     F, E, J, R, LN, VT = "flow", "eig", "sv", "root", "layer_no", "v_tap"
     out = {
-        "limit_loss": _var(
-            F, loss, "L(w) at the point (the paper's unnormalised risk)"
-        ),
+        "limit_loss": _var(F, loss, "L(w) at the point (the paper's unnormalised risk)"),
         "limit_grad_norm": _var(F, gnorm, "||grad L(w)||_2 at the point"),
-        "is_critical": _var(
-            F, critical, f"||grad L|| <= grad_tol = {tol['grad_tol']:g}"
-        ),
+        "is_critical": _var(F, critical, f"||grad L|| <= grad_tol = {tol['grad_tol']:g}"),
         "label": _var(
             F,
             label,
@@ -268,9 +245,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
             "eigenvalues (ascending) of the Hessian on the orthogonal complement of the "
             "rescaling-symmetry directions; NaN-padded",
         ),
-        "hess_min_eig": _var(
-            F, min_eig, "smallest eigenvalue of the projected Hessian"
-        ),
+        "hess_min_eig": _var(F, min_eig, "smallest eigenvalue of the projected Hessian"),
         "hess_scale": _var(F, scale, "largest |eigenvalue| of the projected Hessian"),
         "hess_eig_balanced": _var(
             (F, E),
@@ -280,17 +255,13 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         ),
         "hess_min_eig_balanced": _var(F, min_eig_b, "smallest of hess_eig_balanced"),
         "hess_scale_balanced": _var(F, scale_b, "largest |hess_eig_balanced| (rho)"),
-        "n_neg_eig": _var(
-            F, n_neg, "balanced eigenvalues < -eig_tol * rho (-1: not computed)"
-        ),
+        "n_neg_eig": _var(F, n_neg, "balanced eigenvalues < -eig_tol * rho (-1: not computed)"),
         "n_zero_eig": _var(
             F,
             n_zero,
             "balanced eigenvalues with |lambda| <= eig_tol * rho (-1: not computed)",
         ),
-        "n_pos_eig": _var(
-            F, n_pos, "balanced eigenvalues > eig_tol * rho (-1: not computed)"
-        ),
+        "n_pos_eig": _var(F, n_pos, "balanced eigenvalues > eig_tol * rho (-1: not computed)"),
         "n_sym_dirs": _var(
             F,
             nsym,
@@ -304,9 +275,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         ),
         "limit_v": _var((F, VT), V, "final filter v = pi(w) (Prop. 2.1)"),
         "filter_norm": _var((F, LN), norms, "||w^(i)||_2 per layer"),
-        "n_zero_filters": _var(
-            F, n_zero_f, "number of zero filters (-1: not computed)"
-        ),
+        "n_zero_filters": _var(F, n_zero_f, "number of zero filters (-1: not computed)"),
         "root_real": _var(
             (F, R),
             root.real,
@@ -332,9 +301,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
             min_dist,
             "smallest chordal distance between roots of different layers",
         ),
-        "max_root_multiplicity": _var(
-            F, max_mult, "largest root multiplicity within one layer"
-        ),
+        "max_root_multiplicity": _var(F, max_mult, "largest root multiplicity within one layer"),
         "jac_sv": _var(
             (F, J),
             jsv,
@@ -346,14 +313,10 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
             jrank,
             f"numerical rank of the Jacobian of pi (generic rank {generic_rank})",
         ),
-        "jac_deficient": _var(
-            F, jac_def, "jac_rank below the generic rank (for stride 1: k_v)"
-        ),
+        "jac_deficient": _var(F, jac_def, "jac_rank below the generic rank (for stride 1: k_v)"),
         "loss_best_found": _var((), best, "lowest limit_loss among these points"),
         "gap_to_best": _var(F, gap_best, "limit_loss - loss_best_found"),
-        "reached_best": _var(
-            F, finite & (gap_best <= gap_abs), "gap_to_best <= gap_tol * L(v=0)"
-        ),
+        "reached_best": _var(F, finite & (gap_best <= gap_abs), "gap_to_best <= gap_tol * L(v=0)"),
     }
     meta = {**tol, "loss_scale": lscale, "labels": list(LABELS)}
     loss_fn = problem.loss_fn
@@ -376,9 +339,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
             (), L_star, "min over v in R^{k_v} of the convex function-space loss"
         )
         out["v_convex_min"] = _var(VT, v_star, "a minimiser of the function-space loss")
-        out["loss_gap"] = _var(
-            F, gap, "limit_loss - loss_convex_min (the global gap when filling)"
-        )
+        out["loss_gap"] = _var(F, gap, "limit_loss - loss_convex_min (the global gap when filling)")
         out["attains_convex_min"] = _var(F, attains, "loss_gap <= gap_tol * L(v=0)")
         meta["convex_solver"] = info
         if filling:
@@ -387,9 +348,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
                 attains,
                 "global minimum of L over w (filling architecture, convex loss)",
             )
-            meta["global_reference"] = (
-                "convex function-space minimum (filling, convex loss)"
-            )
+            meta["global_reference"] = "convex function-space minimum (filling, convex loss)"
         else:
             meta["global_reference"] = (
                 "none: not a filling architecture (loss_convex_min is only a lower bound); "
@@ -411,13 +370,9 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, finite_only):
         meta["global_reference"] = "none: the loss is not convex; see loss_best_found"
     if w_init is not None:
         with np.errstate(invalid="ignore"):
-            drift = np.max(
-                np.abs(_deltas(arch, W) - _deltas(arch, W0)), axis=1, initial=0.0
-            )
+            drift = np.max(np.abs(_deltas(arch, W) - _deltas(arch, W0)), axis=1, initial=0.0)
         drift = np.where(finite & np.all(np.isfinite(W0), axis=1), drift, np.nan)
-        out["balance_drift"] = _var(
-            F, drift, "max_i |delta_i(w) - delta_i(w_init)| (Lemma 3.3)"
-        )
+        out["balance_drift"] = _var(F, drift, "max_i |delta_i(w) - delta_i(w_init)| (Lemma 3.3)")
     coords = {
         "eig": np.arange(n),
         "sv": np.arange(nj),

@@ -16,9 +16,7 @@ def _h(problem):
     loss, d_N, m = problem.loss_fn, problem.arch.d_N, problem.m
     if loss.code == _losses.SQUARE:
         # L = ||R||_2^2 (no 1/2) and Cauchy-Schwarz ||R||_1 <= sqrt(d_N m) ||R||_2
-        return "sqrt(d_N m L) (square loss, Cauchy-Schwarz)", lambda L: np.sqrt(
-            d_N * m * L
-        )
+        return "sqrt(d_N m L) (square loss, Cauchy-Schwarz)", lambda L: np.sqrt(d_N * m * L)
     if loss.code == _losses.LP:
         p = loss.params[0]
         # Theorem 3.8's proof: ||R||_1 <= d_N m p^(1/p) L^(1/p) (Hoelder, with L = ||R||_p^p / p)
@@ -51,9 +49,7 @@ def _loss_values(problem, x, name):
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number or an array of numbers") from None
-    if problem.loss_fn.code in (_losses.SQUARE, _losses.LP) and np.any(
-        a[np.isfinite(a)] < 0
-    ):
+    if problem.loss_fn.code in (_losses.SQUARE, _losses.LP) and np.any(a[np.isfinite(a)] < 0):
         raise ValueError(f"{name} must be >= 0 for the {problem.loss_fn.name} loss")
     return a
 
@@ -159,9 +155,7 @@ def rank_report(problem, ds=None, *, loss0=None):
             raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
         for v in ("loss_init", "v_l1_max"):
             if v not in ds:
-                raise ValueError(
-                    f"ds must have a variable {v!r} (flow) (lcnfast.flows schema)"
-                )
+                raise ValueError(f"ds must have a variable {v!r} (flow) (lcnfast.flows schema)")
         if loss0 is not None:
             raise ValueError("give either ds or loss0, not both")
         L0 = ds.loss_init.values.astype(float)

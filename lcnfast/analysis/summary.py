@@ -30,9 +30,7 @@ def check_prop51(ds):
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
     if "label" not in ds or "analysis" not in ds.attrs:
-        raise ValueError(
-            "ds has not been classified: run lcnfast.analysis.classify(ds, problem)"
-        )
+        raise ValueError("ds has not been classified: run lcnfast.analysis.classify(ds, problem)")
     meta = json.loads(ds.attrs["analysis"])
     if not meta.get("prop51_applicable") or "prop51_ok" not in ds:
         return {
@@ -71,9 +69,7 @@ def summarize(ds, quantiles=(0.1, 0.5, 0.9)):
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
     if "label" not in ds:
-        raise ValueError(
-            "ds has no 'label': run lcnfast.analysis.classify(ds, problem) first"
-        )
+        raise ValueError("ds has no 'label': run lcnfast.analysis.classify(ds, problem) first")
     try:
         qs = [float(q) for q in quantiles]
     except TypeError:

@@ -85,9 +85,7 @@ def symmetry_directions(arch, w, *, zero_filter_tol=DEFAULTS["zero_filter_tol"])
     W = _param_batch(arch, w, "w")
     if not np.all(np.isfinite(W)):
         raise ValueError("w contains NaN or Inf")
-    return _symmetry_basis(
-        arch, W, _zero_filters(_layer_norms(arch, W), zero_filter_tol)
-    )
+    return _symmetry_basis(arch, W, _zero_filters(_layer_norms(arch, W), zero_filter_tol))
 
 
 def _symmetry_basis(arch, W, zero):
@@ -103,22 +101,15 @@ def _symmetry_basis(arch, W, zero):
     for i in range(N):
         sl = arch.layer_slice(i)
         with np.errstate(invalid="ignore", divide="ignore"):
-            E[:, sl, i] = np.where(
-                zero[:, i : i + 1], 0.0, W[:, sl] / beta[:, i : i + 1]
-            )
+            E[:, sl, i] = np.where(zero[:, i : i + 1], 0.0, W[:, sl] / beta[:, i : i + 1])
     nz = ~zero.any(axis=1)
     if nz.any():
         b = beta[nz]
-        g = (
-            b.min(axis=1, keepdims=True) / b
-        )  # proportional to 1/beta, entries in (0, 1]
+        g = b.min(axis=1, keepdims=True) / b  # proportional to 1/beta, entries in (0, 1]
         g /= np.linalg.norm(g, axis=1, keepdims=True)
         u = g.copy()
         u[:, 0] += 1.0  # Householder vector mapping g to -e_0 (g_0 > 0)
-        Hh = (
-            np.eye(N)[None]
-            - 2.0 * u[:, :, None] * u[:, None, :] / np.sum(u * u, 1)[:, None, None]
-        )
+        Hh = np.eye(N)[None] - 2.0 * u[:, :, None] * u[:, None, :] / np.sum(u * u, 1)[:, None, None]
         T[nz] = E[nz] @ Hh[:, :, 1:]  # columns 1.. of Hh: orthonormal basis of g^perp
         rank[nz] = N - 1
     for k in np.flatnonzero(~nz):
