@@ -16,9 +16,9 @@ Public functions
     Corollary 3.7 on ||v||_1, with the observed ``v_l1_max`` of a flow Dataset.
 :func:`summarize`, :func:`check_prop51`
     A small table per label, and the study-level test of [7, Prop. 5.1].
-:func:`symmetry_directions`, :func:`convex_minimum`
+:func:`symmetry_directions`, :func:`convex_minimum`, :func:`image_minimum`, :func:`loss_on_data`
     Building blocks (orthonormal basis of the rescaling orbit; the convex function-space
-    problem).
+    problem; the global minimum over the image of pi by multistart; the loss on the data).
 
 Conventions and tolerances (all keyword arguments, recorded in the output's attributes)
 --------------------------------------------------------------------------------------
@@ -51,15 +51,20 @@ Conventions and tolerances (all keyword arguments, recorded in the output's attr
     roots of different layers cluster), so ``jac_sv`` and ``min_root_distance`` complement
     each other.
 ``zero_filter_tol`` (relative, default 1e-12)
-    A filter is zero when ``||w^(i)|| <= zero_filter_tol * max_j ||w^(j)||``.
+    A filter is zero when ``||w^(i)|| <= zero_filter_tol * max_j ||w^(j)||``, and at critical
+    points near the zero-filter set (where the rescaling orbit is not flat, test tolerance
+    ``sqrt(eig_tol)``) when at most twice the geometric mean filter norm: see
+    :func:`lcnfast.analysis.symmetry.orbit_spectra`.
 
-Modules: :mod:`.points` (labels, classify_points), :mod:`.datasets` (classify),
-:mod:`.symmetry`, :mod:`.function_space`, :mod:`.rank`, :mod:`.summary`.
+Modules: :mod:`.points` (labels, classify_points, loss values), :mod:`.datasets` (classify,
+not_converged, grad_floor), :mod:`.symmetry` (orbit, projected spectrum, the zero-filter
+rule), :mod:`.function_space` (convex and image minima, loss on the data), :mod:`.reference`
+(``is_global`` and its reference), :mod:`.rank`, :mod:`.summary`.
 """
 
 from ._common import DEFAULTS
 from .datasets import LOSS_INCREASE_EPS, classify
-from .function_space import convex_minimum
+from .function_space import ImageMinimum, convex_minimum, image_minimum, loss_on_data
 from .points import LABELS, classify_points
 from .rank import _h as _h  # the h(L) of Lemma 3.6, tested directly
 from .rank import lemma36_bound, rank_report
@@ -70,11 +75,14 @@ __all__ = [
     "DEFAULTS",
     "LABELS",
     "LOSS_INCREASE_EPS",
+    "ImageMinimum",
     "check_prop51",
     "classify",
     "classify_points",
     "convex_minimum",
+    "image_minimum",
     "lemma36_bound",
+    "loss_on_data",
     "rank_report",
     "summarize",
     "symmetry_directions",

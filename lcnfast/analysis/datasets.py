@@ -9,8 +9,15 @@ import numpy as np
 import xarray as xr
 
 from .. import losses as _losses
+from ..flows import STATUS
 from ._common import _check_problem, _deltas, _loss_scale, _var
-from .points import _classify_points
+from .points import NOT_CONVERGED, NOT_CRITICAL, _classify_points
+
+STATUS_CODES = {meaning: code for code, meaning in STATUS.items()}
+#: flow statuses that end a flow before it converged (label ``not_converged`` when not critical)
+STOPPED = ("reached_end", "max_steps", "step_underflow", "interrupted")
+#: ``at_grad_floor``: the gradient norm is within this factor of ``grad_floor``
+GRAD_FLOOR_FACTOR = 10.0
 
 # ----------------------------------------------------------------------------- flow Datasets
 #: a loss increase counts when above this many eps times max(|loss_init|, L(v=0)): the
@@ -59,7 +66,7 @@ def _per_flow(da, K):
     return a.reshape(K, int(np.prod(a.shape[1:], dtype=np.int64)))
 
 
-def classify(ds, problem, **tolerances):
+def classify(ds, problem, *, global_min=None, **tolerances):
     """Classify the limit points ``w_final`` of a flow Dataset and add the results to it.
 
     Nothing is integrated again: the analysis uses ``w_final`` and the flows' recorded
@@ -73,9 +80,12 @@ def classify(ds, problem, **tolerances):
     ds : xarray.Dataset
     problem : Problem
         The problem the flows were run on (data X, Y are not stored in the Dataset).
+    global_min : float or ImageMinimum, optional
+        The global minimum of L over w for this problem, computed once by the caller (see
+        :mod:`lcnfast.analysis.reference`; otherwise computed here where needed).
     **tolerances
         ``grad_tol``, ``eig_tol``, ``gap_tol``, ``root_tol``, ``jac_tol``, ``zero_filter_tol``
-        (see the module docstring).
+        (see :mod:`lcnfast.analysis`).
 
     Returns
     -------
@@ -84,13 +94,27 @@ def classify(ds, problem, **tolerances):
         same names are replaced), plus ``balance_drift`` (flow) = max_i |delta_final - delta_init|
         and ``loss_increased`` (flow, bool) = ``max_loss_increase`` above rounding level
         (``LOSS_INCREASE_EPS * eps * max(|loss_init|, L(v=0))``), when the inputs exist.
+        With ``status``: flows with status ``non_finite`` are labelled ``non_finite`` (also when
+        ``w_final`` is finite), and flows that stopped without converging with
+        ``||grad L|| > grad_tol`` get label ``not_converged`` instead of ``not_critical``. With
+        ``w_final``: ``grad_floor`` and ``at_grad_floor`` (see :func:`_grad_floor`).
         Attribute ``analysis``: JSON of the tolerances and rules used.
     """
     _check_problem(problem)
     _check_flow_dataset(ds, problem)
     W = ds.w_final.transpose("flow", "param").values
-    res = _classify_points(problem, W, None, None, tolerances, finite_only=False)
-    extra = {}
+    status = ds.status.values if "status" in ds else None
+    diverged = None if status is None else status == STATUS_CODES["non_finite"]
+    res = _classify_points(
+        problem, W, None, None, tolerances, global_min=global_min, finite_only=False,
+        diverged=diverged,
+    )  # fmt: skip
+    if status is not None:
+        label = res.label.values.copy()
+        stopped = np.isin(status, [STATUS_CODES[s] for s in STOPPED])
+        label[stopped & (label == NOT_CRITICAL)] = NOT_CONVERGED
+        res["label"] = (res.label.dims, label, res.label.attrs)
+    extra = _grad_floor(res, W, ds.attrs.get("rtol"))
     if "delta_init" in ds and "delta_final" in ds:
         d0 = _per_flow(ds.delta_init, W.shape[0])
         d1 = _per_flow(ds.delta_final, W.shape[0])
@@ -135,3 +159,37 @@ def classify(ds, problem, **tolerances):
     out = xr.merge([out, res], compat="no_conflicts", join="exact", combine_attrs="override")
     out.attrs = {**ds.attrs, "analysis": res.attrs["analysis"]}
     return out
+
+
+def _grad_floor(res, W, rtol):
+    """``grad_floor`` and ``at_grad_floor`` (flow) for an explicit integrator with relative
+    tolerance ``rtol`` (the Dataset's attribute; None for gradient descent: NaN / False).
+
+    The integrator resolves the state only to about ``rtol * ||w||`` (its error control is
+    relative), so near a minimum the distance to the limit cannot fall much below that, and
+    the gradient ``H (w - w*)`` not below ``grad_floor = lambda_max * ||w|| * rtol`` with
+    ``lambda_max`` the largest |eigenvalue| of the projected Hessian at the point
+    (``hess_scale``; the symmetry directions removed are flat there). ``at_grad_floor``:
+    ``grad_tol < ||grad L|| <= GRAD_FLOOR_FACTOR * grad_floor``, i.e. not certified critical,
+    but at the integrator's accuracy limit (tighten rtol, or use method "rosenbrock", to
+    certify it).
+    """
+    floor = np.full(W.shape[0], np.nan)
+    grad_tol = json.loads(res.attrs["analysis"])["grad_tol"]
+    if rtol is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            floor = res.hess_scale.values * np.linalg.norm(W, axis=1) * float(rtol)
+    g = res.limit_grad_norm.values
+    with np.errstate(invalid="ignore"):
+        at = (g > grad_tol) & (g <= GRAD_FLOOR_FACTOR * floor)
+    return {
+        "grad_floor": _var(
+            "flow", floor, "lambda_max * ||w|| * rtol: the explicit integrator's gradient floor"
+        ),
+        "at_grad_floor": _var(
+            "flow",
+            at,
+            f"grad_tol < ||grad L|| <= {GRAD_FLOOR_FACTOR:g} grad_floor: not certified critical, "
+            "but at the integrator's accuracy limit",
+        ),
+    }

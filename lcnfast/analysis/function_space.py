@@ -277,15 +277,19 @@ def image_minimum(problem, *, n_starts=48, seed=0, gap_tol=1e-6, maxiter=1000):
     ends = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow on a wild trial step
+        warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
         for w0 in W0:
-            res = scipy.optimize.minimize(
-                problem.loss,
-                w0,
-                jac=problem.grad,
-                hess=problem.hessian,
-                method="trust-exact",
-                options={"gtol": 1e-10 * max(1.0, scale), "maxiter": int(maxiter)},
-            )
+            try:
+                res = scipy.optimize.minimize(
+                    problem.loss,
+                    w0,
+                    jac=problem.grad,
+                    hess=problem.hessian,
+                    method="trust-exact",
+                    options={"gtol": 1e-10 * max(1.0, scale), "maxiter": int(maxiter)},
+                )
+            except (ValueError, np.linalg.LinAlgError):  # a trial step overflowed: a lost start
+                continue
             if np.all(np.isfinite(res.x)):
                 ends.append(res.x)
     if not ends:

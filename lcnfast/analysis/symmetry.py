@@ -142,3 +142,81 @@ def _projected_spectrum(H, T, rank):
             ev = np.linalg.eigvalsh(0.5 * (Hr + np.swapaxes(Hr, 1, 2)))
         eig[idx, : n - r] = ev
     return eig, resid
+
+
+_CHUNK = 2048  # points per Hessian batch (memory: chunk * n^2 * 8 bytes, several copies)
+#: near the zero-filter set, filters up to this factor times the geometric mean norm are zero
+#: (it absorbs rounding and mild imbalance of a balanced path)
+NEAR_ZERO_FACTOR = 2.0
+
+
+def _hessian_spectra(problem, W, hessians, zero):
+    """Projected spectra at the points W (K, n) and at the balanced points of their orbits.
+
+    Returns ``eig``, ``eig_b`` (K, n) NaN-padded, ``resid``, ``resid_b`` (K,) (``max_j ||H t_j||``
+    at the point and at the balanced point) and ``rank`` (K,) (symmetry directions removed).
+    ``hessians`` (K, n, n) or None (then :meth:`Problem.hessian`)."""
+    arch = problem.arch
+    K, n = W.shape
+    dinv = _balancing(arch, W, zero)  # (K, n): D^-1 per point
+    T, rank = _symmetry_basis(arch, W, zero)
+    Tb, _ = _symmetry_basis(arch, W / dinv, zero)
+    eig, eig_b = np.empty((K, n)), np.empty((K, n))
+    resid, resid_b = np.empty(K), np.empty(K)
+    for c0 in range(0, K, _CHUNK):
+        c = slice(c0, min(K, c0 + _CHUNK))
+        H = hessians[c] if hessians is not None else problem.hessian(W[c])
+        eig[c], resid[c] = _projected_spectrum(H, T[c], rank[c])
+        d = dinv[c]
+        eig_b[c], resid_b[c] = _projected_spectrum(
+            d[:, :, None] * H * d[:, None, :], Tb[c], rank[c]
+        )
+    return eig, eig_b, resid, resid_b, rank
+
+
+def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
+    """Hessian spectra modulo the rescaling symmetry, with the zero-filter rule.
+
+    Filters with ``||w^(i)|| <= zero_filter_tol * max_j ||w^(j)||`` are zero. Then the orbit
+    check: by ``H(w) t = -D_a grad L(w)`` for ``t = D_a w`` the symmetry directions are null
+    only up to ``resid_b ~ ||grad L|| / g`` at the balanced point (g = the filters' geometric
+    mean norm). Near the zero-filter set this is not small: along a balanced path to w = 0,
+    ``||grad L|| ~ ||dL/dv|| g^(N-1)`` and both ``resid_b`` and the whole Hessian are of order
+    ``||dL/dv|| g^(N-2)``, so projecting the orbit out would remove a direction of curvature as
+    large as the spectrum (for k = (1, 1) exactly the negative one of the saddle w = 0) although
+    ||grad L|| passes any absolute ``grad_tol``. So at a critical point (``critical``, (K,) bool)
+    with ``resid_b > sqrt(eig_tol) * rho_b`` (rho_b the largest balanced |eigenvalue|: the removed
+    block is not flat even at the geometric mean of exactly flat and the spectrum's scale; at
+    critical points away from zero filters ``resid_b ~ grad_tol / g`` is many orders below), the
+    point is taken as near the zero-filter set: filters with norm at most ``NEAR_ZERO_FACTOR``
+    times g are zero, and the spectra are recomputed with that mask (all filters zero: no
+    projection, the full Hessian, whose ``+-sigma(C)`` make w -> 0 a strict saddle whenever
+    v = 0 is not critical for the function-space loss; see :mod:`lcnfast.analysis.points`).
+
+    Returns
+    -------
+    dict with ``eig``, ``eig_b``, ``resid``, ``rank`` (see :func:`_hessian_spectra`), ``zero``
+    (K, N) bool and ``near_zero`` (K,) bool (the orbit check fired).
+    """
+    arch = problem.arch
+    norms = _layer_norms(arch, W)
+    zero = _zero_filters(norms, zero_filter_tol)
+    eig, eig_b, resid, resid_b, rank = _hessian_spectra(problem, W, hessians, zero)
+    rho_b = np.nanmax(np.abs(eig_b), axis=1) if W.shape[0] else np.zeros(0)
+    near = critical & (resid_b > np.sqrt(eig_tol) * rho_b) & (arch.depth > 1)
+    if near.any():
+        rows = np.flatnonzero(near)
+        with np.errstate(divide="ignore"):
+            g = np.exp(np.mean(np.log(norms[rows]), axis=1, keepdims=True))
+        zero[rows] |= norms[rows] <= NEAR_ZERO_FACTOR * g
+        Hr = hessians[rows] if hessians is not None else None
+        e, eb, r, _, rk = _hessian_spectra(problem, W[rows], Hr, zero[rows])
+        eig[rows], eig_b[rows], resid[rows], rank[rows] = e, eb, r, rk
+    return {
+        "eig": eig,
+        "eig_b": eig_b,
+        "resid": resid,
+        "rank": rank,
+        "zero": zero,
+        "near_zero": near,
+    }
