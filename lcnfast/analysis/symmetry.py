@@ -189,9 +189,13 @@ def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
     block is not flat even at the geometric mean of exactly flat and the spectrum's scale; at
     critical points away from zero filters ``resid_b ~ grad_tol / g`` is many orders below), the
     point is taken as near the zero-filter set: filters with norm at most ``NEAR_ZERO_FACTOR``
-    times g are zero, and the spectra are recomputed with that mask (all filters zero: no
-    projection, the full Hessian, whose ``+-sigma(C)`` make w -> 0 a strict saddle whenever
-    v = 0 is not critical for the function-space loss; see :mod:`lcnfast.analysis.points`).
+    times g are zero, and the spectra are those of the point they approach, w with these
+    filters set to 0 (Hessian from :meth:`Problem.hessian` there, also when ``hessians`` are
+    given). Two zero filters give ``+-sigma(C)``: a strict saddle whenever v = 0 is not
+    critical for the function-space loss; three or more, or ``dL/dv = 0`` at v = 0, a
+    degenerate point (see :mod:`lcnfast.analysis.points`). The Hessian at the nearby point
+    itself would mislead both ways: for ``L = (w_1 w_2)^2`` (Y = 0, the zero network optimal) it
+    is indefinite at ``(a, -a)``, and projecting the orbit out of it leaves the positive part.
 
     Returns
     -------
@@ -209,8 +213,10 @@ def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
         with np.errstate(divide="ignore"):
             g = np.exp(np.mean(np.log(norms[rows]), axis=1, keepdims=True))
         zero[rows] |= norms[rows] <= NEAR_ZERO_FACTOR * g
-        Hr = hessians[rows] if hessians is not None else None
-        e, eb, r, _, rk = _hessian_spectra(problem, W[rows], Hr, zero[rows])
+        Wz = W[rows].copy()
+        for i in range(arch.depth):
+            Wz[:, arch.layer_slice(i)] *= ~zero[rows, i : i + 1]
+        e, eb, r, _, rk = _hessian_spectra(problem, Wz, None, zero[rows])
         eig[rows], eig_b[rows], resid[rows], rank[rows] = e, eb, r, rk
     return {
         "eig": eig,
