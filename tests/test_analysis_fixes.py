@@ -261,3 +261,14 @@ def test_no_rtol_no_grad_floor():
     assert np.all(np.isnan(out.grad_floor.values)) and not out.at_grad_floor.values.any()
     assert np.all(out.label.values == NOTCONV)
     assert analysis.LABELS[NOTCONV] == "not_converged" and len(analysis.LABELS) == 6
+
+
+def test_summarize_counts_global_only_where_decided():
+    _, sq = square_problem(8, (3, 3))
+    pb = Problem(sq.arch, sq.X, sq.Y, losses.generalized_huber(1.0, -1.0))  # not convex
+    W0 = data.initial_filters(pb.arch, 3, seed=1)
+    ds = analysis.classify(fake_flow_dataset(pb, W0, W0), pb)
+    assert np.all(np.isnan(ds.is_global.values))
+    assert np.isnan(analysis.summarize(ds).loc["all", "global"])  # undecided, not "all global"
+    ds = analysis.classify(fake_flow_dataset(pb, W0, W0), pb, global_min=-1e9)
+    assert analysis.summarize(ds).loc["all", "global"] == 0.0

@@ -56,10 +56,10 @@ def summarize(ds, quantiles=(0.1, 0.5, 0.9)):
     """A small table per label of a classified flow Dataset (ready for a report).
 
     Rows: the labels of :data:`LABELS` and ``all``. Columns: ``count``, ``fraction``; loss
-    quantiles ``loss_q10``... (``loss_final`` if present, else ``limit_loss``); time quantiles
+    quantiles ``loss_q10``... of ``limit_loss`` (evaluated on the data); time quantiles
     ``t_q10``... of ``t_final`` (when present); ``converged`` (fraction with status 0, when
     present); ``drift_median``, ``drift_max`` (``balance_drift``); fractions ``global``
-    (``is_global``), ``common_root`` (``has_common_root``), ``loss_increased`` when present.
+    (``is_global == 1`` among the flows where it is decided, NaN if none), ``common_root`` (``has_common_root``), ``loss_increased`` when present.
     Statistics of an empty row are NaN. ``df.attrs["prop51"]`` holds :func:`check_prop51`.
 
     Returns
@@ -78,7 +78,7 @@ def summarize(ds, quantiles=(0.1, 0.5, 0.9)):
         raise ValueError("quantiles must lie in [0, 1]")
     label = ds.label.values
     K = label.size
-    loss = (ds.loss_final if "loss_final" in ds else ds.limit_loss).values
+    loss = ds.limit_loss.values
     cols = {}
     groups = [(name, label == code) for code, name in enumerate(LABELS)] + [
         ("all", np.ones(K, bool))
@@ -107,8 +107,10 @@ def summarize(ds, quantiles=(0.1, 0.5, 0.9)):
         if "balance_drift" in ds:
             row["drift_median"] = q(ds.balance_drift.values, sel, 0.5)
             row["drift_max"] = q(ds.balance_drift.values, sel, 1.0)
+        if "is_global" in ds:
+            g = ds.is_global.values.astype(float)
+            row["global"] = frac(g == 1.0, sel & np.isfinite(g))
         for var, col in (
-            ("is_global", "global"),
             ("has_common_root", "common_root"),
             ("loss_increased", "loss_increased"),
         ):
