@@ -214,13 +214,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, global_min, fi
     K, n = W.shape
     N, kv = arch.depth, arch.k_v
     Hs = _check_hessians(hessians, K, n, np.all(np.isfinite(W), axis=1))
-    W0 = None
-    if w_init is not None:
-        W0 = _param_batch(arch, w_init, "w_init")
-        if W0.shape != W.shape:
-            raise ValueError(f"w_init must have the shape of w, {W.shape}, got {W0.shape}")
-        if finite_only and not np.all(np.isfinite(W0)):
-            raise ValueError("w_init contains NaN or Inf")
+    W0 = _check_w_init(arch, w_init, W, finite_only)
     finite = np.all(np.isfinite(W), axis=1)
     if diverged is not None:
         finite &= ~diverged
@@ -297,6 +291,17 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, global_min, fi
         "loss_values": "limit_loss on the data (residual form)",
     }
     return xr.Dataset(out, coords=coords, attrs={"analysis": json.dumps(meta)})
+
+
+def _check_w_init(arch, w_init, W, finite_only):
+    if w_init is None:
+        return None
+    W0 = _param_batch(arch, w_init, "w_init")
+    if W0.shape != W.shape:
+        raise ValueError(f"w_init must have the shape of w, {W.shape}, got {W0.shape}")
+    if finite_only and not np.all(np.isfinite(W0)):
+        raise ValueError("w_init contains NaN or Inf")
+    return W0
 
 
 def _check_hessians(hessians, K, n, finite):
