@@ -272,3 +272,21 @@ def test_summarize_counts_global_only_where_decided():
     assert np.isnan(analysis.summarize(ds).loc["all", "global"])  # undecided, not "all global"
     ds = analysis.classify(fake_flow_dataset(pb, W0, W0), pb, global_min=-1e9)
     assert analysis.summarize(ds).loc["all", "global"] == 0.0
+
+
+@pytest.mark.parametrize("loss", [losses.square(), losses.lp(1.5)], ids=["square", "lp1.5"])
+def test_image_minimum_between_convex_bound_and_teacher(loss):
+    """The image minimum of a non-filling architecture lies between the convex minimum over
+    R^{k_v} (a lower bound) and the loss at any w (here the teacher); lp with p < 2 runs BFGS
+    (its l'' is unbounded at a zero residual)."""
+    arch = Architecture(10, (4, 4))
+    td = data.teacher(arch, 20, noise=0.3, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lp(1.5) is not analytic: a notice
+        pb = Problem(arch, td.X, td.Y, loss)
+    im = analysis.image_minimum(pb, n_starts=24, seed=3)
+    L_conv = analysis.convex_minimum(pb)[1]
+    # both minimised to gtol ~1e-10 relative: 1e-9 of L(v=0) absorbs that
+    slack = 1e-9 * analysis.loss_on_data(pb, np.zeros((1, arch.k_v)))[0]
+    assert L_conv - slack <= im.value <= pb.loss(td.w_teacher) + slack
+    assert im.n_reached >= 2
