@@ -11,6 +11,8 @@ import numba
 import numpy as np
 import pytest
 import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_analysis import fake_flow_dataset
 
 from lcnfast import Architecture, Problem, analysis, data, gradient_flow, losses
@@ -144,6 +146,25 @@ def test_loss_on_data_matches_explicit_matrices(spec, loss):
     np.testing.assert_allclose(got, want, rtol=1e-12)  # same sums, other order: a few eps
     with pytest.raises(ValueError, match="V"):
         analysis.loss_on_data(pb, V[:, :-1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 4), st.integers(1, 3), st.sampled_from([1, 2]))
+def test_loss_on_data_property(seed, k1, k2, s1):
+    """Random architectures, strides and filters: the residual form equals the explicit
+    matrix computation, and for the square loss the Gram formula up to its rounding."""
+    d0 = k1 + s1 * (k2 + 4)  # (d0 - k1) / s1 whole, layer 2 wide enough
+    arch = Architecture(d0, (k1, k2), (s1, 1))
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((d0, 7)), rng.standard_normal((arch.d_N, 7))
+    pb = Problem(arch, X, Y, losses.square())
+    V = rng.standard_normal((3, arch.k_v))
+    got = analysis.loss_on_data(pb, V)
+    np.testing.assert_allclose(got, [explicit_loss(pb, v) for v in V], rtol=1e-12)
+    gram = [pb.function_space_loss(v) for v in V]
+    # Gram formula: absolute error ~ eps (||Y||^2 + v^T A v); 1e-12 of that is generous
+    scale = np.sum(Y**2) + np.einsum("kn,nq,kq->k", V, pb.A, V)
+    assert np.all(np.abs(got - gram) <= 1e-12 * scale)
 
 
 def test_noiseless_limit_loss_is_never_negative():
