@@ -273,7 +273,7 @@ def test_not_converged_and_the_gradient_floor_of_rk45():
     assert np.all(g[glob] >= 1e-2 * out.grad_floor.values[glob])
 
 
-def test_no_rtol_no_grad_floor():
+def test_grad_floor_per_method():
     _, pb = square_problem(8, (3, 3))
     W0 = data.initial_filters(pb.arch, 2, seed=1)
     ds = fake_flow_dataset(pb, W0, W0)  # no rtol attribute (like gradient_descent)
@@ -282,6 +282,19 @@ def test_no_rtol_no_grad_floor():
     assert np.all(np.isnan(out.grad_floor.values)) and not out.at_grad_floor.values.any()
     assert np.all(out.label.values == NOTCONV)
     assert analysis.LABELS[NOTCONV] == "not_converged" and len(analysis.LABELS) == 6
+    base = out.hess_scale.values * np.linalg.norm(W0, axis=1)
+    eps = np.finfo(float).eps
+    # RODAS resolves the state to ~eps; "auto" flows use rtol until they switch to RODAS
+    for method, t_switch, want in (
+        ("rk45", None, [1e-6, 1e-6]),
+        ("rosenbrock", None, [eps, eps]),
+        ("auto", [np.nan, 3.0], [1e-6, eps]),
+    ):
+        d = ds.assign_attrs(rtol=1e-6, method=method)
+        if t_switch is not None:
+            d["t_switch"] = ("flow", np.array(t_switch))
+        got = analysis.classify(d, pb).grad_floor.values
+        np.testing.assert_allclose(got, base * np.array(want), rtol=1e-12)
 
 
 def test_summarize_counts_global_only_where_decided():
