@@ -4,13 +4,17 @@ Public functions
 ----------------
 :func:`classify_points`
     Classify any batch of parameter vectors (K, n_params): criticality, the Hessian spectrum
-    modulo the rescaling symmetry of Lemma 3.3, a label (minimum / strict saddle / degenerate /
-    not critical), the function-space picture (final filter, convex minimum, loss gaps), the
-    roots of the layer polynomials (eq. 2.1) with common roots and multiplicities, and the
-    singular values of the Jacobian of pi. Returns an :class:`xarray.Dataset` over ``flow``.
+    modulo the rescaling symmetry of Lemma 3.3, a label (``LABELS``: minimum / strict saddle /
+    degenerate / not critical / non-finite), the function-space picture (final filter, loss on
+    the data, convex minimum, gaps), ``is_global`` against the global minimum over w (convex
+    minimum or the computed minimum over the image of pi, :mod:`.reference`), the roots of
+    the layer polynomials (eq. 2.1) with common roots and multiplicities, and the singular
+    values of the Jacobian of pi. Returns an :class:`xarray.Dataset` over ``flow``.
 :func:`classify`
     The same for ``w_final`` of a flow Dataset (lcnfast.flows schema), merged into it together
-    with the flows' invariants (balancedness drift, loss increases). Never recomputes flows.
+    with the flows' invariants (balancedness drift, loss increases) and status (label
+    ``not_converged``, diverged flows ``non_finite``, the integrator's ``grad_floor``). Never
+    recomputes flows.
 :func:`rank_report`, :func:`lemma36_bound`
     Rank conditions on the data (X X^T, the window Gram A) and the bound of Lemma 3.6 /
     Corollary 3.7 on ||v||_1, with the observed ``v_l1_max`` of a flow Dataset.
