@@ -11,8 +11,9 @@ a report too, saying so) and writes, in this order:
    :func:`cell_summary`:
 
    - *limit points*: fractions of the labels of :func:`lcnfast.analysis.classify`, and the
-     fraction at the global minimum (``is_global``, where the analysis decides it: filling
-     architecture, convex loss) or else at the best value found in the cell's dataset
+     fraction at the global minimum (``is_global``, where the analysis decides it: the
+     convex minimum over v for filling architectures, the computed minimum over the image of
+     pi otherwise) or else at the best value found in the cell's dataset
      (``reached_best``), with Wilson 95% intervals;
    - *Prop. 5.1* (stride 1, convex loss): critical limits not at the convex minimum, how many
      have a common root (and a rank-deficient Jacobian of pi), and every violation with its
@@ -354,9 +355,10 @@ def _limits_section(table, varying):
         "## Limit points",
         "Fraction of each cell's flows per label of the limit point (gradient norm and the "
         "Hessian modulo the rescaling symmetry), and the fraction at the reference value: "
-        "*global* = at the global minimum over w (`is_global`, decided for a filling "
-        "architecture and a convex loss: the limit attains the convex function-space "
-        "minimum); *best found* = within "
+        "*global* = at the global minimum over w (`is_global`: for a filling architecture "
+        "and a convex loss the limit attains the convex function-space minimum; otherwise "
+        "its loss matches the minimum over the image of pi computed by multistart Newton "
+        "(lcnfast.analysis.image_minimum)); *best found* = within "
         "gap_tol L(v=0) of the lowest limit loss among the flows of the same cell and dataset "
         "(`reached_best`: no proof of globality). Intervals: Wilson score, 95%.",
         markdown_table(_cell_frame(table, varying, cols)),
