@@ -126,9 +126,9 @@ def _bin_table(pairs):
     cut = pd.cut(pairs["hl_flow"], BINS, right=False)
     for interval, sub in pairs.groupby(cut, observed=True):
         row = {"h lambda_max at the flow's limit": str(interval), "runs": len(sub),
-               "h lambda_max at GD's end q50 / max": " / ".join(
-                   f"{v:.3g}" for v in np.nanquantile(sub["hl_end"], [0.5, 1.0]))
-               if np.isfinite(sub["hl_end"]).any() else "–"}  # fmt: skip
+               "h lambda_max at GD's end q50 / max (converged)": " / ".join(
+                   f"{v:.3g}" for v in np.nanquantile(sub["hl_end"][sub["converged"]], [0.5, 1.0]))
+               if sub["converged"].any() else "–"}  # fmt: skip
         for o in OUTCOMES:
             row[o] = estimate_row(int((sub["outcome"] == o).sum()), len(sub))
         rows.append(row)
