@@ -46,7 +46,9 @@ n_lu                   (flow,)              rosenbrock, auto: LU factorisations 
                                             steps attempted)
 h_final                (flow,)              rosenbrock, auto: last accepted step size
 n_dp_steps             (flow,)              auto: Dormand-Prince steps attempted
-t_switch               (flow,)              auto: time of the switch to RODAS (NaN: never)
+t_switch               (flow,)              auto: time of the first switch to RODAS (NaN:
+                                            never)
+n_switches             (flow,)              auto: switches between the methods, either way
 =====================  ===================  ==============================================
 
 Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_final`` and
@@ -399,7 +401,9 @@ def gradient_flow(
     steps and reach ``grad_tol`` down to ~eps lambda_max(Hess L) ||w||. ``method="auto"``:
     per flow, Dormand-Prince (one flow at a time) until Hairer's stiffness detection finds
     its step held by stability (h lambda > 3.25 on 15 accepted steps), RODAS from there on
-    (no switching back: a flow near its limit stays stiff). Saving never changes
+    until the step is bound by accuracy again (h ||Hess L||_inf <= 1 on 15 accepted steps in
+    a row, doubled at every return; see :mod:`lcnfast._rosenbrock`): a flow near its limit
+    stays stiff and on RODAS. Saving never changes
     the steps; each saved point costs one extra gradient evaluation (for its loss and
     gradient norm).
 
