@@ -68,9 +68,10 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._integrate import (CONVERGED, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
+from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
                          MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
-                         _atomic_load, _fetch_add, _initial_step, _l1, _norm2, _record, _start)
+                         _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
+                         _levels_crossed, _locate_levels, _norm2, _record, _start)
 from ._jit import JIT as _JIT
 from ._kernels import hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
@@ -362,6 +363,34 @@ def _dense_saves(model, kern, use_kern, opt, out, f, stiff, wk, K1, si, t, h):
 
 
 @nb.njit(**_JIT)
+def _step_levels(model, opt, out, f, stiff, wk, h, t, t_new, L_old, L_new):
+    """Levels crossed by the accepted step from wk.y to wk.y_new, located on its continuous
+    extension (RODAS's of order 3 if ``stiff``, else Dormand-Prince's of order 4) written as
+    y + x (C_0 + x (C_1 + x (C_2 + x C_3))); returns the loss evaluations."""
+    n = wk.y.shape[0]
+    C = np.zeros((4, n))
+    y, y_new, U, Kst = wk.y, wk.y_new, wk.U, wk.Kst
+    for i in range(n):
+        if stiff:  # (1 - x) y + x (y_new + (1 - x) (d1 + x d2))
+            d1 = 0.0
+            d2 = 0.0
+            for j in range(5):
+                d1 += RO_D[0, j] * U[j, i]
+                d2 += RO_D[1, j] * U[j, i]
+            C[0, i] = y_new[i] - y[i] + d1
+            C[1, i] = d2 - d1
+            C[2, i] = -d2
+        else:
+            for p in range(4):
+                acc = 0.0
+                for q in range(7):
+                    acc += Kst[q, i] * DP_P[q, p]
+                C[p, i] = h * acc
+    return _locate_levels(model, wk.ws, opt, out, f, y, C, t, h, t_new, L_old, L_new, wk.ytmp,
+                          wk.gtmp)
+
+
+@nb.njit(**_JIT)
 def _prepare(opt, t, h_abs, min_step, rejected, n_steps):
     """Stopping checks before a step from t (rk45's order) and its end t_new; returns
     (status or -1, t_new, min_step)."""
@@ -395,6 +424,7 @@ def _begin(model, W0, f, opt, out, wk):
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
     _record(out, f, _l1(v), _norm2(y))
+    _levels_at_start(opt, out, f, L)
     si = 0
     while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
         _save(out, f, si, y, L, gn)
@@ -499,6 +529,8 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             _keep_filter(model, ws, wk.v_new)
         for i in range(v.shape[0]):
             v[i] = wk.v_new[i]
+        if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
+            evals += _step_levels(model, opt, out, f, was_stiff, wk, h, t, t_new, L, L_new)
         gn = _norm2(g_new)
         if L_new - L > out.max_loss_increase[f]:
             out.max_loss_increase[f] = L_new - L
