@@ -312,8 +312,9 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
     in (0, 1] of L(y(x)) - level on the step's continuous extension y(x) (polynomial
     coefficients C (4, n)), by the Illinois variant of regula falsi from the bracket
     [0, 1] (f(0) = L_old - level > 0 >= f(1) = L_new - level) until the bracket is below
-    1e-13 (relative to the step), |f| is at the rounding of L or LEVEL_MAX_ITER iterations;
-    t_below = t + x h of the end of the bracket where L <= level (t_new if x = 1).
+    1e-13 (relative to the step), |f| is at the rounding of L (then that point is the root)
+    or LEVEL_MAX_ITER iterations; else t_below = t + x h of the end of the bracket where
+    L <= level (t_new if x = 1).
     Returns the number of loss evaluations."""
     evals = 0
     rnd = 8.0 * 2.220446049250313e-16 * max(abs(L_old), abs(L_new))
@@ -346,7 +347,8 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
                 if side == 1:
                     fb *= 0.5
                 side = 1
-            if abs(fx) <= rnd:
+            if abs(fx) <= rnd:  # at the level to the rounding of L: the root
+                b = x
                 break
         out.t_below[f, q] = t_new if b == 1.0 else t + b * h
     return evals

@@ -70,12 +70,13 @@ an interrupt left unstarted). Computed inside the kernels, per method:
   the level is searched on its continuous extension (Dormand-Prince: Shampine's, order 4;
   RODAS: order 3) for the root of ``L(y(t)) - level`` by the Illinois variant of regula falsi
   (bracket [t, t + h], f(t) > 0 >= f(t + h); until the bracket is below 1e-13 h or |f| at the
-  rounding of L, at most 60 loss evaluations, typically 5-10, counted in n_grad_evals).
-  The returned time is the bracket's end where L <= level. Accuracy: the root is exact to
-  ~1e-13 h; the continuous extension's error dw (~ the local tolerance, atol + rtol |w|)
-  moves L by ~||grad L|| dw and the time by ~dw / ||grad L|| (dL/dt = -||grad L||^2): about
-  the accuracy of the trajectory itself. A level crossed and recrossed within one step (the
-  loss of the exact flow never increases) is not seen.
+  rounding of L, at most 60 loss evaluations, typically 4-6, counted in n_grad_evals).
+  Accuracy: the root is exact to ~1e-13 h or the rounding of L; the continuous extension's
+  error dw (~ the local tolerance, atol + rtol |w|) moves L by ~||grad L|| dw and the time
+  by ~dw / ||grad L|| (dL/dt = -||grad L||^2): about the accuracy of the trajectory itself
+  (measured against scipy's DOP853 events at rtol 1e-13: within 4e-11 at rtol 1e-10, 3e-9
+  at rtol 1e-8). A level crossed and recrossed within one step (the loss of the exact flow
+  never increases) is not seen.
 
 With ``loss_levels=None`` (the default) nothing is computed and results are bitwise those
 without the argument.
