@@ -289,7 +289,7 @@ def _levels_at_start(opt, out, f, L):
 def _levels_crossed(opt, out, f, L_new):
     """Whether an accepted state with loss L_new is at or below a level not reached before."""
     for q in range(opt.levels.shape[0]):
-        if L_new <= opt.levels[q] and out.t_below[f, q] != out.t_below[f, q]:
+        if L_new <= opt.levels[q] and math.isnan(out.t_below[f, q]):
             return True
     return False
 
@@ -320,7 +320,7 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
     rnd = 8.0 * 2.220446049250313e-16 * max(abs(L_old), abs(L_new))
     for q in range(opt.levels.shape[0]):
         lev = opt.levels[q]
-        if not (L_new <= lev and out.t_below[f, q] != out.t_below[f, q]):
+        if not (L_new <= lev and math.isnan(out.t_below[f, q])):
             continue
         a = 0.0
         fa = L_old - lev
@@ -464,7 +464,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 out.max_loss_increase[f] = L[b] - L_prev[b]
             _record(out, f, v1[b], wn[b])
             for q in range(opt.levels.shape[0]):  # exact for the iterates: first j with L <= level
-                if L[b] <= opt.levels[q] and out.t_below[f, q] != out.t_below[f, q]:
+                if L[b] <= opt.levels[q] and math.isnan(out.t_below[f, q]):
                     out.t_below[f, q] = j * h
             if j == next_save[b] and j // opt.save_every < opt.n_save:
                 next_save[b] += opt.save_every

@@ -134,7 +134,7 @@ def inf_norm(H):
         acc = 0.0
         for j in range(H.shape[1]):
             acc += abs(H[i, j])
-        if acc > best or acc != acc:  # a NaN is kept
+        if acc > best or math.isnan(acc):  # a NaN is kept
             best = acc
     return best
 
