@@ -106,6 +106,7 @@ class RKOptions(NamedTuple):
     grad_tol: float  # < 0: never stop on the gradient
     max_steps: int  # attempted (accepted + rejected) steps per flow
     save_t: np.ndarray  # (T,) increasing save times in [0, t_end]
+    levels: np.ndarray  # (Q,) loss levels whose first passage times are wanted (Q = 0: none)
 
 
 class EulerOptions(NamedTuple):
@@ -114,6 +115,7 @@ class EulerOptions(NamedTuple):
     grad_tol: float  # < 0: never stop on the gradient
     save_every: int  # save after every save_every steps (and at step 0)
     n_save: int  # number of saved rows (T)
+    levels: np.ndarray  # (Q,) loss levels whose first passage times are wanted (Q = 0: none)
 
 
 class FlowOutputs(NamedTuple):
@@ -136,6 +138,7 @@ class FlowOutputs(NamedTuple):
     save_w: np.ndarray  # (K, T, n), NaN where not reached
     save_loss: np.ndarray  # (K, T)
     save_grad_norm: np.ndarray  # (K, T)
+    t_below: np.ndarray  # (K, Q) first time with L <= levels[q] (NaN: not reached)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -275,6 +278,83 @@ def _start(out, f):
 
 
 @nb.njit(**_JIT)
+def _levels_at_start(opt, out, f, L):
+    """t_below = 0 for the levels the starting loss is at or below."""
+    for q in range(opt.levels.shape[0]):
+        if L <= opt.levels[q]:
+            out.t_below[f, q] = 0.0
+
+
+@nb.njit(**_JIT)
+def _levels_crossed(opt, out, f, L_new):
+    """Whether an accepted state with loss L_new is at or below a level not reached before."""
+    for q in range(opt.levels.shape[0]):
+        if L_new <= opt.levels[q] and math.isnan(out.t_below[f, q]):
+            return True
+    return False
+
+
+LEVEL_MAX_ITER = 60  # Illinois iterations per level crossing, at most
+
+
+@nb.njit(**_JIT)
+def _loss_on_step(model, ws, y0, C, x, ytmp, gtmp):
+    """L at the continuous extension y0 + x (C_0 + x (C_1 + x (C_2 + x C_3))) of a step."""
+    for i in range(y0.shape[0]):
+        ytmp[i] = y0[i] + x * (C[0, i] + x * (C[1, i] + x * (C[2, i] + x * C[3, i])))
+    return loss_grad_ws(model, ytmp, ws, gtmp)
+
+
+@nb.njit(**_JIT)
+def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytmp, gtmp):
+    """First passage times of the levels crossed by an accepted step from (t, y0, L_old) to
+    (t_new, L_new): for each level not reached before with L_new <= level < L_old, the root
+    in (0, 1] of L(y(x)) - level on the step's continuous extension y(x) (polynomial
+    coefficients C (4, n)), by the Illinois variant of regula falsi from the bracket
+    [0, 1] (f(0) = L_old - level > 0 >= f(1) = L_new - level) until the bracket is below
+    1e-13 (relative to the step), |f| is at the rounding of L (then that point is the root)
+    or LEVEL_MAX_ITER iterations; else t_below = t + x h of the end of the bracket where
+    L <= level (t_new if x = 1).
+    Returns the number of loss evaluations."""
+    evals = 0
+    rnd = 8.0 * 2.220446049250313e-16 * max(abs(L_old), abs(L_new))
+    for q in range(opt.levels.shape[0]):
+        lev = opt.levels[q]
+        if not (L_new <= lev and math.isnan(out.t_below[f, q])):
+            continue
+        a = 0.0
+        fa = L_old - lev
+        b = 1.0
+        fb = L_new - lev
+        side = 0
+        for _it in range(LEVEL_MAX_ITER):
+            if fb == 0.0 or b - a <= 1e-13 or not fa > 0.0:
+                break
+            x = (a * fb - b * fa) / (fb - fa)
+            if not (a < x < b):
+                x = 0.5 * (a + b)
+            fx = _loss_on_step(model, ws, y0, C, x, ytmp, gtmp) - lev
+            evals += 1
+            if not fx > 0.0:  # at or below the level (or NaN: treat as reached)
+                b = x
+                fb = fx
+                if side == -1:
+                    fa *= 0.5
+                side = -1
+            else:
+                a = x
+                fa = fx
+                if side == 1:
+                    fb *= 0.5
+                side = 1
+            if abs(fx) <= rnd:  # at the level to the rounding of L: the root
+                b = x
+                break
+        out.t_below[f, q] = t_new if b == 1.0 else t + b * h
+    return evals
+
+
+@nb.njit(**_JIT)
 def _finish_lane(out, f, Y, V, b, L, gn, t, status, n_acc, n_rej, evals):
     for i in range(Y.shape[0]):
         out.w_final[f, i] = Y[i, b]
@@ -383,6 +463,9 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             elif L[b] - L_prev[b] > out.max_loss_increase[f]:
                 out.max_loss_increase[f] = L[b] - L_prev[b]
             _record(out, f, v1[b], wn[b])
+            for q in range(opt.levels.shape[0]):  # exact for the iterates: first j with L <= level
+                if L[b] <= opt.levels[q] and math.isnan(out.t_below[f, q]):
+                    out.t_below[f, q] = j * h
             if j == next_save[b] and j // opt.save_every < opt.n_save:
                 next_save[b] += opt.save_every
                 r = j // opt.save_every
@@ -580,6 +663,7 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
     _record(out, f, _l1(ws.prefix[N, :kv]), _norm2(y))
+    _levels_at_start(opt, out, f, L)
     si = 0
     while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
         _rk_save_row(out, f, si, s, b, L, gn)
@@ -667,6 +751,23 @@ def _err_sumsq_at_rest(s, b, h, opt):
     return acc2
 
 
+@nb.njit(**_JIT)
+def _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws):
+    """Levels crossed by lane b's accepted step, on Shampine's continuous extension (as the
+    dense saves; rare: at most once per level and flow)."""
+    n = s.Y.shape[0]
+    C = np.zeros((4, n))
+    for i in range(n):
+        s.y2[i] = s.Y[i, b]
+        for p in range(4):
+            acc = 0.0
+            for q in range(7):
+                acc += s.Kst[q, i, b] * DP_P[q, p]
+            C[p, i] = h * acc
+    return _locate_levels(model, ws, opt, out, s.flow[b], s.y2, C, t, h, t_new, s.L[b], L_new,
+                          s.y1, s.g1)
+
+
 @nb.njit(inline="always", **_JIT)
 def _rk_conclude(model, opt, out, s, b, lws, ws):
     """Accept or reject lane b's attempted step (error control as scipy's RK45); on
@@ -726,6 +827,8 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
         out.save_loss[f, si] = Ls
         out.save_grad_norm[f, si] = _norm2(s.g1)
         si += 1
+    if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
+        s.evals[b] += _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws)
     if L_new - s.L[b] > out.max_loss_increase[f]:
         out.max_loss_increase[f] = L_new - s.L[b]
     s.t[b] = t_new

@@ -11,7 +11,9 @@ accepted step, ``h lambda ~ h ||f(y_7) - f(y_6)|| / ||y_7 - y_6||`` estimates h 
 dominant eigenvalue of the Jacobian from the last two stages, whose points differ by O(h).
 Dormand-Prince is stable for h lambda up to ~3.3 on the negative axis: an estimate above
 ``STIFF_HLAMB`` = 3.25 on ``STIFF_COUNT`` = 15 accepted steps (reset after 6 steps below it)
-means the step is held by stability, not accuracy: the flow is stiff.
+means the step is held by stability, not accuracy: the flow is stiff. The way back (RODAS to
+Dormand-Prince, ``NONSTIFF_HNORM``, ``NONSTIFF_COUNT``, :func:`inf_norm` of the exact
+Hessian) is described in :mod:`lcnfast._rosenbrock`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ._kernels import _fs_loss_grad_buf, backward_filter, forward_filter
 STIFF_HLAMB = 3.25
 STIFF_COUNT = 15  # consecutive-ish stiff estimates before switching
 NONSTIFF_RESET = 6  # non-stiff estimates in a row that reset the count
+NONSTIFF_HNORM = 1.0  # back to Dormand-Prince: h ||Hess L||_inf <= this ...
+NONSTIFF_COUNT = 15  # ... on this many accepted RODAS steps in a row (doubled every return)
 
 
 @nb.njit(**_JIT)
@@ -120,6 +124,19 @@ def h_lambda(y_new, g_new, ytmp, gtmp, h):
         num += (g_new[i] - gtmp[i]) ** 2
         den += (y_new[i] - ytmp[i]) ** 2
     return h * math.sqrt(num / den) if den > 0.0 else 0.0
+
+
+@nb.njit(**_JIT)
+def inf_norm(H):
+    """max_i sum_j |H_ij|: for a symmetric H a bound on |lambda| of every eigenvalue."""
+    best = 0.0
+    for i in range(H.shape[0]):
+        acc = 0.0
+        for j in range(H.shape[1]):
+            acc += abs(H[i, j])
+        if acc > best or math.isnan(acc):  # a NaN is kept
+            best = acc
+    return best
 
 
 @nb.njit(**_JIT)

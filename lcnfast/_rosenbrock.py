@@ -35,7 +35,20 @@ Hess L`` can be singular) or non-finite, and any non-finite stage, reject the st
 shrink h by MIN_FACTOR.
 
 Method "auto" runs the same driver from Dormand-Prince steps (:mod:`lcnfast._one_flow`) and
-switches a flow to RODAS for good once Hairer's stiffness detection fires.
+switches a flow to RODAS once Hairer's stiffness detection fires. It switches back when the
+step is bound by accuracy again (a transient stiff phase has ended: the Hessian's largest
+eigenvalue dropped along the path), judged with the exact Hessian H = Hess L(y) that every
+RODAS step has: the criterion is ``h ||H||_inf <= NONSTIFF_HNORM = 1`` on ``NONSTIFF_COUNT =
+15`` accepted RODAS steps in a row, h the larger of the accepted step and the next proposed
+one. ``||H||_inf`` (the largest row sum of |H|, n^2 operations against the LU's n^3 / 3) is an
+upper bound of |lambda| for every eigenvalue of the symmetric H, so a Dormand-Prince step up
+to 3.3 times the Rosenbrock step is stable (stability interval [-3.3, 0]; LSODA and
+Hairer-Wanner's switching codes compare such estimates of h lambda_max with the explicit
+method's stability limit). Hysteresis: switching to RODAS needs h lambda > 3.25, switching back
+h |lambda| <= 1, and the count needed to switch back doubles at every return (15, 30, 60, ...),
+so the number of switches of a flow grows at most like twice the logarithm of its steps. A
+flow that never meets the criterion takes exactly the steps of the switch-for-good rule (the
+check reads H, it changes no number).
 
 Layout: ``prange`` runs one worker per thread; a worker integrates whole flows one at a time
 with the one-flow kernels of :mod:`lcnfast._kernels` (n_params is small, a step costs six
@@ -55,13 +68,15 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._integrate import (CONVERGED, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
+from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
                          MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
-                         _atomic_load, _fetch_add, _initial_step, _l1, _norm2, _record, _start)
+                         _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
+                         _levels_crossed, _locate_levels, _norm2, _record, _start)
 from ._jit import JIT as _JIT
 from ._kernels import hessian_one, new_workspace
-from ._one_flow import (STIFF_COUNT, dp_dense_point, dp_error_norm, dp_step, grad_any, grad_ws,
-                        h_lambda, stiffness_count)
+from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
+                        dp_error_norm, dp_step, grad_any, grad_ws, h_lambda, inf_norm,
+                        stiffness_count)
 
 # ----------------------------------------------------------------------------- RODAS tableau
 # Hairer & Wanner (1996), section VI.4; coefficients of rodas.f (RODCOE, METH = 1).
@@ -102,12 +117,13 @@ class RosenbrockStats(NamedTuple):
     n_lu: np.ndarray  # (K,) int64 factorisations (one per attempted step)
     h_final: np.ndarray  # (K,) size of the last accepted step (NaN: none)
     n_dp_steps: np.ndarray  # (K,) int64 Dormand-Prince steps (auto), accepted + rejected
-    t_switch: np.ndarray  # (K,) time of the switch to RODAS (auto; NaN: never; rosenbrock: 0)
+    t_switch: np.ndarray  # (K,) first switch to RODAS (auto; NaN: never; rosenbrock: 0)
+    n_switches: np.ndarray  # (K,) int64 switches between the methods, either way (auto)
 
 
 def new_stats(K):
     return RosenbrockStats(np.zeros(K, np.int64), np.zeros(K, np.int64), np.full(K, np.nan),
-                           np.zeros(K, np.int64), np.full(K, np.nan))
+                           np.zeros(K, np.int64), np.full(K, np.nan), np.zeros(K, np.int64))
 
 
 class _Work(NamedTuple):
@@ -347,6 +363,34 @@ def _dense_saves(model, kern, use_kern, opt, out, f, stiff, wk, K1, si, t, h):
 
 
 @nb.njit(**_JIT)
+def _step_levels(model, opt, out, f, stiff, wk, h, t, t_new, L_old, L_new):
+    """Levels crossed by the accepted step from wk.y to wk.y_new, located on its continuous
+    extension (RODAS's of order 3 if ``stiff``, else Dormand-Prince's of order 4) written as
+    y + x (C_0 + x (C_1 + x (C_2 + x C_3))); returns the loss evaluations."""
+    n = wk.y.shape[0]
+    C = np.zeros((4, n))
+    y, y_new, U, Kst = wk.y, wk.y_new, wk.U, wk.Kst
+    for i in range(n):
+        if stiff:  # (1 - x) y + x (y_new + (1 - x) (d1 + x d2))
+            d1 = 0.0
+            d2 = 0.0
+            for j in range(5):
+                d1 += RO_D[0, j] * U[j, i]
+                d2 += RO_D[1, j] * U[j, i]
+            C[0, i] = y_new[i] - y[i] + d1
+            C[1, i] = d2 - d1
+            C[2, i] = -d2
+        else:
+            for p in range(4):
+                acc = 0.0
+                for q in range(7):
+                    acc += Kst[q, i] * DP_P[q, p]
+                C[p, i] = h * acc
+    return _locate_levels(model, wk.ws, opt, out, f, y, C, t, h, t_new, L_old, L_new, wk.ytmp,
+                          wk.gtmp)
+
+
+@nb.njit(**_JIT)
 def _prepare(opt, t, h_abs, min_step, rejected, n_steps):
     """Stopping checks before a step from t (rk45's order) and its end t_new; returns
     (status or -1, t_new, min_step)."""
@@ -380,6 +424,7 @@ def _begin(model, W0, f, opt, out, wk):
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
     _record(out, f, _l1(v), _norm2(y))
+    _levels_at_start(opt, out, f, L)
     si = 0
     while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
         _save(out, f, si, y, L, gn)
@@ -396,8 +441,9 @@ def _begin(model, W0, f, opt, out, wk):
 @nb.njit(**_JIT)
 def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     """Integrate flow f (row f of W0) into ``out`` / ``st`` with RODAS, or (``auto``) with
-    Dormand-Prince until the stiffness detection of :mod:`lcnfast._one_flow` fires and RODAS
-    from there on (a flow near its limit stays stiff: no switching back). The stopping rules,
+    Dormand-Prince until the stiffness detection of :mod:`lcnfast._one_flow` fires, RODAS from
+    there on until ``h ||H||_inf <= NONSTIFF_HNORM`` on enough steps in a row (module
+    docstring), and so on. The stopping rules,
     statuses and saves are those of rk45; ``stop[0]`` != 0 (SIGINT, see lcnfast.flows) ends
     the flow at its last accepted state with status INTERRUPTED, checked once per step."""
     n = W0.shape[1]
@@ -406,7 +452,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     K1 = (wk.kW, wk.kG, wk.kL, wk.kV)
     L, gn, status, si, h_abs = _begin(model, W0, f, opt, out, wk)
     t = 0.0
-    n_acc = n_rej = n_hess = n_lu = n_dp = n_stiff = n_calm = 0
+    n_acc = n_rej = n_hess = n_lu = n_dp = n_stiff = n_calm = n_nonstiff = n_switch = 0
     evals = 1 if status >= 0 else 2
     h_last = math.nan
     t_switch = math.nan if auto else 0.0
@@ -461,6 +507,18 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             n_stiff, n_calm = stiffness_count(h_lambda(y_new, g_new, ytmp, gtmp, h), n_stiff,
                                               n_calm)
             stiff = n_stiff >= STIFF_COUNT
+            if stiff:
+                n_switch += 1
+                n_stiff = n_calm = 0
+        elif auto:  # back to Dormand-Prince once the step is bound by accuracy again
+            if max(h, h_abs) * inf_norm(H) <= NONSTIFF_HNORM:
+                n_nonstiff += 1
+                if n_nonstiff >= NONSTIFF_COUNT << min(n_switch // 2, 40):
+                    stiff = False
+                    n_switch += 1
+                    n_nonstiff = 0
+            else:
+                n_nonstiff = 0
         si0 = si
         si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
         evals += si - si0
@@ -471,12 +529,14 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             _keep_filter(model, ws, wk.v_new)
         for i in range(v.shape[0]):
             v[i] = wk.v_new[i]
+        if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
+            evals += _step_levels(model, opt, out, f, was_stiff, wk, h, t, t_new, L, L_new)
         gn = _norm2(g_new)
         if L_new - L > out.max_loss_increase[f]:
             out.max_loss_increase[f] = L_new - L
         L = L_new
         t = t_new
-        if stiff and not was_stiff:
+        if stiff and not was_stiff and n_switch == 1:
             t_switch = t
         for i in range(n):
             y[i] = y_new[i]
@@ -497,6 +557,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     st.h_final[f] = h_last
     st.n_dp_steps[f] = n_dp
     st.t_switch[f] = t_switch
+    st.n_switches[f] = n_switch
 
 
 @nb.njit(**_JIT)
@@ -555,6 +616,8 @@ def add_statistics(ds, stats, method):
         "long_name": "size of the last accepted step (NaN: none)"})
     if method == "auto":
         ds["n_dp_steps"] = ("flow", stats.n_dp_steps, {
-            "long_name": "Dormand-Prince steps attempted (before the switch to Rosenbrock)"})
+            "long_name": "Dormand-Prince steps attempted"})
         ds["t_switch"] = ("flow", stats.t_switch, {
-            "long_name": "time of the switch to Rosenbrock (NaN: never stiff)"})
+            "long_name": "time of the first switch to Rosenbrock (NaN: never stiff)"})
+        ds["n_switches"] = ("flow", stats.n_switches, {
+            "long_name": "switches between Dormand-Prince and Rosenbrock (either way)"})

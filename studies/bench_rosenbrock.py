@@ -109,8 +109,12 @@ def case(arch, m, loss, K, t_end, seed_w=1):
         if method == "auto":
             out[method]["dp_steps_median"] = float(np.median(res[method].n_dp_steps))
             out[method]["t_switch_median"] = float(np.nanmedian(res[method].t_switch))
+            out[method]["switched_back"] = int(np.count_nonzero(res[method].n_switches > 1))
+            out[method]["n_switches_max"] = int(res[method].n_switches.max())
             print(f"      auto: Dormand-Prince steps median {out[method]['dp_steps_median']:.0f}, "
-                  f"switch at t median {out[method]['t_switch_median']:.3g}")
+                  f"switch at t median {out[method]['t_switch_median']:.3g}; "
+                  f"{out[method]['switched_back']} flows switched back to Dormand-Prince "
+                  f"(switches per flow max {out[method]['n_switches_max']})")
     for method in METHODS[:2]:
         out[f"speedup_{method}"] = out["rk45"]["wall_s"] / out[method]["wall_s"]
         print(f"  -> {method} {out[f'speedup_{method}']:.1f}x less wall time than rk45")

@@ -241,6 +241,48 @@ def test_auto_switches_to_rosenbrock_where_the_flow_is_stiff():
     assert np.abs(ds.w_final.values - exact(2.0)).max() < 1e-7
 
 
+def _transiently_stiff_problem():
+    """Two layers, a 1-tap filter a and a 2-tap filter b, v = a b, L = v^T A v with A =
+    diag(1, 1e6) / 2 (target 0): Hess_bb L = a^2 2A. ||b||^2 - a^2 = D > 0 is conserved, so
+    the flow ends at a = 0, |b| = sqrt(D): b_2 decays at rate ~1e6 a^2 (stiff once decayed, while
+    a is large), then a decays at rate ~b_1^2 ~ 6 and the stiffness ends with a^2 1e6 h < 1
+    (t ~ 1); the limit is stiff again once a is below the tolerances (t ~ 5)."""
+    X = np.diag(np.sqrt(np.array([1.0, 1e6]) / 2))
+    p = lf.Problem(lf.Architecture(2, (1, 2)), X, np.zeros((1, 2)), square())
+    w0 = np.array([[2.0, 3.0, 1.0], [1.5, 2.5, -1.0], [1.0, 2.0, 0.5]])
+    return p, w0
+
+
+def test_auto_switches_back_to_dormand_prince_when_the_stiffness_ends():
+    p, w0 = _transiently_stiff_problem()
+    save = np.linspace(0.0, 3.0, 13)
+    kw = dict(t_end=3.0, rtol=1e-8, atol=1e-10, save_times=save)
+    ds = lf.gradient_flow(p, w0, method="auto", **kw)
+    rk = lf.gradient_flow(p, w0, method="rk45", **{**kw, "rtol": 1e-11, "atol": 1e-13})
+    # to RODAS within the transient of b_2 (t ~ 1e-4), back to Dormand-Prince once a^2 1e6
+    # h ||.|| <= 1 (measured: 2 switches each, 125-180 DP and 136-156 RODAS steps where rk45
+    # takes 31k-61k)
+    assert np.all(ds.t_switch.values < 1e-3), ds.t_switch.values
+    np.testing.assert_array_equal(ds.n_switches.values, 2)
+    assert np.all(ds.n_lu.values > 50) and np.all(ds.n_dp_steps.values > 100)
+    np.testing.assert_array_equal(ds.n_dp_steps + ds.n_lu, ds.n_accepted + ds.n_rejected)
+    assert np.all(ds.n_accepted.values < 1000)
+    # the same trajectories as rk45 at tight tolerance (1.1e-9 measured at t_end)
+    assert np.abs(ds.w.values - rk.w.values).max() < 1e-8
+    assert np.all(ds.max_loss_increase.values <= 1e-12 * (1 + ds.loss_init.values))
+    # the method of each step depends on the flow alone: batches and single flows agree bitwise
+    one = lf.gradient_flow(p, w0[1:2], method="auto", n_threads=1, **kw)
+    for name in ("w_final", "w", "n_switches", "n_dp_steps", "n_lu", "h_final"):
+        assert np.array_equal(one[name].values[0], ds[name].values[1], equal_nan=True), name
+    # a long run: stiff again at the limit (a below the tolerances), no flip-flop
+    long = lf.gradient_flow(p, w0, method="auto", t_end=1e4)
+    assert np.all(long.n_switches.values == 3), long.n_switches.values
+    assert np.all(long.n_accepted.values < 1000)
+    # flows that never meet the criterion keep their results: rosenbrock never switches
+    ro = lf.gradient_flow(p, w0, method="rosenbrock", **kw)
+    assert "n_switches" not in ro and np.all(ro.n_lu == ro.n_accepted + ro.n_rejected)
+
+
 @pytest.mark.parametrize("loss", [square(), log_cosh(2.0)], ids=lambda l: l.name)
 def test_flows_leaving_the_saddle_at_zero_follow_rk45_into_the_same_limit(loss):
     """w = 0 is a critical point but no minimum (three layers: gradient and Hessian vanish
