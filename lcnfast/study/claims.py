@@ -47,6 +47,8 @@ class Check:
         Positions of the tested flows in the study Dataset (``flow`` index).
     detail : dict of str -> ndarray (n,)
         Per tested flow values shown next to each violation (e.g. the measured drift).
+    unit : str
+        What one entry is ("flows"; "fits" for a claim tested on fits over groups of flows).
     """
 
     claim: str
@@ -54,6 +56,7 @@ class Check:
     ok: np.ndarray
     where: np.ndarray
     detail: dict
+    unit: str = "flows"
 
     @property
     def n(self):
@@ -74,7 +77,7 @@ class Check:
         return wilson(self.n_violations, self.n)
 
 
-def check(claim, tolerance, ok, *, applies=None, detail=None):
+def check(claim, tolerance, ok, *, applies=None, detail=None, unit="flows"):
     """A :class:`Check` from per-flow results over the whole study Dataset.
 
     Parameters
@@ -87,6 +90,9 @@ def check(claim, tolerance, ok, *, applies=None, detail=None):
         Flows the claim applies to (default: every flow with a non-NaN ``ok``).
     detail : dict of str -> array-like (K,), optional
         Values listed next to violating flows.
+    unit : str
+        What an entry is, for the report ("flows", or e.g. "fits" when one flow per group
+        carries the group's result).
     """
     ok = np.asarray(ok)
     if ok.ndim != 1:
@@ -95,14 +101,14 @@ def check(claim, tolerance, ok, *, applies=None, detail=None):
     mask = known if applies is None else known & np.asarray(applies, dtype=bool)
     where = np.flatnonzero(mask)
     detail = {k: np.asarray(v)[where] for k, v in (detail or {}).items()}
-    return Check(claim, tolerance, ok[where].astype(bool), where, detail)
+    return Check(claim, tolerance, ok[where].astype(bool), where, detail, unit)
 
 
 def _measured(c):
     if c.n == 0:
         return "–"
     lo, hi = c.rate_interval()
-    return f"{c.n_violations} of {c.n} flows violate (rate 95% CI [{lo:.2g}, {hi:.2g}])"
+    return f"{c.n_violations} of {c.n} {c.unit} violate (rate 95% CI [{lo:.2g}, {hi:.2g}])"
 
 
 def _violations(c, ds):

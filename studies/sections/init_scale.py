@@ -118,8 +118,8 @@ def _claims(ds, rows):
             first = np.flatnonzero(sel)[0]  # one entry per group: a group is one fit
             good = abs(r["fit"] - r["predicted"]) <= (SLOPE_RTOL if N2 else EXPONENT_ATOL)
             ok[first], fit[first] = good, r["fit"]
-        checks.append(check(text + " (one entry per architecture, dataset, init)", tol, ok,
-                            detail={"fitted": fit}))  # fmt: skip
+        checks.append(check(text + " (one fit per architecture, dataset, init)", tol, ok,
+                            detail={"fitted": fit}, unit="fits"))  # fmt: skip
     return checks
 
 
