@@ -324,3 +324,24 @@ def test_image_minimum_between_convex_bound_and_teacher(p):
     slack = 1e-9 * analysis.loss_on_data(pb, np.zeros((1, arch.k_v)))[0]
     assert L_conv - slack <= im.value <= pb.loss(td.w_teacher) + slack
     assert im.n_reached >= 2
+
+
+def test_lp_interpolating_limit_is_degenerate_not_a_saddle():
+    # claim: at an interpolating limit of the l_6 loss (noiseless teacher, v = pi(w*)) the
+    # Hessian vanishes (l''(0) = 0), so the point is degenerate: neither a strict minimum nor,
+    # through the zero-filter orbit check, the saddle w = 0 (its filters are O(1)). Before the
+    # absolute eigenvalue floor and the small-filter test, flows stopped at ||grad|| ~ 1e-12
+    # got 'strict_saddle' (eigenvalues ~ -1e-13 against a spectrum of ~1e-9). Tolerance: the
+    # points are exact to rounding, or 1e-4 off along a non-symmetric direction (g ~ 1e-20)
+    rng = np.random.default_rng(3)
+    for k in ((2, 2), (3, 3)):
+        arch = Architecture(12, k)
+        X = rng.standard_normal((12, 24)) / np.sqrt(24)
+        w_star = rng.standard_normal(arch.n_params)
+        Y = data.conv_apply(Problem(arch, X, np.zeros((arch.d_N, 24)), losses.square())
+                            .final_filter(w_star[None])[0], X, 1)  # fmt: skip
+        p = Problem(arch, X, Y, losses.lp(6))
+        W = np.stack([w_star, w_star + 1e-4 * rng.standard_normal(arch.n_params)])
+        res = analysis.classify_points(p, W, grad_tol=1e-9)
+        assert list(res["label"].values) == [analysis.LABELS.index("degenerate")] * 2
+        assert not res["near_zero_filters"].values.any()

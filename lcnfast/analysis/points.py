@@ -2,7 +2,12 @@
 
 Labels (``label``, int8 with CF flag_values / flag_meanings)
 ------------------------------------------------------------
-From the gradient at the point and the balanced projected spectrum, ``tol = eig_tol * rho``:
+From the gradient at the point and the balanced projected spectrum,
+``tol = max(eig_tol * rho, ||grad L(w)||^(2/3), eps * L(v=0))`` (the absolute part: a spectrum
+taken at a point with gradient norm g resolves eigenvalues only down to about g^(2/3), the size
+a quartic direction's eigenvalue has there, and to the rounding of the Hessian; it keeps a
+Hessian that vanishes as a whole, e.g. at an l_p interpolating limit with p >= 4, from being
+judged against its own rounding):
 
 - ``not_critical`` (3): ``||grad L|| > grad_tol`` (the spectrum is still reported).
 - ``strict_saddle`` (1): critical and the projected Hessian has an eigenvalue < -tol.
@@ -53,7 +58,9 @@ import numpy as np
 import xarray as xr
 
 from .. import roots as _roots
-from ._common import _check_problem, _deltas, _layer_norms, _param_batch, _tolerances, _var
+from ._common import (
+    _check_problem, _deltas, _layer_norms, _loss_scale, _param_batch, _tolerances, _var,
+)  # fmt: skip
 from .function_space import loss_on_data
 from .reference import reference_vars
 from .symmetry import orbit_spectra
@@ -139,8 +146,9 @@ def _evaluate(problem, W, ok):
     return ok, loss, gnorm, V
 
 
-def _counts(eig, eig_b, finite, eig_tol):
-    """Inertia of the balanced projected spectra against ``eig_tol * rho`` and the scales."""
+def _counts(eig, eig_b, finite, eig_tol, floor):
+    """Inertia of the balanced projected spectra against ``max(eig_tol * rho, floor)`` (K,)
+    and the scales (``floor``: see :func:`_eig_floor`)."""
     with np.errstate(invalid="ignore"):
         valid = ~np.isnan(eig)
 
@@ -149,7 +157,7 @@ def _counts(eig, eig_b, finite, eig_tol):
             return np.where(finite, sc, np.nan)
 
         scale_b = spread(eig_b)
-        thr = eig_tol * scale_b
+        thr = np.maximum(eig_tol * scale_b, floor)
         n_neg = np.where(finite, np.sum(valid & (eig_b < -thr[:, None]), axis=1), -1)
         n_pos = np.where(finite, np.sum(valid & (eig_b > thr[:, None]), axis=1), -1)
         n_zero = np.where(finite, np.sum(valid, axis=1) - n_neg - n_pos, -1)
@@ -165,6 +173,19 @@ def _counts(eig, eig_b, finite, eig_tol):
         "min_eig": min_eig,
         "min_eig_b": min_eig_b,
     }
+
+
+def _eig_floor(problem, gnorm):
+    """(K,) absolute resolution of a projected spectrum: ``max(||grad L(w)||^(2/3), eps L_scale)``.
+
+    At a point with gradient norm g, a direction along which L is quartic has an eigenvalue
+    O(g^(2/3)) although it is 0 at the critical point; and Hessian entries carry rounding of
+    about eps times the loss scale L(v=0). Without this floor a spectrum that vanishes as a
+    whole (the Hessian at an l_p interpolating limit, p >= 4, is 0) would be judged relative to
+    its own rounding-sized entries and get any label."""
+    with np.errstate(invalid="ignore"):
+        g = np.abs(np.asarray(gnorm, dtype=float)) ** (2.0 / 3.0)
+    return np.maximum(np.nan_to_num(g, nan=0.0), np.finfo(float).eps * _loss_scale(problem))
 
 
 def _labels(critical, finite, c):
@@ -248,7 +269,7 @@ def _classify_points(problem, w, w_init, hessians, tolerances, *, global_min, fi
         has_common[finite] = rj["cr"]["has_common_root"]
         min_dist[finite] = rj["cr"]["min_distance"]
         jsv[finite], jrank[finite] = rj["jsv"], rj["jrank"]
-    c = _counts(eig, eig_b, finite, tol["eig_tol"])
+    c = _counts(eig, eig_b, finite, tol["eig_tol"], _eig_floor(problem, gnorm))
     label = _labels(critical, finite, c)
     generic_rank = arch.function_space_dim
     jac_def = finite & (jrank < generic_rank)

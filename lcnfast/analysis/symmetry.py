@@ -174,6 +174,20 @@ def _hessian_spectra(problem, W, hessians, zero):
     return eig, eig_b, resid, resid_b, rank
 
 
+def _small_filter(problem, W, rtol):
+    """(K,) bool: ``||pi(w)||_2 <= rtol * ||Y||_F / ||X||_2`` (the size of a filter that maps
+    the inputs to the targets' size); always True for Y = 0 (the zero network is optimal).
+    Without this test a critical point whose whole Hessian is tiny (a degenerate limit, e.g.
+    an l_p interpolation with p >= 4) passes the orbit check although its filters are O(1)."""
+    y = np.linalg.norm(problem.Y)
+    if y == 0:
+        return np.ones(W.shape[0], dtype=bool)
+    scale = y / np.linalg.norm(problem.X, 2)
+    with np.errstate(all="ignore"):
+        v = np.linalg.norm(problem.final_filter(W), axis=1)
+    return v <= rtol * scale
+
+
 def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
     """Hessian spectra modulo the rescaling symmetry, with the zero-filter rule.
 
@@ -185,7 +199,8 @@ def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
     ``||dL/dv|| g^(N-2)``, so projecting the orbit out would remove a direction of curvature as
     large as the spectrum (for k = (1, 1) exactly the negative one of the saddle w = 0) although
     ||grad L|| passes any absolute ``grad_tol``. So at a critical point (``critical``, (K,) bool)
-    with ``resid_b > sqrt(eig_tol) * rho_b`` (rho_b the largest balanced |eigenvalue|: the removed
+    whose final filter is small (``||pi(w)|| <= sqrt(eig_tol) ||Y||_F / ||X||_2``: pi(w) = 0
+    exactly on the zero-filter set) with ``resid_b > sqrt(eig_tol) * rho_b`` (rho_b the largest balanced |eigenvalue|: the removed
     block is not flat even at the geometric mean of exactly flat and the spectrum's scale; at
     critical points away from zero filters ``resid_b ~ grad_tol / g`` is many orders below), the
     point is taken as near the zero-filter set: filters with norm at most ``NEAR_ZERO_FACTOR``
@@ -208,6 +223,8 @@ def orbit_spectra(problem, W, hessians, critical, *, eig_tol, zero_filter_tol):
     eig, eig_b, resid, resid_b, rank = _hessian_spectra(problem, W, hessians, zero)
     rho_b = np.nanmax(np.abs(eig_b), axis=1) if W.shape[0] else np.zeros(0)
     near = critical & (resid_b > np.sqrt(eig_tol) * rho_b) & (arch.depth > 1)
+    if near.any():  # and the final filter is small: pi(w) = 0 exactly on the zero-filter set
+        near[near] &= _small_filter(problem, W[near], np.sqrt(eig_tol))
     if near.any():
         rows = np.flatnonzero(near)
         with np.errstate(divide="ignore"):
