@@ -5,6 +5,8 @@ paper's scaling (no 1/m, no 1/2).
 
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 
 import numba
@@ -15,6 +17,23 @@ from . import _codegen, _kernels as K
 from . import _lanes
 from .architecture import Architecture
 from .losses import SQUARE, Loss
+
+
+@contextlib.contextmanager
+def _on_calling_thread(serial):
+    """Run the enclosed parallel kernel on the calling thread only when ``serial`` (too little
+    work to wake the thread team: on a busy host waking it cost ~0.3-4 ms per call against ~9 us
+    of work, which made e.g. the multistart Newton of lcnfast.analysis.image_minimum 30x
+    slower). Numba's thread count is thread-local; results do not depend on it."""
+    if not serial:
+        yield
+        return
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n)
 
 
 def n_chunks(W):
@@ -290,14 +309,16 @@ class Problem:
     def predict(self, w):
         """Network output ``V X``: (d_N, m) or (K, d_N, m)."""
         W, single = self._params(w)
-        Z = K.predict_batch(self._model, W, n_chunks(W))
+        with _on_calling_thread(self._serial(W)):
+            Z = K.predict_batch(self._model, W, n_chunks(W))
         _overflowed("predict", _bad_rows(Z))
         return Z[0] if single else Z
 
     def loss(self, w):
         """Empirical risk ``L(w)``: float or (K,)."""
         W, single = self._params(w)
-        out = K.loss_batch(self._model, W, n_chunks(W))
+        with _on_calling_thread(self._serial(W)):
+            out = K.loss_batch(self._model, W, n_chunks(W))
         _overflowed("loss", ~np.isfinite(out), out)
         return float(out[0]) if single else out
 
@@ -339,14 +360,16 @@ class Problem:
     def hessian(self, w):
         """Hessian of L: (n_params, n_params) or (K, n_params, n_params)."""
         W, single = self._params(w)
-        H = K.hessian_batch(self._model, W, n_chunks(W))
+        with _on_calling_thread(self._serial(W)):
+            H = K.hessian_batch(self._model, W, n_chunks(W))
         return H[0] if single else H
 
     def jacobian(self, w):
         """Jacobian of ``pi`` at w: (k_v, n_params) or (K, k_v, n_params)."""
         W, single = self._params(w)
         md = self._model
-        J = K.jacobian_batch(W, md.k, md.S, md.k_v, n_chunks(W))
+        with _on_calling_thread(self._serial(W)):
+            J = K.jacobian_batch(W, md.k, md.S, md.k_v, n_chunks(W))
         _overflowed("jacobian", _bad_rows(J))
         return J[0] if single else J
 
