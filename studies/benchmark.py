@@ -445,13 +445,12 @@ def bench_flows(quick, repeats):
 
     # (c) even flows: gradient descent, every flow the same number of steps
     nt = numba.get_num_threads()
-    Ke, n_e = (256, 2000) if quick else (1024, 5000)
+    Ke, n_e = (256, 10_000) if quick else (1024, 10_000)
     times = {}
-    for n_thr in sorted({1, nt}):
-        t0 = time.perf_counter()
-        lcnfast.gradient_descent(prob, w0[:Ke], h=1e-3, n_steps=n_e, save_every=n_e,
-                                 n_threads=n_thr)
-        times[n_thr] = time.perf_counter() - t0
+    for n_thr in sorted({1, nt}):  # the integrator's own wall time (no Dataset, no Hessians)
+        ds = lcnfast.gradient_descent(prob, w0[:Ke], h=1e-3, n_steps=n_e, save_every=n_e,
+                                      n_threads=n_thr)
+        times[n_thr] = ds.attrs["wall_time_s"]
     eff = times[1] / (nt * times[nt])
     out["even_balance"] = {"K": Ke, "n_steps": n_e, "threads": nt, "wall_1_s": times[1],
                            "wall_n_s": times[nt], "efficiency": eff, "load": load_average()}
