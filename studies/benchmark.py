@@ -463,10 +463,9 @@ def bench_flows(quick, repeats):
     wc = data.initial_filters(arch, Kc, scale=0.7, seed=2)
     kw = dict(t_end=t_end, grad_tol=1e-3, save_times=[0.0])
     times = {}
-    for n_thr in sorted({1, nt}):
-        t0 = time.perf_counter()
+    for n_thr in sorted({1, nt}):  # the integrator's wall time, as in (c)
         dsc = lcnfast.gradient_flow(prob, wc, n_threads=n_thr, **kw)
-        times[n_thr] = time.perf_counter() - t0
+        times[n_thr] = dsc.attrs["wall_time_s"]
     spread = dsc.n_grad_evals.values
     eff = times[1] / (nt * times[nt])
     out["load_balance"] = {"K": Kc, "threads": nt, "wall_1_s": times[1], "wall_n_s": times[nt],
