@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import JIT as _JIT
-from ._kernels import _flag, loss_grad_ws, new_workspace
+from ._kernels import loss_grad_ws, new_workspace
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
 
 
@@ -277,33 +277,6 @@ def _start(out, f):
     out.max_loss_increase[f] = -math.inf
 
 
-# The lane workers keep a flow's running maxima (max_loss_increase, v_l1_max, w_norm_max) in
-# M (3, LANES) of their own and store them in ``out`` when the flow ends: updated in ``out``
-# at every step, the maxima of flows running on different threads share cache lines (the
-# workers take neighbouring flows from the counter), which bounce between the cores. Same
-# comparisons in the same order as _start and _record: the same numbers.
-@nb.njit(inline="always", **_JIT)
-def _lane_start(M, b):
-    M[0, b] = -math.inf
-    M[1, b] = 0.0
-    M[2, b] = 0.0
-
-
-@nb.njit(inline="always", **_JIT)
-def _lane_record(M, b, v1, wn):
-    """:func:`_record` into the lane's running maxima."""
-    if v1 > M[1, b]:
-        M[1, b] = v1
-    if wn > M[2, b]:
-        M[2, b] = wn
-
-
-@nb.njit(inline="always", **_JIT)
-def _lane_loss_increase(M, b, dL):
-    if dL > M[0, b]:
-        M[0, b] = dL
-
-
 @nb.njit(**_JIT)
 def _levels_at_start(opt, out, f, L):
     """t_below = 0 for the levels the starting loss is at or below."""
@@ -382,10 +355,7 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
 
 
 @nb.njit(**_JIT)
-def _finish_lane(out, f, Y, V, M, b, L, gn, t, status, n_acc, n_rej, evals):
-    out.max_loss_increase[f] = M[0, b]
-    out.v_l1_max[f] = M[1, b]
-    out.w_norm_max[f] = M[2, b]
+def _finish_lane(out, f, Y, V, b, L, gn, t, status, n_acc, n_rej, evals):
     for i in range(Y.shape[0]):
         out.w_final[f, i] = Y[i, b]
     for i in range(V.shape[0]):
@@ -454,7 +424,6 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     gn = np.zeros(LANES)
     v1 = np.zeros(LANES)
     wn = np.zeros(LANES)
-    M = np.zeros((3, LANES))  # running maxima (see _lane_start)
     flow = np.full(LANES, -1, np.int64)
     step = np.zeros(LANES, np.int64)
     next_save = np.zeros(LANES, np.int64)  # step of the lane's next save (no modulo per step)
@@ -470,14 +439,14 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                     next_save[b] = 0
                     for i in range(n):
                         Y[i, b] = W0[f, i]
-                    _lane_start(M, b)
+                    _start(out, f)
                 else:
                     _park(Y, b)
             if flow[b] >= 0:
                 n_active += 1
         if n_active == 0:
             break
-        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, _flag(True))
+        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, True)
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -491,9 +460,9 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if j == 0:
                 out.loss_init[f] = L[b]
                 out.grad_norm_init[f] = gn[b]
-            else:
-                _lane_loss_increase(M, b, L[b] - L_prev[b])
-            _lane_record(M, b, v1[b], wn[b])
+            elif L[b] - L_prev[b] > out.max_loss_increase[f]:
+                out.max_loss_increase[f] = L[b] - L_prev[b]
+            _record(out, f, v1[b], wn[b])
             for q in range(opt.levels.shape[0]):  # exact for the iterates: first j with L <= level
                 if L[b] <= opt.levels[q] and math.isnan(out.t_below[f, q]):
                     out.t_below[f, q] = j * h
@@ -512,7 +481,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             elif j >= opt.n_steps:
                 status = REACHED_END
             if status >= 0:
-                _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, status, j, 0, j + 1)
+                _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, status, j, 0, j + 1)
                 flow[b] = -1
                 continue
             step[b] = j + 1
@@ -522,8 +491,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 f = flow[b]
                 if f >= 0:
                     j = step[b] - 1
-                    _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, INTERRUPTED, j, 0,
-                                 j + 1)
+                    _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, INTERRUPTED, j, 0, j + 1)
             break
         # the step, for all lanes at once (idle lanes are overwritten when refilled)
         for i in range(n):
@@ -610,7 +578,6 @@ class _RKLanes(NamedTuple):
     Kst: np.ndarray  # (7, n, LANES) stages, Kst[0] = f(y) (FSAL)
     G: np.ndarray  # (n, LANES) gradients from the lane kernel
     V: np.ndarray  # (k_v, LANES) final filter at y
-    M: np.ndarray  # (3, LANES) running maxima (see _lane_start)
     y1: np.ndarray  # (n,) one-flow scratch
     y2: np.ndarray  # (n,)
     g1: np.ndarray  # (n,)
@@ -640,7 +607,6 @@ def _rk_lanes(n, kv):
         np.zeros((7, n, LANES)),
         np.zeros((n, LANES)),
         np.zeros((kv, LANES)),
-        np.zeros((3, LANES)),
         np.zeros(n),
         np.zeros(n),
         np.zeros(n),
@@ -650,8 +616,9 @@ def _rk_lanes(n, kv):
 @nb.njit(**_JIT)
 def _rk_finish(out, s, b, status):
     f = s.flow[b]
-    _finish_lane(out, f, s.Y, s.V, s.M, b, s.L[b], s.gn[b], s.t[b], status, s.n_acc[b],
-                 s.n_rej[b], s.evals[b])
+    _finish_lane(
+        out, f, s.Y, s.V, b, s.L[b], s.gn[b], s.t[b], status, s.n_acc[b], s.n_rej[b], s.evals[b]
+    )
     s.flow[b] = -1
     s.h[b] = 0.0
     _park(s.Y, b)
@@ -692,10 +659,10 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
     s.n_rej[b] = 0
     s.evals[b] = 1
     s.rejected[b] = False
-    _lane_start(s.M, b)
+    _start(out, f)
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
-    _lane_record(s.M, b, _l1(ws.prefix[N, :kv]), _norm2(y))
+    _record(out, f, _l1(ws.prefix[N, :kv]), _norm2(y))
     _levels_at_start(opt, out, f, L)
     si = 0
     while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
@@ -862,7 +829,8 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
         si += 1
     if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
         s.evals[b] += _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws)
-    _lane_loss_increase(s.M, b, L_new - s.L[b])
+    if L_new - s.L[b] > out.max_loss_increase[f]:
+        out.max_loss_increase[f] = L_new - s.L[b]
     s.t[b] = t_new
     for i in range(n):
         s.Y[i, b] = s.Y_new[i, b]
@@ -881,7 +849,7 @@ def _rk_conclude(model, opt, out, s, b, lws, ws):
     wn = _lane_norm2(s.Y, b)
     if not _plain_ok(wn):
         wn = _lane_norm2_scaled(s.Y, b)
-    _lane_record(s.M, b, _lane_l1(s.V, b), wn)
+    _record(out, f, _lane_l1(s.V, b), wn)
     if gn_new <= opt.grad_tol:
         _rk_finish(out, s, b, CONVERGED)
 
