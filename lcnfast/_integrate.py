@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import JIT as _JIT
-from ._kernels import loss_grad_ws, new_workspace
+from ._kernels import _flag, loss_grad_ws, new_workspace
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
 
 
@@ -446,7 +446,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 n_active += 1
         if n_active == 0:
             break
-        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, True)
+        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, _flag(True))
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]

@@ -24,6 +24,11 @@ Batched kernels parallelise over flows with ``prange`` over ``nc`` contiguous ch
 caller passes ``nc``, a few per thread); each chunk allocates its workspace once. The
 arithmetic of one flow never depends on the chunking, so results are bitwise identical for any
 thread count and batch composition.
+
+Flags passed through :func:`_flag`: Numba types a literal ``True`` / ``False`` argument as its
+own type and compiles the callee, with everything it calls, once per literal value. The
+data-path kernels were compiled four times over that way (about 6 s of a cold start of the
+quick start); a run-time bool costs one branch per chunk and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ class Model(NamedTuple):
     Yt: np.ndarray  # (m, d_N) Y transposed
     x_amax: float  # max |X| (the log-cosh data path's bound on its residuals)
     y_amax: float  # max |Y|
+
+
+@nb.njit(**_JIT)
+def _flag(x):
+    """``x`` typed as a run-time bool, not a literal (see the module docstring; the result of
+    ``bool`` is not a literal, a returned argument would be)."""
+    return bool(x)
 
 
 # ----------------------------------------------------------------------------- polynomial core
@@ -696,9 +708,10 @@ def _gram_loss_grad(model, v, G, want_grad):
 def fs_loss(model, v):
     """L as a function of the final filter v (k_v,)."""
     if model.use_gram:
-        return _gram_loss_grad(model, v, v, False)
+        return _gram_loss_grad(model, v, v, _flag(False))
     if _DATA_PATH_FAST:
-        return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), False, True)
+        return _fs_loss_grad_fast(model, v, np.empty(0), _data_buf(model), _flag(False),
+                                  _flag(True))
     return _fs_loss_seq(model, v, np.empty(model.d_N))
 
 
@@ -708,9 +721,9 @@ def _fs_loss_grad_buf(model, v, G, buf, want_loss):
     NaN instead of L unless ``want_loss`` (G is the same, bitwise; the fast data path then
     skips the loss)."""
     if model.use_gram:
-        L = _gram_loss_grad(model, v, G, True)
+        L = _gram_loss_grad(model, v, G, _flag(True))
     elif _DATA_PATH_FAST:
-        return _fs_loss_grad_fast(model, v, G, buf, True, want_loss)
+        return _fs_loss_grad_fast(model, v, G, buf, _flag(True), _flag(want_loss))
     else:
         L = _fs_loss_grad_seq(model, v, G)
     return L if want_loss else np.nan
@@ -726,7 +739,8 @@ def fs_loss_grad(model, v, G):
     :func:`lcnfast.losses._tanh_nd` (<= 4 ulp) and ``L = sum a - sum log(1 + tanh a)``.
     Allocates its scratch on the fast path; :func:`loss_grad_ws` does not.
     """
-    return _fs_loss_grad_buf(model, v, G, _data_buf(model) if _DATA_PATH_FAST else G[:0], True)
+    buf = _data_buf(model) if _DATA_PATH_FAST else G[:0]
+    return _fs_loss_grad_buf(model, v, G, buf, _flag(True))
 
 
 @nb.njit(**_JIT)
@@ -764,7 +778,7 @@ def fs_hessian(model, v, H):
 @nb.njit(**_JIT)
 def _loss_grad_buf(model, w, prefix, G, gcur, gnext, out_g, buf):
     kv = forward_filter(w, model.k, model.S, model.offs, prefix)
-    loss = _fs_loss_grad_buf(model, prefix[model.k.shape[0], :kv], G, buf, True)
+    loss = _fs_loss_grad_buf(model, prefix[model.k.shape[0], :kv], G, buf, _flag(True))
     backward_filter(w, model.k, model.S, model.offs, prefix, G, gcur, gnext, out_g)
     return loss
 
@@ -808,9 +822,9 @@ def _loss_grad_fast_ws(model, w, ws, out_g):
     kv = forward_filter(w, k, model.S, model.offs, ws.prefix)
     v = ws.prefix[k.shape[0], :kv]
     if model.use_gram:
-        loss = _fs_loss_grad_buf(model, v, ws.G, ws.buf, True)
+        loss = _fs_loss_grad_buf(model, v, ws.G, ws.buf, _flag(True))
     else:
-        loss = _fs_loss_grad_fast(model, v, ws.G, ws.buf, True, True)
+        loss = _fs_loss_grad_fast(model, v, ws.G, ws.buf, _flag(True), _flag(True))
     backward_filter(w, k, model.S, model.offs, ws.prefix, ws.G, ws.gcur, ws.gnext, out_g)
     return loss
 
@@ -829,7 +843,7 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     kv = forward_filter(w, k, S, offs, prefix)
     v = prefix[N, :kv]
     if model.use_gram:
-        _fs_loss_grad_buf(model, v, G, G[:0], True)
+        _fs_loss_grad_buf(model, v, G, G[:0], _flag(True))
     else:
         _fs_loss_grad_seq(model, v, G)
     fs_hessian(model, v, Hv)
@@ -906,7 +920,7 @@ def loss_batch(model, W, nc):
             if model.use_gram:
                 out[f] = fs_loss(model, v)
             elif _DATA_PATH_FAST:
-                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, False, True)
+                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, _flag(False), _flag(True))
             else:
                 out[f] = _fs_loss_seq(model, v, buf)
     return out

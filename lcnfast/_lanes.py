@@ -29,7 +29,7 @@ import numpy as np
 
 from ._jit import JIT as _JIT
 from ._jit import JIT_R as _JIT_R
-from ._kernels import _data_buf, _fs_loss_grad_buf
+from ._kernels import _data_buf, _flag, _fs_loss_grad_buf
 
 LANES = 8  # two AVX2 vectors of float64 per inner loop
 
@@ -122,7 +122,7 @@ def _fs_loss_grad_lanes(model, P, ws, out_L, want_loss):
     for b in range(LANES):
         for r in range(kv):
             ws.v1[r] = P[N, r, b]
-        out_L[b] = _fs_loss_grad_buf(model, ws.v1, ws.G1, ws.buf, want_loss)
+        out_L[b] = _fs_loss_grad_buf(model, ws.v1, ws.G1, ws.buf, _flag(want_loss))
         for r in range(kv):
             G[r, b] = ws.G1[r]
 
