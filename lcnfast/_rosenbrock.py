@@ -73,7 +73,7 @@ from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTO
                          _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
                          _levels_crossed, _locate_levels, _norm2, _record, _start)
 from ._jit import JIT as _JIT
-from ._kernels import hessian_one, new_workspace
+from ._kernels import _flag, hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
                         dp_error_norm, dp_step, grad_any, grad_ws, h_lambda, inf_norm,
                         stiffness_count)
@@ -268,7 +268,7 @@ def rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp, g
             for j in range(st):
                 acc += RO_A[st, j] * U[j, i]
             ytmp[i] = acc
-        grad_any(model, kern, use_kern, ytmp, ws, gtmp, False, K1[0], K1[1], K1[2], K1[3])
+        grad_any(model, kern, use_kern, ytmp, ws, gtmp, _flag(False), K1[0], K1[1], K1[2], K1[3])
         for i in range(n):
             acc = 0.0
             for j in range(st):
@@ -356,7 +356,9 @@ def _dense_saves(model, kern, use_kern, opt, out, f, stiff, wk, K1, si, t, h):
             dense_point(wk.y, wk.y_new, wk.U, x, ytmp)
         else:
             dp_dense_point(wk.Kst, wk.y, h, x, ytmp)
-        Ls = grad_any(model, kern, use_kern, ytmp, wk.ws, gtmp, True, K1[0], K1[1], K1[2], K1[3])
+        Ls = grad_any(
+            model, kern, use_kern, ytmp, wk.ws, gtmp, _flag(True), K1[0], K1[1], K1[2], K1[3]
+        )
         _save(out, f, si, ytmp, Ls, _norm2(gtmp))
         si += 1
     return si
@@ -417,7 +419,7 @@ def _begin(model, W0, f, opt, out, wk):
     y, g, v, ws = wk.y, wk.g, wk.v, wk.ws
     for i in range(n):
         y[i] = W0[f, i]
-    L = grad_ws(model, y, ws, g, True)
+    L = grad_ws(model, y, ws, g, _flag(True))
     _keep_filter(model, ws, v)
     gn = _norm2(g)
     _start(out, f)
@@ -523,7 +525,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
         evals += si - si0
         if was_stiff:  # the new point's gradient (Dormand-Prince has it: FSAL)
-            L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, True, K1[0], K1[1],
+            L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, _flag(True), K1[0], K1[1],
                              K1[2], K1[3])
             evals += 1
             _keep_filter(model, ws, wk.v_new)

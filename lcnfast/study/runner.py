@@ -27,12 +27,13 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from .. import analysis as _analysis
-from ..flows import STATUS, threads as _threads
+from ..flows import STATUS, FlowWarning, threads as _threads
 from ..problem import Problem
 from . import draws
 from .shards import finished_shards, integrate, plan, read_dataset, reanalyse_shard, run_shard
@@ -234,7 +235,9 @@ def warm_up(spec, study_dir, n_threads=None):
             integ.update(n_steps=2, save_every=1)
         else:
             integ.update(t_end=min(integ["t_end"], 1.0) * 1e-3, max_steps=5, save=2)
-        ds = integrate(problem, W0, integ, n_threads)
+        with warnings.catch_warnings():  # 5 steps on 2 throwaway flows: they stop early
+            warnings.simplefilter("ignore", FlowWarning)
+            ds = integrate(problem, W0, integ, n_threads)
         _analysis.classify(ds, problem, **study.spec["analysis"])
     return time.perf_counter() - t0
 
