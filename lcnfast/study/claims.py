@@ -27,10 +27,12 @@ import pandas as pd
 
 from .report import markdown_table, wilson
 
-__all__ = ["Check", "check", "claims_markdown", "estimate_row"]
+__all__ = ["Check", "check", "claims_markdown", "estimate_row", "bound_checks"]
 
 #: at most this many violating flows are listed per claim (their count is always given)
 MAX_LISTED = 25
+#: relative rounding allowance in ``v_l1_max <= bound`` (as lcnfast.study.report)
+BOUND_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,22 @@ def estimate_row(k, n):
         return "–"
     lo, hi = wilson(k, n)
     return f"{k}/{n} = {k / n:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def bound_checks(ds, names=(("Lemma 3.6 / Cor. 3.7 (X X^T full rank)", "lemma36_bound"),
+                            ("Gram bound (A positive definite)", "gram_bound"))):  # fmt: skip
+    """Checks ``sup_t ||v(t)||_1 <= bound`` (``v_l1_max`` against the study's per-flow bounds of
+    Lemma 3.6 and of the window Gram; NaN bounds, where the rank condition fails, are not
+    tested), one per ``(name, variable)`` present in ``ds``."""
+    obs = ds["v_l1_max"].values
+    out = []
+    for name, var in names:
+        if var not in ds:
+            continue
+        b = ds[var].values
+        with np.errstate(invalid="ignore"):
+            ok = np.where(np.isfinite(b), obs <= b * (1 + BOUND_RTOL), np.nan)
+        out.append(check(f"{name}: sup_t ||v(t)||_1 <= the bound",
+                         f"v_l1_max <= bound * (1 + {BOUND_RTOL:g}) (rounding)", ok,
+                         detail={"v_l1_max": obs, "bound": b}))  # fmt: skip
+    return out

@@ -15,15 +15,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lcnfast.flows import I  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
+from lcnfast.study.claims import bound_checks, check, claims_markdown, estimate_row  # noqa: E402
 from lcnfast.study.report import markdown_table  # noqa: E402
 
 #: balancedness drift allowed, in units of rtol * (1 + max ||w||^2): delta_i is quadratic in w,
 #: so a relative error rtol in w moves it by ~2 rtol ||w||^2 per unit of accumulated error;
 #: 1e3 leaves room for the accumulation over the ~10^2-10^3 steps of a flow
 DRIFT_FACTOR = 1e3
-#: relative rounding allowance in v_l1_max <= bound
-BOUND_RTOL = 1e-9
 
 
 def per_flow_cells(ds, study):
@@ -45,7 +43,6 @@ def _claims(ds, study):
     gn = ds["grad_norm_final"].values
     drift_scale = _rtol(ds, study) * (1.0 + ds["w_norm_max"].values ** 2)
     drift_ratio = ds["balance_drift"].values / drift_scale
-    obs = ds["v_l1_max"].values
     grad_tol = study.spec["integrator"][0]["grad_tol"]
     checks = [
         check(
@@ -71,19 +68,7 @@ def _claims(ds, study):
             detail={"max_loss_increase": ds["max_loss_increase"].values},
         ),
     ]
-    for name, var in (("Lemma 3.6 / Cor. 3.7", "lemma36_bound"), ("Gram bound", "gram_bound")):
-        if var in ds:
-            b = ds[var].values
-            with np.errstate(invalid="ignore"):
-                ok = np.where(np.isfinite(b), obs <= b * (1 + BOUND_RTOL), np.nan)
-            checks.append(
-                check(
-                    f"{name}: sup_t ||v(t)||_1 <= the bound",
-                    f"v_l1_max <= bound * (1 + {BOUND_RTOL:g}) (rounding)",
-                    ok,
-                    detail={"v_l1_max": obs, "bound": b},
-                )
-            )
+    checks += bound_checks(ds)
     return checks
 
 

@@ -18,11 +18,9 @@ import pandas as pd  # noqa: E402
 
 from lcnfast.flows import I  # noqa: E402
 from lcnfast.study import load_problem  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
+from lcnfast.study.claims import bound_checks, check, claims_markdown, estimate_row  # noqa: E402
 from lcnfast.study.report import markdown_table  # noqa: E402
 
-#: relative rounding allowance in v_l1_max <= bound
-BOUND_RTOL = 1e-9
 #: ||w|| grew when ||w(T)|| / ||w(T/10)|| exceeds this: a converged flow's norm changes by
 #: O(distance to the limit) << 1% over its last decade of time
 GROWTH = 1.01
@@ -133,20 +131,7 @@ def _claims(ds, growth):
             detail=detail,
         ),
     ]
-    obs = ds["v_l1_max"].values
-    for name, var in (("Lemma 3.6 (X X^T full rank)", "lemma36_bound"),
-                      ("Gram bound (A positive definite)", "gram_bound")):  # fmt: skip
-        b = ds[var].values
-        with np.errstate(invalid="ignore"):
-            ok = np.where(np.isfinite(b), obs <= b * (1 + BOUND_RTOL), np.nan)
-        checks.append(
-            check(
-                f"{name}: sup_t ||v(t)||_1 <= the bound",
-                f"v_l1_max <= bound * (1 + {BOUND_RTOL:g}) (rounding)",
-                ok,
-                detail={"v_l1_max": obs, "bound": b},
-            )
-        )
+    checks += bound_checks(ds)
     return checks
 
 
