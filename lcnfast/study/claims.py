@@ -27,7 +27,7 @@ import pandas as pd
 
 from .report import markdown_table, wilson
 
-__all__ = ["Check", "check", "claims_markdown", "estimate_row", "bound_checks"]
+__all__ = ["Check", "check", "claims_markdown", "estimate_row", "bound_checks", "quantiles_row"]
 
 #: at most this many violating flows are listed per claim (their count is always given)
 MAX_LISTED = 25
@@ -147,6 +147,13 @@ def estimate_row(k, n):
         return "–"
     lo, hi = wilson(k, n)
     return f"{k}/{n} = {k / n:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def quantiles_row(x, qs=(0.5, 0.9)):
+    """``"q50 / q90"`` (the quantiles ``qs``) of the finite values of x, to 2 digits; '–' if none."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return " / ".join(f"{v:.2g}" for v in np.quantile(x, qs)) if x.size else "–"
 
 
 def bound_checks(ds, names=(("Lemma 3.6 / Cor. 3.7 (X X^T full rank)", "lemma36_bound"),

@@ -15,7 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lcnfast.flows import I  # noqa: E402
-from lcnfast.study.claims import bound_checks, check, claims_markdown, estimate_row  # noqa: E402
+from lcnfast.study.claims import (  # noqa: E402
+    bound_checks, check, claims_markdown, estimate_row, quantiles_row,
+)  # fmt: skip
 from lcnfast.study.report import markdown_table  # noqa: E402
 
 #: balancedness drift allowed, in units of rtol * (1 + max ||w||^2): delta_i is quadratic in w,
@@ -72,12 +74,6 @@ def _claims(ds, study):
     return checks
 
 
-def _quant(x, qs=(0.5, 0.9)):
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return " / ".join(f"{v:.2g}" for v in np.quantile(x, qs)) if x.size else "–"
-
-
 def _table_by(ds, study, key):
     """One row per level of ``key`` ("loss_fn" or "architecture")."""
     losses, _ = per_flow_cells(ds, study)
@@ -94,13 +90,13 @@ def _table_by(ds, study, key):
             row["Thm 3.8 covers"] = bool(covered[sel].all())
         row.update({
             "converged [95% CI]": estimate_row(int(conv.sum()), conv.size),
-            "grad norm q50 / max": _quant(sub["grad_norm_final"].values, (0.5, 1.0)),
+            "grad norm q50 / max": quantiles_row(sub["grad_norm_final"].values, (0.5, 1.0)),
             "distance to limit (Newton) q50 / q90": (
-                _quant(sub["newton_step_final"].values) if "newton_step_final" in sub else "–"
+                quantiles_row(sub["newton_step_final"].values) if "newton_step_final" in sub else "–"
             ),
-            "t_final q50 / q90": _quant(sub["t_final"].values),
-            "steps q50 / q90": _quant(sub["n_accepted"].values + sub["n_rejected"].values),
-            "Lemma 3.6 bound / sup ||v||_1 q10 / q50": _quant(loose, (0.1, 0.5)),
+            "t_final q50 / q90": quantiles_row(sub["t_final"].values),
+            "steps q50 / q90": quantiles_row(sub["n_accepted"].values + sub["n_rejected"].values),
+            "Lemma 3.6 bound / sup ||v||_1 q10 / q50": quantiles_row(loose, (0.1, 0.5)),
         })  # fmt: skip
         rows.append(row)
     return markdown_table(pd.DataFrame(rows))

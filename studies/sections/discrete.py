@@ -61,13 +61,15 @@ def _lambda_max(problem, W):
 
 
 def _two_steps(problem, W, h):
-    """(K,) bool: w_{k+2} returns to w_k within CYCLE_RTOL while w_{k+1} does not."""
+    """(K,) bool: w_{k+2} returns to w_k within CYCLE_RTOL while w_{k+1} does not; W (K, n),
+    h (K,) the step size of each row."""
+    h = np.asarray(h, dtype=float)[:, None]
     out = np.zeros(W.shape[0], dtype=bool)
     ok = np.all(np.isfinite(W), axis=1) & (np.abs(W).max(axis=1, initial=0) < 1e100)
     if ok.any():
-        w0 = W[ok]
-        w1 = w0 - h * problem.grad(w0)
-        w2 = w1 - h * problem.grad(w1)
+        w0, hk = W[ok], h[ok]
+        w1 = w0 - hk * problem.grad(w0)
+        w2 = w1 - hk * problem.grad(w1)
         scale = np.linalg.norm(w0, axis=1)
         out[ok] = (np.linalg.norm(w2 - w0, axis=1) <= CYCLE_RTOL * scale) & (
             np.linalg.norm(w1 - w0, axis=1) > 100 * CYCLE_RTOL * scale
@@ -94,8 +96,8 @@ def pair_table(ds, study, study_dir):
         partner = np.array([flow_of[key[i]] for i in gd])
         lam_of = dict(zip(sel, lam))
         scale = float(ds["loss_scale"].values[sel[0]])
-        for i, j in zip(gd, partner):
-            cyc = _two_steps(problem, W[i : i + 1, :n], h[i])[0]
+        cycles = _two_steps(problem, W[gd, :n], h[gd])  # one batch per dataset
+        for i, j, cyc in zip(gd, partner, cycles):
             rows.append(_row(ds, i, j, h[i], lam_of[j], lam_of[i], cyc, scale))
     return pd.DataFrame(rows)
 

@@ -18,7 +18,9 @@ import pandas as pd  # noqa: E402
 
 from lcnfast.flows import I  # noqa: E402
 from lcnfast.study import load_problem  # noqa: E402
-from lcnfast.study.claims import bound_checks, check, claims_markdown, estimate_row  # noqa: E402
+from lcnfast.study.claims import (  # noqa: E402
+    bound_checks, check, claims_markdown, estimate_row, quantiles_row,
+)  # fmt: skip
 from lcnfast.study.report import markdown_table  # noqa: E402
 
 #: ||w|| grew when ||w(T)|| / ||w(T/10)|| exceeds this: a converged flow's norm changes by
@@ -65,12 +67,6 @@ def kernel_component(ds, study_dir):
     return out
 
 
-def _quant(x, qs=(0.5, 0.9)):
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return " / ".join(f"{v:.2g}" for v in np.quantile(x, qs)) if x.size else "–"
-
-
 def _cell_rows(ds, study, growth, kern):
     rows = []
     for c in study.cells:
@@ -87,12 +83,12 @@ def _cell_rows(ds, study, growth, kern):
             "target": c.labels["target"],
             "X X^T full rank": bool(sub["xxt_full_rank"].values.all()),
             "A pos. def.": bool(sub["gram_pd"].values.all()),
-            "lambda_min / lambda_max of A": _quant(kern[sel, 0], (0.5,)),
+            "lambda_min / lambda_max of A": quantiles_row(kern[sel, 0], (0.5,)),
             "converged [95% CI]": estimate_row(int(conv.sum()), conv.size),
-            "grad norm q50 / max": _quant(sub["grad_norm_final"].values, (0.5, 1.0)),
-            "sup ||w|| q50 / max": _quant(sub["w_norm_max"].values, (0.5, 1.0)),
-            "||w(T)|| / ||w(T/10)|| q50 / max": _quant(growth[sel], (0.5, 1.0)),
-            "kernel component of v q50 / max": _quant(kern[sel, 1], (0.5, 1.0)),
+            "grad norm q50 / max": quantiles_row(sub["grad_norm_final"].values, (0.5, 1.0)),
+            "sup ||w|| q50 / max": quantiles_row(sub["w_norm_max"].values, (0.5, 1.0)),
+            "||w(T)|| / ||w(T/10)|| q50 / max": quantiles_row(growth[sel], (0.5, 1.0)),
+            "kernel component of v q50 / max": quantiles_row(kern[sel, 1], (0.5, 1.0)),
         })  # fmt: skip
     return pd.DataFrame(rows)
 
