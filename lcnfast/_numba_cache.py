@@ -257,16 +257,38 @@ def guard_dispatchers(modules=None):
                 _guard(obj)
 
 
-def cfunc(sig, *, cache=True, **options):
+@functools.cache
+def _noalias_pipeline():
+    from numba.core import compiler
+
+    class NoAliasCompiler(compiler.Compiler):
+        """Numba's pipeline with its ``noalias`` flag set: LLVM is told that the function's
+        array arguments never overlap."""
+
+        def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
+            flags.noalias = True  # a fresh Flags object per compilation
+            super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
+
+    return NoAliasCompiler
+
+
+def cfunc(sig, *, cache=True, noalias=False, **options):
     """``numba.cfunc(sig, cache=cache, **options)`` with a :class:`GuardedCache` (a C
-    callback compiles, or loads from the cache, when it is decorated)."""
-    from numba.core import caching, sigutils
+    callback compiles, or loads from the cache, when it is decorated).
+
+    ``noalias=True`` declares the array arguments non-overlapping (LLVM's ``noalias``), so
+    that a loop loading from one array and storing to another vectorises without run-time
+    overlap checks (which LLVM gives up on past a handful of pointers). Every caller must then
+    pass distinct, non-overlapping arrays for the arguments it writes.
+    """
+    from numba.core import caching, compiler, sigutils
     from numba.core.ccallback import CFunc
 
     sig = sigutils.normalize_signature(sig)
+    pipeline = _noalias_pipeline() if noalias else compiler.Compiler
 
     def wrapper(func):
-        res = CFunc(func, sig, locals={}, options=options)
+        res = CFunc(func, sig, locals={}, options=options, pipeline_class=pipeline)
         if cache and caching_available():
             try:
                 res._cache = GuardedCache(caching.FunctionCache(func))

@@ -159,3 +159,23 @@ def test_unwritable_cache_dir_falls_back_to_generic(tmp_path, monkeypatch):
     forced = Problem(arch, td.X, td.Y, losses.square(), kernel="generated")
     with pytest.raises(OSError):
         forced.loss_and_grad(W)
+
+
+def test_generated_kernel_loop_is_simd_with_noalias():
+    """The lane loop of a generated kernel vectorises because the kernel is compiled with
+    ``noalias`` (see lcnfast._codegen): the same source without it stays scalar (LLVM gives up
+    on the run-time overlap checks of ~150 row pointers). Checked on the optimised LLVM IR
+    (vector types ``<N x double>``), which every x86-64 target has (SSE2 at least), so the
+    claim does not depend on this machine's vector width; both compile uncached."""
+    from lcnfast import _numba_cache
+
+    ns = {}
+    exec(compile(_codegen.kernel_source(Architecture(32, (3, 3, 3))), "gen", "exec"), ns)
+    ir = {}
+    for noalias in (False, True):
+        cf = _numba_cache.cfunc(_codegen.LANE_KERNEL_SIG, cache=False, noalias=noalias)(
+            ns["kernel"]
+        )
+        ir[noalias] = cf.inspect_llvm()
+    assert "x double> " in ir[True] and "fmul <" in ir[True]
+    assert "fmul <" not in ir[False]
