@@ -589,7 +589,8 @@ NEWTON_RCOND = 1e-8  # relative eigenvalue cut-off of the Newton step's pseudo-i
 
 
 def newton_step_norm(problem, W):
-    """||H^+ grad L(w)||_2 for every row w of W (K, n) (NaN for non-finite rows), H = Hess L(w).
+    """||H^+ grad L(w)||_2 for every row w of W (K, n), H = Hess L(w); NaN where w, H or
+    grad L(w) is not finite (a diverged flow, or a huge w whose Hessian overflows).
 
     Near a nondegenerate limit (modulo the layer rescalings, which leave L invariant) this is
     the length of the Newton correction, an estimate of the distance to the limit to first
@@ -600,9 +601,14 @@ def newton_step_norm(problem, W):
     out = np.full(K, np.nan)
     ok = np.all(np.isfinite(W), axis=1)
     if ok.any():
-        Wk = W[ok]
-        lam, Q = np.linalg.eigh(problem.hessian(Wk))
-        c = np.einsum("kji,kj->ki", Q, problem.grad(Wk))  # Q^T g
+        H = problem.hessian(W[ok])
+        g = problem.grad(W[ok])
+        fin = np.isfinite(H).all(axis=(1, 2)) & np.isfinite(g).all(axis=1)
+        ok[ok] = fin
+    if ok.any():
+        H, g = H[fin], g[fin]
+        lam, Q = np.linalg.eigh(H)
+        c = np.einsum("kji,kj->ki", Q, g)  # Q^T g
         big = np.abs(lam) > NEWTON_RCOND * np.abs(lam).max(axis=1, keepdims=True)
         out[ok] = np.linalg.norm(np.where(big, c / np.where(big, lam, 1.0), 0.0), axis=1)
     return out

@@ -336,6 +336,19 @@ def test_stiff_linear_problem_steps_far_beyond_the_explicit_stability_limit():
     assert np.all(ds.h_final.values > 1e6 * 2 / lam[-1])
 
 
+def test_newton_step_of_an_overflowing_hessian_is_nan_not_an_error():
+    """A flow whose end point is finite but so large that its Hessian overflows (w ~ 1e200:
+    products of three entries) gets newton_step_final = NaN; the other flows of the run keep
+    their values (numpy's eigh raised LinAlgError on the whole batch before)."""
+    p = make_problem(ARCHS[0], square(), m=20)
+    w0 = lf.data.initial_filters(p.arch, 3, scale=0.7, seed=3)
+    w0[1, 0] = 1e200
+    ds = lf.gradient_flow(p, w0, t_end=1e-3)
+    assert not np.isfinite(p.hessian(ds.w_final.values[1:2])).all()
+    nsf = ds.newton_step_final.values
+    assert np.isnan(nsf[1]) and np.isfinite(nsf[[0, 2]]).all(), nsf
+
+
 # ----------------------------------------------------------------------------- limit points
 def test_run_until_converged_certifies_the_limit():
     p = make_problem(ARCHS[0], square(), m=20)
