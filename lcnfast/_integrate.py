@@ -221,16 +221,6 @@ def _l1(x):
 
 # ----------------------------------------------------------------------------- lane bookkeeping
 @nb.njit(**_JIT)
-def _lane_norm2(X, b):
-    """||X[:, b]||_2 from the plain sum of squares: check it with :func:`_plain_ok` (else
-    :func:`_lane_norm2_scaled`)."""
-    acc = 0.0
-    for i in range(X.shape[0]):
-        acc += X[i, b] * X[i, b]
-    return math.sqrt(acc)
-
-
-@nb.njit(**_JIT)
 def _lane_norm2_scaled(X, b):
     """||X[:, b]||_2 scaled by its largest entry (see _norm2)."""
     big = 0.0
@@ -243,22 +233,6 @@ def _lane_norm2_scaled(X, b):
         r = X[i, b] / big
         acc += r * r
     return big * math.sqrt(acc)
-
-
-@nb.njit(**_JIT)
-def _lane_l1(X, b):
-    acc = 0.0
-    for i in range(X.shape[0]):
-        acc += abs(X[i, b])
-    return acc
-
-
-@nb.njit(**_JIT)
-def _lane_finite(X, b):
-    for i in range(X.shape[0]):
-        if not math.isfinite(X[i, b]):
-            return False
-    return True
 
 
 @nb.njit(**_JIT)
@@ -397,20 +371,6 @@ def _lane_norms(G, V, Y, gn, v1, wn):
         wn[b] = math.sqrt(wn[b])
 
 
-@nb.njit(inline="always", **_JIT)
-def _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, want_loss):
-    """Losses L (LANES,) and gradients G (n, LANES) of the LANES flows Y (n, LANES), and their
-    final filters in V = lws.P[N] (k_v, LANES): the generated kernel ``kern``
-    (lcnfast._codegen) when ``use_kern``, else the generic lane kernel. V is made once by the
-    caller (a new view per evaluation costs two atomic refcount updates). Unless
-    ``want_loss``, L may be NaN (the data path then skips the loss values; G is the same
-    bits either way)."""
-    if use_kern:
-        kern(Y, model.A, model.b, model.yy, G, L, V)
-    else:
-        loss_grad_lanes(model, Y, lws, G, L, want_loss)
-
-
 @nb.njit(**_JIT)
 def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
@@ -428,6 +388,14 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     step = np.zeros(LANES, np.int64)
     next_save = np.zeros(LANES, np.int64)  # step of the lane's next save (no modulo per step)
     h = opt.h
+    # the hot arrays, out of their tuples once (see "The hot path" below)
+    A = model.A
+    bvec = model.b
+    yy = model.yy
+    v_l1_max = out.v_l1_max
+    w_norm_max = out.w_norm_max
+    max_inc = out.max_loss_increase
+    levels = opt.levels
     while True:
         n_active = 0
         for b in range(LANES):
@@ -446,7 +414,10 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 n_active += 1
         if n_active == 0:
             break
-        _evaluate_lanes(model, kern, use_kern, Y, lws, G, L, V, _flag(True))
+        if use_kern:
+            kern(Y, A, bvec, yy, G, L, V)
+        else:
+            loss_grad_lanes(model, Y, lws, G, L, _flag(True))
         _lane_norms(G, V, Y, gn, v1, wn)
         for b in range(LANES):
             f = flow[b]
@@ -460,11 +431,14 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if j == 0:
                 out.loss_init[f] = L[b]
                 out.grad_norm_init[f] = gn[b]
-            elif L[b] - L_prev[b] > out.max_loss_increase[f]:
-                out.max_loss_increase[f] = L[b] - L_prev[b]
-            _record(out, f, v1[b], wn[b])
-            for q in range(opt.levels.shape[0]):  # exact for the iterates: first j with L <= level
-                if L[b] <= opt.levels[q] and math.isnan(out.t_below[f, q]):
+            elif L[b] - L_prev[b] > max_inc[f]:
+                max_inc[f] = L[b] - L_prev[b]
+            if v1[b] > v_l1_max[f]:
+                v_l1_max[f] = v1[b]
+            if wn[b] > w_norm_max[f]:
+                w_norm_max[f] = wn[b]
+            for q in range(levels.shape[0]):  # exact for the iterates: first j with L <= level
+                if L[b] <= levels[q] and math.isnan(out.t_below[f, q]):
                     out.t_below[f, q] = j * h
             if j == next_save[b] and j // opt.save_every < opt.n_save:
                 next_save[b] += opt.save_every
@@ -635,6 +609,16 @@ def _rk_save_row(out, f, r, s, b, L, gn):
 
 
 @nb.njit(**_JIT)
+def _rk_saves_at(opt, out, s, b):
+    """Rows of lane b's current state (time s.t[b]) at the save times up to s.t[b]."""
+    si = s.si[b]
+    while si < opt.save_t.shape[0] and opt.save_t[si] <= s.t[b]:
+        _rk_save_row(out, s.flow[b], si, s, b, s.L[b], s.gn[b])
+        si += 1
+    s.si[b] = si
+
+
+@nb.njit(**_JIT)
 def _rk_start(model, W0, opt, out, s, b, f, ws):
     """Put flow f into lane b: first evaluation, saves at t = 0, stop checks, initial step.
     Returns True if the flow is running (False: it already finished)."""
@@ -682,41 +666,50 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
     return True
 
 
-@nb.njit(inline="always", **_JIT)
-def _rk_prepare(opt, out, s, b):
-    """Checks before attempting a step in lane b and its step size; False if it stopped."""
-    t = s.t[b]
-    if not s.rejected[b]:  # a new step
-        if t >= opt.t_end:
-            _rk_finish(out, s, b, REACHED_END)
-            return False
-        s.min_step[b] = 10.0 * (np.nextafter(t, math.inf) - t)
-        if s.h_abs[b] < s.min_step[b]:
-            s.h_abs[b] = s.min_step[b]
-    if s.n_acc[b] + s.n_rej[b] >= opt.max_steps:
-        _rk_finish(out, s, b, MAX_STEPS)
-        return False
-    if not (s.h_abs[b] >= s.min_step[b]):  # also catches NaN
-        _rk_finish(out, s, b, STEP_UNDERFLOW)
-        return False
-    t_new = t + s.h_abs[b]
-    if t_new > opt.t_end:
-        t_new = opt.t_end
-    s.h[b] = t_new - t
-    s.h_abs[b] = s.h[b]
-    return True
+# The hot path of the Dormand-Prince lanes. Every use of an array held in a NamedTuple (the
+# lane state, ``out``, ``opt``, the workspaces) binds a new reference: an atomic increment and
+# decrement of its reference count, which LLVM's reference-count pruning removes only in
+# straight-line code. Per lane and step the earlier code (helpers inlined with the tuples as
+# arguments) made about a hundred such pairs: 65% of a one-thread run (perf), and cache-line
+# traffic between threads on the shared arrays. So the worker takes every hot array out of
+# its tuple once, and the per-step helpers below take plain arrays and scalars only (their
+# reference counts are then pruned); tuples only go to the helpers of rare events (start,
+# finish, saves, level crossings). The arithmetic per lane is unchanged, operation by
+# operation: bitwise the same results.
 
 
 @nb.njit(**_JIT)
-def _rk_attempt(model, kern, use_kern, s, lws, V):
-    """Stages 2..7 of one Dormand-Prince step in every lane (step size s.h[b]).
+def _rk_prepare(b, t, h_abs, h, min_step, rejected, n_tried, t_end, max_steps):
+    """Checks before lane b attempts a step, and its step size h[b]: the status to finish
+    with (REACHED_END, MAX_STEPS, STEP_UNDERFLOW), or -1 to go on."""
+    tb = t[b]
+    if not rejected[b]:  # a new step
+        if tb >= t_end:
+            return REACHED_END
+        min_step[b] = 10.0 * (np.nextafter(tb, math.inf) - tb)
+        if h_abs[b] < min_step[b]:
+            h_abs[b] = min_step[b]
+    if n_tried >= max_steps:
+        return MAX_STEPS
+    if not (h_abs[b] >= min_step[b]):  # also catches NaN
+        return STEP_UNDERFLOW
+    t_new = tb + h_abs[b]
+    if t_new > t_end:
+        t_new = t_end
+    h[b] = t_new - tb
+    h_abs[b] = h[b]
+    return -1
+
+
+@nb.njit(**_JIT)
+def _rk_stages(model, kern, use_kern, lws, Y, h, Kst, acc, Y_new, G, L_new, V):
+    """Stages 2..7 of one Dormand-Prince step in every lane (step size h[b]); the new points
+    in Y_new, their losses in L_new (stage 7, FSAL), their filters in V.
 
     The stage combinations loop over lanes innermost (SIMD); per lane the sums run over the
     stages in order, exactly as for one flow.
     """
-    n = s.Y.shape[0]
-    Kst = s.Kst
-    acc = s.Ytmp
+    n = Y.shape[0]
     for st in range(1, 7):
         coef = DP_A[st] if st < 6 else DP_B
         for i in range(n):
@@ -726,15 +719,116 @@ def _rk_attempt(model, kern, use_kern, s, lws, V):
                 c = coef[q]
                 for b in range(LANES):
                     acc[i, b] += c * Kst[q, i, b]
-        dst = s.Ytmp if st < 6 else s.Y_new
+        dst = acc if st < 6 else Y_new
         for i in range(n):
             for b in range(LANES):
-                dst[i, b] = s.Y[i, b] + s.h[b] * acc[i, b]
+                dst[i, b] = Y[i, b] + h[b] * acc[i, b]
         # st = 6: FSAL, the loss of the new point; stages 2..6 need no loss values
-        _evaluate_lanes(model, kern, use_kern, dst, lws, s.G, s.L_new, V, st == 6)
+        if use_kern:
+            kern(dst, model.A, model.b, model.yy, G, L_new, V)
+        else:
+            loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
         for i in range(n):
             for b in range(LANES):
-                Kst[st, i, b] = -s.G[i, b]
+                Kst[st, i, b] = -G[i, b]
+
+
+@nb.njit(**_JIT)
+def _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, out):
+    """Per lane the error norm's sum of squares sum_i (e_i / sc_i)^2 of the attempted step,
+    e = h sum_q E_q K_q, sc = atol + rtol max(|y|, |y_new|) (scipy's RK45), into out (LANES,):
+    SIMD over lanes, each lane's sums in the order of one flow."""
+    for b in range(LANES):
+        out[b] = 0.0
+    for i in range(Y.shape[0]):
+        for b in range(LANES):
+            e = 0.0
+            for q in range(7):
+                e += DP_E[q] * Kst[q, i, b]
+            e *= h[b]
+            sc = atol + rtol * max(abs(Y[i, b]), abs(Y_new[i, b]))
+            out[b] += (e / sc) ** 2
+
+
+@nb.njit(**_JIT)
+def _rk_decide(b, err2, n, atol, h_abs, rejected, n_acc, n_rej):
+    """Accept (True) or reject lane b's step from its error norm sqrt(err2 / n), updating
+    the proposed step size as scipy's RK45 (a NaN sum with atol = 0 must have been replaced
+    by the caller, see _err_sumsq_at_rest)."""
+    err = math.sqrt(err2 / n)
+    if not err < 1.0:
+        if math.isfinite(err):
+            h_abs[b] *= max(MIN_FACTOR, SAFETY * err**ERROR_EXPONENT)
+        else:  # NaN/Inf in a stage: shrink as much as allowed
+            h_abs[b] *= MIN_FACTOR
+        rejected[b] = True
+        n_rej[b] += 1
+        return False
+    factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**ERROR_EXPONENT)
+    if rejected[b]:
+        factor = min(1.0, factor)
+    h_abs[b] *= factor
+    rejected[b] = False
+    n_acc[b] += 1
+    return True
+
+
+@nb.njit(**_JIT)
+def _rk_dense_saves(model, opt, out, s, b, h, t, t_new, ws):
+    """Saves at the save times inside (t, t_new) of lane b's accepted step, on Shampine's
+    continuous extension (one-flow evaluations in the scratch vectors); returns the number of
+    gradient evaluations."""
+    n = s.Y.shape[0]
+    f = s.flow[b]
+    T = opt.save_t.shape[0]
+    si = s.si[b]
+    evals = 0
+    while si < T and opt.save_t[si] < t_new:
+        x = (opt.save_t[si] - t) / h
+        for i in range(n):
+            acc = 0.0
+            for q in range(7):
+                acc += s.Kst[q, i, b] * (
+                    x * (DP_P[q, 0] + x * (DP_P[q, 1] + x * (DP_P[q, 2] + x * DP_P[q, 3])))
+                )
+            s.y1[i] = s.Y[i, b] + h * acc
+        Ls = loss_grad_ws(model, s.y1, ws, s.g1)
+        evals += 1
+        out.save_w[f, si, :] = s.y1
+        out.save_loss[f, si] = Ls
+        out.save_grad_norm[f, si] = _norm2(s.g1)
+        si += 1
+    s.si[b] = si
+    return evals
+
+
+@nb.njit(**_JIT)
+def _rk_accept_lanes(accepted, Y, Y_new, Kst, V, V_new, G, gn, wn, v1, nonfinite):
+    """Move the accepted lanes to their new state (Y, the FSAL stage, the filter V) and take
+    per lane ||grad L||_2 (from G), ||w||_2, ||v||_1 and a finiteness test of w (0.0 if
+    finite, else NaN) of the new state: SIMD over lanes, each lane's sums in index order."""
+    n = Y.shape[0]
+    for b in range(LANES):
+        gn[b] = 0.0
+        wn[b] = 0.0
+        v1[b] = 0.0
+        nonfinite[b] = 0.0
+    for i in range(n):
+        for b in range(LANES):
+            if accepted[b]:
+                Y[i, b] = Y_new[i, b]
+                Kst[0, i, b] = Kst[6, i, b]
+            gn[b] += G[i, b] * G[i, b]
+            wn[b] += Y[i, b] * Y[i, b]
+            nonfinite[b] += Y[i, b] * 0.0
+    for i in range(V.shape[0]):
+        for b in range(LANES):
+            if accepted[b]:
+                V[i, b] = V_new[i, b]
+            v1[b] += abs(V[i, b])
+    for b in range(LANES):
+        gn[b] = math.sqrt(gn[b])
+        wn[b] = math.sqrt(wn[b])
 
 
 @nb.njit(**_JIT)
@@ -768,125 +862,96 @@ def _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws):
                           s.y1, s.g1)
 
 
-@nb.njit(inline="always", **_JIT)
-def _rk_conclude(model, opt, out, s, b, lws, ws):
-    """Accept or reject lane b's attempted step (error control as scipy's RK45); on
-    acceptance save, move on and check the stopping rules."""
-    n = s.Y.shape[0]
-    N = model.k.shape[0]
-    kv = model.k_v
-    f = s.flow[b]
-    h = s.h[b]
-    s.evals[b] += 6
-    acc2 = 0.0
-    for i in range(n):
-        e = 0.0
-        for q in range(7):
-            e += DP_E[q] * s.Kst[q, i, b]
-        e *= h
-        sc = opt.atol + opt.rtol * max(abs(s.Y[i, b]), abs(s.Y_new[i, b]))
-        acc2 += (e / sc) ** 2
-    if acc2 != acc2 and opt.atol == 0.0:  # 0 / 0 from a component at rest: counts 0
-        acc2 = _err_sumsq_at_rest(s, b, h, opt)
-    err = math.sqrt(acc2 / n)
-    if not err < 1.0:
-        if math.isfinite(err):
-            s.h_abs[b] *= max(MIN_FACTOR, SAFETY * err**ERROR_EXPONENT)
-        else:  # NaN/Inf in a stage: shrink as much as allowed
-            s.h_abs[b] *= MIN_FACTOR
-        s.rejected[b] = True
-        s.n_rej[b] += 1
-        return
-    factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**ERROR_EXPONENT)
-    if s.rejected[b]:
-        factor = min(1.0, factor)
-    s.h_abs[b] *= factor
-    s.rejected[b] = False
-    s.n_acc[b] += 1
-    t = s.t[b]
-    t_new = t + h
-    L_new = s.L_new[b]
-    gn_new = _lane_norm2(s.G, b)
-    if not _plain_ok(gn_new):
-        gn_new = _lane_norm2_scaled(s.G, b)
-    # dense output at save times inside (t, t_new): one-flow evaluations in the scratch vectors
-    T = opt.save_t.shape[0]
-    si = s.si[b]
-    while si < T and opt.save_t[si] < t_new:
-        x = (opt.save_t[si] - t) / h
-        for i in range(n):
-            acc = 0.0
-            for q in range(7):
-                acc += s.Kst[q, i, b] * (
-                    x * (DP_P[q, 0] + x * (DP_P[q, 1] + x * (DP_P[q, 2] + x * DP_P[q, 3])))
-                )
-            s.y1[i] = s.Y[i, b] + h * acc
-        Ls = loss_grad_ws(model, s.y1, ws, s.g1)
-        s.evals[b] += 1
-        out.save_w[f, si, :] = s.y1
-        out.save_loss[f, si] = Ls
-        out.save_grad_norm[f, si] = _norm2(s.g1)
-        si += 1
-    if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
-        s.evals[b] += _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws)
-    if L_new - s.L[b] > out.max_loss_increase[f]:
-        out.max_loss_increase[f] = L_new - s.L[b]
-    s.t[b] = t_new
-    for i in range(n):
-        s.Y[i, b] = s.Y_new[i, b]
-        s.Kst[0, i, b] = s.Kst[6, i, b]
-    for i in range(kv):
-        s.V[i, b] = lws.P[N, i, b]
-    s.L[b] = L_new
-    s.gn[b] = gn_new
-    while si < T and opt.save_t[si] <= t_new:
-        _rk_save_row(out, f, si, s, b, L_new, gn_new)
-        si += 1
-    s.si[b] = si
-    if not (math.isfinite(L_new) and math.isfinite(gn_new) and _lane_finite(s.Y, b)):
-        _rk_finish(out, s, b, NON_FINITE)
-        return
-    wn = _lane_norm2(s.Y, b)
-    if not _plain_ok(wn):
-        wn = _lane_norm2_scaled(s.Y, b)
-    _record(out, f, _lane_l1(s.V, b), wn)
-    if gn_new <= opt.grad_tol:
-        _rk_finish(out, s, b, CONVERGED)
-
-
 @nb.njit(**_JIT)
 def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
-    V = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
     ws = new_workspace(model)
+    # the hot arrays, out of their tuples once (see above)
+    V_new = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
+    flow, t, h, h_abs, rejected, L, L_new = s.flow, s.t, s.h, s.h_abs, s.rejected, s.L, s.L_new
+    n_acc, n_rej, evals, gn_s = s.n_acc, s.n_rej, s.evals, s.gn
+    Y, Y_new, Kst, G, V = s.Y, s.Y_new, s.Kst, s.G, s.V
+    v_l1_max, w_norm_max, max_inc = out.v_l1_max, out.w_norm_max, out.max_loss_increase
+    save_t, levels = opt.save_t, opt.levels
+    T = save_t.shape[0]
+    err2 = np.zeros(LANES)
+    accepted = np.zeros(LANES, np.bool_)
+    gn = np.zeros(LANES)
+    wn = np.zeros(LANES)
+    v1 = np.zeros(LANES)
+    nonfinite = np.zeros(LANES)
     while True:
         if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows where they are
             for b in range(LANES):
-                if s.flow[b] >= 0:
+                if flow[b] >= 0:
                     _rk_finish(out, s, b, INTERRUPTED)
             break
         n_active = 0
         for b in range(LANES):
-            while s.flow[b] < 0:  # refill an idle lane
+            while flow[b] < 0:  # refill an idle lane
                 f = _fetch_add(counter, 0, 1)
                 if f >= K:
                     break
                 _rk_start(model, W0, opt, out, s, b, f, ws)
-            if s.flow[b] >= 0 and _rk_prepare(opt, out, s, b):
-                n_active += 1
+            if flow[b] < 0:
+                h[b] = 0.0
+                continue
+            status = _rk_prepare(b, t, h_abs, h, s.min_step, rejected, n_acc[b] + n_rej[b],
+                                 opt.t_end, opt.max_steps)
+            if status >= 0:
+                _rk_finish(out, s, b, status)  # sets h[b] = 0
             else:
-                s.h[b] = 0.0
+                n_active += 1
         if n_active == 0:
             # every lane is idle or has just stopped: done once no flow is left to start
             if _fetch_add(counter, 0, 0) >= K:
                 break
             continue
-        _rk_attempt(model, kern, use_kern, s, lws, V)
-        for b in range(LANES):
-            if s.flow[b] >= 0 and s.h[b] > 0.0:
-                _rk_conclude(model, opt, out, s, b, lws, ws)
+        _rk_stages(model, kern, use_kern, lws, Y, h, Kst, s.Ytmp, Y_new, G, L_new, V_new)
+        _rk_err_sumsq(Kst, Y, Y_new, h, opt.atol, opt.rtol, err2)
+        for b in range(LANES):  # accept or reject; what an accepted step passes on its way
+            accepted[b] = False
+            if flow[b] < 0 or not h[b] > 0.0:
+                continue
+            evals[b] += 6
+            if err2[b] != err2[b] and opt.atol == 0.0:  # 0 / 0 from a component at rest
+                err2[b] = _err_sumsq_at_rest(s, b, h[b], opt)
+            if not _rk_decide(b, err2[b], n, opt.atol, h_abs, rejected, n_acc, n_rej):
+                continue
+            accepted[b] = True
+            t_new = t[b] + h[b]
+            if s.si[b] < T and save_t[s.si[b]] < t_new:
+                evals[b] += _rk_dense_saves(model, opt, out, s, b, h[b], t[b], t_new, ws)
+            if levels.shape[0] > 0 and _levels_crossed(opt, out, flow[b], L_new[b]):
+                evals[b] += _rk_levels(model, opt, out, s, b, h[b], t[b], t_new, L_new[b], ws)
+        _rk_accept_lanes(accepted, Y, Y_new, Kst, V, V_new, G, gn, wn, v1, nonfinite)
+        for b in range(LANES):  # the accepted lanes' new state: records, saves, stopping
+            if not accepted[b]:
+                continue
+            f = flow[b]
+            if L_new[b] - L[b] > max_inc[f]:
+                max_inc[f] = L_new[b] - L[b]
+            t[b] += h[b]
+            L[b] = L_new[b]
+            if not _plain_ok(gn[b]):  # rare: see _norm2
+                gn[b] = _lane_norm2_scaled(G, b)
+            gn_s[b] = gn[b]
+            if s.si[b] < T and save_t[s.si[b]] <= t[b]:
+                _rk_saves_at(opt, out, s, b)
+            if not (math.isfinite(L[b]) and math.isfinite(gn[b]) and nonfinite[b] == 0.0):
+                _rk_finish(out, s, b, NON_FINITE)
+                continue
+            if not _plain_ok(wn[b]):
+                wn[b] = _lane_norm2_scaled(Y, b)
+            if v1[b] > v_l1_max[f]:
+                v_l1_max[f] = v1[b]
+            if wn[b] > w_norm_max[f]:
+                w_norm_max[f] = wn[b]
+            if gn[b] <= opt.grad_tol:
+                _rk_finish(out, s, b, CONVERGED)
+
 
 
 @nb.njit(parallel=True, **_JIT)
