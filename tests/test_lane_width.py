@@ -15,6 +15,12 @@ multiple of neither width, so the last lane block is partial and lanes refill at
 moments), a few hundred steps, stopping at different times (grad_tol). Cases: the square loss
 through the generated kernel and through the generic lane kernel (Gram path), and the
 log-cosh loss (data path of the generic lane kernel).
+
+Cost: the subprocess compiles everything these calls need, ~100 s on 2 shared cores: the
+Dormand-Prince run ~40 s, the Hessian behind the Datasets' ``h_lambda_max_final`` and
+``newton_step_final`` ~24 s (not lane code, but the public calls need it), gradient descent
+~12 s, the serial and parallel lane batches ~18 s. Checked able to fail: scaling the lane
+batches' losses by ``1 + 2.2e-16 (LANES - 8)`` makes it fail on the first loss compared.
 """
 
 from __future__ import annotations
