@@ -1,15 +1,15 @@
 """Numba's on-disk cache of lcnfast's kernels, kept consistent with the package's sources.
 
-Numba keys a cached function on its own file's contents only, but every ``@njit`` callee is
-compiled into its caller, and module constants such as the lane width (:mod:`lcnfast._lane_width`,
-chosen at import) are baked into the machine code: after an edit of ``_kernels.py``, or in a
-process with another ``LCNFAST_LANES``, the cached workers of ``_lanes.py`` and
-``_integrate.py`` would still run the old code, silently. :func:`purge_stale` (called once when
-lcnfast is imported) removes the package's cache files from the directory Numba caches them in
-for this process (:func:`cache_dir`) whenever the digest of the package's sources and lane
-width differs from the one recorded there; Numba then recompiles. Other cache directories are
-left alone: a process with its own ``NUMBA_CACHE_DIR`` never touches the in-tree cache. With
-unchanged sources and width it only hashes the sources (~1 ms).
+Numba keys a cached function on its own source file only, but every ``@njit`` callee is
+compiled into its caller, and module constants such as the lane width
+(:mod:`lcnfast._lane_width`, chosen at import) are baked into the machine code: after an edit
+of ``_kernels.py``, or in a process with another ``LCNFAST_LANES``, the cached workers of
+``_lanes.py`` and ``_integrate.py`` would still run the old code, silently. :func:`purge_stale`
+(called once when lcnfast is imported) removes the package's cache files from the directory
+Numba caches them in for this process (:func:`cache_dir`) whenever the digest of the package's
+sources and lane width differs from the one recorded there; Numba then recompiles. Other cache
+directories are left alone: a process with its own ``NUMBA_CACHE_DIR`` never touches the
+in-tree cache. With unchanged sources and width it only hashes the sources (~1 ms).
 
 It also keeps a damaged or unwritable cache from ever being fatal (see "damaged entries"
 below): :class:`GuardedCache` drops an entry that fails to load and Numba compiles it again,
