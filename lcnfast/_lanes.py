@@ -6,10 +6,13 @@ with the flow index innermost -- arrays of shape (..., LANES) -- turns every inn
 polynomial product, the Gram product and the data pass into a SIMD loop over flows, which is
 several times faster than one flow at a time on tiny filters.
 
+``LANES`` is chosen at import from the CPU (16 with AVX-512, else 8; ``LCNFAST_LANES``
+overrides it): see :mod:`lcnfast._lane_width`.
+
 Each lane's arithmetic is exactly that of one flow alone: the same operations in the same
 order (no fast-math reassociation or contraction), so a flow's result never depends on its
-lane, on the other lanes, or on the thread running it. Lanes are independent; an unused lane
-just computes something harmless.
+lane, on the other lanes, on the lane width or on the thread running it. Lanes are
+independent; an unused lane just computes something harmless.
 
 On the data path (losses other than the square loss through the Gram) the lanes share the
 polynomial product and the chain rule; the pass over the data runs lane by lane through the
@@ -30,8 +33,7 @@ import numpy as np
 from ._jit import JIT as _JIT
 from ._jit import JIT_R as _JIT_R
 from ._kernels import _data_buf, _flag, _fs_loss_grad_buf
-
-LANES = 8  # two AVX2 vectors of float64 per inner loop
+from ._lane_width import LANES
 
 
 class LaneWorkspace(NamedTuple):

@@ -1,11 +1,15 @@
 """Numba's on-disk cache of lcnfast's kernels, kept consistent with the package's sources.
 
-Numba keys a cached function on its own file's modification time and size only, but every
-``@njit`` callee is compiled into its caller: after an edit of ``_kernels.py``, the cached
-workers of ``_lanes.py`` and ``_integrate.py`` would still run the old kernels, silently.
-:func:`purge_stale` (called once when lcnfast is imported) removes the package's cache files
-wherever Numba may keep them whenever the digest of the package's sources differs from the one
-recorded there; Numba then recompiles. With unchanged sources it only hashes them (~1 ms).
+Numba keys a cached function on its own source file only, but every ``@njit`` callee is
+compiled into its caller, and module constants such as the lane width
+(:mod:`lcnfast._lane_width`, chosen at import) are baked into the machine code: after an edit
+of ``_kernels.py``, or in a process with another ``LCNFAST_LANES``, the cached workers of
+``_lanes.py`` and ``_integrate.py`` would still run the old code, silently. :func:`purge_stale`
+(called once when lcnfast is imported) removes the package's cache files from the directory
+Numba caches them in for this process (:func:`cache_dir`) whenever the digest of the package's
+sources and lane width differs from the one recorded there; Numba then recompiles. Other cache
+directories are left alone: a process with its own ``NUMBA_CACHE_DIR`` never touches the
+in-tree cache. With unchanged sources and width it only hashes the sources (~1 ms).
 
 It also keeps a damaged or unwritable cache from ever being fatal (see "damaged entries"
 below): :class:`GuardedCache` drops an entry that fails to load and Numba compiles it again,
@@ -25,16 +29,20 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._lane_width import LANES
+
 _PKG = Path(__file__).resolve().parent
 STAMP = "lcnfast-sources.sha256"
 
 
-def sources_digest() -> str:
-    """SHA-256 of the package's Python sources (names and contents, in name order)."""
+def cache_digest(lanes: int = LANES) -> str:
+    """SHA-256 of what the compiled kernels depend on besides their own file: the package's
+    Python sources (names and contents, in name order) and the lane width ``lanes``."""
     h = hashlib.sha256()
     for p in sorted(_PKG.glob("*.py")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
+    h.update(f"lanes={lanes}".encode())
     return h.hexdigest()
 
 
@@ -42,31 +50,31 @@ def _anchor():
     """A function of this package, for Numba's cache locators."""
 
 
-def cache_dirs() -> list[Path]:
-    """The directories where Numba may cache this package's functions: the in-tree
-    ``__pycache__``, the user-wide cache and ``NUMBA_CACHE_DIR`` (those that apply)."""
+def cache_dir() -> Path | None:
+    """The directory where Numba caches this package's functions in this process, found by
+    Numba's own locators in their order (``NUMBA_CACHE_DIR`` if set, else the in-tree
+    ``__pycache__`` if writable, else the user-wide cache, ...; or those of
+    ``NUMBA_CACHE_LOCATOR_CLASSES``), or None when no location is writable. All the package's
+    kernel modules share it: they sit in one directory."""
     from numba.core import caching
 
-    dirs = [_PKG / "__pycache__"]
-    for cls in (caching.UserWideCacheLocator, caching.UserProvidedCacheLocator):
-        try:
-            loc = cls.from_function(_anchor, __file__)
-        except Exception:  # pragma: no cover - a locator that does not apply here
-            loc = None
-        if loc is not None:
-            dirs.append(Path(loc.get_cache_path()))
-    return dirs
+    try:
+        return Path(caching.FunctionCache(_anchor).cache_path)
+    except RuntimeError:  # "cannot cache function ...: no locator available ..."
+        return None
 
 
 def purge_stale(dirs: list[Path] | None = None) -> list[Path]:
     """Remove Numba's index and data files (``*.nbi``, ``*.nbc``) from each existing
-    directory of ``dirs`` (default :func:`cache_dirs`) whose recorded digest is not that of
-    the current sources, then record it. Returns the directories purged. I/O errors (a
+    directory of ``dirs`` (default: :func:`cache_dir`, if any) whose recorded digest is not
+    :func:`cache_digest`, then record it. Returns the directories purged. I/O errors (a
     read-only installation, a race with another process) are ignored: Numba then recompiles
     or, at worst, a stale cache survives as it would without this guard."""
-    digest = sources_digest()
+    digest = cache_digest()
+    if dirs is None:
+        dirs = [d for d in [cache_dir()] if d is not None]
     purged = []
-    for d in cache_dirs() if dirs is None else dirs:
+    for d in dirs:
         stamp = d / STAMP
         try:
             if not d.is_dir() or (stamp.is_file() and stamp.read_text().strip() == digest):

@@ -126,6 +126,7 @@ import xarray as xr
 
 from . import _integrate as I
 from . import _rosenbrock as R
+from ._lane_width import LANES
 from .problem import Problem
 
 __all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS", "FlowWarning"]
@@ -692,6 +693,7 @@ def _versions(n_threads):
         "numpy_version": np.__version__,
         "threading_layer": layer,
         "n_threads": int(n_threads),
+        "lanes": LANES,  # flows side by side in the lane kernels (lcnfast._lane_width)
     }
 
 

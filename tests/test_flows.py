@@ -294,6 +294,7 @@ def test_dataset_schema_and_layer_selection():
     assert lf.Architecture(**__import__("json").loads(ds.attrs["architecture"])) == arch
     for key in ("lcnfast_version", "numba_version", "threading_layer", "n_threads", "rtol"):
         assert key in ds.attrs
+    assert ds.attrs["lanes"] == lf._lanes.LANES
 
 
 def test_netcdf_round_trip_is_identical(tmp_path):

@@ -1,0 +1,131 @@
+"""Results do not depend on the lane width (``LCNFAST_LANES``, lcnfast._lane_width).
+
+Claim: gradient descent, Dormand-Prince and the batched gradients give bitwise the same
+results whatever the number of flows the lane kernels keep side by side. Why bitwise: each
+lane's arithmetic is the same operations in the same order as one flow alone (no fast-math
+reassociation or contraction across or within lanes: a vectorised lane loop computes every
+lane exactly as its scalar remainder loop would), a lane never reads another lane, and a
+flow's step sizes and stopping rule are its own. Only which flow sits in which lane, and when
+a lane picks up the next flow, change with the width.
+
+The other width runs in a subprocess with ``LCNFAST_LANES`` and an empty ``NUMBA_CACHE_DIR``
+of its own (the width is baked into the compiled kernels), which writes its results to an
+.npz file; this process computes the same at its import width and compares. Flows: 37 (a
+multiple of neither width, so the last lane block is partial and lanes refill at different
+moments), a few hundred steps, stopping at different times (grad_tol). Cases: the square loss
+through the generated kernel and through the generic lane kernel (Gram path), and the
+log-cosh loss (data path of the generic lane kernel).
+
+Cost: the subprocess compiles everything these calls need, ~100 s on 2 shared cores: the
+Dormand-Prince run ~40 s, the Hessian behind the Datasets' ``h_lambda_max_final`` and
+``newton_step_final`` ~24 s (not lane code, but the public calls need it), gradient descent
+~12 s, the serial and parallel lane batches ~18 s. Checked able to fail: scaling the lane
+batches' losses by ``1 + 2.2e-16 (LANES - 8)`` makes it fail on the first loss compared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lcnfast
+from lcnfast import Architecture, Problem, _lane_width, _lanes, data, losses
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+K = 37
+
+CASES = {
+    "square_generated": (losses.square, "generated"),
+    "square_generic": (losses.square, "generic"),
+    "logcosh": (lambda: losses.log_cosh(1.5), "generic"),
+}
+
+
+def compute() -> dict[str, np.ndarray]:
+    """Every result compared, by name: the data variables of a gradient-descent and a
+    Dormand-Prince run of K flows, and losses and gradients of batches, per case; plus the
+    lane width (``lanes``) of this process."""
+    arch = Architecture(14, (3, 2, 3), (1, 2, 1))
+    td = data.teacher(arch, 24, noise=0.1, seed=18)
+    w0 = data.initial_filters(arch, K, scale=0.5, seed=2)
+    wide = data.initial_filters(arch, 301, seed=3)  # a batch that goes parallel
+    res = {"lanes": np.array(_lanes.LANES)}
+    for case, (loss, kernel) in CASES.items():
+        p = Problem(arch, td.X, td.Y, loss(), kernel=kernel)
+        gd = lcnfast.gradient_descent(p, w0, h=1e-3, n_steps=400, save_every=100, grad_tol=0.1)
+        rk = lcnfast.gradient_flow(p, w0, t_end=0.5, save_times=[0.0, 0.2, 0.5], grad_tol=0.1)
+        for run, ds in (("gd", gd), ("rk45", rk)):
+            assert ds.attrs["lanes"] == _lanes.LANES
+            for name, var in ds.data_vars.items():
+                res[f"{case}.{run}.{name}"] = var.values
+        for batch, W in (("few", w0), ("wide", wide)):
+            res[f"{case}.loss_and_grad.{batch}.L"], res[f"{case}.loss_and_grad.{batch}.G"] = (
+                p.loss_and_grad(W)
+            )
+            res[f"{case}.grad.{batch}"] = p.grad(W)
+    return res
+
+
+def test_results_are_bitwise_the_same_for_two_lane_widths(tmp_path):
+    other = 8 if _lanes.LANES != 8 else 16
+    out = tmp_path / "other.npz"
+    env = dict(
+        os.environ,
+        LCNFAST_LANES=str(other),
+        NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
+    )
+    code = (
+        "import sys, numpy as np, test_lane_width as t; "
+        "np.savez(sys.argv[1], **t.compute())"
+    )
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True)
+    print(f"width {other} in a subprocess (compiling): {time.perf_counter() - t0:.1f} s")
+    mine = compute()
+    with np.load(out) as theirs:
+        assert int(theirs["lanes"]) == other != int(mine["lanes"])  # else this checks nothing
+        assert sorted(theirs.files) == sorted(mine)
+        for name, a in mine.items():
+            if name == "lanes":
+                continue
+            b = theirs[name]
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert a.tobytes() == b.tobytes(), (
+                f"{name} differs between {mine['lanes']} and {other} lanes: "
+                f"{np.argwhere(a != b)[:5].tolist()} ..."
+            )
+    # the flows ran a few hundred steps and stopped at different times (lanes refilled)
+    for case in CASES:
+        for run in ("gd", "rk45"):
+            steps = mine[f"{case}.{run}.n_accepted"]
+            assert steps.max() >= 100 and len(np.unique(steps)) > 1, (case, run)
+
+
+@pytest.mark.parametrize("value", ["12", "0", "128", "-8", "eight", "8.0"])
+def test_a_bad_lane_width_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match="LCNFAST_LANES"):
+        _lane_width.lane_width({"LCNFAST_LANES": value})
+
+
+def test_the_lane_width_follows_the_variable_else_the_cpu():
+    assert [_lane_width.lane_width({"LCNFAST_LANES": v}) for v in ("1", "16", " 64 ")] == [
+        1, 16, 64
+    ]
+    expected = 16 if _lane_width.target_has_avx512() else 8
+    assert _lane_width.lane_width({}) == _lane_width.lane_width({"LCNFAST_LANES": ""}) == expected
+
+
+def test_importing_lcnfast_with_a_bad_lane_width_fails_clearly(tmp_path):
+    env = dict(os.environ, LCNFAST_LANES="24", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", "import lcnfast"], env=env, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode != 0
+    assert "ValueError: LCNFAST_LANES must be a power of two" in r.stderr
