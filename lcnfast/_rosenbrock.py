@@ -75,8 +75,8 @@ from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTO
 from ._jit import JIT as _JIT
 from ._kernels import _flag, hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
-                        dp_error_norm, dp_step, grad_any, grad_ws, h_lambda, inf_norm,
-                        stiffness_count)
+                        dp_error_norm, dp_step, grad_any, grad_kern, grad_ws, h_lambda,
+                        inf_norm, stiffness_count)
 
 # ----------------------------------------------------------------------------- RODAS tableau
 # Hairer & Wanner (1996), section VI.4; coefficients of rodas.f (RODCOE, METH = 1).
@@ -246,12 +246,15 @@ def rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp, g
     """Attempt one RODAS step of size h from y (n,), given g = grad L(y) and H = Hess L(y)
     (n, n): the LU factors of I / (h gamma) + H into E and piv, the stages u_i into U (6, n)
     (u_6 is the error estimate), the new point into y_new; ws, ytmp, gtmp: scratch; stage
-    gradients by :func:`grad_any` (kern, use_kern; K1 = (kW, kG, kL, kV) its scratch).
+    gradients by :func:`grad_kern` (use_kern; K1 = (kW, kG, kL, kV) its scratch) or
+    :func:`grad_ws`.
 
     Returns the number of gradient evaluations done (5), or -1 if the factorisation failed
     (nothing else was computed). A non-finite stage shows up as a non-finite y_new or u_6.
     """
     n = y.shape[0]
+    A, bv, yy, prefix, N = model.A, model.b, model.yy, ws.prefix, model.k.shape[0]
+    kW, kG, kL, kV = K1
     inv = 1.0 / (h * RO_GAMMA)
     for i in range(n):
         for j in range(n):
@@ -268,7 +271,10 @@ def rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp, g
             for j in range(st):
                 acc += RO_A[st, j] * U[j, i]
             ytmp[i] = acc
-        grad_any(model, kern, use_kern, ytmp, ws, gtmp, _flag(False), K1[0], K1[1], K1[2], K1[3])
+        if use_kern:
+            grad_kern(kern, A, bv, yy, ytmp, gtmp, kW, kG, kL, kV, prefix, N)
+        else:
+            grad_ws(model, ytmp, ws, gtmp, _flag(False))
         for i in range(n):
             acc = 0.0
             for j in range(st):
@@ -393,19 +399,19 @@ def _step_levels(model, opt, out, f, stiff, wk, h, t, t_new, L_old, L_new):
 
 
 @nb.njit(**_JIT)
-def _prepare(opt, t, h_abs, min_step, rejected, n_steps):
+def _prepare(t_end, max_steps, t, h_abs, min_step, rejected, n_steps):
     """Stopping checks before a step from t (rk45's order) and its end t_new; returns
     (status or -1, t_new, min_step)."""
     if not rejected:  # a new step
-        if t >= opt.t_end:
+        if t >= t_end:
             return REACHED_END, t, min_step
         min_step = 10.0 * (np.nextafter(t, math.inf) - t)
         h_abs = max(h_abs, min_step)
-    if n_steps >= opt.max_steps:
+    if n_steps >= max_steps:
         return MAX_STEPS, t, min_step
     if not h_abs >= min_step:
         return STEP_UNDERFLOW, t, min_step
-    t_new = min(t + h_abs, opt.t_end)
+    t_new = min(t + h_abs, t_end)
     if t_new == math.inf:  # t_end = inf and the time overflows: the flow has reached it
         return REACHED_END, t, min_step
     return -1, t_new, min_step
@@ -452,6 +458,10 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     ws, H, E, piv, U, v, Kst = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v, wk.Kst
     y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
     K1 = (wk.kW, wk.kG, wk.kL, wk.kV)
+    # arrays used every step, out of their tuples once (see rodas_step)
+    save_t, T, t_end, max_steps = opt.save_t, opt.save_t.shape[0], opt.t_end, opt.max_steps
+    A, bv, yy, N = model.A, model.b, model.yy, model.k.shape[0]
+    v_l1_max, w_norm_max, max_inc = out.v_l1_max, out.w_norm_max, out.max_loss_increase
     L, gn, status, si, h_abs = _begin(model, W0, f, opt, out, wk)
     t = 0.0
     n_acc = n_rej = n_hess = n_lu = n_dp = n_stiff = n_calm = n_nonstiff = n_switch = 0
@@ -466,7 +476,8 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         if _atomic_load(stop, 0) != 0:  # interrupted: end the flow where it is
             status = INTERRUPTED
             break
-        status, t_new, min_step = _prepare(opt, t, h_abs, min_step, rejected, n_acc + n_rej)
+        status, t_new, min_step = _prepare(t_end, max_steps, t, h_abs, min_step, rejected,
+                                           n_acc + n_rej)
         if status >= 0:
             break
         h = t_new - t
@@ -521,12 +532,16 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
                     n_nonstiff = 0
             else:
                 n_nonstiff = 0
-        si0 = si
-        si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
-        evals += si - si0
+        if si < T and save_t[si] < t + h:  # the condition of _dense_saves
+            si0 = si
+            si = _dense_saves(model, kern, use_kern, opt, out, f, was_stiff, wk, K1, si, t, h)
+            evals += si - si0
         if was_stiff:  # the new point's gradient (Dormand-Prince has it: FSAL)
-            L_new = grad_any(model, kern, use_kern, y_new, ws, g_new, _flag(True), K1[0], K1[1],
-                             K1[2], K1[3])
+            if use_kern:
+                L_new = grad_kern(kern, A, bv, yy, y_new, g_new, K1[0], K1[1], K1[2], K1[3],
+                                  ws.prefix, N)
+            else:
+                L_new = grad_ws(model, y_new, ws, g_new, _flag(True))
             evals += 1
             _keep_filter(model, ws, wk.v_new)
         for i in range(v.shape[0]):
@@ -534,8 +549,8 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
             evals += _step_levels(model, opt, out, f, was_stiff, wk, h, t, t_new, L, L_new)
         gn = _norm2(g_new)
-        if L_new - L > out.max_loss_increase[f]:
-            out.max_loss_increase[f] = L_new - L
+        if L_new - L > max_inc[f]:
+            max_inc[f] = L_new - L
         L = L_new
         t = t_new
         if stiff and not was_stiff and n_switch == 1:
@@ -544,13 +559,18 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             y[i] = y_new[i]
             g[i] = g_new[i]
         need_hessian = True
-        while si < opt.save_t.shape[0] and opt.save_t[si] <= t:
+        while si < T and save_t[si] <= t:
             _save(out, f, si, y, L, gn)
             si += 1
         if not (math.isfinite(L) and math.isfinite(gn)):
             status = NON_FINITE
             break
-        _record(out, f, _l1(v), _norm2(y))
+        v1 = _l1(v)
+        wn = _norm2(y)
+        if v1 > v_l1_max[f]:  # the running maxima (_integrate._record)
+            v_l1_max[f] = v1
+        if wn > w_norm_max[f]:
+            w_norm_max[f] = wn
         if gn <= opt.grad_tol:
             status = CONVERGED
     _finish(out, f, y, v, L, gn, t, status, n_acc, n_rej, evals)
