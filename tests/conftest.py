@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # The tests import the helpers in tests/naive.py as ``naive``. The repository root goes first
@@ -33,3 +34,34 @@ settings.register_profile("dev", max_examples=60, **_COMMON)
 
 _default = "ci" if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes") else "dev"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
+
+
+# ----------------------------------------------------------------------------- lane width
+# tests/test_lane_width.py compares this process with a subprocess at another lane width, which
+# compiles for ~90 s on one core. It starts as soon as the test is collected and runs while
+# the other tests do (they compile and run mostly on one core of two).
+_OTHER_WIDTH = {}
+_WIDTH_TEST = "test_results_are_bitwise_the_same_for_two_lane_widths"
+
+
+def pytest_collection_finish(session):
+    if any(item.name == _WIDTH_TEST for item in session.items):
+        from test_lane_width import OtherWidthRun
+
+        _OTHER_WIDTH["run"] = OtherWidthRun()
+
+
+def pytest_sessionfinish(session):
+    run = _OTHER_WIDTH.pop("run", None)
+    if run is not None:
+        run.close()
+
+
+@pytest.fixture
+def other_width_run():
+    """The :class:`test_lane_width.OtherWidthRun` started at collection."""
+    if "run" not in _OTHER_WIDTH:  # collected some other way: start it now
+        from test_lane_width import OtherWidthRun
+
+        _OTHER_WIDTH["run"] = OtherWidthRun()
+    return _OTHER_WIDTH["run"]

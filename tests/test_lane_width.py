@@ -18,8 +18,10 @@ log-cosh loss (data path of the generic lane kernel).
 
 Cost: the subprocess compiles everything these calls need but the Hessian (patched out, see
 :func:`compute`): the Dormand-Prince run, gradient descent, the serial and parallel lane
-batches. Checked able to fail: scaling the lane
-batches' losses by ``1 + 2.2e-16 (LANES - 8)`` makes it fail on the first loss compared.
+batches, ~90 s on one core. tests/conftest.py starts it when the test is collected, so that
+it compiles while the rest of the suite runs (:class:`OtherWidthRun`). Checked able to fail:
+scaling the lane batches' losses by ``1 + 2.2e-16 (LANES - 8)`` makes it fail on the first
+loss compared.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -81,24 +84,50 @@ def compute() -> dict[str, np.ndarray]:
     return res
 
 
-def test_results_are_bitwise_the_same_for_two_lane_widths(tmp_path):
-    other = 8 if _lanes.LANES != 8 else 16
-    out = tmp_path / "other.npz"
-    env = dict(
-        os.environ,
-        LCNFAST_LANES=str(other),
-        NUMBA_CACHE_DIR=str(tmp_path / "numba"),
-        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
-    )
-    code = (
-        "import sys, numpy as np, test_lane_width as t; "
-        "np.savez(sys.argv[1], **t.compute())"
-    )
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True)
-    print(f"width {other} in a subprocess (compiling): {time.perf_counter() - t0:.1f} s")
+class OtherWidthRun:
+    """:func:`compute` at the other lane width (8, or 16 if this process runs 8) in a
+    subprocess with ``LCNFAST_LANES`` and an empty Numba cache of its own, in a temporary
+    directory; :meth:`results` waits for it. Started by tests/conftest.py as soon as this test
+    is collected, so that its ~90 s of compiling run on the core the rest of the suite leaves
+    idle (Numba compiles on one thread)."""
+
+    def __init__(self):
+        self.other = 8 if _lanes.LANES != 8 else 16
+        self._dir = tempfile.TemporaryDirectory(prefix="lcnfast-lane-width-")
+        d = Path(self._dir.name)
+        self.out = d / "other.npz"
+        env = dict(
+            os.environ,
+            LCNFAST_LANES=str(self.other),
+            NUMBA_CACHE_DIR=str(d / "numba"),
+            PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
+        )
+        code = "import sys, numpy as np, test_lane_width as t; np.savez(sys.argv[1], **t.compute())"
+        self._log = open(d / "log.txt", "w+")  # noqa: SIM115 - closed in close()
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.out)], env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def results(self):
+        rc = self.proc.wait()
+        self._log.seek(0)
+        assert rc == 0, f"the {self.other}-lane run failed:\n{self._log.read()}"
+        print(f"width {self.other} in a subprocess (compiling): "
+              f"{time.perf_counter() - self.t0:.1f} s after its start")
+        return np.load(self.out)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        self._dir.cleanup()
+
+
+def test_results_are_bitwise_the_same_for_two_lane_widths(other_width_run):
+    other = other_width_run.other
     mine = compute()
-    with np.load(out) as theirs:
+    with other_width_run.results() as theirs:
         assert int(theirs["lanes"]) == other != int(mine["lanes"])  # else this checks nothing
         assert sorted(theirs.files) == sorted(mine)
         for name, a in mine.items():
