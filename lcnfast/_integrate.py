@@ -244,6 +244,21 @@ def _record(out, f, v1, wn):
         out.w_norm_max[f] = wn
 
 
+# Running maxima of a flow in a lane: M[0, b] = max ||v||_1, M[1, b] = max ||w||_2 over its
+# accepted states, M[2, b] = the largest loss increase of a step (-inf: none yet). They live in
+# the worker's lane arrays while the flow runs and reach ``out`` when it finishes
+# (_finish_lane): updating out[f] every step made the two threads write the same cache lines
+# (flows handed out one at a time interleave between the workers), ~15% of two-thread
+# gradient descent. The values are those of _record on out, comparison for comparison.
+@nb.njit(**_JIT)
+def _lane_maxima_from(out, f, M, b):
+    """Start lane b's running maxima from flow f's values in ``out`` (after _start and the
+    record of its initial state)."""
+    M[0, b] = out.v_l1_max[f]
+    M[1, b] = out.w_norm_max[f]
+    M[2, b] = out.max_loss_increase[f]
+
+
 @nb.njit(**_JIT)
 def _start(out, f):
     out.v_l1_max[f] = 0.0
@@ -329,7 +344,12 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
 
 
 @nb.njit(**_JIT)
-def _finish_lane(out, f, Y, V, b, L, gn, t, status, n_acc, n_rej, evals):
+def _finish_lane(out, f, Y, V, M, b, L, gn, t, status, n_acc, n_rej, evals):
+    """Write lane b's flow f: its state, filter, running maxima M[:, b] (see _lane_maxima)
+    and counts."""
+    out.v_l1_max[f] = M[0, b]
+    out.w_norm_max[f] = M[1, b]
+    out.max_loss_increase[f] = M[2, b]
     for i in range(Y.shape[0]):
         out.w_final[f, i] = Y[i, b]
     for i in range(V.shape[0]):
@@ -392,9 +412,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     A = model.A
     bvec = model.b
     yy = model.yy
-    v_l1_max = out.v_l1_max
-    w_norm_max = out.w_norm_max
-    max_inc = out.max_loss_increase
+    M = np.zeros((3, LANES))  # running maxima per lane, see _lane_maxima
     levels = opt.levels
     while True:
         n_active = 0
@@ -408,6 +426,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                     for i in range(n):
                         Y[i, b] = W0[f, i]
                     _start(out, f)
+                    _lane_maxima_from(out, f, M, b)
                 else:
                     _park(Y, b)
             if flow[b] >= 0:
@@ -431,12 +450,12 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if j == 0:
                 out.loss_init[f] = L[b]
                 out.grad_norm_init[f] = gn[b]
-            elif L[b] - L_prev[b] > max_inc[f]:
-                max_inc[f] = L[b] - L_prev[b]
-            if v1[b] > v_l1_max[f]:
-                v_l1_max[f] = v1[b]
-            if wn[b] > w_norm_max[f]:
-                w_norm_max[f] = wn[b]
+            elif L[b] - L_prev[b] > M[2, b]:
+                M[2, b] = L[b] - L_prev[b]
+            if v1[b] > M[0, b]:
+                M[0, b] = v1[b]
+            if wn[b] > M[1, b]:
+                M[1, b] = wn[b]
             for q in range(levels.shape[0]):  # exact for the iterates: first j with L <= level
                 if L[b] <= levels[q] and math.isnan(out.t_below[f, q]):
                     out.t_below[f, q] = j * h
@@ -455,7 +474,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             elif j >= opt.n_steps:
                 status = REACHED_END
             if status >= 0:
-                _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, status, j, 0, j + 1)
+                _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, status, j, 0, j + 1)
                 flow[b] = -1
                 continue
             step[b] = j + 1
@@ -465,7 +484,8 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 f = flow[b]
                 if f >= 0:
                     j = step[b] - 1
-                    _finish_lane(out, f, Y, V, b, L[b], gn[b], j * h, INTERRUPTED, j, 0, j + 1)
+                    _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, INTERRUPTED, j, 0,
+                                 j + 1)
             break
         # the step, for all lanes at once (idle lanes are overwritten when refilled)
         for i in range(n):
@@ -552,6 +572,7 @@ class _RKLanes(NamedTuple):
     Kst: np.ndarray  # (7, n, LANES) stages, Kst[0] = f(y) (FSAL)
     G: np.ndarray  # (n, LANES) gradients from the lane kernel
     V: np.ndarray  # (k_v, LANES) final filter at y
+    M: np.ndarray  # (3, LANES) running maxima (_lane_maxima)
     y1: np.ndarray  # (n,) one-flow scratch
     y2: np.ndarray  # (n,)
     g1: np.ndarray  # (n,)
@@ -581,6 +602,7 @@ def _rk_lanes(n, kv):
         np.zeros((7, n, LANES)),
         np.zeros((n, LANES)),
         np.zeros((kv, LANES)),
+        np.zeros((3, LANES)),
         np.zeros(n),
         np.zeros(n),
         np.zeros(n),
@@ -590,9 +612,8 @@ def _rk_lanes(n, kv):
 @nb.njit(**_JIT)
 def _rk_finish(out, s, b, status):
     f = s.flow[b]
-    _finish_lane(
-        out, f, s.Y, s.V, b, s.L[b], s.gn[b], s.t[b], status, s.n_acc[b], s.n_rej[b], s.evals[b]
-    )
+    _finish_lane(out, f, s.Y, s.V, s.M, b, s.L[b], s.gn[b], s.t[b], status, s.n_acc[b],
+                 s.n_rej[b], s.evals[b])
     s.flow[b] = -1
     s.h[b] = 0.0
     _park(s.Y, b)
@@ -647,6 +668,7 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
     out.loss_init[f] = L
     out.grad_norm_init[f] = gn
     _record(out, f, _l1(ws.prefix[N, :kv]), _norm2(y))
+    _lane_maxima_from(out, f, s.M, b)
     _levels_at_start(opt, out, f, L)
     si = 0
     while si < opt.save_t.shape[0] and opt.save_t[si] <= 0.0:
@@ -873,7 +895,7 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     flow, t, h, h_abs, rejected, L, L_new = s.flow, s.t, s.h, s.h_abs, s.rejected, s.L, s.L_new
     n_acc, n_rej, evals, gn_s = s.n_acc, s.n_rej, s.evals, s.gn
     Y, Y_new, Kst, G, V = s.Y, s.Y_new, s.Kst, s.G, s.V
-    v_l1_max, w_norm_max, max_inc = out.v_l1_max, out.w_norm_max, out.max_loss_increase
+    M = s.M  # running maxima per lane, see _lane_maxima
     save_t, levels = opt.save_t, opt.levels
     T = save_t.shape[0]
     err2 = np.zeros(LANES)
@@ -931,8 +953,8 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if not accepted[b]:
                 continue
             f = flow[b]
-            if L_new[b] - L[b] > max_inc[f]:
-                max_inc[f] = L_new[b] - L[b]
+            if L_new[b] - L[b] > M[2, b]:
+                M[2, b] = L_new[b] - L[b]
             t[b] += h[b]
             L[b] = L_new[b]
             if not _plain_ok(gn[b]):  # rare: see _norm2
@@ -945,10 +967,10 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 continue
             if not _plain_ok(wn[b]):
                 wn[b] = _lane_norm2_scaled(Y, b)
-            if v1[b] > v_l1_max[f]:
-                v_l1_max[f] = v1[b]
-            if wn[b] > w_norm_max[f]:
-                w_norm_max[f] = wn[b]
+            if v1[b] > M[0, b]:
+                M[0, b] = v1[b]
+            if wn[b] > M[1, b]:
+                M[1, b] = wn[b]
             if gn[b] <= opt.grad_tol:
                 _rk_finish(out, s, b, CONVERGED)
 

@@ -461,8 +461,9 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     # arrays used every step, out of their tuples once (see rodas_step)
     save_t, T, t_end, max_steps = opt.save_t, opt.save_t.shape[0], opt.t_end, opt.max_steps
     A, bv, yy, N = model.A, model.b, model.yy, model.k.shape[0]
-    v_l1_max, w_norm_max, max_inc = out.v_l1_max, out.w_norm_max, out.max_loss_increase
     L, gn, status, si, h_abs = _begin(model, W0, f, opt, out, wk)
+    # running maxima in local variables, written at the end (see _integrate._lane_maxima_from)
+    v1_max, wn_max, inc_max = out.v_l1_max[f], out.w_norm_max[f], out.max_loss_increase[f]
     t = 0.0
     n_acc = n_rej = n_hess = n_lu = n_dp = n_stiff = n_calm = n_nonstiff = n_switch = 0
     evals = 1 if status >= 0 else 2
@@ -549,8 +550,8 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
             evals += _step_levels(model, opt, out, f, was_stiff, wk, h, t, t_new, L, L_new)
         gn = _norm2(g_new)
-        if L_new - L > max_inc[f]:
-            max_inc[f] = L_new - L
+        if L_new - L > inc_max:
+            inc_max = L_new - L
         L = L_new
         t = t_new
         if stiff and not was_stiff and n_switch == 1:
@@ -567,12 +568,13 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             break
         v1 = _l1(v)
         wn = _norm2(y)
-        if v1 > v_l1_max[f]:  # the running maxima (_integrate._record)
-            v_l1_max[f] = v1
-        if wn > w_norm_max[f]:
-            w_norm_max[f] = wn
+        if v1 > v1_max:  # the running maxima (_integrate._record)
+            v1_max = v1
+        if wn > wn_max:
+            wn_max = wn
         if gn <= opt.grad_tol:
             status = CONVERGED
+    out.v_l1_max[f], out.w_norm_max[f], out.max_loss_increase[f] = v1_max, wn_max, inc_max
     _finish(out, f, y, v, L, gn, t, status, n_acc, n_rej, evals)
     st.n_hessian_evals[f] = n_hess
     st.n_lu[f] = n_lu
