@@ -701,26 +701,25 @@ def _rk_start(model, W0, opt, out, s, b, f, ws):
 
 
 @nb.njit(**_JIT)
-def _rk_prepare(b, t, h_abs, h, min_step, rejected, n_tried, t_end, max_steps):
-    """Checks before lane b attempts a step, and its step size h[b]: the status to finish
-    with (REACHED_END, MAX_STEPS, STEP_UNDERFLOW), or -1 to go on."""
-    tb = t[b]
-    if not rejected[b]:  # a new step
-        if tb >= t_end:
-            return REACHED_END
-        min_step[b] = 10.0 * (np.nextafter(tb, math.inf) - tb)
-        if h_abs[b] < min_step[b]:
-            h_abs[b] = min_step[b]
+def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
+    """Checks before a lane attempts a step from time t, and its step size (scalars in and
+    out: arrays would cost reference counting per call). Returns (status to finish with:
+    REACHED_END, MAX_STEPS, STEP_UNDERFLOW, or -1 to go on; h; h_abs; min_step)."""
+    if not rejected:  # a new step
+        if t >= t_end:
+            return REACHED_END, 0.0, h_abs, min_step
+        min_step = 10.0 * (np.nextafter(t, math.inf) - t)
+        if h_abs < min_step:
+            h_abs = min_step
     if n_tried >= max_steps:
-        return MAX_STEPS
-    if not (h_abs[b] >= min_step[b]):  # also catches NaN
-        return STEP_UNDERFLOW
-    t_new = tb + h_abs[b]
+        return MAX_STEPS, 0.0, h_abs, min_step
+    if not (h_abs >= min_step):  # also catches NaN
+        return STEP_UNDERFLOW, 0.0, h_abs, min_step
+    t_new = t + h_abs
     if t_new > t_end:
         t_new = t_end
-    h[b] = t_new - tb
-    h_abs[b] = h[b]
-    return -1
+    h = t_new - t
+    return -1, h, h, min_step
 
 
 @nb.njit(**_JIT)
@@ -773,26 +772,19 @@ def _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, out):
 
 
 @nb.njit(**_JIT)
-def _rk_decide(b, err2, n, atol, h_abs, rejected, n_acc, n_rej):
-    """Accept (True) or reject lane b's step from its error norm sqrt(err2 / n), updating
-    the proposed step size as scipy's RK45 (a NaN sum with atol = 0 must have been replaced
-    by the caller, see _err_sumsq_at_rest)."""
+def _rk_decide(err2, n, h_abs, rejected):
+    """Accept or reject a lane's step from its error norm sqrt(err2 / n) (a NaN sum with
+    atol = 0 must have been replaced by the caller, see _err_sumsq_at_rest), as scipy's RK45.
+    Returns (accepted, the next proposed step size)."""
     err = math.sqrt(err2 / n)
     if not err < 1.0:
         if math.isfinite(err):
-            h_abs[b] *= max(MIN_FACTOR, SAFETY * err**ERROR_EXPONENT)
-        else:  # NaN/Inf in a stage: shrink as much as allowed
-            h_abs[b] *= MIN_FACTOR
-        rejected[b] = True
-        n_rej[b] += 1
-        return False
+            return False, h_abs * max(MIN_FACTOR, SAFETY * err**ERROR_EXPONENT)
+        return False, h_abs * MIN_FACTOR  # NaN/Inf in a stage: shrink as much as allowed
     factor = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR, SAFETY * err**ERROR_EXPONENT)
-    if rejected[b]:
+    if rejected:
         factor = min(1.0, factor)
-    h_abs[b] *= factor
-    rejected[b] = False
-    n_acc[b] += 1
-    return True
+    return True, h_abs * factor
 
 
 @nb.njit(**_JIT)
@@ -893,6 +885,8 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     # the hot arrays, out of their tuples once (see above)
     V_new = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
     flow, t, h, h_abs, rejected, L, L_new = s.flow, s.t, s.h, s.h_abs, s.rejected, s.L, s.L_new
+    min_step, si = s.min_step, s.si
+    t_end, max_steps, atol, rtol = opt.t_end, opt.max_steps, opt.atol, opt.rtol
     n_acc, n_rej, evals, gn_s = s.n_acc, s.n_rej, s.evals, s.gn
     Y, Y_new, Kst, G, V = s.Y, s.Y_new, s.Kst, s.G, s.V
     M = s.M  # running maxima per lane, see _lane_maxima
@@ -920,8 +914,9 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if flow[b] < 0:
                 h[b] = 0.0
                 continue
-            status = _rk_prepare(b, t, h_abs, h, s.min_step, rejected, n_acc[b] + n_rej[b],
-                                 opt.t_end, opt.max_steps)
+            status, h[b], h_abs[b], min_step[b] = _rk_prepare(
+                t[b], h_abs[b], min_step[b], rejected[b], n_acc[b] + n_rej[b], t_end, max_steps
+            )
             if status >= 0:
                 _rk_finish(out, s, b, status)  # sets h[b] = 0
             else:
@@ -932,19 +927,23 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 break
             continue
         _rk_stages(model, kern, use_kern, lws, Y, h, Kst, s.Ytmp, Y_new, G, L_new, V_new)
-        _rk_err_sumsq(Kst, Y, Y_new, h, opt.atol, opt.rtol, err2)
+        _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, err2)
         for b in range(LANES):  # accept or reject; what an accepted step passes on its way
             accepted[b] = False
             if flow[b] < 0 or not h[b] > 0.0:
                 continue
             evals[b] += 6
-            if err2[b] != err2[b] and opt.atol == 0.0:  # 0 / 0 from a component at rest
+            if err2[b] != err2[b] and atol == 0.0:  # 0 / 0 from a component at rest
                 err2[b] = _err_sumsq_at_rest(s, b, h[b], opt)
-            if not _rk_decide(b, err2[b], n, opt.atol, h_abs, rejected, n_acc, n_rej):
+            ok, h_abs[b] = _rk_decide(err2[b], n, h_abs[b], rejected[b])
+            rejected[b] = not ok
+            if not ok:
+                n_rej[b] += 1
                 continue
+            n_acc[b] += 1
             accepted[b] = True
             t_new = t[b] + h[b]
-            if s.si[b] < T and save_t[s.si[b]] < t_new:
+            if si[b] < T and save_t[si[b]] < t_new:
                 evals[b] += _rk_dense_saves(model, opt, out, s, b, h[b], t[b], t_new, ws)
             if levels.shape[0] > 0 and _levels_crossed(opt, out, flow[b], L_new[b]):
                 evals[b] += _rk_levels(model, opt, out, s, b, h[b], t[b], t_new, L_new[b], ws)
@@ -960,7 +959,7 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if not _plain_ok(gn[b]):  # rare: see _norm2
                 gn[b] = _lane_norm2_scaled(G, b)
             gn_s[b] = gn[b]
-            if s.si[b] < T and save_t[s.si[b]] <= t[b]:
+            if si[b] < T and save_t[si[b]] <= t[b]:
                 _rk_saves_at(opt, out, s, b)
             if not (math.isfinite(L[b]) and math.isfinite(gn[b]) and nonfinite[b] == 0.0):
                 _rk_finish(out, s, b, NON_FINITE)
