@@ -46,7 +46,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numba as nb
 from numba import types
 from numba.core.types.function_type import WrapperAddressProtocol
 from numba.extending import typeof_impl

@@ -43,7 +43,7 @@ from . import _taps
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
-from .losses import (LOG_COSH, SQUARE, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
+from .losses import (LOG_COSH, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
                      _tanh_consts, _tanh_nd, _tanh_nd_in_range, loss_d1, loss_d2, loss_value)
 
 
