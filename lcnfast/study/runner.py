@@ -25,20 +25,16 @@ import math
 import os
 import shutil
 import sys
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .. import analysis as _analysis
-from ..flows import STATUS, FlowWarning, threads as _threads
-from ..problem import Problem
-from . import draws
-from .shards import finished_shards, integrate, plan, read_dataset, reanalyse_shard, run_shard
+from ..flows import STATUS, threads as _threads
+from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from .spec import load_spec, spec_diff
+from .warm import Ticker, compiling_aside, warm_analysis, warm_up
 
 __all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
 
@@ -182,64 +178,6 @@ def _remove_partial_files(d):
             p.unlink(missing_ok=True)
             n += 1
     return n
-
-
-# ----------------------------------------------------------------------------- compiling
-class _Ticker:
-    """A line that shows the elapsed time while the main thread is busy (Numba compiling)."""
-
-    def __init__(self, text, enabled):
-        self.text, self.enabled = text, enabled
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        else:
-            print(self.text + " ...", file=sys.stderr, flush=True)
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.5):
-            el = time.perf_counter() - self.t0
-            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        el = time.perf_counter() - self.t0
-        if self.enabled:
-            self._thread.join()
-            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
-        else:
-            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)
-
-
-def warm_up(spec, study_dir, n_threads=None):
-    """Compile (or load from Numba's cache) every kernel the study needs: one tiny run of two
-    flows and their classification per distinct loss and integrator method. Returns seconds."""
-    t0 = time.perf_counter()
-    study = load_spec(spec)
-    seen = set()
-    for cell in study.cells:
-        key = (cell.loss["name"], cell.integrator["method"])
-        if key in seen:
-            continue
-        seen.add(key)
-        X, Y = read_dataset(study_dir, cell.index, 0)
-        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
-        W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
-        integ = dict(cell.integrator)
-        if integ["method"] == "euler":
-            integ.update(n_steps=2, save_every=1)
-        else:
-            integ.update(t_end=min(integ["t_end"], 1.0) * 1e-3, max_steps=5, save=2)
-        with warnings.catch_warnings():  # 5 steps on 2 throwaway flows: they stop early
-            warnings.simplefilter("ignore", FlowWarning)
-            ds = integrate(problem, W0, integ, n_threads)
-        _analysis.classify(ds, problem, **study.spec["analysis"])
-    return time.perf_counter() - t0
 
 
 def _loss_names(study):
@@ -437,12 +375,17 @@ def run_study(
                 f"compiling kernels for {_loss_names(study)} (the first run compiles for 1-2 "
                 "min, later runs load them in seconds)" if local else "writing the data"
             )
-            with _threads(threads), _Ticker(
+            t0 = time.perf_counter()
+            with _threads(threads), Ticker(
                 what, progress and sys.stderr.isatty()
             ) if progress else contextlib.nullcontext():
-                write_datasets(study, d)
+                with compiling_aside(study.spec, enabled=local):  # the integrators, on core 2
+                    write_datasets(study, d)
+                    if local:
+                        warm_analysis(study.spec, str(d))
                 if local:
-                    summary.compile_seconds = warm_up(study.spec, str(d), threads)
+                    warm_up(study.spec, str(d), threads)
+                    summary.compile_seconds = time.perf_counter() - t0
             if local:
                 bar = _Progress(n_todo, study.name, progress)
                 _run_local(study, d, todo, threads, bar, summary)

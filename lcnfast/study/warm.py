@@ -1,0 +1,194 @@
+"""Compiling (or loading from Numba's disk cache) the kernels a study needs, before its flows.
+
+Numba compiles on one thread, so a cold start would leave the second core idle for a minute.
+:func:`compiling_aside` therefore starts a second Python process that compiles the study's
+integrators (for ``method = "auto"`` the Dormand-Prince/RODAS tree, the largest compile)
+into the shared on-disk cache, while this process compiles the data and analysis kernels
+(:func:`warm_analysis`, after the data are written). :func:`warm_up` then runs the study's
+code once on two flows per setting and loads what the other process compiled; it compiles
+whatever the split missed, so the split only changes how long the warm-up takes, never what
+runs. Without a writable cache, with one CPU, or when the integrators are cached already,
+nothing is started aside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .. import _numba_cache
+from .. import analysis as _analysis
+from ..flows import FlowWarning
+from ..problem import Problem
+from . import draws
+from .shards import integrate, read_dataset
+from .spec import load_spec
+
+log = logging.getLogger(__name__)
+
+# the entry points each integrator method compiles (Numba cache files start with these names)
+_ENTRY = {"euler": "_integrate.euler_worker", "rk45": "_integrate.rk45_worker",
+          "rosenbrock": "_rosenbrock.rodas_worker", "auto": "_rosenbrock.rodas_worker"}
+
+#: the program of the process aside (it reads the resolved spec, JSON, from stdin)
+CHILD_CODE = ("import json, sys; from lcnfast.study.warm import compile_integrators; "
+              "compile_integrators(json.loads(sys.stdin.read()))")
+
+
+def _tiny(integ):
+    """An integrator entry shortened to a few steps (same kernels, no real work)."""
+    integ = dict(integ)
+    if integ["method"] == "euler":
+        integ.update(n_steps=2, save_every=1)
+    else:
+        integ.update(t_end=min(integ["t_end"], 1.0) * 1e-3, max_steps=5, save=2)
+    return integ
+
+
+def _settings(study):
+    """The first cell of each distinct (loss name, integrator method): one warm-up each."""
+    first = {}
+    for cell in study.cells:
+        first.setdefault((cell.loss["name"], cell.integrator["method"]), cell)
+    return list(first.values())
+
+
+def _run_tiny(problem, cell, seed, n_threads):
+    """Two flows of ``cell``'s integrator setting, a few steps long."""
+    W0 = draws.initial_points(cell, 0, 0, 2, seed)
+    with warnings.catch_warnings():  # a few steps on 2 throwaway flows: they stop early
+        warnings.simplefilter("ignore", FlowWarning)
+        return integrate(problem, W0, _tiny(cell.integrator), n_threads)
+
+
+def warm_up(spec, study_dir, n_threads=None):
+    """Compile (or load from Numba's cache) every kernel the study needs: one tiny run of two
+    flows and their classification per distinct loss and integrator method (on the study's
+    data, which must be written). Returns seconds."""
+    t0 = time.perf_counter()
+    study = load_spec(spec)
+    for cell in _settings(study):
+        X, Y = read_dataset(study_dir, cell.index, 0)
+        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+        ds = _run_tiny(problem, cell, study.spec["seed"], n_threads)
+        _analysis.classify(ds, problem, **study.spec["analysis"])
+    return time.perf_counter() - t0
+
+
+def warm_analysis(spec, study_dir):
+    """Compile the kernels of the flows' end diagnostics (Hessians, gradients) and of the
+    classification for each distinct loss, without integrating (the part of the warm-up that
+    runs alongside :func:`compiling_aside`)."""
+    study = load_spec(spec)
+    done = set()
+    for cell in _settings(study):
+        if cell.loss["name"] in done:
+            continue
+        done.add(cell.loss["name"])
+        X, Y = read_dataset(study_dir, cell.index, 0)
+        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+        W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
+        problem.hessian(W0)
+        problem.grad(W0)
+        _analysis.classify_points(problem, W0, **study.spec["analysis"])
+
+
+def compile_integrators(spec):
+    """Compile (or load) the integrators of every setting of ``spec`` on synthetic data of the
+    right shapes: the body of the process :func:`compiling_aside` starts."""
+    study = load_spec(spec)
+    rng = np.random.default_rng(0)
+    for cell in _settings(study):
+        arch = cell.arch()
+        m = cell.m or 2 * arch.d0  # the shapes, not the values, decide what compiles
+        X = rng.standard_normal((arch.d0, m))
+        Y = rng.standard_normal((arch.d_N, m))
+        _run_tiny(Problem(arch, X, Y, cell.loss_fn()), cell, study.spec["seed"], 1)
+
+
+def _integrators_cached(study):
+    """Whether Numba's cache holds an entry of every integrator ``study`` uses."""
+    d = _numba_cache.cache_dir()
+    if d is None:
+        return True  # nothing to share through
+    methods = {cell.integrator["method"] for cell in study.cells}
+    return all(any(d.glob(f"{_ENTRY[m]}-*.nbi")) for m in methods)
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def compiling_aside(spec, enabled=True):
+    """Within the block, a second process compiles the integrators of ``spec`` into Numba's
+    disk cache (see the module docstring); on leaving, waits for it. Its failure costs only
+    time: the warm-up then compiles in this process (logged as a warning with the reason)."""
+    study = load_spec(spec)
+    if not enabled or _cpus() < 2 or not _numba_cache.caching_available() or _integrators_cached(study):
+        yield None
+        return
+    root = str(Path(__file__).resolve().parents[2])  # the lcnfast this process imported
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        feeder = threading.Thread(target=proc.communicate, args=(json.dumps(study.spec).encode(),))
+        feeder.start()  # communicate() also waits for the process: join the thread to wait
+        try:
+            yield proc
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            feeder.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            log.warning("compiling the integrators aside failed (exit %s: %s); compiling them "
+                        "here instead", proc.returncode, lines[-1] if lines else "no message")
+
+
+class Ticker:
+    """A line that shows the elapsed time while the main thread is busy (Numba compiling)."""
+
+    def __init__(self, text, enabled):
+        self.text, self.enabled = text, enabled
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        else:
+            print(self.text + " ...", file=sys.stderr, flush=True)
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            el = time.perf_counter() - self.t0
+            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        el = time.perf_counter() - self.t0
+        if self.enabled:
+            self._thread.join()
+            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
+        else:
+            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)

@@ -1,0 +1,130 @@
+"""Tests of the warm-up's machinery: the integrators compiled in a second process
+(lcnfast.study.warm.compiling_aside)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+import lcnfast
+from lcnfast import Architecture, Problem, gradient_descent, gradient_flow, losses
+from lcnfast._numba_cache import cache_dir
+from lcnfast.study import load_spec, warm
+
+SPEC = """
+name = "warm"
+seed = 1
+flows_per_dataset = 2
+[[architectures]]
+d0 = 6
+k = [2, 2]
+[[losses]]
+name = "square"
+[data]
+m = 8
+[[integrator]]
+method = "euler"
+h = 0.01
+n_steps = 3
+[[integrator]]
+method = "rk45"
+t_end = 1.0
+[[integrator]]
+method = "auto"
+t_end = 1.0
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    p = tmp_path / "warm.toml"
+    p.write_text(SPEC)
+    return load_spec(str(p)).spec
+
+
+def test_entries_name_the_cache_files_of_the_workers(spec):
+    """_integrators_cached looks for the workers' index files by name: after one run of each
+    integrator in this process, every method of the spec counts as cached (a renamed worker
+    would make the check always false, and every warm-up would start a needless process)."""
+    if cache_dir() is None:
+        pytest.skip("no writable Numba cache here")
+    a = Architecture(6, (2, 2))
+    rng = np.random.default_rng(0)
+    p = Problem(a, rng.standard_normal((6, 8)), rng.standard_normal((a.d_N, 8)), losses.square())
+    W = rng.standard_normal((2, a.n_params))
+    gradient_descent(p, W, h=0.01, n_steps=2)
+    gradient_flow(p, W, method="rk45", t_end=0.01)
+    gradient_flow(p, W, method="auto", t_end=0.01)
+    assert set(warm._ENTRY) == {"euler", "rk45", "rosenbrock", "auto"}
+    for method, entry in warm._ENTRY.items():
+        assert list(cache_dir().glob(f"{entry}-*.nbi")), method
+    assert warm._integrators_cached(load_spec(spec))
+
+
+def _aside(monkeypatch, code):
+    """compiling_aside with the child's program replaced by ``code``, and started."""
+    monkeypatch.setattr(warm, "_integrators_cached", lambda study: False)
+    monkeypatch.setattr(warm, "_cpus", lambda: 2)
+    monkeypatch.setattr(warm, "CHILD_CODE", code)
+
+
+def test_the_process_aside_gets_the_spec_and_this_lcnfast_and_is_waited_for(
+    spec, tmp_path, monkeypatch
+):
+    if not lcnfast._numba_cache.caching_available():
+        pytest.skip("no writable Numba cache here: nothing is started aside")
+    out = tmp_path / "child.json"
+    _aside(monkeypatch, (
+        "import json, sys, time, lcnfast; spec = json.loads(sys.stdin.read()); time.sleep(1); "
+        f"open({str(out)!r}, 'w').write(json.dumps([spec, lcnfast.__file__]))"
+    ))
+    t0 = time.perf_counter()
+    with warm.compiling_aside(spec) as proc:
+        assert proc is not None
+        assert not out.exists()  # it runs alongside the block ...
+    assert time.perf_counter() - t0 >= 1.0  # ... and the block's end waits for it
+    got_spec, got_file = json.loads(out.read_text())
+    assert got_spec == json.loads(json.dumps(spec))
+    assert got_file == lcnfast.__file__  # the same package, even if not installed
+
+
+def test_a_failure_aside_is_logged_and_costs_nothing_else(spec, monkeypatch, caplog):
+    if not lcnfast._numba_cache.caching_available():
+        pytest.skip("no writable Numba cache here: nothing is started aside")
+    _aside(monkeypatch, "raise SystemExit('boom: the compile failed')")
+    ran = False
+    with caplog.at_level(logging.WARNING, logger="lcnfast.study.warm"):
+        with warm.compiling_aside(spec):
+            ran = True
+    assert ran
+    assert "boom: the compile failed" in caplog.text and "compiling them here" in caplog.text
+
+
+def test_an_interrupt_stops_the_process_aside(spec, monkeypatch):
+    if not lcnfast._numba_cache.caching_available():
+        pytest.skip("no writable Numba cache here: nothing is started aside")
+    _aside(monkeypatch, "import time; time.sleep(60)")
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with warm.compiling_aside(spec) as proc:
+            raise KeyboardInterrupt
+    assert proc.returncode is not None and proc.returncode != 0
+    assert time.perf_counter() - t0 < 30
+
+
+def test_nothing_is_started_aside_when_it_cannot_help(spec, monkeypatch):
+    monkeypatch.setattr(warm, "CHILD_CODE", "raise SystemExit('must not run')")
+    monkeypatch.setattr(warm, "_integrators_cached", lambda study: False)
+    with warm.compiling_aside(spec, enabled=False) as proc:
+        assert proc is None
+    monkeypatch.setattr(warm, "_cpus", lambda: 1)
+    with warm.compiling_aside(spec) as proc:
+        assert proc is None
+    monkeypatch.setattr(warm, "_cpus", lambda: 2)
+    monkeypatch.setattr(warm, "_integrators_cached", lambda study: True)
+    with warm.compiling_aside(spec) as proc:
+        assert proc is None
