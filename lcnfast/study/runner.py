@@ -371,19 +371,22 @@ def run_study(
         bar = None
         try:
             local = todo and not distributed
+            # a LocalCluster's workers share this machine's cache: compile here, on both cores,
+            # and they load the kernels (each worker compiling for itself would share the cores)
+            here = bool(todo) and (local or workers is not None)
             what = (
-                f"compiling kernels for {_loss_names(study)} (the first run compiles for 1-2 "
-                "min, later runs load them in seconds)" if local else "writing the data"
+                f"compiling kernels for {_loss_names(study)} (the first run compiles for about "
+                "a minute, later runs load them in seconds)" if here else "writing the data"
             )
             t0 = time.perf_counter()
             with _threads(threads), Ticker(
                 what, progress and sys.stderr.isatty()
             ) if progress else contextlib.nullcontext():
-                with compiling_aside(study.spec, enabled=local):  # the integrators, on core 2
+                with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
                     write_datasets(study, d)
-                    if local:
+                    if here:
                         warm_analysis(study.spec, str(d))
-                if local:
+                if here:
                     warm_up(study.spec, str(d), threads)
                     summary.compile_seconds = time.perf_counter() - t0
             if local:
@@ -396,12 +399,13 @@ def run_study(
                     else _client(workers, scheduler, tpw)
                 ) as cl:
                     cl.register_plugin(_numba_threads_plugin(tpw))
-                    say(f"dask: {len(cl.scheduler_info()['workers'])} workers; compiling kernels "
-                        "on each (the first run compiles for 1-2 min, later runs load them) ...")
+                    say(f"dask: {len(cl.scheduler_info()['workers'])} workers; " + (
+                        "loading the kernels on each ..." if here else "compiling kernels on "
+                        "each (the first run compiles for 1-2 min, later runs load them) ..."))
                     t0 = time.perf_counter()
                     cl.run(warm_up, study.spec, str(d), tpw)
-                    summary.compile_seconds = time.perf_counter() - t0
-                    say(f"kernels ready on every worker in {summary.compile_seconds:.1f} s")
+                    summary.compile_seconds += time.perf_counter() - t0
+                    say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
                     bar = _Progress(n_todo, study.name, progress)
                     _run_dask(study, d, todo, cl, bar, summary, tpw)
         except KeyboardInterrupt:
