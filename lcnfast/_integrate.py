@@ -13,7 +13,7 @@ Two methods, each advancing every flow on its own (no lockstep):
   extension of the accepted step (Shampine's dense output, as scipy), so saving never changes
   the steps; a save time equal to the end of a step takes the step's own state.
 
-Layout and load balancing: one worker per thread (:mod:`lcnfast._workers`). A worker advances
+Layout and load balancing: ``prange`` runs one worker per thread. A worker advances
 ``LANES`` flows side by side (:mod:`lcnfast._lanes`): every Runge-Kutta stage or Euler step
 evaluates the gradients of all its lanes in one SIMD pass, while each lane keeps its own time,
 step size, accept/reject decisions and stopping rule. When a lane's flow stops, the lane takes
@@ -21,7 +21,7 @@ the next unstarted flow from a counter shared by all workers (an atomic fetch-an
 uneven flows never leave a core idle. One-off evaluations of a single flow (its start, the
 initial step, dense-output saves) use the one-flow kernel :func:`_kernels.loss_grad_ws`. Each
 flow's arithmetic is the same whatever its lane, worker or batch, so results are bitwise
-identical for any thread count and batch composition. Nothing is raised from the workers:
+identical for any thread count and batch composition. Nothing is raised from parallel code:
 every flow ends with a status code.
 
 Interruption: every worker reads the caller's flag ``stop[0]`` once per pass over its lanes
@@ -392,11 +392,7 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 
 
 @nb.njit(**_JIT)
-def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
-    """Gradient descent ``w <- w - h grad L(w)`` for rows of W0 (K, n) into ``out``, taking
-    flows from ``counter`` (1,) int64 until none is left; run on several threads at once by
-    :func:`lcnfast._workers.run_workers` (one ``counter`` for all). ``stop`` (1,) int64: set
-    ``stop[0]`` from another thread to interrupt."""
+def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
     N = model.k.shape[0]
     lws = new_lane_workspace(model)
@@ -497,6 +493,13 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 Y[i, b] -= h * G[i, b]
 
 
+@nb.njit(parallel=True, **_JIT)
+def euler_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
+    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``;
+    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt."""
+    counter = np.zeros(1, np.int64)
+    for _wk in nb.prange(n_workers):
+        _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop)
 
 
 # ----------------------------------------------------------------------------- Dormand-Prince
@@ -874,9 +877,7 @@ def _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws):
 
 
 @nb.njit(**_JIT)
-def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
-    """Dormand-Prince 5(4) for rows of W0 (K, n) into ``out``, taking flows from ``counter``
-    as :func:`euler_worker`."""
+def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
@@ -974,3 +975,10 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
 
 
 
+@nb.njit(parallel=True, **_JIT)
+def rk45_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
+    """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``; ``stop`` (1,) int64: set
+    ``stop[0]`` from another thread to interrupt."""
+    counter = np.zeros(1, np.int64)
+    for _wk in nb.prange(n_workers):
+        _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop)

@@ -127,7 +127,6 @@ import xarray as xr
 from . import _integrate as I
 from . import _rosenbrock as R
 from ._lane_width import LANES
-from ._workers import run_workers
 from .problem import Problem
 
 __all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS", "FlowWarning"]
@@ -293,9 +292,10 @@ def _add_levels(ds, levels, out, how):
 # fd is a pipe read by a watcher thread (made once; it waits in select without the GIL, which
 # the kernel does not hold either): on SIGINT it sets the flag the kernel polls. Bytes of other
 # signals go on to the wakeup fd installed before (asyncio's, say); the pipe is drained when
-# the run ends. One of the workers runs in the calling thread, the others on pool threads
-# (lcnfast._workers; serial code only, no OpenMP team), and SIGINT's Python handler is replaced
-# during the run by one that only sets the flag, so no KeyboardInterrupt follows.
+# the run ends. The kernel runs in the calling thread, as before (in a helper thread it would
+# bring a second OpenMP thread team, which made the main thread's parallel kernels 3x slower
+# on two cores), and SIGINT's Python handler is replaced during the run by one that only sets
+# the flag, so no KeyboardInterrupt follows.
 class _Watcher:
     lock = threading.Lock()
     pipe = None  # (read end, write end), both non-blocking, made on first use
@@ -385,16 +385,16 @@ def _sigint_sets(stop):
             _Watcher.stop = None
 
 
-def _run(worker, args, n_workers):
-    """Run ``worker(*args, counter, stop)`` on ``n_workers`` threads
-    (:func:`lcnfast._workers.run_workers`); return whether SIGINT came during the run
-    (``stop[0]``), see :func:`_sigint_sets`. The worker is compiled (or loaded from the cache)
-    before, where Ctrl-C interrupts a long compile as usual."""
+def _run(kernel, args):
+    """Run ``kernel(*args, stop)``; return whether SIGINT came during the run (``stop[0]``),
+    see :func:`_sigint_sets`. A kernel's first run in the process is compiled (or loaded from
+    the cache) before, where Ctrl-C interrupts a long compile as usual."""
     stop = np.zeros(1, np.int64)
-    counter = np.zeros(1, np.int64)  # the next unstarted flow, shared by the workers
-    args = (*args, counter, stop)
+    args = (*args, stop)
+    if not kernel.signatures:
+        kernel.compile(tuple(numba.typeof(a) for a in args))
     with _sigint_sets(stop):
-        run_workers(worker, args, n_workers)
+        kernel(*args)
     return bool(stop[0])
 
 
@@ -541,11 +541,11 @@ def gradient_flow(
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            stopped = _run(I.rk45_worker, (problem.model, kern, use, W0, opt, out), nt)
+            stopped = _run(I.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
         else:
             stats = R.new_stats(K)
-            args = (problem.model, kern, use, W0, opt, out, stats, method == "auto")
-            stopped = _run(R.rodas_worker, args, nt)
+            args = (problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
+            stopped = _run(R.rodas_batch, args)
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_flow", wall)
     run_attrs = {
@@ -630,7 +630,7 @@ def gradient_descent(
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
-        stopped = _run(I.euler_worker, (problem.model, kern, use, W0, opt, out), nt)
+        stopped = _run(I.euler_batch, (problem.model, kern, use, W0, opt, out, nt))
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_descent", wall)
     save_t = np.arange(n_save) * save_every * h

@@ -1,8 +1,7 @@
 """Results do not depend on the number of threads nor on how flows are batched.
 
 The batched kernels split a batch into chunks over ``prange`` (a few per thread), so the
-chunking differs between thread counts; each flow's arithmetic must not. The integrators'
-workers run on threads of their own (lcnfast._workers.run_workers), tested at the end.
+chunking differs between thread counts; each flow's arithmetic must not.
 """
 
 from __future__ import annotations
@@ -11,15 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lcnfast import Architecture, Problem, data, losses
-from lcnfast._workers import run_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,47 +103,3 @@ def test_flow_alone_equals_flow_inside_batch_bitwise(loss):
         sub = np.concatenate([W[i : i + 1], W[::-1]])
         assert np.array_equal(p.grad(sub)[0], G[i])
         assert np.array_equal(p.hessian(sub[:2])[0], H[i])
-
-
-class _FakeWorker:
-    """Stands for a Numba worker: records compile calls and runs ``body`` per call."""
-
-    def __init__(self, body):
-        self.body, self.compiled = body, []
-
-    def compile(self, sig):
-        self.compiled.append(sig)
-
-    def __call__(self, *args):
-        self.body(*args)
-
-
-def test_run_workers_runs_them_at_once_and_compiles_first():
-    n = 3
-    barrier = threading.Barrier(n, timeout=10)  # passes only if all n run at the same time
-    names = []
-
-    def body(x):
-        names.append(threading.current_thread().name)
-        barrier.wait()
-
-    w = _FakeWorker(body)
-    run_workers(w, (np.zeros(1),), n)
-    assert len(w.compiled) == 1 and len(names) == n
-    assert threading.current_thread().name in names  # the calling thread is one of them
-
-
-@pytest.mark.parametrize("who", ["caller", "pool"])
-def test_run_workers_raises_a_workers_exception_after_all_returned(who):
-    done = []
-
-    def body(x):
-        mine = threading.current_thread() is threading.main_thread()
-        if mine == (who == "caller"):
-            raise RuntimeError("worker failed")
-        time.sleep(0.2)
-        done.append(1)
-
-    with pytest.raises(RuntimeError, match="worker failed"):
-        run_workers(_FakeWorker(body), (np.zeros(1),), 2)
-    assert done == [1]  # the other worker had finished

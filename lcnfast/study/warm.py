@@ -38,8 +38,8 @@ from .spec import load_spec
 log = logging.getLogger(__name__)
 
 # the entry points each integrator method compiles (Numba cache files start with these names)
-_ENTRY = {"euler": "_integrate.euler_worker", "rk45": "_integrate.rk45_worker",
-          "rosenbrock": "_rosenbrock.rodas_worker", "auto": "_rosenbrock.rodas_worker"}
+_ENTRY = {"euler": "_integrate.euler_batch", "rk45": "_integrate.rk45_batch",
+          "rosenbrock": "_rosenbrock.rodas_batch", "auto": "_rosenbrock.rodas_batch"}
 
 #: the program of the process aside (it reads the resolved spec, JSON, from stdin)
 CHILD_CODE = ("import json, sys; from lcnfast.study.warm import compile_integrators; "
