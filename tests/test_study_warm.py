@@ -46,10 +46,11 @@ def spec(tmp_path):
     return load_spec(str(p)).spec
 
 
-def test_entries_name_the_cache_files_of_the_workers(spec):
-    """_integrators_cached looks for the workers' index files by name: after one run of each
-    integrator in this process, every method of the spec counts as cached (a renamed worker
-    would make the check always false, and every warm-up would start a needless process)."""
+def test_entries_name_the_cache_files_of_the_integrators(spec):
+    """_integrators_cached looks for the integrators' index files by name: after one run of
+    each integrator in this process, every method of the spec counts as cached (a renamed
+    entry point would make the check always false, and every warm-up would start a needless
+    process)."""
     if cache_dir() is None:
         pytest.skip("no writable Numba cache here")
     a = Architecture(6, (2, 2))
