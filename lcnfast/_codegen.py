@@ -91,6 +91,7 @@ def _typeof_lane_kernel(val, c):
 @_numba_cache.cfunc(LANE_KERNEL_SIG)
 def _no_kernel(W, A, b, yy, out_g, out_L, out_v):  # pragma: no cover - never called
     """Placeholder of the kernel argument when the generic lane kernels are in use."""
+    return  # a statement after the docstring: Numba's NUMBA_DEBUGINFO=1 needs one
 
 
 no_kernel = LaneKernel(_no_kernel)

@@ -179,3 +179,16 @@ def test_generated_kernel_loop_is_simd_with_noalias():
         ir[noalias] = cf.inspect_llvm()
     assert "x double> " in ir[True] and "fmul <" in ir[True]
     assert "fmul <" not in ir[False]
+
+
+def test_import_compiles_under_numba_debuginfo(tmp_path):
+    """Importing lcnfast compiles its placeholder kernel (a C callback); with
+    NUMBA_DEBUGINFO=1 Numba reads the line of the first statement after the docstring, and a
+    docstring-only body made that an IndexError, so ``import lcnfast`` failed for anyone
+    debugging with line information. An empty cache, so that it really compiles."""
+    env = {**os.environ, "NUMBA_DEBUGINFO": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+           "LCNFAST_CACHE_DIR": str(tmp_path / "lcnfast")}
+    out = subprocess.run([sys.executable, "-c", "import lcnfast; print('imported')"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "imported"
