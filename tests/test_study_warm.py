@@ -70,14 +70,13 @@ def _aside(monkeypatch, code):
     """compiling_aside with the child's program replaced by ``code``, and started."""
     monkeypatch.setattr(warm, "_integrators_cached", lambda study: False)
     monkeypatch.setattr(warm, "_cpus", lambda: 2)
+    monkeypatch.setattr(warm._numba_cache, "caching_available", lambda: True)
     monkeypatch.setattr(warm, "CHILD_CODE", code)
 
 
 def test_the_process_aside_gets_the_spec_and_this_lcnfast_and_is_waited_for(
     spec, tmp_path, monkeypatch
 ):
-    if not lcnfast._numba_cache.caching_available():
-        pytest.skip("no writable Numba cache here: nothing is started aside")
     out = tmp_path / "child.json"
     _aside(monkeypatch, (
         "import json, sys, time, lcnfast; spec = json.loads(sys.stdin.read()); time.sleep(1); "
@@ -94,8 +93,6 @@ def test_the_process_aside_gets_the_spec_and_this_lcnfast_and_is_waited_for(
 
 
 def test_a_failure_aside_is_logged_and_costs_nothing_else(spec, monkeypatch, caplog):
-    if not lcnfast._numba_cache.caching_available():
-        pytest.skip("no writable Numba cache here: nothing is started aside")
     _aside(monkeypatch, "raise SystemExit('boom: the compile failed')")
     ran = False
     with caplog.at_level(logging.WARNING, logger="lcnfast.study.warm"):
@@ -106,8 +103,6 @@ def test_a_failure_aside_is_logged_and_costs_nothing_else(spec, monkeypatch, cap
 
 
 def test_an_interrupt_stops_the_process_aside(spec, monkeypatch):
-    if not lcnfast._numba_cache.caching_available():
-        pytest.skip("no writable Numba cache here: nothing is started aside")
     _aside(monkeypatch, "import time; time.sleep(60)")
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
