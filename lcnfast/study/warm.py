@@ -72,18 +72,21 @@ def _run_tiny(problem, cell, seed, n_threads):
         return integrate(problem, W0, _tiny(cell.integrator), n_threads)
 
 
+def _problem(study_dir, cell):
+    """The Problem of ``cell``'s first dataset (written by :func:`.shards.write_datasets`)."""
+    X, Y = read_dataset(study_dir, cell.index, 0)
+    return Problem(cell.arch(), X, Y, cell.loss_fn())
+
+
 def warm_up(spec, study_dir, n_threads=None):
     """Compile (or load from Numba's cache) every kernel the study needs: one tiny run of two
     flows and their classification per distinct loss and integrator method (on the study's
-    data, which must be written). Returns seconds."""
-    t0 = time.perf_counter()
+    data, which must be written)."""
     study = load_spec(spec)
     for cell in _settings(study):
-        X, Y = read_dataset(study_dir, cell.index, 0)
-        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+        problem = _problem(study_dir, cell)
         ds = _run_tiny(problem, cell, study.spec["seed"], n_threads)
         _analysis.classify(ds, problem, **study.spec["analysis"])
-    return time.perf_counter() - t0
 
 
 def warm_analysis(spec, study_dir):
@@ -96,10 +99,9 @@ def warm_analysis(spec, study_dir):
         if cell.loss["name"] in done:
             continue
         done.add(cell.loss["name"])
-        X, Y = read_dataset(study_dir, cell.index, 0)
-        problem = Problem(cell.arch(), X, Y, cell.loss_fn())
+        problem = _problem(study_dir, cell)
         W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
-        problem.hessian(W0)
+        problem.hessian(W0)  # the kernels of gradient_flow's newton_step_final
         problem.grad(W0)
         _analysis.classify_points(problem, W0, **study.spec["analysis"])
 
