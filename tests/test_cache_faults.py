@@ -172,9 +172,8 @@ def test_no_writable_cache_location_imports_and_runs_uncached_with_one_warning(t
     'RuntimeError: cannot cache function ...: no locator available'. (Unwritable here means
     "under a regular file", which holds for root too.)"""
     pkg = tmp_path / "site" / "lcnfast"
-    pkg.mkdir(parents=True)
-    for f in (ROOT / "lcnfast").glob("*.py"):
-        shutil.copy2(f, pkg / f.name)
+    # the whole package (its subpackages too: an editable install's finder may not serve them)
+    shutil.copytree(ROOT / "lcnfast", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "__pycache__").write_text("a file where Python and Numba want a directory")
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
