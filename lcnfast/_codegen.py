@@ -21,10 +21,22 @@ terms multiplying a structurally zero coefficient of a dilated layer are left ou
 parameters both kernels therefore give equal numbers (``==``); only the sign of an exact zero
 can differ, and which non-finite value (Inf or NaN) a flow shows once it has overflowed.
 
-Kernel signature (``L`` lanes, any ``L >= 1``)::
+Kernel signature (``L`` lanes, any ``L >= 1``), a C function::
 
-    kernel(W (n_params, L), A (k_v, k_v), b (k_v,), yy, out_g (n_params, L), out_L (L,),
-           out_v (k_v, L)) -> None
+    kernel(W, A, b, yy, out_g, out_L, out_v, L) -> None
+
+with ``W``, ``out_g`` pointers to C-ordered (n_params, L) float64 arrays, ``A`` to (k_v, k_v),
+``b`` to (k_v,), ``out_L`` to (L,), ``out_v`` to (k_v, L), ``yy`` a float64 and ``L`` an int64
+(the kernel views them with ``numba.carray``). Numba code calls it through
+:func:`call_lane_kernel` with the kernel's address (an int) and the arrays themselves.
+
+Why pointers and an address, not arrays and a first-class function: Numba passes arrays to a
+first-class function call as reference-counted values and surrounds that call with Python
+fallback and error branches, which keep its reference-count pruning from removing the
+increments and decrements of every array the calling function takes: measured, 16 atomic
+operations per call of ``_one_flow.grad_kern``, 131 ns per call of which the one-lane kernel
+itself took ~40 (86 ns with pointers through a first-class call; see the README, "How it is
+fast"). :func:`call_lane_kernel` is a plain indirect C call with no error branch.
 
 SIMD: the loop over lanes vectorises only because the kernel is compiled with Numba's
 ``noalias`` flag (:func:`lcnfast._numba_cache.cfunc`): without it LLVM would have to check at
@@ -46,55 +58,71 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from llvmlite import ir
 from numba import types
-from numba.core.types.function_type import WrapperAddressProtocol
-from numba.extending import typeof_impl
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
 from . import _numba_cache
 
-_A2 = types.Array(types.float64, 2, "C")
-_A1 = types.Array(types.float64, 1, "C")
-_R2 = types.Array(types.float64, 2, "C", readonly=True)
-_R1 = types.Array(types.float64, 1, "C", readonly=True)
-LANE_KERNEL_SIG = types.void(_A2, _R2, _R1, types.float64, _A2, _A1, _A2)
+_P = types.CPointer(types.float64)
+LANE_KERNEL_SIG = types.void(_P, _P, _P, types.float64, _P, _P, _P, types.int64)
 
 # Above this many multiplications per gradient the generated code gets long enough for LLVM
 # to take many seconds, and the generic kernels are no longer loop-overhead bound.
 MAX_PRODUCTS = 1000
 
+NO_KERNEL = 0  # the kernel argument of the integrators when the generic kernels are in use
 
-_LANE_KERNEL_TYPE = types.FunctionType(LANE_KERNEL_SIG)
 
-
-class LaneKernel(WrapperAddressProtocol):
-    """A compiled lane kernel as a Numba first-class function argument.
-
-    Passing a ``cfunc`` itself makes Numba build its function type on every call (~18 us);
-    this wrapper hands the dispatcher a type built once (~1 us per call)."""
+class LaneKernel:
+    """A compiled lane kernel: ``cfunc`` (the Numba C callback) and ``address`` (its C
+    function, what Numba code passes to :func:`call_lane_kernel`)."""
 
     def __init__(self, cfunc):
         self.cfunc = cfunc
-        self._address = cfunc.address
-
-    def __wrapper_address__(self):
-        return self._address
-
-    def signature(self):
-        return LANE_KERNEL_SIG
+        self.address = cfunc.address
 
 
-@typeof_impl.register(LaneKernel)
-def _typeof_lane_kernel(val, c):
-    return _LANE_KERNEL_TYPE
+def _c_array(ty, ndim, name):
+    if not (isinstance(ty, types.Array) and ty.dtype == types.float64 and ty.ndim == ndim
+            and ty.layout == "C"):
+        raise TypingError(f"call_lane_kernel: {name} must be a C-contiguous {ndim}-d float64 "
+                          f"array, not {ty}")
 
 
-@_numba_cache.cfunc(LANE_KERNEL_SIG)
-def _no_kernel(W, A, b, yy, out_g, out_L, out_v):  # pragma: no cover - never called
-    """Placeholder of the kernel argument when the generic lane kernels are in use."""
-    return  # a statement after the docstring: Numba's NUMBA_DEBUGINFO=1 needs one
+@intrinsic
+def call_lane_kernel(typingctx, kern, W, A, b, yy, out_g, out_L, out_v):
+    """``kernel(W, A, b, yy, out_g, out_L, out_v, W.shape[1])`` for the generated kernel at
+    address ``kern`` (int), the arrays passed as their data pointers: W, out_g (n_params, L),
+    A (k_v, k_v), b (k_v,), out_L (L,), out_v (k_v, L), all C-contiguous float64 (checked when
+    the caller compiles; the shapes are the caller's duty, as for any kernel argument). A plain
+    indirect call: no reference counting, no error branch (the kernel cannot raise)."""
+    if not isinstance(kern, types.Integer):
+        raise TypingError(f"call_lane_kernel: kern must be the kernel's address, not {kern}")
+    for ty, ndim, name in ((W, 2, "W"), (A, 2, "A"), (b, 1, "b"), (out_g, 2, "out_g"),
+                           (out_L, 1, "out_L"), (out_v, 2, "out_v")):
+        _c_array(ty, ndim, name)
+    if not isinstance(yy, types.Float):
+        raise TypingError(f"call_lane_kernel: yy must be a float, not {yy}")
+    sig = types.void(kern, W, A, b, yy, out_g, out_L, out_v)
 
+    def codegen(context, builder, signature, args):
+        dptr = ir.DoubleType().as_pointer()
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [dptr, dptr, dptr, ir.DoubleType(), dptr, dptr,
+                                               dptr, i64])
+        fn = builder.inttoptr(context.cast(builder, args[0], signature.args[0], types.intp),
+                              fnty.as_pointer())
+        arrays = {i: context.make_array(signature.args[i])(context, builder, value=args[i])
+                  for i in (1, 2, 3, 5, 6, 7)}
+        lanes = builder.extract_value(arrays[1].shape, 1)
+        yyv = context.cast(builder, args[4], signature.args[4], types.float64)
+        builder.call(fn, [arrays[1].data, arrays[2].data, arrays[3].data, yyv, arrays[5].data,
+                          arrays[6].data, arrays[7].data, lanes])
+        return context.get_dummy_value()
 
-no_kernel = LaneKernel(_no_kernel)
+    return sig, codegen
 
 
 def _products(arch):
@@ -143,8 +171,14 @@ def kernel_source(arch, name="kernel"):
     n = offs[-1]
     kv = len(rows[-1])
     lines = [
-        f"def {name}(W, A, b, yy, out_g, out_L, out_v):",
+        f"def {name}(W_ptr, A_ptr, b_ptr, yy, g_ptr, L_ptr, v_ptr, lanes):",
         f'    """Generated: loss and gradient of the square loss for k={k}, dilations={S}."""',
+        f"    W = carray(W_ptr, ({n}, lanes))",
+        f"    A = carray(A_ptr, ({kv}, {kv}))",
+        f"    b = carray(b_ptr, ({kv},))",
+        f"    out_g = carray(g_ptr, ({n}, lanes))",
+        "    out_L = carray(L_ptr, (lanes,))",
+        f"    out_v = carray(v_ptr, ({kv}, lanes))",
     ]
     emit = lines.append
     for r in range(kv):
@@ -206,7 +240,8 @@ def kernel_source(arch, name="kernel"):
 def _module_source(arch):
     return (
         '"""Generated by lcnfast._codegen; do not edit (written again when its text differs).\n\n'
-        'lcnfast._codegen compiles ``kernel`` as a cfunc with LANE_KERNEL_SIG and noalias."""\n\n\n'
+        'lcnfast._codegen compiles ``kernel`` as a cfunc with LANE_KERNEL_SIG and noalias."""\n\n'
+        "from numba import carray\n\n\n"
         + kernel_source(arch)
     )
 

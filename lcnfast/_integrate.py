@@ -41,6 +41,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._codegen import call_lane_kernel
 from ._jit import JIT as _JIT
 from ._kernels import _flag, loss_grad_ws, new_workspace
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
@@ -434,7 +435,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
         if n_active == 0:
             break
         if use_kern:
-            kern(Y, A, bvec, yy, G, L, V)
+            call_lane_kernel(kern, Y, A, bvec, yy, G, L, V)
         else:
             loss_grad_lanes(model, Y, lws, G, L, _flag(True))
         _lane_norms(G, V, Y, gn, v1, wn)
@@ -746,7 +747,7 @@ def _rk_stages(model, kern, use_kern, lws, Y, h, Kst, acc, Y_new, G, L_new, V):
                 dst[i, b] = Y[i, b] + h[b] * acc[i, b]
         # st = 6: FSAL, the loss of the new point; stages 2..6 need no loss values
         if use_kern:
-            kern(dst, model.A, model.b, model.yy, G, L_new, V)
+            call_lane_kernel(kern, dst, model.A, model.b, model.yy, G, L_new, V)
         else:
             loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
         for i in range(n):

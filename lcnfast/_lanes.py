@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from ._codegen import call_lane_kernel
 from ._jit import JIT as _JIT
 from ._jit import JIT_R as _JIT_R
 from ._kernels import _data_buf, _flag, _fs_loss_grad_buf
@@ -223,7 +224,7 @@ def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
         for q in range(n):
             for b in range(c):
                 Wl[q, b] = W[a + b, q]
-        kern(Wl, model.A, model.b, model.yy, gl, Ll, Vl)
+        call_lane_kernel(kern, Wl, model.A, model.b, model.yy, gl, Ll, Vl)
         for b in range(c):
             out_loss[a + b] = Ll[b]
             for q in range(n):

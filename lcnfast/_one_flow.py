@@ -22,6 +22,7 @@ import math
 
 import numba as nb
 
+from ._codegen import call_lane_kernel
 from ._integrate import DP_A, DP_B, DP_E, DP_P
 from ._jit import JIT as _JIT
 from ._kernels import _fs_loss_grad_buf, backward_filter, forward_filter
@@ -45,18 +46,24 @@ def grad_ws(model, w, ws, out_g, want_loss):
 
 
 # The gradient is taken several times per step: the helpers of the hot path take the arrays
-# themselves, not the Model / Workspace tuples (binding a tuple argument costs an atomic
-# reference-count increment and decrement per array in it, more than the generated kernel's
-# whole evaluation: see lcnfast._integrate, "The hot path").
-@nb.njit(**_JIT)
+# themselves, not the Model / Workspace tuples, and the generated kernel's path makes no call
+# that can return an error. Numba gives a function an atomic reference-count increment and
+# decrement per array it uses (tuple fields included) and its pruning removes them only where
+# every exit of the function is a plain return or a raise of its own; the error check after a
+# call of another compiled function is neither. So a helper that calls another compiled
+# function pays two atomic operations per array on every call (measured: dp_step with ~25
+# arrays, ~50 atomic operations per Dormand-Prince step, more than its six gradients), while
+# grad_kern, inlined at the Numba level and calling the kernel through a plain C call
+# (lcnfast._codegen.call_lane_kernel), pays none.
+@nb.njit(inline="always", **_JIT)
 def grad_kern(kern, A, b, yy, w, out_g, kW, kG, kL, kV, prefix, N):
-    """grad L(w) into out_g (n,) and L(w) through the generated kernel ``kern``
+    """grad L(w) into out_g (n,) and L(w) through the generated kernel at address ``kern``
     (lcnfast._codegen, one lane: kW, kG (n, 1), kL (1,), kV (k_v, 1) scratch; A, b, yy the
     Model's Gram data), pi(w) copied into prefix[N] as grad_ws leaves it."""
     n = w.shape[0]
     for i in range(n):
         kW[i, 0] = w[i]
-    kern(kW, A, b, yy, kG, kL, kV)
+    call_lane_kernel(kern, kW, A, b, yy, kG, kL, kV)
     for i in range(n):
         out_g[i] = kG[i, 0]
     for i in range(kV.shape[0]):
@@ -74,33 +81,50 @@ def grad_any(model, kern, use_kern, w, ws, out_g, want_loss, kW, kG, kL, kV):
                      model.k.shape[0])
 
 
+@nb.njit(inline="always", **_JIT)
+def _dp_stage_point(Kst, y, h, st, dst):
+    """The point of Dormand-Prince stage st (1..6; 6 = the new point) into dst."""
+    coef = DP_A[st] if st < 6 else DP_B
+    for i in range(y.shape[0]):
+        acc = 0.0
+        for q in range(st):
+            acc += coef[q] * Kst[q, i]
+        dst[i] = y[i] + h * acc
+
+
 @nb.njit(**_JIT)
-def dp_step(model, kern, use_kern, ws, K1, Kst, y, g, y_new, g_new, ytmp, gtmp, h):
+def dp_step(model, ws, Kst, y, g, y_new, g_new, ytmp, gtmp, h):
     """One Dormand-Prince step of size h from y (n,) with g = grad L(y): stages into Kst
     (7, n) (Kst[q] = f = -grad L at the stage point; Kst[6] at y_new, FSAL), the new point
     into y_new and its gradient into g_new; on return ytmp, gtmp hold the 6th stage's point
-    and gradient (stiffness detection); gradients by :func:`grad_kern` if ``use_kern``, else
-    :func:`grad_ws`. Returns L(y_new)."""
-    n = y.shape[0]
-    A, bv, yy, prefix, N = model.A, model.b, model.yy, ws.prefix, model.k.shape[0]
-    kW, kG, kL, kV = K1
-    for i in range(n):
+    and gradient (stiffness detection); gradients by :func:`grad_ws`. Returns L(y_new)."""
+    for i in range(y.shape[0]):
         Kst[0, i] = -g[i]
     L = math.nan
     for st in range(1, 7):
-        coef = DP_A[st] if st < 6 else DP_B
         dst = ytmp if st < 6 else y_new
         gst = gtmp if st < 6 else g_new
-        for i in range(n):
-            acc = 0.0
-            for q in range(st):
-                acc += coef[q] * Kst[q, i]
-            dst[i] = y[i] + h * acc
-        if use_kern:
-            L = grad_kern(kern, A, bv, yy, dst, gst, kW, kG, kL, kV, prefix, N)
-        else:
-            L = grad_ws(model, dst, ws, gst, st == 6)
-        for i in range(n):
+        _dp_stage_point(Kst, y, h, st, dst)
+        L = grad_ws(model, dst, ws, gst, st == 6)
+        for i in range(y.shape[0]):
+            Kst[st, i] = -gst[i]
+    return L
+
+
+@nb.njit(**_JIT)
+def dp_step_kern(kern, A, b, yy, kW, kG, kL, kV, prefix, N, Kst, y, g, y_new, g_new, ytmp,
+                 gtmp, h):
+    """:func:`dp_step` with the gradients through the generated kernel at address ``kern``
+    (:func:`grad_kern` and its arguments): the same stages, no reference counting."""
+    for i in range(y.shape[0]):
+        Kst[0, i] = -g[i]
+    L = math.nan
+    for st in range(1, 7):
+        dst = ytmp if st < 6 else y_new
+        gst = gtmp if st < 6 else g_new
+        _dp_stage_point(Kst, y, h, st, dst)
+        L = grad_kern(kern, A, b, yy, dst, gst, kW, kG, kL, kV, prefix, N)
+        for i in range(y.shape[0]):
             Kst[st, i] = -gst[i]
     return L
 

@@ -75,8 +75,8 @@ from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTO
 from ._jit import JIT as _JIT
 from ._kernels import _flag, hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
-                        dp_error_norm, dp_step, grad_any, grad_kern, grad_ws, h_lambda,
-                        inf_norm, stiffness_count)
+                        dp_error_norm, dp_step, dp_step_kern, grad_any, grad_kern, grad_ws,
+                        h_lambda, inf_norm, stiffness_count)
 
 # ----------------------------------------------------------------------------- RODAS tableau
 # Hairer & Wanner (1996), section VI.4; coefficients of rodas.f (RODCOE, METH = 1).
@@ -238,54 +238,94 @@ def hessian_into(model, w, wk, H):
     hessian_one(model, w, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, H, wk.hG, wk.hHJ)
 
 
-# The step's helpers take the arrays themselves, not the _Work tuple: every access to a
-# field of a tuple passed along costs atomic reference counting (measured: twice the time of
-# a whole step on the benchmark case).
-@nb.njit(**_JIT)
-def rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp, gtmp, h):
-    """Attempt one RODAS step of size h from y (n,), given g = grad L(y) and H = Hess L(y)
-    (n, n): the LU factors of I / (h gamma) + H into E and piv, the stages u_i into U (6, n)
-    (u_6 is the error estimate), the new point into y_new; ws, ytmp, gtmp: scratch; stage
-    gradients by :func:`grad_kern` (use_kern; K1 = (kW, kG, kL, kV) its scratch) or
-    :func:`grad_ws`.
-
-    Returns the number of gradient evaluations done (5), or -1 if the factorisation failed
-    (nothing else was computed). A non-finite stage shows up as a non-finite y_new or u_6.
-    """
-    n = y.shape[0]
-    A, bv, yy, prefix, N = model.A, model.b, model.yy, ws.prefix, model.k.shape[0]
-    kW, kG, kL, kV = K1
+# The step's helpers take the arrays themselves, not the _Work tuple (every access to a field of
+# a tuple passed along costs atomic reference counting), and the generated kernel's step its
+# scratch arrays rather than the Model and Workspace. Unlike lcnfast._one_flow.dp_step_kern,
+# its arrays keep their reference counting: it calls lu_factor and lu_solve (see
+# lcnfast._one_flow, before grad_kern), and inlining them did not let Numba's pruning remove
+# it either (it then meets merged decrements); the Hessian (~1.3 us for n = 9) dominates a
+# RODAS step of ~1.4 us anyway.
+@nb.njit(inline="always", **_JIT)
+def _ro_factor(H, E, piv, U, g, h):
+    """The LU factors of I / (h gamma) + H (n, n) into E and piv, and the first stage
+    u_1 = E^-1 f(y) (f = -g) into U[0]; False if the factorisation failed (nothing else
+    done)."""
+    n = H.shape[0]
     inv = 1.0 / (h * RO_GAMMA)
     for i in range(n):
         for j in range(n):
             E[i, j] = H[i, j]
         E[i, i] += inv
     if not lu_factor(E, piv):
-        return -1
+        return False
     for i in range(n):  # stage 1: the right-hand side is f(y) = -grad L(y)
         U[0, i] = -g[i]
     lu_solve(E, piv, U[0])
-    for st in range(1, 6):
-        for i in range(n):
-            acc = y[i]
-            for j in range(st):
-                acc += RO_A[st, j] * U[j, i]
-            ytmp[i] = acc
-        if use_kern:
-            grad_kern(kern, A, bv, yy, ytmp, gtmp, kW, kG, kL, kV, prefix, N)
-        else:
-            grad_ws(model, ytmp, ws, gtmp, _flag(False))
-        for i in range(n):
-            acc = 0.0
-            for j in range(st):
-                acc += RO_C[st, j] * U[j, i]
-            U[st, i] = acc / h - gtmp[i]
-        lu_solve(E, piv, U[st])
-    for i in range(n):
+    return True
+
+
+@nb.njit(inline="always", **_JIT)
+def _ro_stage_point(U, y, st, ytmp):
+    """The point y + sum_j a_st,j u_j of stage st (1..5) into ytmp."""
+    for i in range(y.shape[0]):
+        acc = y[i]
+        for j in range(st):
+            acc += RO_A[st, j] * U[j, i]
+        ytmp[i] = acc
+
+
+@nb.njit(inline="always", **_JIT)
+def _ro_stage_solve(E, piv, U, gtmp, h, st):
+    """Stage st (1..5) u_st from the gradient gtmp at its point into U[st]."""
+    for i in range(gtmp.shape[0]):
+        acc = 0.0
+        for j in range(st):
+            acc += RO_C[st, j] * U[j, i]
+        U[st, i] = acc / h - gtmp[i]
+    lu_solve(E, piv, U[st])
+
+
+@nb.njit(inline="always", **_JIT)
+def _ro_new_point(U, y, y_new):
+    for i in range(y.shape[0]):
         acc = y[i]
         for j in range(6):
             acc += RO_M[j] * U[j, i]
         y_new[i] = acc
+
+
+@nb.njit(**_JIT)
+def rodas_step(model, ws, H, E, piv, U, y, g, y_new, ytmp, gtmp, h):
+    """Attempt one RODAS step of size h from y (n,), given g = grad L(y) and H = Hess L(y)
+    (n, n): the LU factors of I / (h gamma) + H into E and piv, the stages u_i into U (6, n)
+    (u_6 is the error estimate), the new point into y_new; ws, ytmp, gtmp: scratch; stage
+    gradients by :func:`grad_ws`.
+
+    Returns the number of gradient evaluations done (5), or -1 if the factorisation failed
+    (nothing else was computed). A non-finite stage shows up as a non-finite y_new or u_6.
+    """
+    if not _ro_factor(H, E, piv, U, g, h):
+        return -1
+    for st in range(1, 6):
+        _ro_stage_point(U, y, st, ytmp)
+        grad_ws(model, ytmp, ws, gtmp, _flag(False))
+        _ro_stage_solve(E, piv, U, gtmp, h, st)
+    _ro_new_point(U, y, y_new)
+    return 5
+
+
+@nb.njit(**_JIT)
+def rodas_step_kern(kern, A, b, yy, kW, kG, kL, kV, prefix, N, H, E, piv, U, y, g, y_new, ytmp,
+                    gtmp, h):
+    """:func:`rodas_step` with the stage gradients through the generated kernel at address
+    ``kern`` (lcnfast._one_flow.grad_kern and its arguments): the same stages."""
+    if not _ro_factor(H, E, piv, U, g, h):
+        return -1
+    for st in range(1, 6):
+        _ro_stage_point(U, y, st, ytmp)
+        grad_kern(kern, A, b, yy, ytmp, gtmp, kW, kG, kL, kV, prefix, N)
+        _ro_stage_solve(E, piv, U, gtmp, h, st)
+    _ro_new_point(U, y, y_new)
     return 5
 
 
@@ -342,11 +382,10 @@ def _save(out, f, r, y, L, gn):
 
 
 @nb.njit(**_JIT)
-def _keep_filter(model, ws, v):
-    """Copy pi(w) of the last gradient evaluation (ws.prefix[N]) into v."""
-    N = model.k.shape[0]
+def _keep_filter(prefix, N, v):
+    """Copy pi(w) of the last gradient evaluation (prefix[N], the workspace's) into v."""
     for i in range(v.shape[0]):
-        v[i] = ws.prefix[N, i]
+        v[i] = prefix[N, i]
 
 
 @nb.njit(**_JIT)
@@ -426,7 +465,7 @@ def _begin(model, W0, f, opt, out, wk):
     for i in range(n):
         y[i] = W0[f, i]
     L = grad_ws(model, y, ws, g, _flag(True))
-    _keep_filter(model, ws, v)
+    _keep_filter(ws.prefix, model.k.shape[0], v)
     gn = _norm2(g)
     _start(out, f)
     out.loss_init[f] = L
@@ -457,10 +496,11 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     n = W0.shape[1]
     ws, H, E, piv, U, v, Kst = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v, wk.Kst
     y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
-    K1 = (wk.kW, wk.kG, wk.kL, wk.kV)
+    kW, kG, kL, kV = wk.kW, wk.kG, wk.kL, wk.kV
+    K1 = (kW, kG, kL, kV)
     # arrays used every step, out of their tuples once (see rodas_step)
     save_t, T, t_end, max_steps = opt.save_t, opt.save_t.shape[0], opt.t_end, opt.max_steps
-    A, bv, yy, N = model.A, model.b, model.yy, model.k.shape[0]
+    A, bv, yy, N, prefix, v_new = model.A, model.b, model.yy, model.k.shape[0], ws.prefix, wk.v_new
     L, gn, status, si, h_abs = _begin(model, W0, f, opt, out, wk)
     # running maxima in local variables, written at the end (see _integrate._lane_maxima_from)
     v1_max, wn_max, inc_max = out.v_l1_max[f], out.w_norm_max[f], out.max_loss_increase[f]
@@ -488,8 +528,11 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
                 hessian_into(model, y, wk, H)
                 n_hess += 1
                 need_hessian = False
-            done = rodas_step(model, kern, use_kern, ws, K1, H, E, piv, U, y, g, y_new, ytmp,
-                              gtmp, h)
+            if use_kern:
+                done = rodas_step_kern(kern, A, bv, yy, kW, kG, kL, kV, prefix, N, H, E, piv, U,
+                                       y, g, y_new, ytmp, gtmp, h)
+            else:
+                done = rodas_step(model, ws, H, E, piv, U, y, g, y_new, ytmp, gtmp, h)
             n_lu += 1
             err = math.inf
             if done > 0:
@@ -497,9 +540,12 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
                 err = error_norm(y, y_new, U, opt.rtol, opt.atol)
             expo = RO_ERROR_EXPONENT
         else:
-            L_new = dp_step(model, kern, use_kern, ws, K1, Kst, y, g, y_new, g_new, ytmp, gtmp,
-                            h)
-            _keep_filter(model, ws, wk.v_new)
+            if use_kern:
+                L_new = dp_step_kern(kern, A, bv, yy, kW, kG, kL, kV, prefix, N, Kst, y, g,
+                                     y_new, g_new, ytmp, gtmp, h)
+            else:
+                L_new = dp_step(model, ws, Kst, y, g, y_new, g_new, ytmp, gtmp, h)
+            _keep_filter(prefix, N, v_new)
             n_dp += 1
             evals += 6
             err = dp_error_norm(Kst, y, y_new, h, opt.rtol, opt.atol)
@@ -539,14 +585,13 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
             evals += si - si0
         if was_stiff:  # the new point's gradient (Dormand-Prince has it: FSAL)
             if use_kern:
-                L_new = grad_kern(kern, A, bv, yy, y_new, g_new, K1[0], K1[1], K1[2], K1[3],
-                                  ws.prefix, N)
+                L_new = grad_kern(kern, A, bv, yy, y_new, g_new, kW, kG, kL, kV, prefix, N)
             else:
                 L_new = grad_ws(model, y_new, ws, g_new, _flag(True))
             evals += 1
-            _keep_filter(model, ws, wk.v_new)
+            _keep_filter(prefix, N, v_new)
         for i in range(v.shape[0]):
-            v[i] = wk.v_new[i]
+            v[i] = v_new[i]
         if opt.levels.shape[0] > 0 and _levels_crossed(opt, out, f, L_new):
             evals += _step_levels(model, opt, out, f, was_stiff, wk, h, t, t_new, L, L_new)
         gn = _norm2(g_new)

@@ -264,9 +264,10 @@ class Problem:
 
     def _lane_kernel(self, n_evals, batch=None):
         """``(kern, use_kern)`` for a batched evaluation of about ``n_evals`` gradients: the
-        generated kernel (a :class:`lcnfast._codegen.LaneKernel`) and whether to use it, as
-        the integrators take them; ``batch``: the number of vectors of a ``loss_and_grad``
-        call (None for flow runs). Records ``kernel_in_use``."""
+        generated kernel's address (:func:`lcnfast._codegen.call_lane_kernel`; ``NO_KERNEL``
+        when not in use) and whether to use it, as the integrators take them; ``batch``: the
+        number of vectors of a ``loss_and_grad`` call (None for flow runs). Records
+        ``kernel_in_use``."""
         self._evals_asked += int(n_evals)
         use = self.kernel == "generated" or (
             self.kernel == "auto"
@@ -289,8 +290,8 @@ class Problem:
                 use = False
         self.kernel_in_use = "generated" if use else "generic"
         if not use:
-            return _codegen.no_kernel, False
-        return kern, True
+            return _codegen.NO_KERNEL, False
+        return kern.address, True
 
     @property
     def model(self):

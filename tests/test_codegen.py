@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -169,7 +170,7 @@ def test_generated_kernel_loop_is_simd_with_noalias():
     claim does not depend on this machine's vector width; both compile uncached."""
     from lcnfast import _numba_cache
 
-    ns = {}
+    ns = {"carray": numba.carray}
     exec(compile(_codegen.kernel_source(Architecture(32, (3, 3, 3))), "gen", "exec"), ns)
     ir = {}
     for noalias in (False, True):
@@ -182,10 +183,10 @@ def test_generated_kernel_loop_is_simd_with_noalias():
 
 
 def test_import_compiles_under_numba_debuginfo(tmp_path):
-    """Importing lcnfast compiles its placeholder kernel (a C callback); with
-    NUMBA_DEBUGINFO=1 Numba reads the line of the first statement after the docstring, and a
-    docstring-only body made that an IndexError, so ``import lcnfast`` failed for anyone
-    debugging with line information. An empty cache, so that it really compiles."""
+    """``import lcnfast`` works under NUMBA_DEBUGINFO=1: Numba then reads the line of the
+    first statement after a docstring, and a kernel compiled at import with a docstring-only
+    body (once the placeholder lane kernel) made that an IndexError for anyone debugging with
+    line information. An empty cache, so that whatever import compiles really compiles."""
     env = {**os.environ, "NUMBA_DEBUGINFO": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
            "LCNFAST_CACHE_DIR": str(tmp_path / "lcnfast")}
     out = subprocess.run([sys.executable, "-c", "import lcnfast; print('imported')"], env=env,

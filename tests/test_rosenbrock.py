@@ -15,7 +15,6 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import lcnfast as lf
-from lcnfast import _codegen
 from lcnfast import _integrate as I
 from lcnfast import _rosenbrock as R
 from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
@@ -97,8 +96,7 @@ def _fixed_steps(model, y0, h, n_steps, s_dense, wk):
     for j in range(n_steps):
         R.grad_ws(model, y, wk.ws, g, False)
         R.hessian_into(model, y, wk, wk.H)
-        R.rodas_step(model, _codegen.no_kernel, False, wk.ws, (wk.kW, wk.kG, wk.kL, wk.kV),
-                     wk.H, wk.E, wk.piv, wk.U, y, g, y_new, wk.ytmp, wk.gtmp, h)
+        R.rodas_step(model, wk.ws, wk.H, wk.E, wk.piv, wk.U, y, g, y_new, wk.ytmp, wk.gtmp, h)
         if j == 0:
             R.dense_point(y, y_new, wk.U, s_dense, dense)
         y[:] = y_new
