@@ -723,36 +723,55 @@ def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
     return -1, h, h, min_step
 
 
-@nb.njit(**_JIT)
-def _rk_stages(model, kern, use_kern, lws, Y, h, Kst, acc, Y_new, G, L_new, V):
-    """Stages 2..7 of one Dormand-Prince step in every lane (step size h[b]); the new points
-    in Y_new, their losses in L_new (stage 7, FSAL), their filters in V.
-
-    The stage combinations loop over lanes innermost (SIMD); per lane the sums run over the
-    stages in order, exactly as for one flow.
-    """
+@nb.njit(inline="always", **_JIT)
+def _rk_stage_point(Kst, Y, h, st, acc, dst):
+    """The points of Dormand-Prince stage st (1..6; 6 = the new points) in every lane into
+    dst (acc: scratch, may be dst). The combinations loop over lanes innermost (SIMD); per
+    lane the sums run over the stages in order, exactly as for one flow."""
     n = Y.shape[0]
+    coef = DP_A[st] if st < 6 else DP_B
+    for i in range(n):
+        for b in range(LANES):
+            acc[i, b] = 0.0
+        for q in range(st):
+            c = coef[q]
+            for b in range(LANES):
+                acc[i, b] += c * Kst[q, i, b]
+    for i in range(n):
+        for b in range(LANES):
+            dst[i, b] = Y[i, b] + h[b] * acc[i, b]
+
+
+@nb.njit(inline="always", **_JIT)
+def _rk_stage_slope(Kst, st, G):
+    for i in range(G.shape[0]):
+        for b in range(LANES):
+            Kst[st, i, b] = -G[i, b]
+
+
+@nb.njit(**_JIT)
+def _rk_stages(model, lws, Y, h, Kst, acc, Y_new, G, L_new):
+    """Stages 2..7 of one Dormand-Prince step in every lane (step size h[b]) through the
+    generic lane kernels: the new points in Y_new, their losses in L_new (stage 7, FSAL; stages
+    2..6 need no loss values), their filters in lws.P[N]."""
     for st in range(1, 7):
-        coef = DP_A[st] if st < 6 else DP_B
-        for i in range(n):
-            for b in range(LANES):
-                acc[i, b] = 0.0
-            for q in range(st):
-                c = coef[q]
-                for b in range(LANES):
-                    acc[i, b] += c * Kst[q, i, b]
         dst = acc if st < 6 else Y_new
-        for i in range(n):
-            for b in range(LANES):
-                dst[i, b] = Y[i, b] + h[b] * acc[i, b]
-        # st = 6: FSAL, the loss of the new point; stages 2..6 need no loss values
-        if use_kern:
-            call_lane_kernel(kern, dst, model.A, model.b, model.yy, G, L_new, V)
-        else:
-            loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
-        for i in range(n):
-            for b in range(LANES):
-                Kst[st, i, b] = -G[i, b]
+        _rk_stage_point(Kst, Y, h, st, acc, dst)
+        loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
+        _rk_stage_slope(Kst, st, G)
+
+
+@nb.njit(**_JIT)
+def _rk_stages_kern(kern, A, bvec, yy, Y, h, Kst, acc, Y_new, G, L_new, V):
+    """:func:`_rk_stages` through the generated kernel at address ``kern`` (its Gram data A,
+    bvec, yy; the new points' filters into V). It makes no call that can return an error, so
+    Numba's pruning removes the reference counting of its arrays (see lcnfast._one_flow,
+    before grad_kern)."""
+    for st in range(1, 7):
+        dst = acc if st < 6 else Y_new
+        _rk_stage_point(Kst, Y, h, st, acc, dst)
+        call_lane_kernel(kern, dst, A, bvec, yy, G, L_new, V)
+        _rk_stage_slope(Kst, st, G)
 
 
 @nb.njit(**_JIT)
@@ -889,7 +908,8 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     min_step, si = s.min_step, s.si
     t_end, max_steps, atol, rtol = opt.t_end, opt.max_steps, opt.atol, opt.rtol
     n_acc, n_rej, evals, gn_s = s.n_acc, s.n_rej, s.evals, s.gn
-    Y, Y_new, Kst, G, V = s.Y, s.Y_new, s.Kst, s.G, s.V
+    Y, Y_new, Kst, G, V, Ytmp = s.Y, s.Y_new, s.Kst, s.G, s.V, s.Ytmp
+    A, bvec, yy = model.A, model.b, model.yy
     M = s.M  # running maxima per lane, see _lane_maxima
     save_t, levels = opt.save_t, opt.levels
     T = save_t.shape[0]
@@ -927,7 +947,10 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if _fetch_add(counter, 0, 0) >= K:
                 break
             continue
-        _rk_stages(model, kern, use_kern, lws, Y, h, Kst, s.Ytmp, Y_new, G, L_new, V_new)
+        if use_kern:
+            _rk_stages_kern(kern, A, bvec, yy, Y, h, Kst, Ytmp, Y_new, G, L_new, V_new)
+        else:
+            _rk_stages(model, lws, Y, h, Kst, Ytmp, Y_new, G, L_new)
         _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, err2)
         for b in range(LANES):  # accept or reject; what an accepted step passes on its way
             accepted[b] = False
