@@ -193,3 +193,68 @@ def test_import_compiles_under_numba_debuginfo(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "imported"
+
+
+def test_call_lane_kernel_checks_its_arrays_when_the_caller_compiles():
+    """call_lane_kernel passes raw data pointers, so it accepts only what the kernel reads
+    as its C arrays: C-contiguous float64 arrays of the right dimension, and an integer
+    address. Anything else is a typing error naming the argument, at the caller's compile,
+    never a wrong pointer at run time."""
+    arch = Architecture(32, (3, 3, 3))
+    p = Problem(arch, np.ones((32, 4)), np.ones((arch.d_N, 4)), losses.square())
+    m = p.model
+    n, kv = arch.n_params, m.k_v
+
+    @numba.njit
+    def call(kern, W, G):
+        _codegen.call_lane_kernel(kern, W, m.A, m.b, m.yy, G, np.empty(W.shape[1]),
+                                  np.empty((kv, W.shape[1])))
+
+    kern = _codegen.lane_kernel(arch).address
+    W = np.ones((n, 4))
+    G = np.empty((n, 4))
+    call(kern, W, G)  # the reference for the equal numbers is test_generated_equals_generic
+    with pytest.raises(numba.core.errors.TypingError, match="W must be a C-contiguous 2-d"):
+        call(kern, np.asfortranarray(np.ones((n, 4))), G)
+    with pytest.raises(numba.core.errors.TypingError, match="out_g must be a C-contiguous"):
+        call(kern, W, G.astype(np.float32))
+    with pytest.raises(numba.core.errors.TypingError, match="kern must be the kernel's address"):
+        call(1.5, W, G)
+
+
+@pytest.mark.parametrize("name", ["_one_flow.dp_step_kern", "_integrate._rk_stages_kern"])
+def test_kernel_steps_have_no_reference_counting(name):
+    """The generated kernel's Dormand-Prince stages make no call that can return an error, so
+    Numba's pruning removes every reference-count operation on their arrays (the reason they
+    are separate from the generic steps: see lcnfast._one_flow before grad_kern). A change
+    that brings back such a call brings back two atomic operations per array and step
+    (~2x slower ``auto``): checked on the optimised LLVM IR of an uncached compile."""
+    import importlib
+
+    from lcnfast._jit import JIT
+
+    mod_name, fn_name = name.split(".")
+    fn = getattr(importlib.import_module(f"lcnfast.{mod_name}"), fn_name)
+    arch = Architecture(32, (3, 3, 3))
+    p = Problem(arch, np.ones((32, 4)), np.ones((arch.d_N, 4)), losses.square())
+    m = p.model
+    n, kv = arch.n_params, m.k_v
+    kern = _codegen.lane_kernel(arch).address
+    uncached = numba.njit(**{k: v for k, v in JIT.items() if k != "cache"})(fn.py_func)
+    if fn_name == "dp_step_kern":
+        lanes = 1
+        args = (kern, m.A, m.b, m.yy, np.zeros((n, 1)), np.zeros((n, 1)), np.zeros(1),
+                np.zeros((kv, 1)), np.zeros((len(arch.k) + 1, kv)), len(arch.k),
+                np.zeros((7, n)), *(np.zeros(n) for _ in range(6)), 1e-3)
+    else:
+        from lcnfast._lanes import LANES as lanes
+
+        Z = lambda *shape: np.zeros(shape)  # noqa: E731
+        args = (kern, m.A, m.b, m.yy, Z(n, lanes), np.full(lanes, 1e-3), Z(7, n, lanes),
+                Z(n, lanes), Z(n, lanes), Z(n, lanes), Z(lanes), Z(kv, lanes))
+    uncached(*args)
+    sig = uncached.signatures[0]
+    ir = uncached.inspect_llvm(sig)
+    name = uncached.overloads[sig].fndesc.mangled_name
+    (body,) = [f for f in ir.split("\ndefine") if f"@{name}(" in f.split("\n", 1)[0]]
+    assert "call void @NRT_" not in body, f"{fn_name} ({lanes} lanes) has reference counting"
