@@ -232,12 +232,6 @@ def lu_solve(E, piv, x):
 
 
 # ----------------------------------------------------------------------------- one step
-@nb.njit(**_JIT)
-def hessian_into(model, w, wk, H):
-    """Hess L(w) into H (n, n) (the kernel of Problem.hessian; scratch from wk)."""
-    hessian_one(model, w, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, H, wk.hG, wk.hHJ)
-
-
 # The step's helpers take the arrays themselves, not the _Work tuple (every access to a field of
 # a tuple passed along costs atomic reference counting), and the generated kernel's step its
 # scratch arrays rather than the Model and Workspace. Unlike lcnfast._one_flow.dp_step_kern,
@@ -497,6 +491,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     ws, H, E, piv, U, v, Kst = wk.ws, wk.H, wk.E, wk.piv, wk.U, wk.v, wk.Kst
     y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
     kW, kG, kL, kV = wk.kW, wk.kG, wk.kL, wk.kV
+    hprefix, hwork, hJ, hHv, hG, hHJ = wk.hprefix, wk.hwork, wk.hJ, wk.hHv, wk.hG, wk.hHJ
     K1 = (kW, kG, kL, kV)
     # arrays used every step, out of their tuples once (see rodas_step)
     save_t, T, t_end, max_steps = opt.save_t, opt.save_t.shape[0], opt.t_end, opt.max_steps
@@ -525,7 +520,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         h_abs = h
         if stiff:
             if need_hessian:
-                hessian_into(model, y, wk, H)
+                hessian_one(model, y, hprefix, hwork, hJ, hHv, H, hG, hHJ)
                 n_hess += 1
                 need_hessian = False
             if use_kern:
