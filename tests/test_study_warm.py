@@ -66,6 +66,30 @@ def test_entries_name_the_cache_files_of_the_integrators(spec):
     assert warm._integrators_cached(load_spec(spec))
 
 
+def test_rodas_tail_compiles_the_signatures_rodas_flow_uses(spec):
+    """compile_rodas_tail compiles two helpers of the RODAS worker ahead of the process aside,
+    which then loads them only if their argument types are the ones rodas_flow passes. After
+    the tail and an `auto` flow in this process, each has exactly one compiled version in the
+    cache: a second one would mean the types differ (whichever of the two came first, the
+    other compiled its own) and the split gains nothing."""
+    import sys
+
+    from lcnfast import _rosenbrock
+
+    if cache_dir() is None:
+        pytest.skip("no writable Numba cache here")
+    warm.compile_rodas_tail(spec)
+    a = Architecture(6, (2, 2))
+    rng = np.random.default_rng(0)
+    p = Problem(a, rng.standard_normal((6, 8)), rng.standard_normal((a.d_N, 8)), losses.square())
+    gradient_flow(p, rng.standard_normal((2, a.n_params)), method="auto", t_end=0.01)
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    for fn in (_rosenbrock._step_levels, _rosenbrock._dense_saves):
+        line = fn.py_func.__code__.co_firstlineno
+        files = list(cache_dir().glob(f"_rosenbrock.{fn.__name__}-{line}.{tag}.*.nbc"))
+        assert len(files) == 1, (fn.__name__, files)
+
+
 def _aside(monkeypatch, code):
     """compiling_aside with the child's program replaced by ``code``, and started."""
     monkeypatch.setattr(warm, "_integrators_cached", lambda study: False)

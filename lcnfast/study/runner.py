@@ -34,7 +34,7 @@ from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from .spec import load_spec, spec_diff
-from .warm import Ticker, compiling_aside, warm_analysis, warm_up
+from .warm import Ticker, compile_rodas_tail, compiling_aside, warm_analysis, warm_up
 
 __all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
 
@@ -385,6 +385,7 @@ def run_study(
                 with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
                     write_datasets(study, d)
                     if here:
+                        compile_rodas_tail(study.spec)  # what core 2 would reach last
                         warm_analysis(study.spec, str(d))
                 if here:
                     warm_up(study.spec, str(d), threads)

@@ -3,8 +3,9 @@
 Numba compiles on one thread, so a cold start would leave the second core idle for a minute.
 :func:`compiling_aside` therefore starts a second Python process that compiles the study's
 integrators (for ``method = "auto"`` the Dormand-Prince/RODAS tree, the largest compile)
-into the shared on-disk cache, while this process compiles the data and analysis kernels
-(:func:`warm_analysis`, after the data are written). :func:`warm_up` then runs the study's
+into the shared on-disk cache, while this process writes the data, compiles the two
+helpers the other process would reach last (:func:`compile_rodas_tail`) and the data and
+analysis kernels (:func:`warm_analysis`). :func:`warm_up` then runs the study's
 code once on two flows per setting and loads what the other process compiled; it compiles
 whatever the split missed, so the split only changes how long the warm-up takes, never what
 runs. Without a writable cache, with one CPU, or when the integrators are cached already,
@@ -106,17 +107,62 @@ def warm_analysis(spec, study_dir):
         _analysis.classify_points(problem, W0, **study.spec["analysis"])
 
 
+def _synthetic_problem(cell, rng):
+    """A Problem of ``cell``'s architecture, loss and data shapes on random data (the shapes,
+    not the values, decide what compiles)."""
+    arch = cell.arch()
+    m = cell.m or 2 * arch.d0
+    X = rng.standard_normal((arch.d0, m))
+    Y = rng.standard_normal((arch.d_N, m))
+    return Problem(arch, X, Y, cell.loss_fn())
+
+
 def compile_integrators(spec):
     """Compile (or load) the integrators of every setting of ``spec`` on synthetic data of the
     right shapes: the body of the process :func:`compiling_aside` starts."""
     study = load_spec(spec)
     rng = np.random.default_rng(0)
     for cell in _settings(study):
-        arch = cell.arch()
-        m = cell.m or 2 * arch.d0  # the shapes, not the values, decide what compiles
-        X = rng.standard_normal((arch.d0, m))
-        Y = rng.standard_normal((arch.d_N, m))
-        _run_tiny(Problem(arch, X, Y, cell.loss_fn()), cell, study.spec["seed"], 1)
+        _run_tiny(_synthetic_problem(cell, rng), cell, study.spec["seed"], 1)
+
+
+def compile_rodas_tail(spec):
+    """Compile (or load), in this process, the two helpers of the RODAS worker that the
+    process aside reaches last, ``_rosenbrock._step_levels`` and ``_dense_saves`` (~9 s of its
+    ~62 s of compiles), for every setting of ``spec`` with ``method`` "auto" or "rosenbrock".
+
+    Run in the block of :func:`compiling_aside` once the data are written (~15 s in): by then
+    the other process has cached the one-flow gradient these helpers call, so they take ~11 s
+    here, and it reaches them ~30 s in and loads them instead of compiling them. Cold
+    quickstart, 2026-12-06 12:12 UTC: the compile step 61.8 s without, 53.7 s and 55.4 s with
+    (run first, before the data, both processes compiled the data path at once and nothing
+    was gained: 62.9 s). Their argument types are those ``rodas_flow`` passes (the options,
+    outputs and work tuples built as :func:`lcnfast.gradient_flow` and
+    ``_rosenbrock.new_work`` build them); were they to differ, the other process would simply
+    compile its own, as before."""
+    import numba
+
+    from .. import _codegen, _integrate, _rosenbrock
+    from ..flows import _loss_levels, _outputs
+
+    study = load_spec(spec)
+    rng = np.random.default_rng(0)
+    for cell in _settings(study):
+        if cell.integrator["method"] not in ("auto", "rosenbrock"):
+            continue
+        problem = _synthetic_problem(cell, rng)
+        model, n, kv = problem.model, problem.arch.n_params, problem.arch.k_v
+        opt = _integrate.RKOptions(1.0, 1e-6, 1e-9, 0.0, 1, np.zeros(1), _loss_levels(None))
+        out = _outputs(1, n, kv, 1)
+        wk = _rosenbrock.new_work(model, n)
+        scratch = (wk.kW, wk.kG, wk.kL, wk.kV)
+        kern, use_kern = _codegen.NO_KERNEL, False  # the types of either choice
+        for fn, args in (
+            (_rosenbrock._step_levels, (model, opt, out, 0, False, wk, 1.0, 0.0, 1.0, 1.0, 1.0)),
+            (_rosenbrock._dense_saves,
+             (model, kern, use_kern, opt, out, 0, False, wk, scratch, 0, 0.0, 1.0)),
+        ):
+            fn.compile(tuple(numba.typeof(a) for a in args))
 
 
 def _integrators_cached(study):
