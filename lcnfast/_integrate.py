@@ -425,6 +425,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     yy = model.yy
     M = np.zeros((3, LANES))  # running maxima per lane, see _lane_maxima
     levels = opt.levels
+    nl = Y.shape[1]  # = LANES, for the step's loop: read at run time, see _lane_norms
     while True:
         n_active = 0
         for b in range(LANES):
@@ -498,9 +499,7 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                     _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, INTERRUPTED, j, 0,
                                  j + 1)
             break
-        # the step, for all lanes at once (idle lanes are overwritten when refilled; the lane
-        # count read at run time: see _lane_norms)
-        nl = Y.shape[1]
+        # the step, for all lanes at once (idle lanes are overwritten when refilled)
         for i in range(n):
             for b in range(nl):
                 Y[i, b] -= h * G[i, b]

@@ -92,22 +92,27 @@ def _dp_stage_point(Kst, y, h, st, dst):
         dst[i] = y[i] + h * acc
 
 
+@nb.njit(inline="always", **_JIT)
+def _dp_stage_slope(Kst, st, g):
+    """Kst[st] = f = -g, the slope of stage st from its gradient g."""
+    for i in range(g.shape[0]):
+        Kst[st, i] = -g[i]
+
+
 @nb.njit(**_JIT)
 def dp_step(model, ws, Kst, y, g, y_new, g_new, ytmp, gtmp, h):
     """One Dormand-Prince step of size h from y (n,) with g = grad L(y): stages into Kst
     (7, n) (Kst[q] = f = -grad L at the stage point; Kst[6] at y_new, FSAL), the new point
     into y_new and its gradient into g_new; on return ytmp, gtmp hold the 6th stage's point
     and gradient (stiffness detection); gradients by :func:`grad_ws`. Returns L(y_new)."""
-    for i in range(y.shape[0]):
-        Kst[0, i] = -g[i]
+    _dp_stage_slope(Kst, 0, g)
     L = math.nan
     for st in range(1, 7):
         dst = ytmp if st < 6 else y_new
         gst = gtmp if st < 6 else g_new
         _dp_stage_point(Kst, y, h, st, dst)
         L = grad_ws(model, dst, ws, gst, st == 6)
-        for i in range(y.shape[0]):
-            Kst[st, i] = -gst[i]
+        _dp_stage_slope(Kst, st, gst)
     return L
 
 
@@ -116,16 +121,14 @@ def dp_step_kern(kern, A, b, yy, kW, kG, kL, kV, prefix, N, Kst, y, g, y_new, g_
                  gtmp, h):
     """:func:`dp_step` with the gradients through the generated kernel at address ``kern``
     (:func:`grad_kern` and its arguments): the same stages, no reference counting."""
-    for i in range(y.shape[0]):
-        Kst[0, i] = -g[i]
+    _dp_stage_slope(Kst, 0, g)
     L = math.nan
     for st in range(1, 7):
         dst = ytmp if st < 6 else y_new
         gst = gtmp if st < 6 else g_new
         _dp_stage_point(Kst, y, h, st, dst)
         L = grad_kern(kern, A, b, yy, dst, gst, kW, kG, kL, kV, prefix, N)
-        for i in range(y.shape[0]):
-            Kst[st, i] = -gst[i]
+        _dp_stage_slope(Kst, st, gst)
     return L
 
 
