@@ -187,6 +187,14 @@ _NORM_MIN = 2.0**-450  # sqrt(2^-900), exact
 
 
 @nb.njit(inline="always", **_JIT)
+def _ulp_above(t):
+    """np.nextafter(t, inf) - t for a finite t >= +0.0 (the time of a flow), from its bits:
+    one integer add, where np.nextafter is a libm call (per lane and step: ~3% of rk45's
+    time). The bits of DBL_MAX + 1 are those of inf, as nextafter's."""
+    return np.int64(np.float64(t).view(np.int64) + 1).view(np.float64) - t
+
+
+@nb.njit(inline="always", **_JIT)
 def _plain_ok(nrm):
     """Whether ``nrm`` (the square root of a plain sum of squares) stands (see above)."""
     return (nrm >= _NORM_MIN and nrm < math.inf) or nrm != nrm
@@ -382,9 +390,7 @@ def _lane_norms(G, V, Y, gn, v1, wn):
     # lane went scalar (this function: 32 scalar square roots, 152 ns per call; 68 ns with
     # the run-time count, vectorised, bitwise the same). Measured on gradient descent, which
     # runs this and the step below every step: 4.0-4.3e7 -> 5.2-5.3e7 evaluations/s on one
-    # thread. Not everywhere: the Dormand-Prince stage combinations (_rk_stage_point) ran 6%
-    # slower that way (rk45, 1024 flows, one thread), the error norm and the accept step no
-    # faster, so they keep the constant.
+    # thread. The Dormand-Prince stage combinations go further: see _rk_stage_point.
     nl = Y.shape[1]  # = LANES
     for b in range(nl):
         gn[b] = 0.0
@@ -720,7 +726,7 @@ def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
     if not rejected:  # a new step
         if t >= t_end:
             return REACHED_END, 0.0, h_abs, min_step
-        min_step = 10.0 * (np.nextafter(t, math.inf) - t)
+        min_step = 10.0 * _ulp_above(t)
         if h_abs < min_step:
             h_abs = min_step
     if n_tried >= max_steps:
@@ -734,23 +740,37 @@ def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
     return -1, h, h, min_step
 
 
+# The stage combinations and the error norm work on flat views of the (n, LANES) lane arrays
+# (index j = i * LANES + b; the worker makes the views once) with the step sizes broadcast to
+# the same layout (H, once per step): each is one loop over n * LANES elements that LLVM
+# vectorises, the stage sums held in registers. For that the number of stages must be a
+# compile-time constant, so the six stages are written out (_rk_stages, _rk_stages_kern) and
+# _rk_stage_point is inlined with a literal stage. The earlier form (a loop over stages, lanes
+# innermost with the constant trip count LANES) was unrolled to scalar code: rk45 ran 1.28x
+# slower (1024 flows of the square-loss benchmark problem, one thread). Per lane and element the
+# sums run over the stages in order, exactly as for one flow: bitwise the same results.
+
+
 @nb.njit(inline="always", **_JIT)
-def _rk_stage_point(Kst, Y, h, st, acc, dst):
-    """The points of Dormand-Prince stage st (1..6; 6 = the new points) in every lane into
-    dst (acc: scratch, may be dst). The combinations loop over lanes innermost (SIMD); per
-    lane the sums run over the stages in order, exactly as for one flow."""
-    n = Y.shape[0]
+def _rk_step_sizes(h, H):
+    """H[i * LANES + b] = h[b] (the step size of lane b in the flat layout)."""
+    nl = h.shape[0]
+    for i in range(H.shape[0] // nl):
+        for b in range(nl):
+            H[i * nl + b] = h[b]
+
+
+@nb.njit(inline="always", **_JIT)
+def _rk_stage_point(Kf, Yf, H, st, dst):
+    """The points y + h sum_q a_{st,q} K_q of Dormand-Prince stage st (1..6; 6: the new
+    points, with the weights DP_B) in every lane into the flat dst (n * LANES,); Kf the flat
+    stages (7, n * LANES). st must be a literal for the stage sum to be unrolled."""
     coef = DP_A[st] if st < 6 else DP_B
-    for i in range(n):
-        for b in range(LANES):
-            acc[i, b] = 0.0
+    for j in range(Yf.shape[0]):
+        a = 0.0
         for q in range(st):
-            c = coef[q]
-            for b in range(LANES):
-                acc[i, b] += c * Kst[q, i, b]
-    for i in range(n):
-        for b in range(LANES):
-            dst[i, b] = Y[i, b] + h[b] * acc[i, b]
+            a += coef[q] * Kf[q, j]
+        dst[j] = Yf[j] + H[j] * a
 
 
 @nb.njit(inline="always", **_JIT)
@@ -761,46 +781,71 @@ def _rk_stage_slope(Kst, st, G):
             Kst[st, i, b] = -G[i, b]
 
 
-@nb.njit(**_JIT)
-def _rk_stages(model, lws, Y, h, Kst, acc, Y_new, G, L_new):
-    """Stages 2..7 of one Dormand-Prince step in every lane (step size h[b]) through the
-    generic lane kernels: the new points in Y_new, their losses in L_new (stage 7, FSAL; stages
-    2..6 need no loss values), their filters in lws.P[N]."""
-    for st in range(1, 7):
-        dst = acc if st < 6 else Y_new
-        _rk_stage_point(Kst, Y, h, st, acc, dst)
-        loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
-        _rk_stage_slope(Kst, st, G)
+@nb.njit(inline="always", **_JIT)
+def _rk_stage(model, lws, Kst, Kf, Yf, H, st, dst, dstf, G, L_new):
+    """One stage through the generic lane kernels: its points into dst (dstf: the flat view),
+    their gradients into Kst[st] (losses into L_new and filters into lws.P[N] at st = 6)."""
+    _rk_stage_point(Kf, Yf, H, st, dstf)
+    loss_grad_lanes(model, dst, lws, G, L_new, st == 6)
+    _rk_stage_slope(Kst, st, G)
 
 
 @nb.njit(**_JIT)
-def _rk_stages_kern(kern, A, bvec, yy, Y, h, Kst, acc, Y_new, G, L_new, V):
+def _rk_stages(model, lws, h, Kst, Kf, Yf, H, acc, accf, Y_new, Ynf, G, L_new):
+    """Stages 2..7 of one Dormand-Prince step in every lane (step size h[b], broadcast into H)
+    through the generic lane kernels: the new points in Y_new, their losses in L_new (stage 7,
+    FSAL; stages 2..6 need no loss values), their filters in lws.P[N]. acc: scratch."""
+    _rk_step_sizes(h, H)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 1, acc, accf, G, L_new)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 2, acc, accf, G, L_new)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 3, acc, accf, G, L_new)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 4, acc, accf, G, L_new)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 5, acc, accf, G, L_new)
+    _rk_stage(model, lws, Kst, Kf, Yf, H, 6, Y_new, Ynf, G, L_new)
+
+
+@nb.njit(inline="always", **_JIT)
+def _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, st, dst, dstf, G, L_new, V):
+    """:func:`_rk_stage` through the generated kernel."""
+    _rk_stage_point(Kf, Yf, H, st, dstf)
+    call_lane_kernel(kern, dst, A, bvec, yy, G, L_new, V)
+    _rk_stage_slope(Kst, st, G)
+
+
+@nb.njit(**_JIT)
+def _rk_stages_kern(kern, A, bvec, yy, h, Kst, Kf, Yf, H, acc, accf, Y_new, Ynf, G, L_new, V):
     """:func:`_rk_stages` through the generated kernel at address ``kern`` (its Gram data A,
     bvec, yy; the new points' filters into V). It makes no call that can return an error, so
     Numba's pruning removes the reference counting of its arrays (see lcnfast._one_flow,
     before grad_kern)."""
-    for st in range(1, 7):
-        dst = acc if st < 6 else Y_new
-        _rk_stage_point(Kst, Y, h, st, acc, dst)
-        call_lane_kernel(kern, dst, A, bvec, yy, G, L_new, V)
-        _rk_stage_slope(Kst, st, G)
+    _rk_step_sizes(h, H)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 1, acc, accf, G, L_new, V)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 2, acc, accf, G, L_new, V)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 3, acc, accf, G, L_new, V)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 4, acc, accf, G, L_new, V)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 5, acc, accf, G, L_new, V)
+    _rk_stage_kern(kern, A, bvec, yy, Kst, Kf, Yf, H, 6, Y_new, Ynf, G, L_new, V)
 
 
 @nb.njit(**_JIT)
-def _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, out):
+def _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, out):
     """Per lane the error norm's sum of squares sum_i (e_i / sc_i)^2 of the attempted step,
-    e = h sum_q E_q K_q, sc = atol + rtol max(|y|, |y_new|) (scipy's RK45), into out (LANES,):
-    SIMD over lanes, each lane's sums in the order of one flow."""
-    for b in range(LANES):
+    e = h sum_q E_q K_q, sc = atol + rtol max(|y|, |y_new|) (scipy's RK45), into out (LANES,);
+    flat views as in _rk_stage_point, R (n * LANES,) scratch for the terms. Each lane's sum in
+    the order of one flow."""
+    for j in range(Yf.shape[0]):
+        e = 0.0
+        for q in range(7):
+            e += DP_E[q] * Kf[q, j]
+        e *= H[j]
+        sc = atol + rtol * max(abs(Yf[j]), abs(Ynf[j]))
+        R[j] = (e / sc) ** 2
+    nl = out.shape[0]
+    for b in range(nl):
         out[b] = 0.0
-    for i in range(Y.shape[0]):
-        for b in range(LANES):
-            e = 0.0
-            for q in range(7):
-                e += DP_E[q] * Kst[q, i, b]
-            e *= h[b]
-            sc = atol + rtol * max(abs(Y[i, b]), abs(Y_new[i, b]))
-            out[b] += (e / sc) ** 2
+    for i in range(Yf.shape[0] // nl):
+        for b in range(nl):
+            out[b] += R[i * nl + b]
 
 
 @nb.njit(**_JIT)
@@ -925,6 +970,11 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     M = s.M  # running maxima per lane, see _lane_maxima
     save_t, levels = opt.save_t, opt.levels
     T = save_t.shape[0]
+    # flat views (n * LANES,) of the lane arrays, see _rk_stage_point
+    Kf = Kst.reshape((7, n * LANES))
+    Yf, Ynf, Ytf = Y.reshape(n * LANES), Y_new.reshape(n * LANES), Ytmp.reshape(n * LANES)
+    H = np.zeros(n * LANES)  # h per lane, flat
+    R = np.zeros(n * LANES)
     err2 = np.zeros(LANES)
     accepted = np.zeros(LANES, np.bool_)
     gn = np.zeros(LANES)
@@ -960,10 +1010,11 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 break
             continue
         if use_kern:
-            _rk_stages_kern(kern, A, bvec, yy, Y, h, Kst, Ytmp, Y_new, G, L_new, V_new)
+            _rk_stages_kern(kern, A, bvec, yy, h, Kst, Kf, Yf, H, Ytmp, Ytf, Y_new, Ynf, G,
+                            L_new, V_new)
         else:
-            _rk_stages(model, lws, Y, h, Kst, Ytmp, Y_new, G, L_new)
-        _rk_err_sumsq(Kst, Y, Y_new, h, atol, rtol, err2)
+            _rk_stages(model, lws, h, Kst, Kf, Yf, H, Ytmp, Ytf, Y_new, Ynf, G, L_new)
+        _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, err2)
         for b in range(LANES):  # accept or reject; what an accepted step passes on its way
             accepted[b] = False
             if flow[b] < 0 or not h[b] > 0.0:

@@ -71,7 +71,8 @@ import numpy as np
 from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
                          MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
                          _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
-                         _levels_crossed, _locate_levels, _norm2, _record, _start)
+                         _levels_crossed, _locate_levels, _norm2, _record, _start,
+                         _ulp_above)
 from ._jit import JIT as _JIT
 from ._kernels import _flag, hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
@@ -438,7 +439,7 @@ def _prepare(t_end, max_steps, t, h_abs, min_step, rejected, n_steps):
     if not rejected:  # a new step
         if t >= t_end:
             return REACHED_END, t, min_step
-        min_step = 10.0 * (np.nextafter(t, math.inf) - t)
+        min_step = 10.0 * _ulp_above(t)
         h_abs = max(h_abs, min_step)
     if n_steps >= max_steps:
         return MAX_STEPS, t, min_step
