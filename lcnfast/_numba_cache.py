@@ -4,7 +4,7 @@ Numba keys a cached function on its own source file only, but every ``@njit`` ca
 compiled into its caller, and module constants such as the lane width
 (:mod:`lcnfast._lane_width`, chosen at import) are baked into the machine code: after an edit
 of ``_kernels.py``, or in a process with another ``LCNFAST_LANES``, the cached workers of
-``_lanes.py`` and ``_integrate.py`` would still run the old code, silently. :func:`purge_stale`
+``_lanes.py`` and ``_rk45.py`` would still run the old code, silently. :func:`purge_stale`
 (called once when lcnfast is imported) removes the package's cache files from the directory
 Numba caches them in for this process (:func:`cache_dir`) whenever the digest of the package's
 sources and lane width differs from the one recorded there; Numba then recompiles. Other cache

@@ -3,8 +3,9 @@ Hairer's stiffness detection.
 
 Private module: the stage gradients of the Rosenbrock method and the non-stiff phase of
 ``gradient_flow(method="auto")``, run flow by flow by the driver of
-:mod:`lcnfast._rosenbrock` (the batched rk45 engine is :mod:`lcnfast._integrate`,
-whose tableau this uses; the arithmetic per stage is the same, one flow instead of lanes).
+:mod:`lcnfast._rosenbrock` (the batched rk45 engine is :mod:`lcnfast._rk45`, the tableau
+:mod:`lcnfast._integrate`'s; the arithmetic per stage is the same, one flow instead of
+lanes).
 
 Stiffness detection (Hairer & Wanner, *Solving ODEs I*, II.10 and ``dopri5.f``): after an
 accepted step, ``h lambda ~ h ||f(y_7) - f(y_6)|| / ||y_7 - y_6||`` estimates h times the

@@ -26,7 +26,7 @@ and six right-hand sides; the dense output of order 3 (rodas.f, CONTRO) is
 The gradient at ``y_new`` serves the stopping rule, the statistics and the first stage of the
 next step; a rejected step keeps its Hessian and refactorises for the smaller step.
 
-Error control as :mod:`lcnfast._integrate` (scipy conventions): RMS norm of
+Error control as :mod:`lcnfast._rk45` (scipy conventions): RMS norm of
 ``err / (atol + rtol max(|y|, |y_new|))``, factor ``SAFETY err^(-1/4)`` (embedded order 3)
 clipped to [MIN_FACTOR, MAX_FACTOR] and to <= 1 right after a rejection, Hairer's initial
 step (rk45's, for a method of order 4), ``min_step = 10 ulp(t)``. A factorisation that is

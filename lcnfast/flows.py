@@ -124,12 +124,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import _euler, _rk45
 from . import _integrate as I
 from . import _rosenbrock as R
 from ._lane_width import LANES
 from .problem import Problem
 
-__all__ = ["gradient_flow", "gradient_descent", "threads", "STATUS", "FlowWarning"]
+__all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "threads"]
 
 #: status code -> meaning (also in each Dataset's ``status.attrs``)
 STATUS = dict(enumerate(I.STATUS_MEANINGS))
@@ -541,7 +542,7 @@ def gradient_flow(
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            stopped = _run(I.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
+            stopped = _run(_rk45.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
         else:
             stats = R.new_stats(K)
             args = (problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
@@ -630,7 +631,7 @@ def gradient_descent(
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
-        stopped = _run(I.euler_batch, (problem.model, kern, use, W0, opt, out, nt))
+        stopped = _run(_euler.euler_batch, (problem.model, kern, use, W0, opt, out, nt))
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_descent", wall)
     save_t = np.arange(n_save) * save_every * h
@@ -765,7 +766,7 @@ def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
         "gradient_kernel": problem.kernel_in_use,
         **_versions(n_threads),
         "wall_time_s": wall,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     attrs.update(extra_attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

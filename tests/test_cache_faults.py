@@ -49,7 +49,7 @@ WORKLOAD = textwrap.dedent(
     print(json.dumps({
         "numbers": [L.tolist(), G.tolist(), ds.w_final.values.tolist(), fs],
         "warnings": seen,
-        "package_cache": lf._integrate.euler_batch._cache.cache_path,
+        "package_cache": lf._euler.euler_batch._cache.cache_path,
         "lane_cache": lane._cache.cache_path,
     }))
     """
@@ -93,7 +93,7 @@ def _case(tmp_path, warm):
     lc.mkdir()
     (lane_py,) = lc0.glob("lcnfast_lane_*.py")
     shutil.copy2(lane_py, lc / lane_py.name)
-    pkg = _subdir(nc, ROOT / "lcnfast" / "_integrate.py")
+    pkg = _subdir(nc, ROOT / "lcnfast" / "_euler.py")
     lane = _subdir(nc, lc / lane_py.name)
     for src, dst, pats in (
         (Path(ref["package_cache"]), pkg, ("*.nbi", "*.nbc", STAMP)),
@@ -135,8 +135,8 @@ def _random(f):
 # name -> damages [(where, glob, how)] and the substrings the warnings must name, one each
 CASES = {
     "truncated": (
-        [("pkg", "_integrate.euler_batch-*.nbi", _truncate), ("lane", "*.nbc", _truncate)],
-        ["_integrate.euler_batch", "lcnfast_lane_"],
+        [("pkg", "_euler.euler_batch-*.nbi", _truncate), ("lane", "*.nbc", _truncate)],
+        ["_euler.euler_batch", "lcnfast_lane_"],
     ),
     "empty": (
         [("pkg", "_kernels.fs_loss-*.nbc", _empty), ("lane", "*.nbi", _empty)],

@@ -222,7 +222,7 @@ def test_call_lane_kernel_checks_its_arrays_when_the_caller_compiles():
         call(1.5, W, G)
 
 
-@pytest.mark.parametrize("name", ["_one_flow.dp_step_kern", "_integrate._rk_stages_kern"])
+@pytest.mark.parametrize("name", ["_one_flow.dp_step_kern", "_rk45._rk_stages_kern"])
 def test_kernel_steps_have_no_reference_counting(name):
     """The generated kernel's Dormand-Prince stages make no call that can return an error, so
     Numba's pruning removes every reference-count operation on their arrays (the reason they

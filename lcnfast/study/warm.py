@@ -39,7 +39,7 @@ from .spec import load_spec
 log = logging.getLogger(__name__)
 
 # the entry points each integrator method compiles (Numba cache files start with these names)
-_ENTRY = {"euler": "_integrate.euler_batch", "rk45": "_integrate.rk45_batch",
+_ENTRY = {"euler": "_euler.euler_batch", "rk45": "_rk45.rk45_batch",
           "rosenbrock": "_rosenbrock.rodas_batch", "auto": "_rosenbrock.rodas_batch"}
 
 #: the program of the process aside (it reads the resolved spec, JSON, from stdin)

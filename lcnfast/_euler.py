@@ -1,0 +1,162 @@
+"""Gradient descent ``w <- w - h grad L(w)`` (explicit Euler on eq. 1.7) for many flows at
+once, ``LANES`` flows per worker (see :mod:`lcnfast._integrate` for the layout, the load
+balancing and the interruption).
+
+Private module: inputs are validated by :mod:`lcnfast.flows`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from ._codegen import call_lane_kernel
+from ._integrate import (CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
+                         _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
+                         _park, _plain_ok, _start)
+from ._jit import JIT as _JIT
+from ._kernels import _flag
+from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
+
+
+@nb.njit(**_JIT)
+def _lane_norms(G, V, Y, gn, v1, wn):
+    """Per lane: ||G||_2, ||V||_1, ||Y||_2 (sums in index order, SIMD over lanes; the caller
+    checks the 2-norms of its running lanes with :func:`_plain_ok`)."""
+    # The lane loops of this and the other lane helpers run to the arrays' lane count, not to
+    # the constant LANES: with a constant trip count of 16 LLVM unrolls a loop completely
+    # before its loop vectoriser sees it, and Numba leaves the SLP vectoriser off, so every
+    # lane went scalar (this function: 32 scalar square roots, 152 ns per call; 68 ns with
+    # the run-time count, vectorised, bitwise the same). Measured on gradient descent, which
+    # runs this and the step below every step: 4.0-4.3e7 -> 5.2-5.3e7 evaluations/s on one
+    # thread. The Dormand-Prince stage combinations go further: see
+    # lcnfast._rk45._rk_stage_point.
+    nl = Y.shape[1]  # = LANES
+    for b in range(nl):
+        gn[b] = 0.0
+        v1[b] = 0.0
+        wn[b] = 0.0
+    for i in range(G.shape[0]):
+        for b in range(nl):
+            gn[b] += G[i, b] * G[i, b]
+            wn[b] += Y[i, b] * Y[i, b]
+    for i in range(V.shape[0]):
+        for b in range(nl):
+            v1[b] += abs(V[i, b])
+    for b in range(nl):
+        gn[b] = math.sqrt(gn[b])
+        wn[b] = math.sqrt(wn[b])
+
+
+@nb.njit(**_JIT)
+def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
+    K, n = W0.shape
+    N = model.k.shape[0]
+    lws = new_lane_workspace(model)
+    V = lws.P[N]  # (k_v, LANES) final filters of the last evaluation
+    Y = np.zeros((n, LANES))
+    G = np.zeros((n, LANES))
+    L = np.zeros(LANES)
+    L_prev = np.zeros(LANES)
+    gn = np.zeros(LANES)
+    v1 = np.zeros(LANES)
+    wn = np.zeros(LANES)
+    flow = np.full(LANES, -1, np.int64)
+    step = np.zeros(LANES, np.int64)
+    next_save = np.zeros(LANES, np.int64)  # step of the lane's next save (no modulo per step)
+    h = opt.h
+    # the hot arrays, out of their tuples once (see "The hot path" below)
+    A = model.A
+    bvec = model.b
+    yy = model.yy
+    M = np.zeros((3, LANES))  # running maxima per lane, see _lane_maxima
+    levels = opt.levels
+    nl = Y.shape[1]  # = LANES, for the step's loop: read at run time, see _lane_norms
+    while True:
+        n_active = 0
+        for b in range(LANES):
+            if flow[b] < 0:
+                f = _fetch_add(counter, 0, 1)
+                if f < K:
+                    flow[b] = f
+                    step[b] = 0
+                    next_save[b] = 0
+                    for i in range(n):
+                        Y[i, b] = W0[f, i]
+                    _start(out, f)
+                    _lane_maxima_from(out, f, M, b)
+                else:
+                    _park(Y, b)
+            if flow[b] >= 0:
+                n_active += 1
+        if n_active == 0:
+            break
+        if use_kern:
+            call_lane_kernel(kern, Y, A, bvec, yy, G, L, V)
+        else:
+            loss_grad_lanes(model, Y, lws, G, L, _flag(True))
+        _lane_norms(G, V, Y, gn, v1, wn)
+        for b in range(LANES):
+            f = flow[b]
+            if f < 0:
+                continue
+            if not _plain_ok(gn[b]):  # rare: sum of squares out of range, see _norm2
+                gn[b] = _lane_norm2_scaled(G, b)
+            if not _plain_ok(wn[b]):
+                wn[b] = _lane_norm2_scaled(Y, b)
+            j = step[b]
+            if j == 0:
+                out.loss_init[f] = L[b]
+                out.grad_norm_init[f] = gn[b]
+            elif L[b] - L_prev[b] > M[2, b]:
+                M[2, b] = L[b] - L_prev[b]
+            if v1[b] > M[0, b]:
+                M[0, b] = v1[b]
+            if wn[b] > M[1, b]:
+                M[1, b] = wn[b]
+            for q in range(levels.shape[0]):  # exact for the iterates: first j with L <= level
+                if L[b] <= levels[q] and math.isnan(out.t_below[f, q]):
+                    out.t_below[f, q] = j * h
+            if j == next_save[b] and j // opt.save_every < opt.n_save:
+                next_save[b] += opt.save_every
+                r = j // opt.save_every
+                for i in range(n):
+                    out.save_w[f, r, i] = Y[i, b]
+                out.save_loss[f, r] = L[b]
+                out.save_grad_norm[f, r] = gn[b]
+            status = -1
+            if not (math.isfinite(L[b]) and math.isfinite(gn[b])):
+                status = NON_FINITE
+            elif gn[b] <= opt.grad_tol:
+                status = CONVERGED
+            elif j >= opt.n_steps:
+                status = REACHED_END
+            if status >= 0:
+                _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, status, j, 0, j + 1)
+                flow[b] = -1
+                continue
+            step[b] = j + 1
+            L_prev[b] = L[b]
+        if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows at their state
+            for b in range(LANES):
+                f = flow[b]
+                if f >= 0:
+                    j = step[b] - 1
+                    _finish_lane(out, f, Y, V, M, b, L[b], gn[b], j * h, INTERRUPTED, j, 0,
+                                 j + 1)
+            break
+        # the step, for all lanes at once (idle lanes are overwritten when refilled)
+        for i in range(n):
+            for b in range(nl):
+                Y[i, b] -= h * G[i, b]
+
+
+@nb.njit(parallel=True, **_JIT)
+def euler_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
+    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``;
+    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt."""
+    counter = np.zeros(1, np.int64)
+    for _wk in nb.prange(n_workers):
+        _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop)
