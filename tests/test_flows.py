@@ -7,6 +7,8 @@ import numba
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
@@ -22,6 +24,22 @@ def make_problem(arch_args, loss, m=12, seed=0, noise=0.1):
     arch = lf.Architecture(*arch_args)
     td = lf.data.teacher(arch, m, noise=noise, seed=seed)
     return lf.Problem(arch, td.X, td.Y, loss)
+
+
+# ----------------------------------------------------------------------------- min_step
+@numba.njit
+def _ulp_above(t):
+    return I._ulp_above(t)
+
+
+@given(st.floats(min_value=0.0, allow_infinity=False, allow_nan=False))
+def test_ulp_from_the_bits_equals_nextafter(t):
+    """rk45's and the Rosenbrock methods' min_step = 10 ulp(t) takes the ulp from the bits of t
+    (an integer add) instead of np.nextafter (a libm call per lane and step). Claim: the same
+    number for every time a flow can have, a finite t >= +0.0 (subnormals and the largest
+    double included, whose next value is inf); exact equality, as the steps depend on it."""
+    with np.errstate(over="ignore"):
+        assert _ulp_above(t) == np.nextafter(t, np.inf) - t
 
 
 # ----------------------------------------------------------------------------- tableau
