@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 import xarray as xr
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
@@ -33,6 +33,11 @@ def _ulp_above(t):
 
 
 @given(st.floats(min_value=0.0, allow_infinity=False, allow_nan=False))
+@example(0.0)
+@example(5e-324)  # the smallest subnormal
+@example(2.0**-1022)  # the smallest normal
+@example(1.0)
+@example(float(np.finfo(float).max))  # next: inf
 def test_ulp_from_the_bits_equals_nextafter(t):
     """rk45's and the Rosenbrock methods' min_step = 10 ulp(t) takes the ulp from the bits of t
     (an integer add) instead of np.nextafter (a libm call per lane and step). Claim: the same
