@@ -33,7 +33,8 @@ import numpy as np
 from ._codegen import call_lane_kernel
 from ._jit import JIT as _JIT
 from ._jit import JIT_R as _JIT_R
-from ._kernels import _data_buf, _flag, _fs_loss_grad_buf
+from ._data_path import _data_buf
+from ._kernels import _flag, _fs_loss_grad_buf
 from ._lane_width import LANES
 
 
@@ -45,7 +46,7 @@ class LaneWorkspace(NamedTuple):
     gz: np.ndarray  # (LANES,) scratch (Gram path: b^T v per lane)
     v1: np.ndarray  # (k_v,) one lane's filter (data path)
     G1: np.ndarray  # (k_v,) one lane's dL/dv (data path)
-    buf: np.ndarray  # scratch of the one-flow data path (_kernels._data_buf)
+    buf: np.ndarray  # scratch of the one-flow data path (_data_path._data_buf)
 
 
 @nb.njit(**_JIT)

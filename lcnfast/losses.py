@@ -141,7 +141,7 @@ def _eval_array(code, p0, p1, r, order, out):
 # the arithmetic below stays finite and normal: |k| <= 1010). The clamp is the only step that
 # depends on the range of d: _tanh_nd_in_range, the same arithmetic without it, gives the same
 # bits wherever |d| <= X/alpha, and the data path uses it when a bound on its residuals
-# (lcnfast._kernels._tanh_in_range) guarantees that; the loop is ~10% faster without the two
+# (lcnfast._data_path._tanh_in_range) guarantees that; the loop is ~10% faster without the two
 # comparisons at the head of its dependency chain. Range reduction 2x = k ln2 + 2h, |h| <= ln2/4,
 # with k = round(2x/ln2) from the 1.5*2^52 shifter trick (needs round-to-nearest and no
 # reassociation: never compile this with fastmath 'reassoc'), 2^k built from the exponent
@@ -249,10 +249,10 @@ def _tanh_nd_in_range(d, cs):
 
 
 # ----------------------------------------------------------------------------- log cosh sums
-# The data path (lcnfast._kernels._lc_div) sums log cosh a_t over a chunk as
+# The data path (lcnfast._data_path._lc_div) sums log cosh a_t over a chunk as
 #     sum_{a_t <= 1/8} series(a_t) + sum_{a_t > 1/8} a_t - log prod_{a_t > 1/8} (1 + tanh a_t),
 # the product taken of the factors (1 + tanh a) / sqrt 2 (_RSQRT2) and corrected by
-# n log(2) / 2 (_HALF_LN2) so that it stays in range over a chunk (lcnfast._kernels._PROD_CHUNK).
+# n log(2) / 2 (_HALF_LN2) so that it stays in range over a chunk (lcnfast._data_path._PROD_CHUNK).
 _RSQRT2 = math.sqrt(0.5)
 # log cosh a for 0 <= a <= 1/8: its Taylor series in a^2 to a^16 (truncation < 3e-19 relative).
 # Above 1/8, a - log(1 + tanh a) is exact to about eps / (a^2 / 2) relative, at most 128 eps

@@ -22,7 +22,7 @@ architecture (``lcnfast._codegen``; ``kernel="auto"`` switches to it during the 
 the generic lane kernels are timed next to it), for (b) the lane kernels of ``lcnfast._lanes``
 (the pass over the data goes lane by lane through the one-flow kernel). Each case also times ``lcnfast._kernels._loss_grad_batch_fast`` (one flow
 at a time, always the fast data path, what ``loss_grad_ws`` runs when
-``_kernels._DATA_PATH_FAST`` is on) and a plain numpy implementation written as a researcher
+``_data_path._DATA_PATH_FAST`` is on) and a plain numpy implementation written as a researcher
 would (polynomial products per layer, patch matrix, ``G = P^T l'(R)``, chain rule), checked
 against lcnfast before it is timed.
 
@@ -35,6 +35,7 @@ first call only loads them), which is reported as "cache warm".
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -139,15 +140,16 @@ def blas_info():
 
 def _dispatchers():
     mods = [_kernels]
-    try:
-        from lcnfast import _lanes
-
-        mods.append(_lanes)
-    except ImportError:  # pragma: no cover
-        pass
+    for name in ("_data_path", "_lanes"):
+        try:
+            mods.append(importlib.import_module(f"lcnfast.{name}"))
+        except ImportError:  # pragma: no cover
+            pass
+    seen = set()
     for mod in mods:
         for obj in vars(mod).values():
-            if isinstance(obj, numba.core.registry.CPUDispatcher):
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and id(obj) not in seen:
+                seen.add(id(obj))
                 yield obj
 
 

@@ -348,7 +348,7 @@ def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
     ends of the alpha range too (the coefficients carry powers of alpha up to alpha^5); the
     samples run through both the fixed-length blocks and the rest of _lc_tanh. Where |x| is at
     most 350 (the clamp), the loop without the clamp gives the same bits."""
-    from lcnfast import _kernels
+    from lcnfast import _data_path
 
     rng = np.random.default_rng(7)
     k = np.arange(-60, 61)
@@ -359,7 +359,7 @@ def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
         rng.uniform(20, 360, 1000) * rng.choice([-1.0, 1.0], 1000), [350.0, -350.0, 351.0],
     ]) / alpha
     g = np.empty_like(d)
-    _kernels._lc_tanh(alpha, d, np.zeros_like(d), g, d.size, False)
+    _data_path._lc_tanh(alpha, d, np.zeros_like(d), g, d.size, False)
     x = alpha * d
     ref = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in x])
     ulp = np.abs(g - ref) / np.spacing(np.abs(ref))
@@ -367,11 +367,11 @@ def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
     inside = d[np.abs(d) <= losses._TANH_X_MAX / alpha]
     assert inside.size > 0.99 * d.size
     g_in = np.empty_like(inside)
-    _kernels._lc_tanh(alpha, inside, np.zeros_like(inside), g_in, inside.size, True)
+    _data_path._lc_tanh(alpha, inside, np.zeros_like(inside), g_in, inside.size, True)
     np.testing.assert_array_equal(g_in, g[np.abs(d) <= losses._TANH_X_MAX / alpha])
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300])
     gs = np.empty_like(special)
-    _kernels._lc_tanh(alpha, special, np.zeros_like(special), gs, special.size, False)
+    _data_path._lc_tanh(alpha, special, np.zeros_like(special), gs, special.size, False)
     np.testing.assert_array_equal(gs, [0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0])
     assert not np.signbit(gs[0]) and np.signbit(gs[1])
 
@@ -380,21 +380,21 @@ def test_log_cosh_data_path_skips_the_tanh_clamp_only_when_its_residual_bound_al
     """_tanh_in_range: |r| <= (sum |v| max|X| + max|Y|) (1 + 2^-20) against the clamp
     350 / alpha; False for a filter that is not finite. With the loss, the tanh's numerator
     and denominator are the same bits either way (in range)."""
-    from lcnfast import _kernels
+    from lcnfast import _data_path
 
     v = np.array([2.0, -3.0, 0.5])  # sum |v| = 5.5
     # bound (5.5 * 10 + 5) (1 + 2^-20) = 60 (1 + 2^-20) against 350 / alpha
-    assert _kernels._tanh_in_range(v, 3, 10.0, 5.0, 350.0 / 60.0 / (1 + 2.0**-19))
-    assert not _kernels._tanh_in_range(v, 3, 10.0, 5.0, 350.0 / 60.0)
-    assert not _kernels._tanh_in_range(v, 3, 1e300, 5.0, 1.0)  # overflows to inf
-    assert _kernels._tanh_in_range(v, 2, 10.0, 5.0, 6.0)  # only the first kv taps count
+    assert _data_path._tanh_in_range(v, 3, 10.0, 5.0, 350.0 / 60.0 / (1 + 2.0**-19))
+    assert not _data_path._tanh_in_range(v, 3, 10.0, 5.0, 350.0 / 60.0)
+    assert not _data_path._tanh_in_range(v, 3, 1e300, 5.0, 1.0)  # overflows to inf
+    assert _data_path._tanh_in_range(v, 2, 10.0, 5.0, 6.0)  # only the first kv taps count
     for bad in (np.nan, np.inf):
-        assert not _kernels._tanh_in_range(np.array([bad, 0.0, 0.0]), 3, 1.0, 1.0, 1.0)
+        assert not _data_path._tanh_in_range(np.array([bad, 0.0, 0.0]), 3, 1.0, 1.0, 1.0)
     rng = np.random.default_rng(2)
     z = rng.uniform(-270, 270, 1500)  # |z - y| < 310 < 350 / 1.1
     y = rng.uniform(-40, 40, 1500)
     parts = [[np.empty(1500) for _ in range(3)] for _ in range(2)]
     for in_range, (aa, num, den) in zip((False, True), parts):
-        _kernels._lc_prep_nd(1.1, z, y, aa, num, den, 1500, in_range)
+        _data_path._lc_prep_nd(1.1, z, y, aa, num, den, 1500, in_range)
     for a, b in zip(*parts):
         np.testing.assert_array_equal(a, b)

@@ -565,14 +565,14 @@ def test_grad_without_the_loss_is_bitwise_the_gradient_of_loss_and_grad(d0, k, s
     """Problem.grad runs the data path without the loss values (log-cosh: one pass for
     tanh, no log-cosh sums); the gradient must be the same bits as loss_and_grad's, in every
     layout of the data path, for a single vector and for a batch spanning lane blocks."""
-    from lcnfast import _kernels
+    from lcnfast import _data_path
 
     arch = Architecture(d0, k, s)
     rng = np.random.default_rng(11)
     X = rng.standard_normal((d0, m))
     Y = rng.standard_normal((arch.d_N, m))
     p = Problem(arch, X, Y, loss)
-    assert _kernels._data_layout(p.model)[0] == mode
+    assert _data_path._data_layout(p.model)[0] == mode
     W = np.stack([random_params(rng, arch, 1.0) for _ in range(11)])
     L, G = p.loss_and_grad(W)
     np.testing.assert_array_equal(p.grad(W), G)

@@ -22,7 +22,7 @@ def test_fast_convolution_and_correlation_against_plain_sums_for_1_to_30_taps():
     blocks split differently (1..30 taps), at 1e-14 relative to the sum of |terms|."""
     import numpy as np
 
-    from lcnfast import _kernels
+    from lcnfast import _data_path
 
     rng = np.random.default_rng(4)
     n, sh = 101, 7
@@ -31,11 +31,11 @@ def test_fast_convolution_and_correlation_against_plain_sums_for_1_to_30_taps():
         X = rng.standard_normal(n + (kv - 1) * sh)
         taps = np.stack([X[q * sh : q * sh + n] for q in range(kv)])  # (kv, n)
         z = np.empty(n)
-        _kernels._conv_sh(v, kv, X, sh, z, n)
+        _data_path._conv_sh(v, kv, X, sh, z, n)
         scale = np.abs(v) @ np.abs(taps)
         assert np.all(np.abs(z - v @ taps) <= 1e-14 * scale), kv
         g = rng.standard_normal(n)
         G = np.ones(kv)  # corr adds into G
-        _kernels._corr_sh(g, kv, X, sh, n, G)
+        _data_path._corr_sh(g, kv, X, sh, n, G)
         ref = 1.0 + taps @ g
         assert np.all(np.abs(G - ref) <= 1e-14 * (1.0 + np.abs(taps) @ np.abs(g))), kv
