@@ -9,7 +9,6 @@ sections and their tests.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jupytext
