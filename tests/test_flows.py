@@ -1,5 +1,6 @@
 """The flow engine: tableau, order, agreement with scipy, invariants, status codes, schema."""
 
+import math
 import warnings
 from fractions import Fraction
 
@@ -14,6 +15,7 @@ from scipy.linalg import expm
 
 import lcnfast as lf
 from lcnfast import _integrate as I
+from lcnfast import _rk45
 from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
 
 LOSSES = [square(), lp(4), pseudo_huber(0.5), generalized_huber(1.0, -0.5), log_cosh(2.0)]
@@ -45,6 +47,49 @@ def test_ulp_from_the_bits_equals_nextafter(t):
     double included, whose next value is inf); exact equality, as the steps depend on it."""
     with np.errstate(over="ignore"):
         assert _ulp_above(t) == np.nextafter(t, np.inf) - t
+
+
+# ----------------------------------------------------------------------------- step control
+def _scipy_decision(err2, n, h_abs, rejected):
+    """scipy's RK45 controller (``RungeKutta._step_impl``), one flow, in Python floats:
+    (accepted, next h_abs)."""
+    err = math.sqrt(err2 / n)
+    if err < 1:
+        factor = I.MAX_FACTOR if err == 0 else min(I.MAX_FACTOR, I.SAFETY * err**I.ERROR_EXPONENT)
+        if rejected:
+            factor = min(1, factor)
+        return True, h_abs * factor
+    return False, h_abs * max(I.MIN_FACTOR, I.SAFETY * err**I.ERROR_EXPONENT)
+
+
+_ERR2 = st.one_of(st.floats(0.0, 1e6), st.sampled_from([0.0, 9.0, 9.000000000000002, math.inf,
+                                                         math.nan, 1e-300, 1e300]))
+
+
+@given(st.lists(st.tuples(_ERR2, st.floats(1e-12, 1e3), st.booleans(), st.sampled_from(
+    ["running", "idle", "stopped"])), min_size=1, max_size=20))
+def test_lane_decisions_are_scipys_controller(lanes):
+    """rk45's lanes accept or reject and size their next steps all at once, with selects
+    (_rk45._rk_decide_lanes). Claim: for every running lane exactly scipy's decision and step
+    size (the same operations: equality, no tolerance), NaN and Inf errors included (scipy:
+    max(MIN_FACTOR, nan) = MIN_FACTOR); lanes not running (idle: flow -1; stopped: h = 0) are
+    not accepted and keep their step size. n = 9 parameters."""
+    n = 9
+    L = len(lanes)
+    err2 = np.array([e for e, _, _, _ in lanes])
+    h_abs = np.array([h for _, h, _, _ in lanes])
+    rejected = np.array([r for _, _, r, _ in lanes])
+    flow = np.array([-1 if k == "idle" else 3 for *_, k in lanes], np.int64)
+    h = np.array([0.0 if k != "running" else 0.5 for *_, k in lanes])
+    accepted = np.ones(L, np.bool_)
+    h_new = h_abs.copy()
+    _rk45._rk_decide_lanes(err2, n, flow, h, h_new, rejected, accepted, np.empty(L))
+    for b, (e, ha, rej, kind) in enumerate(lanes):
+        if kind != "running":
+            assert not accepted[b] and h_new[b] == ha
+            continue
+        ok, h_ref = _scipy_decision(e, n, ha, rej)
+        assert (accepted[b], h_new[b]) == (ok, h_ref), (e, ha, rej)
 
 
 # ----------------------------------------------------------------------------- tableau
