@@ -70,9 +70,9 @@ _COL_MAX_ELEMS = 1 << 22  # ...and a data copy of at most 32 MiB per workspace
 _COL_BLOCK_ELEMS = 2048
 _COL_MIN_BLOCK = 4
 
-# Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch use (and
-# lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane by lane, so that lanes,
-# loss_grad_ws and Problem.loss agree bitwise either way).
+# Which data path fs_loss, fs_loss_grad, loss_grad_one, loss_grad_ws and loss_batch of
+# lcnfast._kernels use (and lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane
+# by lane, so that lanes, loss_grad_ws and Problem.loss agree bitwise either way).
 # False: the exact one (one window at a time, in order; the original arithmetic).
 # True: the fast one (_fs_loss_grad_fast: vectorised over output positions, reassociated
 #   sums, vectorised tanh; ~1e-15 relative from the exact one, and closer to a long-double
