@@ -495,7 +495,7 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                             L_new, V_new)
         else:
             _rk_stages(model, lws, h, Kst, Kf, Yf, H, Ytmp, Ytf, Y_new, Ynf, G, L_new)
-        _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, err2)
+        _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, err2)  # H: this step's, set by the stages
         if atol == 0.0:  # 0 / 0 from a component at rest
             for b in range(LANES):
                 if flow[b] >= 0 and h[b] > 0.0 and err2[b] != err2[b]:
