@@ -29,16 +29,20 @@ Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over 
     tap, from 7 taps on in two chains (the first half of the taps and the rest) then summed;
     taps beyond 13 added in blocks of at most 8 (_taps.conv_add*) (z differs from the exact
     path's by roundings);
-  - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd),
-    one pass for g alone (_lc_tanh) or, with the loss, two passes with shorter dependency
-    chains (_lc_prep_nd, then the division and L = sum log cosh a, a = alpha |r|, in
-    _lc_div: the Taylor series for a <= 1/8, a - log(1 + tanh a) above, the log taken
-    once per chunk of a product: _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the
-    same either way; other losses: scalar l and l', in order;
+  - the residual derivative g over the chunk; log-cosh: vectorised tanh (losses._tanh_nd)
+    as numerator (written to g) and denominator (_lc_nd, or _lc_prep_nd with aa =
+    alpha |r| when the loss is wanted), then g divided in place (lcnfast._simd.quotient:
+    vrcp14pd and Newton where the CPU has AVX-512, within one ulp of the division; else
+    the division) and, with the loss, L = sum log cosh a (_lc_sums: the Taylor series for
+    a <= 1/8, a - log(1 + tanh a) above, the log taken once per chunk of a product:
+    _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the same either way; other losses:
+    scalar l and l', in order;
   - G_q += sum_t g_t X[t + q sh] in one pass up to 13 taps (_taps.corr*, vectorised
-    reductions under 'reassoc': the order is fixed by the shapes alone), with or without
-    the loss.
-  The scratch (5 vectors + the mode-2 copies, 64-byte aligned) comes from the caller:
+    reductions under 'reassoc': the order is fixed by the shapes and the CPU's vector width
+    alone), with or without the loss.
+  The tap blocks and the tanh loops are vectorised with 512-bit vectors where the CPU has
+  AVX-512 (lcnfast._simd.prefer_512). The scratch (4 vectors + the mode-2 copies, 64-byte
+  aligned) comes from the caller:
   Workspace.buf, or a fresh array in the allocating entry points.
 """
 
@@ -50,6 +54,7 @@ import numba as nb
 import numpy as np
 
 from . import _taps
+from ._simd import prefer_512, quotient
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
@@ -159,7 +164,7 @@ def _layout(m, d0, dN, sv):
     (d_N, R) per block: the windows of output j over the block's samples are contiguous rows,
     so the passes run over long contiguous stretches with no wasted window, and a block of X
     stays in L1 through a pass); mode 1 = flat groups of R rows of Xt (stride 1); mode 0 =
-    row by row, strided. L = length of each of the 5 scratch vectors (at least d_N, which the
+    row by row, strided. L = length of each of the 4 scratch vectors (at least d_N, which the
     exact loss needs)."""
     if m >= _COL_MIN_M and m * (d0 + dN) <= _COL_MAX_ELEMS:
         # stride > 1 runs the outputs row by row: one block of all samples
@@ -176,15 +181,15 @@ def _layout(m, d0, dN, sv):
 
 @nb.njit(**_JIT)
 def _buf_views(buf, mode, L, m, d0, dN):
-    """Views of ``buf`` (from :func:`_data_buf`): the 5 scratch vectors z, g, aa, num, den
+    """Views of ``buf`` (from :func:`_data_buf`): the 4 scratch vectors z, g, aa, den
     (length L each) and, in mode 2, the copies X (d0 m,) and Y (d_N m,) (else empty). Every
     part starts on a 64-byte boundary (aligned vector loads when m is a multiple of 8)."""
     st = (L + 15) // 8 * 8
     a0 = ((-buf.ctypes.data) % 64) // 8
     parts = (buf[a0 : a0 + L], buf[a0 + st : a0 + st + L], buf[a0 + 2 * st : a0 + 2 * st + L],
-             buf[a0 + 3 * st : a0 + 3 * st + L], buf[a0 + 4 * st : a0 + 4 * st + L])
+             buf[a0 + 3 * st : a0 + 3 * st + L])
     if mode == 2:
-        xo = a0 + 5 * st
+        xo = a0 + 4 * st
         yo = xo + (d0 * m + 7) // 8 * 8
         return parts, buf[xo : xo + d0 * m], buf[yo : yo + dN * m]
     return parts, buf[:0], buf[:0]
@@ -192,7 +197,7 @@ def _buf_views(buf, mode, L, m, d0, dN):
 
 @nb.njit(**_JIT)
 def _buf_size(mode, L, m, d0, dN):
-    size = 8 + 5 * ((L + 15) // 8 * 8)
+    size = 8 + 4 * ((L + 15) // 8 * 8)
     if mode == 2:
         size += (d0 * m + 7) // 8 * 8 + dN * m
     return size
@@ -221,54 +226,44 @@ def _data_buf(model):
     return buf
 
 
-# _lc_tanh runs blocks of this many outputs through a loop whose trip count is a compile-time
-# constant (then the rest through the same loop with a run-time count): LLVM interleaves the
-# constant one two vectors deep, and the tanh pass alone runs ~10% faster (how much of its
-# long dependency chain the out-of-order core overlaps limits it as much as its arithmetic;
-# see losses, "vectorisable tanh").
-_TANH_BLOCK = 512
 # Each tanh loop below comes twice, with the clamp (_tanh_nd) and without (_tanh_nd_in_range,
 # when _tanh_in_range allows it): a run-time choice inside one loop would be a select
 # evaluated for every element, and the clamp's two comparisons would stay in the loop.
 
 
 @nb.njit(**_JIT_C)
-def _lc_tanh_block(cs, z, y, g, in_range):
-    """g = tanh(alpha (z - y)) over the first _TANH_BLOCK elements (cs = _tanh_consts(alpha));
-    ``in_range``: every |z - y| <= cs[0] is known, the clamp is skipped (same bits)."""
-    if in_range:
-        for t in range(_TANH_BLOCK):
-            num, den = _tanh_nd_in_range(z[t] - y[t], cs)
-            g[t] = num / den
-    else:
-        for t in range(_TANH_BLOCK):
-            num, den = _tanh_nd(z[t] - y[t], cs)
-            g[t] = num / den
-
-
-@nb.njit(**_JIT_C)
-def _lc_tanh(p0, z, y, g, n, in_range):
-    """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the division in the loop of
-    the tanh (vectorised; bitwise the g of :func:`_lc_prep_nd` then :func:`_lc_div`).
-    ``in_range``: see :func:`_tanh_in_range`."""
+def _lc_nd(p0, z, y, num, den, n, in_range):
+    """log-cosh, n outputs: tanh(p0 (z - y)) = num / den (512-bit vectors where the CPU has
+    them). ``in_range``: see :func:`_tanh_in_range`."""
+    prefer_512()
     cs = _tanh_consts(p0)
-    n_fix = n - n % _TANH_BLOCK
-    for t0 in range(0, n_fix, _TANH_BLOCK):
-        _lc_tanh_block(cs, z[t0:], y[t0:], g[t0:], in_range)
     if in_range:
-        for t in range(n_fix, n):
-            num, den = _tanh_nd_in_range(z[t] - y[t], cs)
-            g[t] = num / den
+        for t in range(n):
+            a, b = _tanh_nd_in_range(z[t] - y[t], cs)
+            num[t] = a
+            den[t] = b
     else:
-        for t in range(n_fix, n):
-            num, den = _tanh_nd(z[t] - y[t], cs)
-            g[t] = num / den
+        for t in range(n):
+            a, b = _tanh_nd(z[t] - y[t], cs)
+            num[t] = a
+            den[t] = b
+
+
+@nb.njit(**_JIT)
+def _lc_tanh(p0, z, y, g, den, n, in_range):
+    """log-cosh without the loss, n outputs: g = tanh(p0 (z - y)), the numerators first
+    written to g, then divided in place (lcnfast._simd.quotient); bitwise the g of
+    :func:`_lc_prep_nd` then :func:`_lc_sums`. ``den``: scratch of n elements.
+    ``in_range``: see :func:`_tanh_in_range`."""
+    _lc_nd(p0, z, y, g, den, n, in_range)
+    quotient(g, den, g, n)
 
 
 @nb.njit(**_JIT_C)
 def _lc_prep_nd(p0, z, y, aa, num, den, n, in_range):
-    """log-cosh with the loss, n outputs: aa = |p0 (z - y)|, tanh(p0 (z - y)) = num / den.
-    ``in_range``: see :func:`_tanh_in_range`."""
+    """log-cosh with the loss, n outputs: aa = |p0 (z - y)|, tanh(p0 (z - y)) = num / den
+    (the same num and den as :func:`_lc_nd`). ``in_range``: see :func:`_tanh_in_range`."""
+    prefer_512()
     cs = _tanh_consts(p0)
     if in_range:
         for t in range(n):
@@ -309,16 +304,15 @@ def _tanh_in_range(v, kv, x_amax, y_amax, p0):
 
 
 @nb.njit(**_JIT_R)
-def _lc_div_chunk(num, den, aa, g, n):
-    """g = num / den; returns sum_t log cosh aa_t (n <= _PROD_CHUNK; 'reassoc' vectorises the
-    sums; the correlation of g is separate, so G does not depend on whether the loss is
-    wanted)."""
+def _lc_sum_chunk(g, aa, n):
+    """sum_t log cosh aa_t from aa and g = tanh (n <= _PROD_CHUNK; 'reassoc' vectorises the
+    sums)."""
+    prefer_512()
     sa = 0.0
     pr = 1.0
     nl = 0.0
     for t in range(n):
-        gt = num[t] / den[t]
-        g[t] = gt
+        gt = g[t]
         a = aa[t]
         big = (a > _LC_SERIES_MAX) * 1.0  # 0/1 masks, not branches: the loop vectorises
         sa += (1.0 - big) * _log_cosh_series(min(a, _LC_SERIES_MAX)) + big * a
@@ -328,27 +322,30 @@ def _lc_div_chunk(num, den, aa, g, n):
 
 
 @nb.njit(**_JIT)
-def _lc_div(num, den, aa, g, n):
-    """g = num / den over n elements; returns sum_t log cosh(aa_t) (log cosh a =
-    a - log(1 + tanh a) for a > 1/8, a Taylor series below: see losses._log_cosh_series)."""
+def _lc_sums(g, den, aa, n):
+    """g = g / den in place over n elements (g holds the numerators of the tanh:
+    lcnfast._simd.quotient); returns sum_t log cosh(aa_t) (log cosh a = a - log(1 + tanh a)
+    for a > 1/8, a Taylor series below: see losses._log_cosh_series). The correlation of g
+    is separate, so G does not depend on whether the loss is wanted."""
+    quotient(g, den, g, n)
     acc = 0.0
     t0 = 0
     while t0 < n:
         c = min(n - t0, _PROD_CHUNK)
-        acc += _lc_div_chunk(num[t0:], den[t0:], aa[t0:], g[t0:], c)
+        acc += _lc_sum_chunk(g[t0:], aa[t0:], c)
         t0 += c
     return acc
 
 
 @nb.njit(**_JIT)
-def _lc_g(p0, z, y, g, aa, num, den, n, want_loss, in_range):
+def _lc_g(p0, z, y, g, aa, den, n, want_loss, in_range):
     """log-cosh (alpha = p0), n outputs z against targets y: g = l'(z - y) = tanh(alpha (z - y))
     and, if ``want_loss``, returns sum log cosh(alpha (z - y)) (alpha times the loss; else
     0.0). g is bitwise the same either way. ``in_range``: see :func:`_tanh_in_range`."""
     if want_loss:
-        _lc_prep_nd(p0, z, y, aa, num, den, n, in_range)
-        return _lc_div(num, den, aa, g, n)
-    _lc_tanh(p0, z, y, g, n, in_range)
+        _lc_prep_nd(p0, z, y, aa, g, den, n, in_range)
+        return _lc_sums(g, den, aa, n)
+    _lc_tanh(p0, z, y, g, den, n, in_range)
     return 0.0
 
 
@@ -356,13 +353,13 @@ def _lc_g(p0, z, y, g, aa, num, den, n, want_loss, in_range):
 # pruned (with the scalar arguments: ~0.55 instead of ~1.6 us of overhead per evaluation at
 # m = 256, d0 = 64, every pass stubbed out)
 @nb.njit(inline="always", **_JIT)
-def _col_chunk(code, p0, p1, kv, v, G, Xv, yv, c, sh, z, g, aa, num, den, want_grad,
-               want_loss, in_range, total):
+def _col_chunk(code, p0, p1, kv, v, G, Xv, yv, c, sh, z, g, aa, den, want_grad, want_loss,
+               in_range, total):
     """Mode 2, one chunk of c outputs whose windows start at Xv[t] with taps sh apart (loss
     ``code`` with parameters p0, p1; k_v = kv taps)."""
     _conv_sh(v, kv, Xv, sh, z, c)
     if code == LOG_COSH:
-        total += _lc_g(p0, z, yv, g, aa, num, den, c, want_loss, in_range)
+        total += _lc_g(p0, z, yv, g, aa, den, c, want_loss, in_range)
     else:
         total = _generic_row(code, p0, p1, z, yv, g, c, total, want_loss)
     if want_grad:
@@ -405,8 +402,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
     z = parts[0]  # outputs
     g = parts[1]  # the residual derivative (zero between rows in mode 1)
     aa = parts[2]  # log-cosh: |p0 r|
-    num = parts[3]  # log-cosh: tanh = num / den
-    den = parts[4]
+    den = parts[3]  # log-cosh: tanh = g / den, g first holding the numerators
     lc = code == LOG_COSH
     in_range = lc and _tanh_in_range(v, kv, model.x_amax, model.y_amax, p0)
     if want_grad:
@@ -423,19 +419,19 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
                 for u0 in range(0, tot, _GROUP_ELEMS):
                     c = min(_GROUP_ELEMS, tot - u0)
                     total = _col_chunk(code, p0, p1, kv, v, G, Xb[u0:], Yb[u0:], c, bw, z, g,
-                                       aa, num, den, want_grad, want_loss, in_range, total)
+                                       aa, den, want_grad, want_loss, in_range, total)
             else:
                 for j in range(dN):
                     for i0 in range(0, bw, _GROUP_ELEMS):
                         c = min(_GROUP_ELEMS, bw - i0)
                         total = _col_chunk(code, p0, p1, kv, v, G, Xb[j * sv * bw + i0 :],
-                                           Yb[j * bw + i0 :], c, bw, z, g, aa, num, den,
+                                           Yb[j * bw + i0 :], c, bw, z, g, aa, den,
                                            want_grad, want_loss, in_range, total)
     elif mode == 0:  # stride > 1: row by row
         for i in range(m):
             _conv_strided(v, kv, Xt[i], sv, z, dN)
             if lc:
-                total += _lc_g(p0, z, Yt[i], g, aa, num, den, dN, want_loss, in_range)
+                total += _lc_g(p0, z, Yt[i], g, aa, den, dN, want_loss, in_range)
             else:
                 total = _generic_row(code, p0, p1, z, Yt[i], g, dN, total, want_loss)
             if want_grad:
@@ -448,7 +444,6 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             for t in range(o, min(o + d0 - dN, L)):
                 g[t] = 0.0
                 aa[t] = 0.0
-                num[t] = 0.0
                 den[t] = 1.0
         for i0 in range(0, m, R):
             i1 = min(m, i0 + R)
@@ -458,14 +453,16 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             for i in range(i0, i1):
                 o = (i - i0) * d0
                 if lc and want_loss:
-                    _lc_prep_nd(p0, z[o:], Yt[i], aa[o:], num[o:], den[o:], dN, in_range)
+                    _lc_prep_nd(p0, z[o:], Yt[i], aa[o:], g[o:], den[o:], dN, in_range)
                 elif lc:
-                    _lc_tanh(p0, z[o:], Yt[i], g[o:], dN, in_range)
+                    _lc_nd(p0, z[o:], Yt[i], g[o:], den[o:], dN, in_range)
                 else:
                     total = _generic_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total,
                                          want_loss)
             if lc and want_loss:
-                total += _lc_div(num, den, aa, g, n)
+                total += _lc_sums(g, den, aa, n)
+            elif lc:
+                quotient(g, den, g, n)
             if want_grad:
                 _corr_sh(g, kv, Xg, sv, n, G)
     if not want_loss:

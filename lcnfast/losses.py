@@ -249,7 +249,7 @@ def _tanh_nd_in_range(d, cs):
 
 
 # ----------------------------------------------------------------------------- log cosh sums
-# The data path (lcnfast._data_path._lc_div) sums log cosh a_t over a chunk as
+# The data path (lcnfast._data_path._lc_sums) sums log cosh a_t over a chunk as
 #     sum_{a_t <= 1/8} series(a_t) + sum_{a_t > 1/8} a_t - log prod_{a_t > 1/8} (1 + tanh a_t),
 # the product taken of the factors (1 + tanh a) / sqrt 2 (_RSQRT2) and corrected by
 # n log(2) / 2 (_HALF_LN2) so that it stays in range over a chunk (lcnfast._data_path._PROD_CHUNK).

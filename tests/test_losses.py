@@ -359,7 +359,7 @@ def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
         rng.uniform(20, 360, 1000) * rng.choice([-1.0, 1.0], 1000), [350.0, -350.0, 351.0],
     ]) / alpha
     g = np.empty_like(d)
-    _data_path._lc_tanh(alpha, d, np.zeros_like(d), g, d.size, False)
+    _data_path._lc_tanh(alpha, d, np.zeros_like(d), g, np.empty_like(d), d.size, False)
     x = alpha * d
     ref = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in x])
     ulp = np.abs(g - ref) / np.spacing(np.abs(ref))
@@ -367,11 +367,13 @@ def test_vectorised_tanh_of_the_data_path_within_4_ulp(alpha):
     inside = d[np.abs(d) <= losses._TANH_X_MAX / alpha]
     assert inside.size > 0.99 * d.size
     g_in = np.empty_like(inside)
-    _data_path._lc_tanh(alpha, inside, np.zeros_like(inside), g_in, inside.size, True)
+    _data_path._lc_tanh(alpha, inside, np.zeros_like(inside), g_in, np.empty_like(inside),
+                         inside.size, True)
     np.testing.assert_array_equal(g_in, g[np.abs(d) <= losses._TANH_X_MAX / alpha])
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300])
     gs = np.empty_like(special)
-    _data_path._lc_tanh(alpha, special, np.zeros_like(special), gs, special.size, False)
+    _data_path._lc_tanh(alpha, special, np.zeros_like(special), gs, np.empty_like(special),
+                         special.size, False)
     np.testing.assert_array_equal(gs, [0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0])
     assert not np.signbit(gs[0]) and np.signbit(gs[1])
 
