@@ -52,7 +52,10 @@ def prefer_512(typingctx):
 
     def codegen(context, builder, signature, args):
         attrs = builder.function.attributes
-        set.add(attrs, '"prefer-vector-width"="512"')  # a string attribute, printed verbatim
+        try:  # a string attribute, printed verbatim
+            set.add(attrs, '"prefer-vector-width"="512"')
+        except TypeError:  # an llvmlite whose attribute set is no set: 256-bit code, still right
+            pass
         attrs.add("noinline")
         return context.get_dummy_value()
 
