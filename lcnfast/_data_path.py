@@ -36,7 +36,8 @@ Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over 
     the division) and, with the loss, L = sum log cosh a (_lc_sums: the Taylor series for
     a <= 1/8, a - log(1 + tanh a) above, the log taken once per chunk of a product:
     _PROD_CHUNK; losses, "log cosh sums"); g is bitwise the same either way; other losses:
-    scalar l and l', in order;
+    lcnfast._loss_rows.loss_row (vectorised for l_p with an integer p and for the
+    pseudo-Huber loss, else libm's functions per element);
   - G_q += sum_t g_t X[t + q sh] in one pass up to 13 taps (_taps.corr*, vectorised
     reductions under 'reassoc': the order is fixed by the shapes and the CPU's vector width
     alone), with or without the loss.
@@ -54,10 +55,11 @@ import numba as nb
 import numpy as np
 
 from . import _taps
-from ._simd import prefer_512, quotient
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._jit import JIT_R as _JIT_R
+from ._loss_rows import loss_row
+from ._simd import prefer_512, quotient
 from .losses import (LOG_COSH, _HALF_LN2, _LC_SERIES_MAX, _RSQRT2, _log_cosh_series,
                      _tanh_consts, _tanh_nd, _tanh_nd_in_range, loss_d1, loss_value)
 
@@ -361,21 +363,9 @@ def _col_chunk(code, p0, p1, kv, v, G, Xv, yv, c, sh, z, g, aa, den, want_grad, 
     if code == LOG_COSH:
         total += _lc_g(p0, z, yv, g, aa, den, c, want_loss, in_range)
     else:
-        total = _generic_row(code, p0, p1, z, yv, g, c, total, want_loss)
+        total = loss_row(code, p0, p1, z, yv, g, c, total, want_loss)
     if want_grad:
         _corr_sh(g, kv, Xv, sh, c, G)
-    return total
-
-
-@nb.njit(**_JIT)
-def _generic_row(code, p0, p1, z, y, g, n, total, want_loss):
-    """Any loss, one row: g = l'(z - y); returns total + sum l(z - y), summed one residual at
-    a time in order (as fs_loss), if ``want_loss`` (else total)."""
-    for t in range(n):
-        r = z[t] - y[t]
-        if want_loss:
-            total += loss_value(code, p0, p1, r)
-        g[t] = loss_d1(code, p0, p1, r)
     return total
 
 
@@ -433,7 +423,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
             if lc:
                 total += _lc_g(p0, z, Yt[i], g, aa, den, dN, want_loss, in_range)
             else:
-                total = _generic_row(code, p0, p1, z, Yt[i], g, dN, total, want_loss)
+                total = loss_row(code, p0, p1, z, Yt[i], g, dN, total, want_loss)
             if want_grad:
                 _corr_strided(g, kv, Xt[i], sv, dN, G)
     else:
@@ -457,7 +447,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
                 elif lc:
                     _lc_nd(p0, z[o:], Yt[i], g[o:], den[o:], dN, in_range)
                 else:
-                    total = _generic_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total,
+                    total = loss_row(code, p0, p1, z[o:], Yt[i], g[o:], dN, total,
                                          want_loss)
             if lc and want_loss:
                 total += _lc_sums(g, den, aa, n)

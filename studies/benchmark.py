@@ -140,7 +140,7 @@ def blas_info():
 
 def _dispatchers():
     mods = [_kernels]
-    for name in ("_data_path", "_lanes"):
+    for name in ("_data_path", "_loss_rows", "_simd", "_lanes"):
         try:
             mods.append(importlib.import_module(f"lcnfast.{name}"))
         except ImportError:  # pragma: no cover
