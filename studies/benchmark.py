@@ -17,6 +17,11 @@ Two cases (README, "How it is fast"), each a batch of K parameter vectors from
     float64 matmul rate measured in the same run, counting 4 d_N m k_v flops per gradient
     (Z = P v and G = P^T l'(R), P the (d_N m) x k_v patch matrix).
 
+Then the flows: gradient descent, rk45 against scipy and the parallel efficiency on (a)'s
+square-loss problem (:func:`bench_flows`), and gradient descent on (b)'s log-cosh problem,
+1024 flows x 2000 steps, the form in which issue 18 states the 50% target
+(:func:`bench_log_cosh_gd`; its steps evaluate the loss values too).
+
 ``Problem.loss_and_grad`` runs, for (a), the straight-line kernel generated for the
 architecture (``lcnfast._codegen``; ``kernel="auto"`` switches to it during the warm-up, and
 the generic lane kernels are timed next to it), for (b) the lane kernels of ``lcnfast._lanes``
