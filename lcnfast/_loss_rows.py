@@ -15,6 +15,16 @@ Private module: every function assumes clean, validated, C-contiguous float64 in
   hypot(1, u) = w sqrt(1 + (v / w)^2) and l'(r) = copysign(v, u) / sqrt(1 + (v / w)^2),
   v = min(|u|, 1), w = max(|u|, 1), so that nothing overflows (libm's hypot, a call per
   element, is not vectorised); a few ulp from libm's hypot;
+- the generalized Huber loss with 2e-30 <= alpha <= 2e30: :func:`_gen_huber_row`, its
+  derivative from the range reduction and rational of the data path's tanh
+  (lcnfast.losses._tanh_nd_in_range) for x = a / 2, a = alpha |r| clamped to 700: k =
+  round(a / ln2), tanh of the reduced argument p / q, S = 2^-k, E = e^-a = S (q - p) / (q + p),
+  and l' = sign(r) (1 - E^2) / (1 + E^2 + beta E) multiplied through by (q + p)^2:
+  F1 F2 / (F1^2 + (2 + beta) S M P), F1 = P - S M = q (1 - S) + p (1 + S),
+  F2 = P + S M = q (1 + S) + p (1 - S), P = q + p, M = q - p: one division, nothing that
+  overflows, and no cancellation: at small a (S = 1) F1 is 2p, and the denominator is a
+  sum of two non-negative terms for every beta > -2 (libm's 1 + E^2 + beta E cancels as beta
+  nears -2). Its loss values stay libm's (exp, log1p), in order;
 - any other loss (and l_p with any other p): :func:`_scalar_row`, libm's functions per
   element (lcnfast.losses.loss_d1 and loss_value), the loss summed in order.
 Each computes g in a loop of its own and the loss values in a second one (under 'reassoc',
@@ -30,7 +40,8 @@ import numba as nb
 
 from ._jit import JIT, JIT_C, JIT_R
 from ._simd import prefer_512
-from .losses import LP, PSEUDO_HUBER, loss_d1, loss_value
+from .losses import (_BIAS, _QD, _S52, _SHIFTER, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP,
+                     PSEUDO_HUBER, _f2u, _tanh_consts, _u2f, loss_d1, loss_value)
 
 # l_p's exponent p - 1 must have at most this many bits for _lp_row (p <= 64)
 _LP_POW_BITS = 6
@@ -124,6 +135,37 @@ def _pseudo_huber_row(delta, z, y, g, n, total, want_loss):
     return total + _pseudo_huber_sum(delta, z, y, n) if want_loss else total
 
 
+@nb.njit(**JIT_C)
+def _gen_huber_g(alpha, beta, z, y, g, n):
+    """g = l'(z - y) of the generalized Huber loss (see the module docstring)."""
+    prefer_512()
+    bound, k2, c1, pa, pb, pc, qb, qc = _tanh_consts(0.5 * alpha)  # bound = 700 / alpha
+    b2 = 2.0 + beta  # exact for beta in [-2, -1] (Sterbenz), where it matters
+    for t in range(n):
+        r = z[t] - y[t]
+        d = abs(r)
+        d = bound if d > bound else d  # NaN stays NaN
+        sh = d * k2 + _SHIFTER
+        kf = sh - _SHIFTER  # k = round(alpha d / ln2), exactly
+        h = d - kf * c1
+        s = h * h
+        p = h * ((pa * s + pb) * s + pc)
+        q = (qb * s + qc) * s + _QD
+        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k: the low bits of sh hold k
+        f1 = q * (1.0 - S) + p * (1.0 + S)  # P - S M >= 0
+        f2 = q * (1.0 + S) + p * (1.0 - S)  # P + S M
+        g[t] = math.copysign(f1 * f2 / (f1 * f1 + b2 * (S * (q - p)) * (q + p)), r)
+
+
+@nb.njit(**JIT)
+def _gen_huber_row(alpha, beta, z, y, g, n, total, want_loss):
+    _gen_huber_g(alpha, beta, z, y, g, n)
+    if want_loss:
+        for t in range(n):
+            total += loss_value(GENERALIZED_HUBER, alpha, beta, z[t] - y[t])
+    return total
+
+
 @nb.njit(**JIT)
 def _scalar_row(code, p0, p1, z, y, g, n, total, want_loss):
     """Any loss: g = l'(z - y); returns total + sum l(z - y), summed one residual at a time in
@@ -144,4 +186,6 @@ def loss_row(code, p0, p1, z, y, g, n, total, want_loss):
         return _lp_row(p0, z, y, g, n, total, want_loss)
     if code == PSEUDO_HUBER:
         return _pseudo_huber_row(p0, z, y, g, n, total, want_loss)
+    if code == GENERALIZED_HUBER and 2.0 * ALPHA_MIN <= p0 <= 2.0 * ALPHA_MAX:
+        return _gen_huber_row(p0, p1, z, y, g, n, total, want_loss)
     return _scalar_row(code, p0, p1, z, y, g, n, total, want_loss)

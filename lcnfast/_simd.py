@@ -20,10 +20,11 @@ Private module.
   the quotient is computed from ``vrcp14pd`` (|relative error| < 2^-14), one Newton step
   (< 2^-27) and one correction of the quotient itself:
   ``x = r + r (1 - den r)``, ``q = num x``, ``g = q - x (den q - num)``, the last two
-  fused (FMA; written so that -0 / den stays -0), so that g is within one ulp of the correctly rounded num / den (faithful: the
-  error before the final rounding is ~2^-54 relative). Each element's result depends on its
-  own num and den only (the tail is computed in lane 0 of the same vector arithmetic), so it
-  is the same at any position, in any chunking. Without AVX-512: the division itself.
+  fused (FMA; written so that -0 / den stays -0), so that g is within one ulp of the
+  correctly rounded num / den (faithful: the error before the final rounding is ~2^-54
+  relative). Each element's result depends on its own num and den only (the tail is
+  computed in lane 0 of the same vector arithmetic), so it is the same at any position, in
+  any chunking. Without AVX-512: the division itself.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""lcnfast._loss_rows: the data path's vectorised l_p (integer p) and pseudo-Huber rows against
-libm's per-element l' and l (lcnfast.losses.loss_d1 and loss_value, via _scalar_row)."""
+"""lcnfast._loss_rows: the data path's vectorised l_p (integer p), pseudo-Huber and generalized
+Huber rows against libm's per-element l' and l (lcnfast.losses.loss_d1 and loss_value, via
+_scalar_row) or, for the generalized Huber loss, mpmath."""
 
 import numpy as np
 import pytest
@@ -75,12 +76,79 @@ def test_vectorised_rows_propagate_nan_and_keep_huge_residuals_finite_in_g(code,
 
 
 def test_other_p_and_losses_take_the_per_element_path():
-    """p outside the integers 2..64 (and the generalized Huber loss) give _scalar_row's bits."""
+    """p outside the integers 2..64, and the generalized Huber loss with alpha outside
+    [2e-30, 2e30] (its vectorised row takes the tanh's constants of alpha / 2), give
+    _scalar_row's bits."""
     assert rows.lp_is_vectorised(2.0) and rows.lp_is_vectorised(64.0)
     assert not any(rows.lp_is_vectorised(p) for p in (1.0, 1.5, 2.5, 65.0, 66.0))
     z = np.linspace(-3, 3, 23)
     for code, p0, p1 in [(LP, 1.0, 0.0), (LP, 2.5, 0.0), (LP, 66.0, 0.0),
-                         (GENERALIZED_HUBER, 1.3, 0.4)]:
+                         (GENERALIZED_HUBER, 1e-31, 0.4), (GENERALIZED_HUBER, 1e31, 0.4)]:
         g, L, g_ref, L_ref = _rows(code, p0, p1, z)
         np.testing.assert_array_equal(g, g_ref)
         assert L == L_ref
+
+
+def _gen_huber_d1_mpmath(alpha, beta, r):
+    """l'(r) of the generalized Huber loss in 40 digits: sign(r) (1 - E^2) / ((1 - E)^2 +
+    (2 + beta) E), E = e^(-alpha |r|) (1 - E^2 by expm1, so tiny residuals keep their digits)."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        x = mpmath.mpf(alpha) * abs(mpmath.mpf(float(r)))
+        e = mpmath.exp(-x)
+        val = -mpmath.expm1(-2 * x) / ((1 - e) ** 2 + (2 + mpmath.mpf(beta)) * e)
+        return float(mpmath.sign(r) * val)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.floats(-40.0, 40.0), st.floats(-1e-300, 1e-300)), min_size=1,
+                max_size=30),
+       st.sampled_from([1.0, 0.3, 2.5, 1e-20, 1e20]),
+       st.sampled_from([0.0, 1.0, 50.0, 1e8, -1.0, -1.9, -1.999, -1.9999999]))
+def test_generalized_huber_row_is_within_6_ulp_of_mpmath(zs, alpha, beta):
+    """Claim: l' from the tanh's range reduction and rational (1/20 ulp), S = 2^-k exact, and
+    F1 F2 / (F1^2 + (2 + beta) S M P) with about a dozen roundings of at most half an ulp and
+    no cancellation (every term of the denominator non-negative): within 6 ulp of mpmath for
+    every beta > -2 where alpha |r| and l' are normal numbers (measured: at most 4). libm's
+    formula (lcnfast.losses.loss_d1), whose denominator 1 + E^2 + beta E cancels as beta
+    nears -2, is not the reference here."""
+    z = np.array(zs)
+    n = z.size
+    g = np.empty(n)
+    assert rows.loss_row(GENERALIZED_HUBER, alpha, beta, z, np.zeros(n), g, n, 0.0, False) == 0.0
+    ref = np.array([_gen_huber_d1_mpmath(alpha, beta, r) for r in z])
+    # where alpha |r| is subnormal (below ~2.2e-308), so is the tanh's numerator p ~ alpha |r|,
+    # with fewer digits, and l' ~ alpha |r| / (1 + beta / 2) keeps only those (libm's
+    # -expm1(-2 alpha |r|) likewise): the claim is for normal alpha |r| and l'
+    tiny = np.finfo(float).tiny
+    normal = (np.abs(ref) >= tiny) & (alpha * np.abs(z) >= tiny)
+    assert _ulps(g[normal], ref[normal]).max(initial=0) <= 6
+    assert (g * np.sign(z) >= 0).all()  # elsewhere too: the sign of r, or 0 on underflow
+
+
+def test_generalized_huber_row_special_values_and_loss():
+    """+-0 -> +-0, +-inf -> +-1, NaN -> NaN (as libm's formula); the loss values are libm's,
+    summed in order: the same bits as _scalar_row's loss."""
+    z = np.array([0.0, -0.0, np.inf, -np.inf, np.nan])
+    g = np.empty(5)
+    rows.loss_row(GENERALIZED_HUBER, 1.3, 0.4, z, np.zeros(5), g, 5, 0.0, False)
+    np.testing.assert_array_equal(g, [0.0, -0.0, 1.0, -1.0, np.nan])
+    assert not np.signbit(g[0]) and np.signbit(g[1])
+    zf = np.linspace(-4, 4, 37)
+    L = rows.loss_row(GENERALIZED_HUBER, 1.3, 0.4, zf, np.zeros(37), np.empty(37), 37, 0.0, True)
+    L_ref = rows._scalar_row(GENERALIZED_HUBER, 1.3, 0.4, zf, np.zeros(37), np.empty(37), 37,
+                             0.0, True)
+    assert L == L_ref
+
+
+@pytest.mark.parametrize("beta", [-1.9, -1.999, -1.9999999])
+def test_generalized_huber_row_keeps_its_digits_as_beta_nears_minus_2(beta):
+    """The same 6-ulp claim on a fixed grid of residuals (|r| <= 3, where 1 + E^2 + beta E
+    would cancel: a denominator written that way is ~100 ulp off at beta = -1.999)."""
+    z = np.linspace(-3, 3, 61)
+    g = np.empty(61)
+    rows.loss_row(GENERALIZED_HUBER, 1.0, beta, z, np.zeros(61), g, 61, 0.0, False)
+    ref = np.array([_gen_huber_d1_mpmath(1.0, beta, r) for r in z])
+    nz = ref != 0
+    assert _ulps(g[nz], ref[nz]).max() <= 6
