@@ -23,8 +23,9 @@ Private module: every function assumes clean, validated, C-contiguous float64 in
   F1 F2 / (F1^2 + (2 + beta) S M P), F1 = P - S M = q (1 - S) + p (1 + S),
   F2 = P + S M = q (1 + S) + p (1 - S), P = q + p, M = q - p: one division, nothing that
   overflows, and no cancellation: at small a (S = 1) F1 is 2p, and the denominator is a
-  sum of two non-negative terms for every beta > -2 (libm's 1 + E^2 + beta E cancels as beta
-  nears -2). Its loss values stay libm's (exp, log1p), in order;
+  sum of two non-negative terms for every beta > -2 (as lcnfast.losses._gh_den writes
+  1 + E^2 + beta E, which cancels as beta nears -2). Its loss values stay libm's (exp, log),
+  in order;
 - any other loss (and l_p with any other p): :func:`_scalar_row`, libm's functions per
   element (lcnfast.losses.loss_d1 and loss_value), the loss summed in order.
 Each computes g in a loop of its own and the loss values in a second one (under 'reassoc',

@@ -47,6 +47,16 @@ _NAMES = {
 
 # ----------------------------------------------------------------------------- scalar kernels
 @nb.njit(cache=_CACHE, inline="always")
+def _gh_den(a, e, beta):
+    """1 + e^2 + beta e for e = exp(-a), a >= 0, written (1 - e)^2 + (2 + beta) e: a sum of
+    two non-negative terms for beta > -2 (the first by expm1), where 1 + e^2 + beta e cancels
+    as beta nears -2 (at beta = -1.9999999 and a ~ 1 it lost ~7 digits); 2 + beta is exact
+    for beta in [-2, -1] (Sterbenz)."""
+    em = -math.expm1(-a)
+    return em * em + (2.0 + beta) * e
+
+
+@nb.njit(cache=_CACHE, inline="always")
 def loss_value(code, p0, p1, r):
     """l(r) for loss ``code`` with parameters ``(p0, p1)``."""
     if code == SQUARE:
@@ -58,7 +68,7 @@ def loss_value(code, p0, p1, r):
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
         e = math.exp(-a)
-        return (a + math.log1p(e * e + p1 * e)) / p0
+        return (a + math.log(_gh_den(a, e, p1))) / p0
     else:  # LOG_COSH
         a = p0 * abs(r)
         if a < 0.5:  # cosh(a) - 1 = 2 sinh(a/2)^2 without cancellation
@@ -83,8 +93,7 @@ def loss_d1(code, p0, p1, r):
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
         e = math.exp(-a)
-        e2 = e * e
-        return math.copysign(-math.expm1(-2.0 * a) / (1.0 + e2 + p1 * e), r)
+        return math.copysign(-math.expm1(-2.0 * a) / _gh_den(a, e, p1), r)
     else:  # LOG_COSH
         return math.tanh(p0 * r)
 
@@ -108,9 +117,14 @@ def loss_d2(code, p0, p1, r):
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
         e = math.exp(-a)
-        e2 = e * e
-        den = 1.0 + e2 + p1 * e
-        return p0 * (4.0 * e2 + p1 * e * (1.0 + e2)) / (den * den)
+        den = _gh_den(a, e, p1)
+        if e > 0.5:  # 4 e^2 + beta e (1 + e^2) as e ((2 + beta)(1 + e^2) - 2 (1 - e)^2): the
+            # former cancels as beta nears -2 and e nears 1, the latter as e nears 0
+            em = -math.expm1(-a)  # 1 - e
+            num = e * ((2.0 + p1) * (1.0 + e * e) - 2.0 * em * em)
+        else:
+            num = e * (4.0 * e + p1 * (1.0 + e * e))
+        return p0 * num / (den * den)
     else:  # LOG_COSH
         a = p0 * abs(r)
         e = math.exp(-2.0 * a)

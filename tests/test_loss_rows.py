@@ -110,9 +110,7 @@ def test_generalized_huber_row_is_within_6_ulp_of_mpmath(zs, alpha, beta):
     """Claim: l' from the tanh's range reduction and rational (1/20 ulp), S = 2^-k exact, and
     F1 F2 / (F1^2 + (2 + beta) S M P) with about a dozen roundings of at most half an ulp and
     no cancellation (every term of the denominator non-negative): within 6 ulp of mpmath for
-    every beta > -2 where alpha |r| and l' are normal numbers (measured: at most 4). libm's
-    formula (lcnfast.losses.loss_d1), whose denominator 1 + E^2 + beta E cancels as beta
-    nears -2, is not the reference here."""
+    every beta > -2 where alpha |r| and l' are normal numbers (measured: at most 4)."""
     z = np.array(zs)
     n = z.size
     g = np.empty(n)

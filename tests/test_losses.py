@@ -401,3 +401,22 @@ def test_log_cosh_data_path_skips_the_tanh_clamp_only_when_its_residual_bound_al
         _data_path._lc_prep_nd(1.1, z, y, aa, num, den, 1500, in_range)
     for a, b in zip(*parts):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("beta", [-1.999, -1.9999999])
+def test_generalized_huber_keeps_its_digits_as_beta_nears_minus_2(beta):
+    """Claim: with 1 + e^2 + beta e written (1 - e)^2 + (2 + beta) e (two non-negative terms;
+    losses._gh_den), value, l' and l'' stay within 1e-13 relative of a 60-digit reference
+    (a few roundings of eps each, and no cancellation; l'' is a difference of two terms that
+    can vanish where l'' changes sign, so it is compared where |l''| > 1e-3 of its scale).
+    The former 1 + e^2 + beta e lost up to ~7 digits here."""
+    L = losses.generalized_huber(1.0, beta)
+    spec = ("generalized_huber", (1.0, beta))
+    r = np.array([-3.0, -0.7, -0.01, 1e-5, 0.3, 1.0, 2.5])
+    val = np.array([float(naive.loss_value_mp(*spec, x)) for x in r])
+    d1 = np.array([float(naive.loss_derivative_mp(*spec, x, 1)) for x in r])
+    d2 = np.array([float(naive.loss_derivative_mp(*spec, x, 2)) for x in r])
+    np.testing.assert_allclose(L.value(r), val, rtol=1e-13)
+    np.testing.assert_allclose(L.derivative(r), d1, rtol=1e-13)
+    big = np.abs(d2) > 1e-3 * np.abs(d2).max()
+    np.testing.assert_allclose(L.second_derivative(r)[big], d2[big], rtol=1e-13)
