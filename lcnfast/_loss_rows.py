@@ -41,8 +41,8 @@ import numba as nb
 
 from ._jit import JIT, JIT_C, JIT_R
 from ._simd import prefer_512
-from .losses import (_BIAS, _QD, _S52, _SHIFTER, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP,
-                     PSEUDO_HUBER, _f2u, _tanh_consts, _u2f, loss_d1, loss_value)
+from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER,
+                     _f2u, _tanh_consts, _tanh_reduced, _u2f, loss_d1, loss_value)
 
 # l_p's exponent p - 1 must have at most this many bits for _lp_row (p <= 64)
 _LP_POW_BITS = 6
@@ -140,19 +140,15 @@ def _pseudo_huber_row(delta, z, y, g, n, total, want_loss):
 def _gen_huber_g(alpha, beta, z, y, g, n):
     """g = l'(z - y) of the generalized Huber loss (see the module docstring)."""
     prefer_512()
-    bound, k2, c1, pa, pb, pc, qb, qc = _tanh_consts(0.5 * alpha)  # bound = 700 / alpha
+    cs = _tanh_consts(0.5 * alpha)
+    bound = cs[0]  # 700 / alpha
     b2 = 2.0 + beta  # exact for beta in [-2, -1] (Sterbenz), where it matters
     for t in range(n):
         r = z[t] - y[t]
         d = abs(r)
         d = bound if d > bound else d  # NaN stays NaN
-        sh = d * k2 + _SHIFTER
-        kf = sh - _SHIFTER  # k = round(alpha d / ln2), exactly
-        h = d - kf * c1
-        s = h * h
-        p = h * ((pa * s + pb) * s + pc)
-        q = (qb * s + qc) * s + _QD
-        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k: the low bits of sh hold k
+        sh, p, q = _tanh_reduced(d, cs)  # k = round(alpha d / ln2) in the low bits of sh
+        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k
         f1 = q * (1.0 - S) + p * (1.0 + S)  # P - S M >= 0
         f2 = q * (1.0 + S) + p * (1.0 - S)  # P + S M
         g[t] = math.copysign(f1 * f2 / (f1 * f1 + b2 * (S * (q - p)) * (q + p)), r)

@@ -47,12 +47,12 @@ _NAMES = {
 
 # ----------------------------------------------------------------------------- scalar kernels
 @nb.njit(cache=_CACHE, inline="always")
-def _gh_den(a, e, beta):
-    """1 + e^2 + beta e for e = exp(-a), a >= 0, written (1 - e)^2 + (2 + beta) e: a sum of
+def _gh_den(em, e, beta):
+    """1 + e^2 + beta e for e = exp(-a), a >= 0, em = 1 - e (by expm1), written
+    (1 - e)^2 + (2 + beta) e: a sum of
     two non-negative terms for beta > -2 (the first by expm1), where 1 + e^2 + beta e cancels
     as beta nears -2 (at beta = -1.9999999 and a ~ 1 it lost ~7 digits); 2 + beta is exact
     for beta in [-2, -1] (Sterbenz)."""
-    em = -math.expm1(-a)
     return em * em + (2.0 + beta) * e
 
 
@@ -67,8 +67,7 @@ def loss_value(code, p0, p1, r):
         return p0 * math.hypot(1.0, r / p0)
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
-        e = math.exp(-a)
-        return (a + math.log(_gh_den(a, e, p1))) / p0
+        return (a + math.log(_gh_den(-math.expm1(-a), math.exp(-a), p1))) / p0
     else:  # LOG_COSH
         a = p0 * abs(r)
         if a < 0.5:  # cosh(a) - 1 = 2 sinh(a/2)^2 without cancellation
@@ -92,8 +91,8 @@ def loss_d1(code, p0, p1, r):
         return u / math.hypot(1.0, u)
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
-        e = math.exp(-a)
-        return math.copysign(-math.expm1(-2.0 * a) / _gh_den(a, e, p1), r)
+        den = _gh_den(-math.expm1(-a), math.exp(-a), p1)
+        return math.copysign(-math.expm1(-2.0 * a) / den, r)
     else:  # LOG_COSH
         return math.tanh(p0 * r)
 
@@ -117,10 +116,10 @@ def loss_d2(code, p0, p1, r):
     elif code == GENERALIZED_HUBER:
         a = p0 * abs(r)
         e = math.exp(-a)
-        den = _gh_den(a, e, p1)
+        em = -math.expm1(-a)  # 1 - e
+        den = _gh_den(em, e, p1)
         if e > 0.5:  # 4 e^2 + beta e (1 + e^2) as e ((2 + beta)(1 + e^2) - 2 (1 - e)^2): the
             # former cancels as beta nears -2 and e nears 1, the latter as e nears 0
-            em = -math.expm1(-a)  # 1 - e
             num = e * ((2.0 + p1) * (1.0 + e * e) - 2.0 * em * em)
         else:
             num = e * (4.0 * e + p1 * (1.0 + e * e))
@@ -246,16 +245,26 @@ def _tanh_nd(d, cs):
 
 
 @nb.njit(cache=_CACHE, inline="always", error_model="numpy")
+def _tanh_reduced(d, cs):
+    """The range reduction of :func:`_tanh_nd` for |d| <= _TANH_X_MAX / alpha: (t, p, q),
+    t = 2 alpha d / ln2 + _SHIFTER, whose low bits hold k = round(2 alpha d / ln2), and
+    tanh h = p / q for the reduced h = alpha d - k ln2 / 2 (also the generalized Huber
+    derivative of lcnfast._loss_rows)."""
+    _, k2, c1, pa, pb, pc, qb, qc = cs
+    t = d * k2 + _SHIFTER
+    kf = t - _SHIFTER  # k, exactly
+    h = d - kf * c1  # h' = h / alpha
+    s = h * h
+    p = h * ((pa * s + pb) * s + pc)
+    q = (qb * s + qc) * s + _QD
+    return t, p, q
+
+
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _tanh_nd_in_range(d, cs):
     """:func:`_tanh_nd` for |d| <= _TANH_X_MAX / alpha only (the same bits there, no clamp;
     outside, the result is undefined)."""
-    _, k2, c1, pa, pb, pc, qb, qc = cs
-    t = d * k2 + _SHIFTER
-    kf = t - _SHIFTER  # k = round(2 alpha d / ln2), exactly
-    h = d - kf * c1  # h' = h / alpha
-    s = h * h
-    p = h * ((pa * s + pb) * s + pc)  # tanh h = p / q
-    q = (qb * s + qc) * s + _QD
+    t, p, q = _tanh_reduced(d, cs)
     sc = _u2f((_f2u(t) + _BIAS) << _S52)  # 2^k: the low bits of t hold k
     a = sc + 1.0
     b = 1.0 - sc  # +0 when k = 0: num = 2p - 0 keeps the sign of p = -0 (tanh(-0) = -0)
