@@ -5,6 +5,8 @@ if wanted, the sum of the loss values l(z - y).
 Private module: every function assumes clean, validated, C-contiguous float64 input.
 
 :func:`loss_row` picks, by the loss code:
+- the square loss (on this path when use_gram=False): :func:`_square_row`, g = 2 r
+  (the bits of lcnfast.losses.loss_d1), the loss summed under 'reassoc';
 - the l_p loss with an integer p from 2 to 64 (Theorem 3.8's even p among them):
   :func:`_lp_row`, |r|^(p-1) by repeated squaring (six squarings and a product for each set
   bit of p - 1, selects on bits that do not depend on the element, so that LLVM vectorises
@@ -41,7 +43,7 @@ import numba as nb
 
 from ._jit import JIT, JIT_C, JIT_R
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER,
+from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER, SQUARE,
                      _f2u, _tanh_consts, _tanh_reduced, _u2f, loss_d1, loss_value)
 
 # l_p's exponent p - 1 must have at most this many bits for _lp_row (p <= 64)
@@ -93,6 +95,31 @@ def _lp_sum(p, z, y, g, n):
 def _lp_row(p, z, y, g, n, total, want_loss):
     _lp_g(p, z, y, g, n)
     return total + _lp_sum(p, z, y, g, n) if want_loss else total
+
+
+@nb.njit(**JIT_C)
+def _square_g(z, y, g, n):
+    """g = 2 (z - y)."""
+    prefer_512()
+    for t in range(n):
+        g[t] = 2.0 * (z[t] - y[t])
+
+
+@nb.njit(**JIT_R)
+def _square_sum(z, y, n):
+    """sum_t (z_t - y_t)^2."""
+    prefer_512()
+    s = 0.0
+    for t in range(n):
+        r = z[t] - y[t]
+        s += r * r
+    return s
+
+
+@nb.njit(**JIT)
+def _square_row(z, y, g, n, total, want_loss):
+    _square_g(z, y, g, n)
+    return total + _square_sum(z, y, n) if want_loss else total
 
 
 @nb.njit(inline="always", error_model="numpy")
@@ -179,6 +206,8 @@ def _scalar_row(code, p0, p1, z, y, g, n, total, want_loss):
 def loss_row(code, p0, p1, z, y, g, n, total, want_loss):
     """g = l'(z - y) over n outputs (loss ``code``, parameters p0, p1; not log-cosh); returns
     total + the sum of l(z - y) if ``want_loss``, else total."""
+    if code == SQUARE:
+        return _square_row(z, y, g, n, total, want_loss)
     if code == LP and _lp_fast(p0):
         return _lp_row(p0, z, y, g, n, total, want_loss)
     if code == PSEUDO_HUBER:
