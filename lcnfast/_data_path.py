@@ -370,19 +370,14 @@ def _col_chunk(code, p0, p1, kv, v, G, Xv, yv, c, sh, z, g, aa, den, want_grad, 
 
 
 @nb.njit(**_JIT)
-def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
+def data_pass(code, p0, p1, kv, dN, sv, x_amax, y_amax, Xt, Yt, v, G, buf, want_grad,
+              want_loss):
     """Fast data path: L(v) if ``want_loss`` (else NaN) and, if ``want_grad``, G = dL/dv,
-    with the scratch ``buf`` (from :func:`_data_buf`). Neither result depends on whether the
-    other is wanted (bitwise); without the loss, log-cosh runs fewer passes."""
-    kv = model.k_v
-    dN = model.d_N
-    Xt = model.Xt
-    Yt = model.Yt
+    with the scratch ``buf`` (from :func:`_data_buf`), for the model's fields (loss code and
+    parameters, k_v, d_N, s_v, x_amax, y_amax, Xt (m, d0), Yt (m, d_N)). Neither result
+    depends on whether the other is wanted (bitwise); without the loss, log-cosh runs fewer
+    passes. Kernels reach it compiled once, through lcnfast._data_entry."""
     m, d0 = Xt.shape
-    sv = model.s_v
-    code = model.code
-    p0 = model.p0
-    p1 = model.p1
     mode, R, L = _layout(m, d0, dN, sv)
     if buf.shape[0] < _buf_size(mode, L, m, d0, dN):  # not from _data_buf(model): no result
         if want_grad:
@@ -394,7 +389,7 @@ def _fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
     aa = parts[2]  # log-cosh: |p0 r|
     den = parts[3]  # log-cosh: tanh = g / den, g first holding the numerators
     lc = code == LOG_COSH
-    in_range = lc and _tanh_in_range(v, kv, model.x_amax, model.y_amax, p0)
+    in_range = lc and _tanh_in_range(v, kv, x_amax, y_amax, p0)
     if want_grad:
         for q in range(kv):
             G[q] = 0.0

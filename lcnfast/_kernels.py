@@ -38,8 +38,8 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._data_path import (_DATA_PATH_FAST, _data_buf, _fs_loss_grad_fast, _fs_loss_grad_seq,
-                         _fs_loss_seq)
+from ._data_entry import fs_loss_grad_fast as _fs_loss_grad_fast
+from ._data_path import _DATA_PATH_FAST, _data_buf, _fs_loss_grad_seq, _fs_loss_seq
 from ._jit import JIT as _JIT
 from .losses import loss_d2
 
@@ -64,6 +64,7 @@ class Model(NamedTuple):
     Yt: np.ndarray  # (m, d_N) Y transposed
     x_amax: float  # max |X| (the log-cosh data path's bound on its residuals)
     y_amax: float  # max |Y|
+    data_fn: int  # address of the compiled data path (lcnfast._data_entry), 0 on the Gram path
 
 
 @nb.njit(**_JIT)

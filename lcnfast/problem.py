@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import _codegen, _kernels as K
+from . import _codegen, _data_entry, _kernels as K
 from . import _lanes
 from .architecture import Architecture
 from .losses import SQUARE, Loss
@@ -232,6 +232,7 @@ class Problem:
             Yt=Yt,
             x_amax=float(np.max(np.abs(Xt))),
             y_amax=float(np.max(np.abs(Yt))),
+            data_fn=_data_entry.NO_DATA_PASS if self.use_gram else _data_entry.address(),
         )
 
 

@@ -1,0 +1,71 @@
+"""lcnfast._data_entry: the fast data path compiled once, as a C function the kernels call by
+address (the data path's numbers themselves are tested through the Problem and the flows)."""
+
+import numba
+import numpy as np
+import pytest
+from numba.core.errors import TypingError
+
+from lcnfast import Architecture, Problem, _data_entry, _data_path, data, losses
+
+
+def _problem(loss, **kw):
+    arch = Architecture(9, (2, 2), (1, 1))
+    td = data.teacher(arch, 12, seed=0)
+    return Problem(arch, td.X, td.Y, loss, **kw)
+
+
+def test_only_models_off_the_gram_path_carry_the_data_path_address():
+    """The square loss on its window Gram never runs the data path: its Model holds
+    NO_DATA_PASS; every other Model holds the one compiled data path's address."""
+    assert _problem(losses.square()).model.data_fn == _data_entry.NO_DATA_PASS
+    fns = {_problem(loss, **kw).model.data_fn
+           for loss, kw in ((losses.square(), dict(use_gram=False)), (losses.log_cosh(1.0), {}),
+                            (losses.lp(4), {}))}
+    assert fns == {_data_entry.address()} and _data_entry.address() != 0
+
+
+def test_a_model_without_the_data_path_gives_nan_instead_of_calling_address_zero():
+    """Defensive: fs_loss_grad_fast on a Gram-path Model (no kernel calls it there) returns
+    NaN and a NaN gradient rather than jumping to address 0."""
+    p = _problem(losses.square())
+    v = np.ones(p.arch.k_v)
+    G = np.zeros(p.arch.k_v)
+    L = _data_entry.fs_loss_grad_fast(p.model, v, G, np.zeros(8), True, True)
+    assert np.isnan(L) and np.isnan(G).all()
+
+
+def test_the_call_gives_the_loss_and_gradient_of_the_problem():
+    """Through the address: L and G = dL/dv of log-cosh at v = pi(w) equal Problem.loss and,
+    chained through pi, Problem.grad's function-space gradient: checked against the exact
+    path one window at a time (fs_loss_grad with the sums in order), to 1e-13 relative (the
+    fast path reorders sums of ~100 terms of one sign pattern and uses a 4-ulp tanh)."""
+    p = _problem(losses.log_cosh(2.0))
+    md = p.model
+    v = np.linspace(-0.7, 0.9, p.arch.k_v)
+    G = np.zeros(p.arch.k_v)
+    L = _data_entry.fs_loss_grad_fast(md, v, G, _data_path._data_buf(md), True, True)
+    G_ref = np.zeros(p.arch.k_v)
+    L_ref = _data_path._fs_loss_grad_seq(md, v, G_ref)
+    assert abs(L - L_ref) <= 1e-13 * abs(L_ref)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-13, atol=1e-13 * np.abs(G_ref).max())
+    G2 = np.zeros(p.arch.k_v)  # without the loss: G bitwise the same, L NaN
+    assert np.isnan(_data_entry.fs_loss_grad_fast(md, v, G2, _data_path._data_buf(md), True,
+                                                  False))
+    np.testing.assert_array_equal(G2, G)
+
+
+def test_call_data_pass_refuses_arrays_it_cannot_pass_as_pointers():
+    """A non-contiguous array would be read as if it were contiguous: refused when the caller
+    compiles, naming the argument."""
+
+    @numba.njit
+    def call(md, v, G, buf):
+        return _data_entry.call_data_pass(md.data_fn, md.code, md.p0, md.p1, md.k_v, md.d_N,
+                                          md.s_v, md.x_amax, md.y_amax, md.Xt, md.Yt, v, G,
+                                          buf, True, True)
+
+    md = _problem(losses.log_cosh(1.0)).model
+    kv = md.k_v
+    with pytest.raises(TypingError, match="v must be a C-contiguous 1-d float64"):
+        call(md, np.zeros(2 * kv)[::2], np.zeros(kv), _data_path._data_buf(md))
