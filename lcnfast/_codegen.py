@@ -84,10 +84,12 @@ class LaneKernel:
         self.address = cfunc.address
 
 
-def _c_array(ty, ndim, name):
+def check_c_array(ty, ndim, name, caller):
+    """Typing check of an intrinsic that passes an array as its data pointer: ``ty`` must be
+    a C-contiguous ``ndim``-d float64 array (else TypingError naming ``caller`` and ``name``)."""
     if not (isinstance(ty, types.Array) and ty.dtype == types.float64 and ty.ndim == ndim
             and ty.layout == "C"):
-        raise TypingError(f"call_lane_kernel: {name} must be a C-contiguous {ndim}-d float64 "
+        raise TypingError(f"{caller}: {name} must be a C-contiguous {ndim}-d float64 "
                           f"array, not {ty}")
 
 
@@ -102,7 +104,7 @@ def call_lane_kernel(typingctx, kern, W, A, b, yy, out_g, out_L, out_v):
         raise TypingError(f"call_lane_kernel: kern must be the kernel's address, not {kern}")
     for ty, ndim, name in ((W, 2, "W"), (A, 2, "A"), (b, 1, "b"), (out_g, 2, "out_g"),
                            (out_L, 1, "out_L"), (out_v, 2, "out_v")):
-        _c_array(ty, ndim, name)
+        check_c_array(ty, ndim, name, "call_lane_kernel")
     if not isinstance(yy, types.Float):
         raise TypingError(f"call_lane_kernel: yy must be a float, not {yy}")
     sig = types.void(kern, W, A, b, yy, out_g, out_L, out_v)

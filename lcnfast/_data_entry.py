@@ -30,6 +30,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from . import _numba_cache
+from ._codegen import check_c_array
 from ._data_path import data_pass
 from ._jit import JIT as _JIT
 
@@ -62,13 +63,6 @@ def address():
     return _compiled().address
 
 
-def _check(ty, ndim, name):
-    if not (isinstance(ty, types.Array) and ty.dtype == types.float64 and ty.ndim == ndim
-            and ty.layout == "C"):
-        raise TypingError(f"call_data_pass: {name} must be a C-contiguous {ndim}-d float64 "
-                          f"array, not {ty}")
-
-
 @intrinsic
 def call_data_pass(typingctx, fn, code, p0, p1, kv, dN, sv, x_amax, y_amax, Xt, Yt, v, G, buf,
                    want_grad, want_loss):
@@ -80,7 +74,7 @@ def call_data_pass(typingctx, fn, code, p0, p1, kv, dN, sv, x_amax, y_amax, Xt, 
         raise TypingError(f"call_data_pass: fn must be the data path's address, not {fn}")
     for ty, ndim, name in ((Xt, 2, "Xt"), (Yt, 2, "Yt"), (v, 1, "v"), (G, 1, "G"),
                            (buf, 1, "buf")):
-        _check(ty, ndim, name)
+        check_c_array(ty, ndim, name, "call_data_pass")
     sig = types.float64(fn, code, p0, p1, kv, dN, sv, x_amax, y_amax, Xt, Yt, v, G, buf,
                         want_grad, want_loss)
 

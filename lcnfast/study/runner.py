@@ -376,7 +376,7 @@ def run_study(
             here = bool(todo) and (local or workers is not None)
             what = (
                 f"compiling kernels for {_loss_names(study)} (the first run compiles for about "
-                "a minute, later runs load them in seconds)" if here else "writing the data"
+                "half a minute, later runs load them in seconds)" if here else "writing the data"
             )
             t0 = time.perf_counter()
             with _threads(threads), Ticker(
@@ -402,7 +402,7 @@ def run_study(
                     cl.register_plugin(_numba_threads_plugin(tpw))
                     say(f"dask: {len(cl.scheduler_info()['workers'])} workers; " + (
                         "loading the kernels on each ..." if here else "compiling kernels on "
-                        "each (the first run compiles for 1-2 min, later runs load them) ..."))
+                        "each (the first run compiles for about a minute, later runs load them) ..."))
                     t0 = time.perf_counter()
                     cl.run(warm_up, study.spec, str(d), tpw)
                     summary.compile_seconds += time.perf_counter() - t0
