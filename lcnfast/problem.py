@@ -166,6 +166,11 @@ class Problem:
     The Gram path computes the loss as ``v^T A v - 2 b^T v + ||Y||^2``, whose absolute rounding
     error is about ``eps * (||Y||^2 + v^T A v)``: near an exact fit use ``use_gram=False`` when
     the loss value itself (not its gradient) is needed to many digits.
+
+    Compilation: the first Problem off the Gram path in a process (any loss but the square
+    loss through the Gram) compiles the pass over the data once, or loads it from Numba's
+    disk cache: ~16 s with an empty cache on 2 cores, well under a second afterwards
+    (:mod:`lcnfast._data_entry`). The other kernels compile on first use, as usual.
     """
 
     def __init__(self, arch, X, Y, loss, *, use_gram=True, kernel="auto"):
