@@ -14,8 +14,9 @@ path, where no kernel calls it). :func:`fs_loss_grad_fast` calls it through
 :func:`call_data_pass`, a plain indirect C call (no reference counting, no error branch: the
 data path cannot raise), with the arrays passed as their data pointers and shapes.
 
-An address is valid in the process that compiled it only: a Model is built per process by
-:class:`lcnfast.Problem` (studies build their problems in each worker), never sent.
+An address is valid in the process that compiled it only: a Problem unpickled in another
+process puts that process's address into its Model (``Problem.__setstate__``); a Model on
+its own is never sent.
 """
 
 from __future__ import annotations

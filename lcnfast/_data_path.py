@@ -10,8 +10,8 @@ Exact (_fs_loss_seq, _fs_loss_grad_seq): one window at a time in the order (i, j
   contraction, libm tanh/exp/log: the arithmetic of the first version of lcnfast._kernels. z is
   computed a row at a time by _conv_strided, in the same order. The Hessian's G uses it.
 
-Fast (_fs_loss_grad_fast), one flow at a time, every inner loop vectorised over output
-  positions (README, "How it is fast"):
+Fast (data_pass, compiled once by lcnfast._data_entry), one flow at a time, every inner loop
+  vectorised over output positions (README, "How it is fast"):
   - layout (_data_layout): mode 2 (m >= 16 and the data small enough to copy): X and Y are
     copied once per workspace sample-major by blocks of R samples, X (d0, R), Y (d_N, R) per
     block (R = all m for stride > 1); the windows of output j over a block's samples then
@@ -81,7 +81,7 @@ _COL_MIN_BLOCK = 4
 # lcnfast._kernels use (and lcnfast._lanes, whose data pass goes through _fs_loss_grad_buf lane
 # by lane, so that lanes, loss_grad_ws and Problem.loss agree bitwise either way).
 # False: the exact one (one window at a time, in order; the original arithmetic).
-# True: the fast one (_fs_loss_grad_fast: vectorised over output positions, reassociated
+# True: the fast one (data_pass: vectorised over output positions, reassociated
 #   sums, vectorised tanh; ~1e-15 relative from the exact one, and closer to a long-double
 #   reference). The _fast entry points of lcnfast._kernels always use the fast path.
 # A compile-time constant (numba freezes globals; lcnfast._numba_cache renews the cache when it

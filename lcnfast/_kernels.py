@@ -230,8 +230,9 @@ def fs_loss_grad(model, v, G):
     """L(v) and G = dL/dv (k_v,), written into G.
 
     Data path: exact (one window at a time) unless ``_DATA_PATH_FAST``; the fast path
-    (:func:`_fs_loss_grad_fast`) vectorises the sums over output positions (their order differs
-    from one window at a time: G agrees to rounding, ~1e-15 relative) and, for log-cosh, uses
+    (:func:`lcnfast._data_entry.fs_loss_grad_fast`) vectorises the sums over output positions
+    (their order differs from one window at a time: G agrees to rounding, ~1e-15 relative)
+    and, for log-cosh, uses
     :func:`lcnfast.losses._tanh_nd` (<= 4 ulp) and ``L = sum a - sum log(1 + tanh a)``.
     Allocates its scratch on the fast path; :func:`loss_grad_ws` does not.
     """

@@ -299,6 +299,13 @@ class Problem:
             return _codegen.NO_KERNEL, False
         return kern.address, True
 
+    def __setstate__(self, state):
+        """Unpickled (in another process, say): the Model takes this process's address of the
+        compiled data path (an address from the pickling process would point nowhere)."""
+        self.__dict__.update(state)
+        if not self.use_gram:
+            self._model = self._model._replace(data_fn=_data_entry.address())
+
     @property
     def model(self):
         """The kernel-side description of this problem (:class:`lcnfast._kernels.Model`)."""

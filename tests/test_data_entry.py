@@ -69,3 +69,21 @@ def test_call_data_pass_refuses_arrays_it_cannot_pass_as_pointers():
     kv = md.k_v
     with pytest.raises(TypingError, match="v must be a C-contiguous 1-d float64"):
         call(md, np.zeros(2 * kv)[::2], np.zeros(kv), _data_path._data_buf(md))
+
+
+def test_a_problem_unpickled_in_another_process_calls_that_process_data_path(tmp_path):
+    """A Problem pickled here and unpickled in a fresh process evaluates there (the address
+    in its Model is the new process's, not this one's: calling this one's crashed the
+    process) and gives this process's gradient, bitwise."""
+    import pickle
+    import subprocess
+    import sys
+
+    p = _problem(losses.log_cosh(1.0))
+    w = np.linspace(-0.5, 0.8, p.arch.n_params)
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps((p, w)))
+    code = ("import pickle, sys, numpy as np; p, w = pickle.load(open(sys.argv[1], 'rb')); "
+            "np.save(sys.argv[2], p.grad(w))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.pkl"),
+                    str(tmp_path / "g.npy")], check=True, timeout=600)
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), p.grad(w))
