@@ -38,10 +38,11 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from ._data_entry import fs_hessian_fast as _fs_hessian_fast
 from ._data_entry import fs_loss_grad_fast as _fs_loss_grad_fast
-from ._data_path import _DATA_PATH_FAST, _data_buf, _fs_loss_grad_seq, _fs_loss_seq
+from ._data_path import (_DATA_PATH_FAST, _data_buf, _fs_hessian_seq, _fs_loss_grad_seq,
+                         _fs_loss_seq)
 from ._jit import JIT as _JIT
-from .losses import loss_d2
 
 
 class Model(NamedTuple):
@@ -242,33 +243,17 @@ def fs_loss_grad(model, v, G):
 
 @nb.njit(**_JIT)
 def fs_hessian(model, v, H):
-    """Function-space Hessian H = d^2 L / dv^2 (k_v, k_v)."""
+    """Function-space Hessian H = d^2 L / dv^2 (k_v, k_v): on the data path vectorised
+    (lcnfast._data_path.data_hessian, through the compiled data path) where its layout
+    applies (m >= 16), else one window at a time (``_fs_hessian_seq``)."""
     kv = model.k_v
     if model.use_gram:
         for n in range(kv):
             for q in range(kv):
                 H[n, q] = 2.0 * model.A[n, q]
         return
-    H[:, :] = 0.0
-    Xt = model.Xt
-    Yt = model.Yt
-    sv = model.s_v
-    for i in range(Xt.shape[0]):
-        for j in range(model.d_N):
-            xw = Xt[i, j * sv : j * sv + kv]
-            z = 0.0
-            for n in range(kv):
-                z += v[n] * xw[n]
-            c = loss_d2(model.code, model.p0, model.p1, z - Yt[i, j])
-            # upper triangle only (rows of H are contiguous: the q loop vectorises)
-            for n in range(kv):
-                cx = c * xw[n]
-                Hn = H[n]
-                for q in range(n, kv):
-                    Hn[q] += cx * xw[q]
-    for n in range(kv):
-        for q in range(n):
-            H[n, q] = H[q, n]
+    if not (_DATA_PATH_FAST and _fs_hessian_fast(model, v, H, _data_buf(model))):
+        _fs_hessian_seq(model, v, H)
 
 
 # ----------------------------------------------------------------------------- one flow
@@ -332,7 +317,8 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     ``J^T Hv J + sum_m G_m d^2 v_m / dw^2`` (chain rule through v = pi(w), J = dv/dw, Hv the
     function-space Hessian). ``work`` is (2, k_v); ``J`` is
     (k_v, n_params); ``Hv`` is (k_v, k_v); ``G`` (k_v,) and ``HJ`` (k_v, n_params) are
-    scratch. G = dL/dv is summed one window at a time (:func:`_fs_loss_grad_seq`)."""
+    scratch. On the data path, G = dL/dv and Hv come from the fast path (one scratch
+    ``_data_buf`` per call) where its layout applies, else one window at a time."""
     k = model.k
     S = model.S
     offs = model.offs
@@ -341,9 +327,14 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
     v = prefix[N, :kv]
     if model.use_gram:
         _fs_loss_grad_buf(model, v, G, G[:0], _flag(True))
+        fs_hessian(model, v, Hv)
     else:
-        _fs_loss_grad_seq(model, v, G)
-    fs_hessian(model, v, Hv)
+        buf = _data_buf(model)
+        if _DATA_PATH_FAST and _fs_hessian_fast(model, v, Hv, buf):
+            _fs_loss_grad_fast(model, v, G, buf, _flag(True), _flag(False))
+        else:
+            _fs_loss_grad_seq(model, v, G)
+            _fs_hessian_seq(model, v, Hv)
     jacobian_into(w, k, S, offs, work, J)
     n = J.shape[1]
     # J^T Hv J

@@ -63,7 +63,7 @@ def test_call_data_pass_refuses_arrays_it_cannot_pass_as_pointers():
     def call(md, v, G, buf):
         return _data_entry.call_data_pass(md.data_fn, md.code, md.p0, md.p1, md.k_v, md.d_N,
                                           md.s_v, md.x_amax, md.y_amax, md.Xt, md.Yt, v, G,
-                                          buf, True, True)
+                                          buf, True, True, False)
 
     md = _problem(losses.log_cosh(1.0)).model
     kv = md.k_v
@@ -87,3 +87,37 @@ def test_a_problem_unpickled_in_another_process_calls_that_process_data_path(tmp
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.pkl"),
                     str(tmp_path / "g.npy")], check=True, timeout=600)
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), p.grad(w))
+
+
+@pytest.mark.parametrize("arch, m", [(Architecture(64, (5, 5, 5), (1, 1, 1)), 64),
+                                     (Architecture(21, (3, 2), (2, 1)), 40)])
+@pytest.mark.parametrize("loss", [losses.log_cosh(1.0), losses.log_cosh(7.0), losses.lp(4),
+                                  losses.pseudo_huber(0.5),
+                                  losses.generalized_huber(1.0, -1.5)])
+def test_the_vectorised_hessian_matches_one_window_at_a_time(arch, m, loss):
+    """Claim: data_hessian (through the address; stride 1 and stride 2 layouts) gives the
+    function-space Hessian sum_t l''(r_t) x_t x_t^T of one window at a time to 1e-13 of its
+    largest entry (sums of ~2500 terms reordered, log-cosh's l'' within a few ulp of libm's;
+    measured ~6e-15), exactly symmetric."""
+    td = data.teacher(arch, m, seed=0)
+    p = Problem(arch, td.X, td.Y, loss)
+    v = np.random.default_rng(1).standard_normal(arch.k_v) * 0.4
+    H = np.zeros((arch.k_v, arch.k_v))
+    H_ref = np.zeros_like(H)
+    assert _data_entry.fs_hessian_fast(p.model, v, H, _data_path._data_buf(p.model))
+    _data_path._fs_hessian_seq(p.model, v, H_ref)
+    assert np.abs(H - H_ref).max() <= 1e-13 * np.abs(H_ref).max()
+    np.testing.assert_array_equal(H, H.T)
+
+
+def test_few_samples_keep_the_hessian_of_one_window_at_a_time():
+    """Below 16 samples the vectorised layout does not apply: fs_hessian_fast declines and
+    leaves H alone, and Problem.function_space_hessian is bitwise the exact loop's."""
+    p = _problem(losses.log_cosh(1.0))  # m = 12
+    v = np.linspace(-0.7, 0.9, p.arch.k_v)
+    H = np.full((p.arch.k_v, p.arch.k_v), 3.0)
+    assert not _data_entry.fs_hessian_fast(p.model, v, H, _data_path._data_buf(p.model))
+    assert (H == 3.0).all()
+    H_ref = np.zeros_like(H)
+    _data_path._fs_hessian_seq(p.model, v, H_ref)
+    np.testing.assert_array_equal(p.function_space_hessian(v), H_ref)

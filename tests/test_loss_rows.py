@@ -163,3 +163,28 @@ def test_generalized_huber_row_keeps_its_digits_as_beta_nears_minus_2(beta):
     ref = np.array([_gen_huber_d1_mpmath(1.0, beta, r) for r in z])
     nz = ref != 0
     assert _ulps(g[nz], ref[nz]).max() <= 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(_residuals, st.floats(1e-3, 1e3))
+def test_log_cosh_second_derivative_row_is_within_its_error_bound_of_libm(zs, alpha):
+    """Claim: the data-path Hessian's l''(r) = alpha sech^2(alpha r) from the tanh's range
+    reduction, 4 S (q - p)(q + p) / F^2, has no cancellation (every factor a sum of terms of
+    one sign) and ~10 roundings: within 8 + 2 |alpha r| ulp of libm's 4 e / (1 + e)^2
+    (e = exp(-2a)) where the value is a normal number. The |alpha r| term: sech^2 x has
+    relative condition 2 |x| tanh x, and both formulas see x = alpha |r| with an absolute
+    error of about |x| ulp(1) / 2 (libm's from rounding alpha |r|, ours from k ln2 / (2 alpha)
+    rounded and multiplied by k ~ 2x / ln2); e.g. alpha = 11, r = 1: 9 ulp. NaN stays NaN;
+    huge residuals give tiny non-negative values (libm: the same or 0)."""
+    from lcnfast import _data_path
+    from lcnfast.losses import LOG_COSH, loss_d2
+
+    z = np.array(zs + [np.nan, 1e300, -1e300])
+    n = z.size
+    c = np.empty(n)
+    _data_path._lc_d2(alpha, z, np.zeros(n), c, n)
+    ref = np.array([loss_d2(LOG_COSH, alpha, 0.0, r) for r in z])
+    normal = np.abs(ref) >= np.finfo(float).tiny * 1e4
+    bound = 8 + 2 * alpha * np.abs(z[normal])
+    assert (_ulps(c[normal], ref[normal]) <= bound).all()
+    assert np.isnan(c[-3]) and (c[-2:] >= 0).all() and (c[-2:] <= 1e-250).all()
