@@ -32,7 +32,8 @@ from numba.extending import intrinsic
 
 from . import _numba_cache
 from ._codegen import check_c_array
-from ._data_path import data_hessian, data_pass
+from ._data_hessian import data_hessian
+from ._data_path import data_pass
 from ._jit import JIT as _JIT
 
 _P = types.CPointer(types.float64)
@@ -133,7 +134,7 @@ def fs_loss_grad_fast(model, v, G, buf, want_grad, want_loss):
 @nb.njit(**_JIT)
 def fs_hessian_fast(model, v, H, buf):
     """The function-space Hessian H (k_v, k_v), C-contiguous, of ``model`` at v by
-    :func:`lcnfast._data_path.data_hessian` with the scratch ``buf`` (from
+    :func:`lcnfast._data_hessian.data_hessian` with the scratch ``buf`` (from
     lcnfast._data_path._data_buf): True if computed, False with H untouched where that
     layout does not apply (few samples) or the model has no compiled data path (the Gram
     path)."""

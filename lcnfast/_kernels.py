@@ -40,8 +40,8 @@ import numpy as np
 
 from ._data_entry import fs_hessian_fast as _fs_hessian_fast
 from ._data_entry import fs_loss_grad_fast as _fs_loss_grad_fast
-from ._data_path import (_DATA_PATH_FAST, _data_buf, _fs_hessian_seq, _fs_loss_grad_seq,
-                         _fs_loss_seq)
+from ._data_hessian import _fs_hessian_seq
+from ._data_path import _DATA_PATH_FAST, _data_buf, _fs_loss_grad_seq, _fs_loss_seq
 from ._jit import JIT as _JIT
 
 
@@ -244,7 +244,7 @@ def fs_loss_grad(model, v, G):
 @nb.njit(**_JIT)
 def fs_hessian(model, v, H):
     """Function-space Hessian H = d^2 L / dv^2 (k_v, k_v): on the data path vectorised
-    (lcnfast._data_path.data_hessian, through the compiled data path) where its layout
+    (lcnfast._data_hessian.data_hessian, through the compiled data path) where its layout
     applies (m >= 16), else one window at a time (``_fs_hessian_seq``)."""
     kv = model.k_v
     if model.use_gram:

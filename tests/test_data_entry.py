@@ -1,12 +1,14 @@
 """lcnfast._data_entry: the fast data path compiled once, as a C function the kernels call by
-address (the data path's numbers themselves are tested through the Problem and the flows)."""
+address (the data path's numbers themselves are tested through the Problem and the flows),
+and the vectorised function-space Hessian it also runs (lcnfast._data_hessian)."""
 
 import numba
 import numpy as np
 import pytest
 from numba.core.errors import TypingError
 
-from lcnfast import Architecture, Problem, _data_entry, _data_path, data, losses
+from lcnfast import (Architecture, Problem, _data_entry, _data_hessian, _data_path, data,
+                     losses)
 
 
 def _problem(loss, **kw):
@@ -105,7 +107,7 @@ def test_the_vectorised_hessian_matches_one_window_at_a_time(arch, m, loss):
     H = np.zeros((arch.k_v, arch.k_v))
     H_ref = np.zeros_like(H)
     assert _data_entry.fs_hessian_fast(p.model, v, H, _data_path._data_buf(p.model))
-    _data_path._fs_hessian_seq(p.model, v, H_ref)
+    _data_hessian._fs_hessian_seq(p.model, v, H_ref)
     assert np.abs(H - H_ref).max() <= 1e-13 * np.abs(H_ref).max()
     np.testing.assert_array_equal(H, H.T)
 
@@ -119,5 +121,5 @@ def test_few_samples_keep_the_hessian_of_one_window_at_a_time():
     assert not _data_entry.fs_hessian_fast(p.model, v, H, _data_path._data_buf(p.model))
     assert (H == 3.0).all()
     H_ref = np.zeros_like(H)
-    _data_path._fs_hessian_seq(p.model, v, H_ref)
+    _data_hessian._fs_hessian_seq(p.model, v, H_ref)
     np.testing.assert_array_equal(p.function_space_hessian(v), H_ref)
