@@ -6,7 +6,8 @@ Private module: every function assumes clean, validated, C-contiguous float64/in
 - :func:`data_hessian`: vectorised on the fast data path's layout (lcnfast._data_path,
   mode 2: m >= 16 samples), reached through the compiled data path (lcnfast._data_entry):
   per chunk, z by the convolution, l'' over the chunk (log-cosh: :func:`_lc_d2`, from the
-  tanh's range reduction; the other losses: losses.loss_d2 per element), then for each row
+  tanh's range reduction; l_p with an integer p and pseudo-Huber vectorised too; the other
+  losses: losses.loss_d2 per element), then for each row
   a of the upper triangle w = l'' x_a and one correlation pass (lcnfast._taps) adding
   sum_t w_t X[t + (a..) sh] to H[a, a:]; ~1e-15 relative from one window at a time. On the
   benchmark's log-cosh case (64; 5,5,5), m = 256 it took the Hessian of a flow from ~840 to
@@ -24,8 +25,9 @@ from ._data_path import _GROUP_ELEMS, _buf_size, _buf_views, _conv_sh, _corr_sh,
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, LOG_COSH, _f2u, _tanh_consts, _tanh_reduced, _u2f,
-                     loss_d2)
+from ._loss_rows import _hypot_parts, _lp_fast, _pow_uint
+from .losses import (_BIAS, _S52, LOG_COSH, LP, PSEUDO_HUBER, _f2u, _tanh_consts,
+                     _tanh_reduced, _u2f, loss_d2)
 
 
 @nb.njit(**_JIT_C)
@@ -48,6 +50,28 @@ def _lc_d2(p0, z, y, c, n):
 
 
 @nb.njit(**_JIT_C)
+def _lp_d2(p, z, y, c, n):
+    """l_p with an integer p from 2 to 64: c = (p - 1) |r|^(p-2), r = z - y (repeated
+    squaring, lcnfast._loss_rows._pow_uint)."""
+    prefer_512()
+    e = int(p) - 2
+    for t in range(n):
+        c[t] = (p - 1.0) * _pow_uint(abs(z[t] - y[t]), e)
+
+
+@nb.njit(**_JIT_C)
+def _pseudo_huber_d2(delta, z, y, c, n):
+    """pseudo-Huber: c = 1 / (delta hypot(1, u)^3), u = (z - y) / delta, with hypot(1, u) =
+    w sqrt(1 + (v / w)^2) (lcnfast._loss_rows._hypot_parts)."""
+    prefer_512()
+    inv = 1.0 / delta
+    for t in range(n):
+        v, w, s = _hypot_parts(z[t] - y[t], inv)
+        h = 1.0 / (w * s)
+        c[t] = h * h * h * inv
+
+
+@nb.njit(**_JIT_C)
 def _scaled(c, x, w, n):
     """w = c x over n elements."""
     prefer_512()
@@ -62,6 +86,10 @@ def _hess_chunk(code, p0, p1, kv, v, H, Xv, yv, n, sh, z, c, w):
     _conv_sh(v, kv, Xv, sh, z, n)
     if code == LOG_COSH:
         _lc_d2(p0, z, yv, c, n)
+    elif code == LP and _lp_fast(p0):
+        _lp_d2(p0, z, yv, c, n)
+    elif code == PSEUDO_HUBER:
+        _pseudo_huber_d2(p0, z, yv, c, n)
     else:
         for t in range(n):
             c[t] = loss_d2(code, p0, p1, z[t] - yv[t])
@@ -76,10 +104,10 @@ def data_hessian(code, p0, p1, kv, dN, sv, Xt, Yt, v, H, buf):
     """Function-space Hessian H (k_v, k_v) = sum over outputs of l''(r) x x^T (x the output's
     window) on the fast path's layout, mode 2 only: returns 1.0, or NaN with H untouched in
     the other modes (or with a ``buf`` not from lcnfast._data_path._data_buf). Vectorised like
-    lcnfast._data_path.data_pass: z by the convolution, l'' over the chunk (log-cosh:
-    :func:`_lc_d2`; the other losses: losses.loss_d2 per element), then for each row a of
-    the upper triangle w = l'' x_a and one correlation pass; ~1e-15 relative from one
-    window at a time."""
+    lcnfast._data_path.data_pass: z by the convolution, l'' over the chunk (:func:`_lc_d2`,
+    :func:`_lp_d2` for an integer p, :func:`_pseudo_huber_d2`; the other losses:
+    losses.loss_d2 per element), then for each row a of the upper triangle w = l'' x_a and
+    one correlation pass; ~1e-15 relative from one window at a time."""
     m, d0 = Xt.shape
     mode, R, L = _layout(m, d0, dN, sv)
     if mode != 2 or buf.shape[0] < _buf_size(mode, L, m, d0, dN):
