@@ -7,8 +7,8 @@ Private module: every function assumes clean, validated, C-contiguous float64/in
   mode 2: m >= 16 samples), reached through the compiled data path (lcnfast._data_entry):
   per chunk, z by the convolution, l'' over the chunk (log-cosh: :func:`_lc_d2`, from the
   tanh's range reduction; l_p with an integer p and pseudo-Huber vectorised too; the other
-  losses: losses.loss_d2 per element), then for each row
-  a of the upper triangle w = l'' x_a and one correlation pass (lcnfast._taps) adding
+  losses: losses.loss_d2 per element), then for each row a of the upper triangle
+  w = l'' x_a and one correlation pass (lcnfast._taps) adding
   sum_t w_t X[t + (a..) sh] to H[a, a:]; ~1e-15 relative from one window at a time. On the
   benchmark's log-cosh case (64; 5,5,5), m = 256 it took the Hessian of a flow from ~840 to
   ~53 us (2 threads, with the gradient hessian_one also needs from the fast path).
@@ -24,8 +24,8 @@ import numpy as np
 from ._data_path import _GROUP_ELEMS, _buf_size, _buf_views, _conv_sh, _corr_sh, _layout
 from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
-from ._simd import prefer_512
 from ._loss_rows import _hypot_parts, _lp_fast, _pow_uint
+from ._simd import prefer_512
 from .losses import (_BIAS, _S52, LOG_COSH, LP, PSEUDO_HUBER, _f2u, _tanh_consts,
                      _tanh_reduced, _u2f, loss_d2)
 

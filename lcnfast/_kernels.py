@@ -312,13 +312,14 @@ def _loss_grad_fast_ws(model, w, ws, out_g):
 
 
 @nb.njit(**_JIT)
-def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
+def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ, buf):
     """Hessian (n_params, n_params) of L at w into Hw:
     ``J^T Hv J + sum_m G_m d^2 v_m / dw^2`` (chain rule through v = pi(w), J = dv/dw, Hv the
     function-space Hessian). ``work`` is (2, k_v); ``J`` is
     (k_v, n_params); ``Hv`` is (k_v, k_v); ``G`` (k_v,) and ``HJ`` (k_v, n_params) are
-    scratch. On the data path, G = dL/dv and Hv come from the fast path (one scratch
-    ``_data_buf`` per call) where its layout applies, else one window at a time."""
+    scratch; ``buf`` the data-path scratch (from :func:`_data_buf`: a gradient workspace's
+    ``buf`` serves, between its passes). On the data path, G = dL/dv and Hv come from the
+    fast path where its layout applies, else one window at a time."""
     k = model.k
     S = model.S
     offs = model.offs
@@ -329,7 +330,6 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ):
         _fs_loss_grad_buf(model, v, G, G[:0], _flag(True))
         fs_hessian(model, v, Hv)
     else:
-        buf = _data_buf(model)
         if _DATA_PATH_FAST and _fs_hessian_fast(model, v, Hv, buf):
             _fs_loss_grad_fast(model, v, G, buf, _flag(True), _flag(False))
         else:
@@ -439,8 +439,9 @@ def hessian_batch(model, W, nc):
         Hv = np.zeros((kv, kv))
         G = np.zeros(kv)
         HJ = np.zeros((kv, n))
+        buf = _data_buf(model)
         for f in range(c * K // nc, (c + 1) * K // nc):
-            hessian_one(model, W[f], prefix, work, J, Hv, out[f], G, HJ)
+            hessian_one(model, W[f], prefix, work, J, Hv, out[f], G, HJ, buf)
     return out
 
 

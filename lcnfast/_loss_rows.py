@@ -43,8 +43,8 @@ import numba as nb
 
 from ._jit import JIT, JIT_C, JIT_R
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER, SQUARE,
-                     _f2u, _tanh_consts, _tanh_reduced, _u2f, loss_d1, loss_value)
+from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER,
+                     SQUARE, _f2u, _tanh_consts, _tanh_reduced, _u2f, loss_d1, loss_value)
 
 # l_p's exponent p - 1 must have at most this many bits for _lp_row (p <= 64)
 _LP_POW_BITS = 6

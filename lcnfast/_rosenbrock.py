@@ -493,6 +493,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
     y, g, y_new, g_new, ytmp, gtmp = wk.y, wk.g, wk.y_new, wk.g_new, wk.ytmp, wk.gtmp
     kW, kG, kL, kV = wk.kW, wk.kG, wk.kL, wk.kV
     hprefix, hwork, hJ, hHv, hG, hHJ = wk.hprefix, wk.hwork, wk.hJ, wk.hHv, wk.hG, wk.hHJ
+    hbuf = ws.buf  # the gradient's data-path scratch serves the Hessian between its passes
     K1 = (kW, kG, kL, kV)
     # arrays used every step, out of their tuples once (see rodas_step)
     save_t, T, t_end, max_steps = opt.save_t, opt.save_t.shape[0], opt.t_end, opt.max_steps
@@ -521,7 +522,7 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
         h_abs = h
         if stiff:
             if need_hessian:
-                hessian_one(model, y, hprefix, hwork, hJ, hHv, H, hG, hHJ)
+                hessian_one(model, y, hprefix, hwork, hJ, hHv, H, hG, hHJ, hbuf)
                 n_hess += 1
                 need_hessian = False
             if use_kern:

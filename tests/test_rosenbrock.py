@@ -95,7 +95,8 @@ def _fixed_steps(model, y0, h, n_steps, s_dense, wk):
     dense = np.empty_like(y0)
     for j in range(n_steps):
         R.grad_ws(model, y, wk.ws, g, False)
-        R.hessian_one(model, y, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, wk.H, wk.hG, wk.hHJ)
+        R.hessian_one(model, y, wk.hprefix, wk.hwork, wk.hJ, wk.hHv, wk.H, wk.hG, wk.hHJ,
+                      wk.ws.buf)
         R.rodas_step(model, wk.ws, wk.H, wk.E, wk.piv, wk.U, y, g, y_new, wk.ytmp, wk.gtmp, h)
         if j == 0:
             R.dense_point(y, y_new, wk.U, s_dense, dense)
