@@ -14,9 +14,10 @@ Public API (see README.md):
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _numba_cache
+from . import _notice, _numba_cache
 
 _numba_cache.purge_stale()  # before any cached kernel is loaded: see _numba_cache
+_notice.install_compile_notices()  # a compile of a few seconds or more says so on stderr
 
 from . import analysis, data, losses, roots
 from .architecture import Architecture

@@ -29,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import _notice
 from ._lane_width import LANES
 
 _PKG = Path(__file__).resolve().parent
@@ -305,7 +306,8 @@ def cfunc(sig, *, cache=True, noalias=False, **options):
                     ("no-locator", inspect.getfile(func)),
                     f"lcnfast: Numba cannot cache {func.__name__} ({e}); compiling it uncached",
                 )
-        res.compile()
+        with _notice.compiling():  # says so if it takes a while (a cache miss)
+            res.compile()
         return res
 
     return wrapper

@@ -115,6 +115,7 @@ import numbers
 import os
 import select
 import signal
+import sys
 import threading
 import time as _time
 import warnings
@@ -128,6 +129,7 @@ from . import _euler, _rk45
 from . import _integrate as I
 from . import _rosenbrock as R
 from ._lane_width import LANES
+from ._notice import FlowProgress, watch_status
 from .problem import Problem
 
 __all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "threads"]
@@ -137,6 +139,7 @@ STATUS = dict(enumerate(I.STATUS_MEANINGS))
 
 _MAX_SAVE_BYTES = 8 * 2**30  # refuse save arrays larger than this (memory of a 24 GiB machine)
 _EPS = np.finfo(float).eps
+_PROGRESS_DELAY = 2.0  # seconds a run lasts before its progress bar shows
 
 
 class FlowWarning(RuntimeWarning):
@@ -386,15 +389,29 @@ def _sigint_sets(stop):
             _Watcher.stop = None
 
 
-def _run(kernel, args):
+def _progress_wanted(progress):
+    """Whether a run shows its bar: ``progress`` None on a terminal only, True also elsewhere
+    (a line every 10 s), False never."""
+    if progress is None:
+        return sys.stderr.isatty()
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True, False or None, got {progress!r}")
+    return bool(progress)
+
+
+def _run(kernel, args, status, progress, desc):
     """Run ``kernel(*args, stop)``; return whether SIGINT came during the run (``stop[0]``),
     see :func:`_sigint_sets`. A kernel's first run in the process is compiled (or loaded from
-    the cache) before, where Ctrl-C interrupts a long compile as usual."""
+    the cache) before, where Ctrl-C interrupts a long compile as usual (a compile notice
+    says so if it takes a while: lcnfast._notice). With ``progress`` (bool), a bar ``desc``
+    counts the flows with a ``status`` while the kernel runs (shown once it has run
+    _PROGRESS_DELAY seconds, the compile not counted)."""
     stop = np.zeros(1, np.int64)
     args = (*args, stop)
     if not kernel.signatures:
         kernel.compile(tuple(numba.typeof(a) for a in args))
-    with _sigint_sets(stop):
+    bar = FlowProgress(status.size, desc, True, delay=_PROGRESS_DELAY) if progress else None
+    with _sigint_sets(stop), watch_status(status, bar):
         kernel(*args)
     return bool(stop[0])
 
@@ -449,6 +466,7 @@ def gradient_flow(
     loss_levels=None,
     n_threads=None,
     attrs=None,
+    progress=None,
 ):
     """Integrate the gradient flow ``dw/dt = -grad L(w)`` from every row of ``w0``.
 
@@ -496,6 +514,9 @@ def gradient_flow(
         Numba threads for this call (None: current setting).
     attrs : dict or None
         Extra Dataset attributes (e.g. seeds); values str, number or list of numbers.
+    progress : bool or None
+        A bar of finished flows on stderr once the run has lasted 2 s (None: on a terminal
+        only; True: elsewhere too, as a line every 10 s; False: never).
 
     Returns
     -------
@@ -537,16 +558,19 @@ def gradient_flow(
     levels = _loss_levels(loss_levels)
     opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t, levels)
     out = _outputs(K, n, problem.arch.k_v, save_t.size, levels.size)
+    progress = _progress_wanted(progress)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            stopped = _run(_rk45.rk45_batch, (problem.model, kern, use, W0, opt, out, nt))
+            stopped = _run(_rk45.rk45_batch, (problem.model, kern, use, W0, opt, out, nt),
+                           out.status, progress, "gradient_flow (rk45)")
         else:
             stats = R.new_stats(K)
             args = (problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
-            stopped = _run(R.rodas_batch, args)
+            stopped = _run(R.rodas_batch, args, out.status, progress,
+                           f"gradient_flow ({method})")
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_flow", wall)
     run_attrs = {
@@ -582,6 +606,7 @@ def gradient_descent(
     loss_levels=None,
     n_threads=None,
     attrs=None,
+    progress=None,
 ):
     """Gradient descent ``w_{j+1} = w_j - h grad L(w_j)`` (explicit Euler for eq. 1.7).
 
@@ -604,6 +629,8 @@ def gradient_descent(
     n_threads : int or None
     attrs : dict or None
         Extra Dataset attributes.
+    progress : bool or None
+        As :func:`gradient_flow`.
 
     Returns
     -------
@@ -628,10 +655,12 @@ def gradient_descent(
     levels = _loss_levels(loss_levels)
     opt = I.EulerOptions(h, n_steps, gtol, save_every, n_save, levels)
     out = _outputs(K, n, problem.arch.k_v, n_save, levels.size)
+    progress = _progress_wanted(progress)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
-        stopped = _run(_euler.euler_batch, (problem.model, kern, use, W0, opt, out, nt))
+        stopped = _run(_euler.euler_batch, (problem.model, kern, use, W0, opt, out, nt),
+                       out.status, progress, "gradient_descent")
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_descent", wall)
     save_t = np.arange(n_save) * save_every * h

@@ -34,7 +34,8 @@ from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from .spec import load_spec, spec_diff
-from .warm import Ticker, compile_rodas_tail, compiling_aside, warm_analysis, warm_up
+from .._notice import FlowProgress, Ticker, quiet
+from .warm import compile_rodas_tail, compiling_aside, warm_analysis, warm_up
 
 __all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
 
@@ -184,50 +185,18 @@ def _loss_names(study):
     return ", ".join(sorted({c.loss["name"] for c in study.cells}))
 
 
-# ----------------------------------------------------------------------------- progress
-class _Progress:
-    """tqdm bar over flows on a terminal; elsewhere a line every ``interval`` seconds."""
-
-    def __init__(self, total, desc, enabled, interval=10.0):
-        from tqdm.auto import tqdm
-
-        self.total, self.done, self.interval = total, 0, interval
-        self.tty = enabled and sys.stderr.isatty()
-        self.quiet = not enabled
-        self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0.1)
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, n, n_shards_done, n_shards):
-        self.done += n
-        self.bar.update(n)
-        self.bar.set_postfix_str(f"shards {n_shards_done}/{n_shards}")
-        now = time.perf_counter()
-        if not self.tty and not self.quiet and (now - self.last >= self.interval or self.done == self.total):
-            el = now - self.t0
-            eta = el / self.done * (self.total - self.done) if self.done else math.nan
-            print(
-                f"{self.done}/{self.total} flows, shards {n_shards_done}/{n_shards}, "
-                f"{el:.0f} s elapsed, ETA {eta:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            self.last = now
-
-    def close(self):
-        self.bar.close()
-
-
 # ----------------------------------------------------------------------------- execution
 def _run_local(study, d, todo, n_threads, progress, summary):
     for i, shard in enumerate(todo):
         s = run_shard(str(d), study.spec, tuple(shard), n_threads)
         summary.add(s)
-        progress.update(s["n_flows"], i + 1, len(todo))
+        progress.update(s["n_flows"], f"shards {i + 1}/{len(todo)}")
 
 
 def _worker_env(threads_per_worker):
     return {
         "NUMBA_NUM_THREADS": str(threads_per_worker),
+        "LCNFAST_NOTICES": "0",  # the client says what the workers do
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
@@ -291,7 +260,7 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
         for i, fut in enumerate(as_completed(futures), start=1):
             s = fut.result()
             summary.add(s)
-            progress.update(s["n_flows"], i, len(todo))
+            progress.update(s["n_flows"], f"shards {i}/{len(todo)}")
     finally:
         client.cancel(futures)
 
@@ -356,7 +325,7 @@ def run_study(
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
     distributed = n_modes == 1
-    with _lock(d):
+    with _lock(d), quiet():  # the runner says what it is doing itself
         if _remove_partial_files(d):
             say("removed temporary files of an interrupted run")
         done = finished_shards(d, study.spec_hash)
@@ -391,7 +360,7 @@ def run_study(
                     warm_up(study.spec, str(d), threads)
                     summary.compile_seconds = time.perf_counter() - t0
             if local:
-                bar = _Progress(n_todo, study.name, progress)
+                bar = FlowProgress(n_todo, study.name, progress)
                 _run_local(study, d, todo, threads, bar, summary)
             elif todo:
                 tpw = threads or 1
@@ -407,7 +376,7 @@ def run_study(
                     cl.run(warm_up, study.spec, str(d), tpw)
                     summary.compile_seconds += time.perf_counter() - t0
                     say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
-                    bar = _Progress(n_todo, study.name, progress)
+                    bar = FlowProgress(n_todo, study.name, progress)
                     _run_dask(study, d, todo, cl, bar, summary, tpw)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -443,18 +412,18 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     study = read_spec(d)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     counts = {}
-    with _lock(d):
+    with _lock(d), (contextlib.nullcontext() if progress else quiet()):
         _remove_partial_files(d)
         done = finished_shards(d, study.spec_hash)
         say(f"study {study.name}: analysing {len(done)} shards again -> {d}")
-        bar = _Progress(sum(s.n_flows for s in done), study.name, progress)
+        bar = FlowProgress(sum(s.n_flows for s in done), study.name, progress)
         try:
             for i, shard in enumerate(done):
                 s = reanalyse_shard(str(d), study.spec, shard_path(d, shard))
                 for code, n in s["label"].items():
                     name = _analysis.LABELS[code]
                     counts[name] = counts.get(name, 0) + n
-                bar.update(shard.n_flows, i + 1, len(done))
+                bar.update(shard.n_flows, f"shards {i + 1}/{len(done)}")
         finally:
             bar.close()
         if report:

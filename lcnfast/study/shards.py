@@ -181,12 +181,13 @@ def integrate(problem, W0, integ, n_threads):
         zero = float(problem.loss(np.zeros((1, problem.arch.n_params)))[0])
         kw["loss_levels"] = [q * zero for q in fractions]
     if integ["method"] == "euler":
-        ds = gradient_descent(problem, W0, n_threads=n_threads, **kw)
+        ds = gradient_descent(problem, W0, n_threads=n_threads, progress=False, **kw)
     else:
         save = integ["save"]
         save_t = log_save_times(save, integ["t_end"]) if isinstance(save, int) else save
         ds = gradient_flow(
-            problem, W0, method=integ["method"], save_times=save_t, n_threads=n_threads, **kw
+            problem, W0, method=integ["method"], save_times=save_t, n_threads=n_threads,
+            progress=False, **kw,
         )
     if fractions is not None:  # the same coordinate in every dataset's shards
         ds = ds.assign_coords(

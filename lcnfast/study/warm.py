@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def compiling_aside(spec, enabled=True):
         yield None
         return
     root = str(Path(__file__).resolve().parents[2])  # the lcnfast this process imported
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, LCNFAST_NOTICES="0", PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -209,34 +208,3 @@ def compiling_aside(spec, enabled=True):
             lines = err.read().decode(errors="replace").strip().splitlines()
             log.warning("compiling the integrators aside failed (exit %s: %s); compiling them "
                         "here instead", proc.returncode, lines[-1] if lines else "no message")
-
-
-class Ticker:
-    """A line that shows the elapsed time while the main thread is busy (Numba compiling)."""
-
-    def __init__(self, text, enabled):
-        self.text, self.enabled = text, enabled
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        else:
-            print(self.text + " ...", file=sys.stderr, flush=True)
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.5):
-            el = time.perf_counter() - self.t0
-            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        el = time.perf_counter() - self.t0
-        if self.enabled:
-            self._thread.join()
-            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
-        else:
-            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)

@@ -1,0 +1,230 @@
+"""Saying what a long wait is: Numba compiling lcnfast's kernels, and flows running.
+
+Private module.
+
+- :class:`Ticker`: a line on stderr for a step that keeps the caller busy, with the elapsed
+  seconds (updated in place on a terminal; elsewhere one line when it starts and one when it
+  ends), shown only once the step has lasted ``delay`` seconds.
+- Compile notices: Numba compiles a kernel on its first call with new argument types (tens
+  of seconds for an integrator on 2 cores) or loads it from its disk cache (well under a
+  second). A listener on Numba's ``numba:compile`` event, which Numba triggers for a real
+  compile only (a cache hit triggers nothing), shows a :class:`Ticker` ("lcnfast: Numba is
+  compiling kernels ...") for the outermost compile of an lcnfast function once it has lasted
+  ``COMPILE_DELAY`` seconds; :func:`compiling` does the same around the compile of a C
+  callback (lcnfast._numba_cache.cfunc: Numba triggers no event there). Any active Ticker
+  (the study runner's "compiling kernels" line, say) or :func:`quiet` block silences them,
+  and so does the environment variable ``LCNFAST_NOTICES=0`` (dask workers of a study).
+- :class:`FlowProgress`: a bar of finished flows (tqdm on a terminal; elsewhere a line every
+  ``interval`` seconds), used by the study runner (per shard) and by
+  :func:`lcnfast.gradient_flow` / :func:`lcnfast.gradient_descent` (``progress=``), which
+  poll the flows' status array from a helper thread while the kernel runs without the GIL
+  (:func:`watch_status`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+COMPILE_DELAY = 2.0  # seconds a compile lasts before its notice shows
+COMPILE_TEXT = ("lcnfast: Numba is compiling kernels (first use on this machine; cached for "
+                "later runs)")
+
+_lock = threading.RLock()
+_silence = 0  # active Tickers and quiet() blocks
+
+
+@contextlib.contextmanager
+def quiet():
+    """No compile notices within the block (the caller says what is happening itself)."""
+    global _silence
+    with _lock:
+        _silence += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _silence -= 1
+
+
+def _enabled():
+    return _silence == 0 and os.environ.get("LCNFAST_NOTICES", "1") != "0"
+
+
+class Ticker:
+    """A line on stderr while the calling thread is busy: ``text ... 12 s`` updated every half
+    second on a terminal (``live``), else ``text ...`` then ``text: done in 12.3 s``; nothing
+    at all if the block ends within ``delay`` seconds. Compile notices are silent meanwhile."""
+
+    def __init__(self, text, live, delay=0.0):
+        self.text, self.live, self.delay = text, live, delay
+        self._stop = threading.Event()
+        self._shown = False
+
+    def __enter__(self):
+        global _silence
+        with _lock:
+            _silence += 1
+        self.t0 = time.perf_counter()
+        if self.delay <= 0 and not self.live:
+            self._show()
+        else:
+            self._thread = threading.Thread(target=self._run, name="lcnfast-ticker", daemon=True)
+            self._thread.start()
+        return self
+
+    def _show(self):
+        self._shown = True
+        if not self.live:
+            print(self.text + " ...", file=sys.stderr, flush=True)
+
+    def _run(self):
+        if self._stop.wait(self.delay):
+            return
+        self._show()
+        while self.live and not self._stop.wait(0.5):
+            el = time.perf_counter() - self.t0
+            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        global _silence
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+        with _lock:
+            _silence -= 1
+        if not self._shown:
+            return
+        el = time.perf_counter() - self.t0
+        if self.live:
+            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
+        else:
+            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)
+
+
+class _CompileNotices:
+    """The outermost compile of an lcnfast function (or :func:`compiling` block) shows a
+    delayed Ticker; nested compiles only count."""
+
+    depth = 0
+    ticker = None
+
+    @classmethod
+    def start(cls, ours):
+        with _lock:
+            cls.depth += 1
+            if cls.depth == 1 and ours and _enabled():
+                cls.ticker = Ticker(COMPILE_TEXT, sys.stderr.isatty(), delay=COMPILE_DELAY)
+                ticker = cls.ticker
+            else:
+                return
+        ticker.__enter__()
+
+    @classmethod
+    def end(cls):
+        with _lock:
+            cls.depth -= 1
+            ticker = cls.ticker if cls.depth == 0 else None
+            if ticker is not None:
+                cls.ticker = None
+        if ticker is not None:
+            ticker.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def compiling():
+    """Around a compile that Numba triggers no event for (a C callback): its compile notice."""
+    _CompileNotices.start(True)
+    try:
+        yield
+    finally:
+        _CompileNotices.end()
+
+
+def install_compile_notices():
+    """Listen to Numba's ``numba:compile`` events (once per process)."""
+    from numba.core import event
+
+    if getattr(install_compile_notices, "done", False):
+        return
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            disp = (ev.data or {}).get("dispatcher")
+            module = getattr(getattr(disp, "py_func", None), "__module__", "") or ""
+            _CompileNotices.start(module.split(".")[0] == "lcnfast")
+
+        def on_end(self, ev):
+            _CompileNotices.end()
+
+    event.register("numba:compile", Listener())
+    install_compile_notices.done = True
+
+
+class FlowProgress:
+    """Finished flows out of ``total``: a tqdm bar on a terminal (shown once ``delay`` seconds
+    have passed), elsewhere a line every ``interval`` seconds and one at the end; nothing if
+    not ``enabled``."""
+
+    def __init__(self, total, desc, enabled, interval=10.0, delay=0.0):
+        from tqdm.auto import tqdm
+
+        self.total, self.done, self.interval, self.desc = total, 0, interval, desc
+        self.tty = enabled and sys.stderr.isatty()
+        self.lines = enabled and not self.tty
+        self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0.1,
+                        delay=delay, file=sys.stderr)
+        self.t0 = self.last = time.perf_counter()
+        self.postfix = ""
+
+    def update(self, n, postfix=""):
+        self.done += n
+        self.bar.update(n)
+        if postfix:
+            self.postfix = postfix
+            self.bar.set_postfix_str(postfix)
+        now = time.perf_counter()
+        if self.lines and (now - self.last >= self.interval or self.done == self.total):
+            el = now - self.t0
+            eta = el / self.done * (self.total - self.done) if self.done else math.nan
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
+                  f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+            self.last = now
+
+    def close(self):
+        self.bar.close()
+
+
+@contextlib.contextmanager
+def watch_status(status, progress, period=0.25):
+    """While the block runs (a kernel, without the GIL), a helper thread counts the flows
+    with a status (``status >= 0``: finished) every ``period`` seconds into ``progress``
+    (a :class:`FlowProgress`, or None: nothing runs)."""
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def count():
+        return int(np.count_nonzero(status >= 0))
+
+    def poll():
+        while not stop.wait(period):
+            progress.update(count() - progress.done)
+
+    thread = threading.Thread(target=poll, name="lcnfast-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        progress.update(count() - progress.done)
+        progress.close()
