@@ -6,8 +6,8 @@ Private module: every function assumes clean, validated, C-contiguous float64/in
 - :func:`data_hessian`: vectorised on the fast data path's layout (lcnfast._data_path,
   mode 2: m >= 16 samples), reached through the compiled data path (lcnfast._data_entry):
   per chunk, z by the convolution, l'' over the chunk (log-cosh: :func:`_lc_d2`, from the
-  tanh's range reduction; l_p with an integer p and pseudo-Huber vectorised too; the other
-  losses: losses.loss_d2 per element), then for each row a of the upper triangle
+  tanh's range reduction; l_p with an integer p, pseudo-Huber and generalized Huber
+  vectorised too; the other losses: losses.loss_d2 per element), then for each row a of the upper triangle
   w = l'' x_a and one correlation pass (lcnfast._taps) adding
   sum_t w_t X[t + (a..) sh] to H[a, a:]; ~1e-15 relative from one window at a time. On the
   benchmark's log-cosh case (64; 5,5,5), m = 256 it took the Hessian of a flow from ~840 to
@@ -26,7 +26,7 @@ from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._loss_rows import _hypot_parts, _lp_fast, _pow_uint
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, LOG_COSH, LP, PSEUDO_HUBER, _f2u, _tanh_consts,
+from .losses import (_BIAS, _S52, GENERALIZED_HUBER, LOG_COSH, LP, PSEUDO_HUBER, _f2u, _tanh_consts,
                      _tanh_reduced, _u2f, loss_d2)
 
 
@@ -72,6 +72,35 @@ def _pseudo_huber_d2(delta, z, y, c, n):
 
 
 @nb.njit(**_JIT_C)
+def _gen_huber_d2(alpha, beta, z, y, c, n):
+    """generalized Huber: c = l''(z - y) = alpha E (4 E + beta (1 + E^2)) / ((1 - E)^2 +
+    (2 + beta) E)^2, E = e^-a, a = alpha |z - y|, from the pieces of the l' row
+    (lcnfast._loss_rows._gen_huber_g: E = S M / P, 1 - E = F1 / P) multiplied through by
+    P^4: alpha S M P N / D^2 with D = F1^2 + (2 + beta) S M P (two non-negative terms) and
+    N = 4 S M P + beta (P^2 + S^2 M^2) where E <= 1/2, else (2 + beta)(P^2 + S^2 M^2) - 2 F1^2
+    (libm's loss_d2 splits the same way, for the same cancellations). Past a = 700 (the
+    row's clamp) 0, where libm's is below 1e-304 alpha |beta|."""
+    prefer_512()
+    cs = _tanh_consts(0.5 * alpha)
+    bound = cs[0]  # 700 / alpha
+    b2 = 2.0 + beta
+    for t in range(n):
+        d = abs(z[t] - y[t])
+        past = d > bound  # False for NaN, which stays NaN
+        d = bound if past else d
+        sh, p, q = _tanh_reduced(d, cs)  # k = round(alpha d / ln2) in the low bits of sh
+        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k
+        P = q + p
+        SM = S * (q - p)
+        F1 = q * (1.0 - S) + p * (1.0 + S)
+        D = F1 * F1 + b2 * (SM * P)
+        sq = P * P + SM * SM
+        N = b2 * sq - 2.0 * (F1 * F1) if 2.0 * SM > P else 4.0 * (SM * P) + beta * sq
+        v = alpha * (SM * P) * N / (D * D)
+        c[t] = 0.0 if past else v
+
+
+@nb.njit(**_JIT_C)
 def _scaled(c, x, w, n):
     """w = c x over n elements."""
     prefer_512()
@@ -90,6 +119,8 @@ def _hess_chunk(code, p0, p1, kv, v, H, Xv, yv, n, sh, z, c, w):
         _lp_d2(p0, z, yv, c, n)
     elif code == PSEUDO_HUBER:
         _pseudo_huber_d2(p0, z, yv, c, n)
+    elif code == GENERALIZED_HUBER:
+        _gen_huber_d2(p0, p1, z, yv, c, n)
     else:
         for t in range(n):
             c[t] = loss_d2(code, p0, p1, z[t] - yv[t])
@@ -105,8 +136,8 @@ def data_hessian(code, p0, p1, kv, dN, sv, Xt, Yt, v, H, buf):
     window) on the fast path's layout, mode 2 only: returns 1.0, or NaN with H untouched in
     the other modes (or with a ``buf`` not from lcnfast._data_path._data_buf). Vectorised like
     lcnfast._data_path.data_pass: z by the convolution, l'' over the chunk (:func:`_lc_d2`,
-    :func:`_lp_d2` for an integer p, :func:`_pseudo_huber_d2`; the other losses:
-    losses.loss_d2 per element), then for each row a of the upper triangle w = l'' x_a and
+    :func:`_lp_d2` for an integer p, :func:`_pseudo_huber_d2`, :func:`_gen_huber_d2`; the
+    other losses: losses.loss_d2 per element), then for each row a of the upper triangle w = l'' x_a and
     one correlation pass; ~1e-15 relative from one window at a time."""
     m, d0 = Xt.shape
     mode, R, L = _layout(m, d0, dN, sv)
