@@ -180,8 +180,20 @@ def _cmd_info(a):
     return 0
 
 
+_shown_warnings = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"lcnfast: warning: {message}", file=sys.stderr if file is None else file)
+    """``lcnfast: warning: <message>``, each text once per command (a study's spec is read
+    by several of its steps, each of which would say it again); on a terminal the line a
+    ticker or progress bar is drawing is cleared first (they redraw below it)."""
+    text = str(message)
+    if text in _shown_warnings:
+        return
+    _shown_warnings.add(text)
+    out = sys.stderr if file is None else file
+    clear = "\r\x1b[K" if getattr(out, "isatty", lambda: False)() else ""
+    print(f"{clear}lcnfast: warning: {text}", file=out)
 
 
 def main(argv=None):
@@ -189,6 +201,7 @@ def main(argv=None):
     a = _parser().parse_args(argv)
     # a warning is a message to the user, not a traceback line: "lcnfast: warning: ..."
     warnings.showwarning = _show_warning
+    _shown_warnings.clear()
     handler = {
         "run": _cmd_run,
         "status": _cmd_status,

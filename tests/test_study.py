@@ -511,3 +511,29 @@ def test_no_docstring_points_outside_the_repository():
     for p in [*(ROOT / "lcnfast").rglob("*.py"), *(ROOT / "studies").glob("*.py"), ROOT / "README.md"]:
         text = p.read_text()
         assert "DESIGN.md" not in text and "../shared" not in text, p
+
+
+def test_the_command_says_each_warning_once_and_clears_a_live_line(capsys):
+    """A study's spec is read by several steps of a run (validation, warm-up, shards, report),
+    each of which warns about, e.g., a non-analytic loss: the command says it once. On a
+    terminal the ticker's or bar's line is cleared first (they redraw below)."""
+    import io
+
+    from lcnfast import cli
+
+    cli._shown_warnings.clear()
+    for text in ("losses[7]: lp loss with p=3 is not analytic", "other", "other"):
+        for _ in range(2):
+            cli._show_warning(UserWarning(text), UserWarning, "spec.py", 602)
+    assert capsys.readouterr().err == (
+        "lcnfast: warning: losses[7]: lp loss with p=3 is not analytic\n"
+        "lcnfast: warning: other\n")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    cli._show_warning(UserWarning("new"), UserWarning, "f.py", 1, file=term)
+    assert term.getvalue() == "\r\x1b[Klcnfast: warning: new\n"
+    cli._shown_warnings.clear()

@@ -7,6 +7,8 @@ to the limit over time.
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -114,7 +116,8 @@ def _distance_figure(ds, figures_dir):
         diff = sub["w"].transpose("flow", "time", "param").values - sub["w_final"].values[:, None]
         saved = np.isfinite(diff).any(axis=2)
         d = np.where(saved, np.sqrt(np.nansum(diff**2, axis=2)), np.nan)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # times after every flow stopped: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             lo, med, hi = np.nanquantile(np.where(d > 0, d, np.nan), [0.1, 0.5, 0.9], axis=0)
         ok = np.isfinite(med) & (t > 0)
         color = f"C{i % 10}"
