@@ -147,3 +147,17 @@ def test_flows_progress_argument(small_problem, method, capsys, monkeypatch):
         np.testing.assert_array_equal(quiet[var].values, shown[var].values)
     with pytest.raises(TypeError, match="progress"):
         run("yes")
+
+
+def test_a_failed_compile_ends_its_notice(instant, capsys):
+    def broken(x):
+        return x + "a string"  # a typing error
+
+    broken.__module__ = "lcnfast._probe"
+    f = numba.njit(cache=False)(broken)
+    with pytest.raises(numba.core.errors.TypingError):
+        f(1.0)
+    assert "done in" in capsys.readouterr().err  # Numba ends the event on an error too
+    assert _notice._CompileNotices.depth == 0 and _notice._CompileNotices.ticker is None
+    _fresh_kernel("lcnfast._probe")(1.0)  # the next compile says so again
+    assert _notice.COMPILE_TEXT in capsys.readouterr().err
