@@ -3,8 +3,9 @@
 Private module.
 
 - :class:`Ticker`: a line on stderr for a step that keeps the caller busy, with the elapsed
-  seconds (updated in place on a terminal; elsewhere one line when it starts and one when it
-  ends), shown only once the step has lasted ``delay`` seconds.
+  seconds (updated in place on a terminal or in Jupyter, :func:`interactive`; elsewhere one
+  line when it starts and one when it ends), shown only once the step has lasted ``delay``
+  seconds.
 - Compile notices: Numba compiles a kernel on its first call with new argument types (tens
   of seconds for an integrator on 2 cores) or loads it from its disk cache (well under a
   second). A listener on Numba's ``numba:compile`` event, which Numba triggers for a real
@@ -14,8 +15,8 @@ Private module.
   callback (lcnfast._numba_cache.cfunc: Numba triggers no event there). Any active Ticker
   (the study runner's "compiling kernels" line, say) or :func:`quiet` block silences them,
   and so does the environment variable ``LCNFAST_NOTICES=0`` (dask workers of a study).
-- :class:`FlowProgress`: a bar of finished flows (tqdm on a terminal; elsewhere a line every
-  ``interval`` seconds), used by the study runner (per shard) and by
+- :class:`FlowProgress`: a bar of finished flows (tqdm on a terminal or in Jupyter; elsewhere
+  a line every ``interval`` seconds), used by the study runner (per shard) and by
   :func:`lcnfast.gradient_flow` / :func:`lcnfast.gradient_descent` (``progress=``), which
   poll the flows' status array from a helper thread while the kernel runs without the GIL
   (:func:`watch_status`).
@@ -51,6 +52,16 @@ def quiet():
     finally:
         with _lock:
             _silence -= 1
+
+
+def interactive():
+    """Whether someone watches stderr as it is written: a terminal, or the output stream of a
+    Jupyter kernel (ipykernel's OutStream, which renders carriage returns in place)."""
+    err = sys.stderr
+    isatty = getattr(err, "isatty", None)
+    if isatty is not None and isatty():
+        return True
+    return type(err).__module__.startswith("ipykernel.")
 
 
 def _enabled():
@@ -120,7 +131,7 @@ class _CompileNotices:
         with _lock:
             cls.depth += 1
             if cls.depth == 1 and ours and _enabled():
-                cls.ticker = Ticker(COMPILE_TEXT, sys.stderr.isatty(), delay=COMPILE_DELAY)
+                cls.ticker = Ticker(COMPILE_TEXT, interactive(), delay=COMPILE_DELAY)
                 ticker = cls.ticker
             else:
                 return
@@ -168,15 +179,15 @@ def install_compile_notices():
 
 
 class FlowProgress:
-    """Finished flows out of ``total``: a tqdm bar on a terminal (shown once ``delay`` seconds
-    have passed), elsewhere a line every ``interval`` seconds and one at the end; nothing if
+    """Finished flows out of ``total``: a tqdm bar on a terminal or in Jupyter (shown once
+    ``delay`` seconds have passed), elsewhere a line every ``interval`` seconds and one at the end; nothing if
     not ``enabled``."""
 
     def __init__(self, total, desc, enabled, interval=10.0, delay=0.0):
         from tqdm.auto import tqdm
 
         self.total, self.done, self.interval, self.desc = total, 0, interval, desc
-        self.tty = enabled and sys.stderr.isatty()
+        self.tty = enabled and interactive()
         self.lines = enabled and not self.tty
         self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0.1,
                         delay=delay, file=sys.stderr)

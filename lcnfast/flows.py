@@ -115,7 +115,6 @@ import numbers
 import os
 import select
 import signal
-import sys
 import threading
 import time as _time
 import warnings
@@ -129,7 +128,7 @@ from . import _euler, _rk45
 from . import _integrate as I
 from . import _rosenbrock as R
 from ._lane_width import LANES
-from ._notice import FlowProgress, watch_status
+from ._notice import FlowProgress, interactive, watch_status
 from .problem import Problem
 
 __all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "threads"]
@@ -390,10 +389,10 @@ def _sigint_sets(stop):
 
 
 def _progress_wanted(progress):
-    """Whether a run shows its bar: ``progress`` None on a terminal only, True also elsewhere
-    (a line every 10 s), False never."""
+    """Whether a run shows its bar: ``progress`` None on a terminal or in Jupyter only, True
+    also elsewhere (a line every 10 s), False never."""
     if progress is None:
-        return sys.stderr.isatty()
+        return interactive()
     if not isinstance(progress, (bool, np.bool_)):
         raise TypeError(f"progress must be True, False or None, got {progress!r}")
     return bool(progress)
@@ -516,7 +515,7 @@ def gradient_flow(
         Extra Dataset attributes (e.g. seeds); values str, number or list of numbers.
     progress : bool or None
         A bar of finished flows on stderr once the run has lasted 2 s (None: on a terminal
-        only; True: elsewhere too, as a line every 10 s; False: never).
+        or in Jupyter only; True: elsewhere too, as a line every 10 s; False: never).
 
     Returns
     -------

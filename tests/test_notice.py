@@ -161,3 +161,22 @@ def test_a_failed_compile_ends_its_notice(instant, capsys):
     assert _notice._CompileNotices.depth == 0 and _notice._CompileNotices.ticker is None
     _fresh_kernel("lcnfast._probe")(1.0)  # the next compile says so again
     assert _notice.COMPILE_TEXT in capsys.readouterr().err
+
+
+def test_interactive_means_a_terminal_or_a_jupyter_stream(monkeypatch):
+    import io
+
+    class OutStream(io.StringIO):  # what ipykernel puts in sys.stderr
+        pass
+
+    OutStream.__module__ = "ipykernel.iostream"
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, expected in ((io.StringIO(), False), (OutStream(), True), (Terminal(), True)):
+        monkeypatch.setattr("sys.stderr", stream)
+        assert _notice.interactive() is expected
+        # and so does the default of the flows' progress argument
+        assert lf.flows._progress_wanted(None) is expected

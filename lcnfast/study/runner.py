@@ -34,7 +34,7 @@ from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from .spec import load_spec, spec_diff
-from .._notice import FlowProgress, Ticker, quiet
+from .._notice import FlowProgress, Ticker, interactive, quiet
 from .warm import compile_rodas_tail, compiling_aside, warm_analysis, warm_up
 
 __all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
@@ -349,7 +349,7 @@ def run_study(
             )
             t0 = time.perf_counter()
             with _threads(threads), Ticker(
-                what, progress and sys.stderr.isatty()
+                what, progress and interactive()
             ) if progress else contextlib.nullcontext():
                 with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
                     write_datasets(study, d)
