@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import netCDF4
@@ -537,3 +538,23 @@ def test_the_command_says_each_warning_once_and_clears_a_live_line(capsys):
     cli._show_warning(UserWarning("new"), UserWarning, "f.py", 1, file=term)
     assert term.getvalue() == "\r\x1b[Klcnfast: warning: new\n"
     cli._shown_warnings.clear()
+
+
+def test_a_spec_warning_is_given_once_per_process(tmp_path):
+    """The steps of a run (validation, warm-up, shards, report) each read the spec: its
+    warnings (here a non-analytic l_p loss) come once, from the Python API as from the
+    command (which also says each warning text once: the test above)."""
+    spec = {
+        "name": "warn-once", "seed": 1, "flows_per_dataset": 1,
+        "architectures": [{"d0": 6, "k": [2, 2]}],
+        "losses": [{"name": "lp", "params": {"p": 5.5}}],
+        "data": {"m": 4, "n_datasets": 1},
+        "integrator": [{"method": "euler", "h": 1e-3, "n_steps": 2}],
+    }  # fmt: skip
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            load_spec(spec)
+    texts = [str(w.message) for w in rec if "p=5.5" in str(w.message)]
+    assert texts == ["losses[0]: lp loss with p=5.5 is not analytic (p is not an even "
+                     "integer): Theorem 3.8 does not cover it"]

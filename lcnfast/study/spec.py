@@ -158,6 +158,11 @@ def _architecture(ctx, path, a):
     return arch.to_dict()
 
 
+# the spec warnings already given in this process (catch_warnings above resets Python's own
+# once-per-location registry, so a spec read by every step of a run warned at every step)
+_WARNED = set()
+
+
 def _loss(ctx, path, x):
     if isinstance(x, str):
         x = {"name": x}
@@ -176,7 +181,10 @@ def _loss(ctx, path, x):
         key = "name" if "unknown loss" in str(e) else "params"
         raise ctx.error(f"{path}.{key}", str(e)) from None
     for w in caught:
-        warnings.warn(f"{path}: {w.message}", UserWarning, stacklevel=4)
+        text = f"{path}: {w.message}"
+        if text not in _WARNED:  # the steps of a run read the spec again: say it once
+            _WARNED.add(text)
+            warnings.warn(text, UserWarning, stacklevel=4)
     return {"name": loss.name, "params": loss.param_dict}
 
 
