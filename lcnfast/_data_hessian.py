@@ -26,8 +26,8 @@ from ._jit import JIT as _JIT
 from ._jit import JIT_C as _JIT_C
 from ._loss_rows import _hypot_parts, _lp_fast, _pow_uint
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, GENERALIZED_HUBER, LOG_COSH, LP, PSEUDO_HUBER, _f2u, _tanh_consts,
-                     _tanh_reduced, _u2f, loss_d2)
+from .losses import (GENERALIZED_HUBER, LOG_COSH, LP, PSEUDO_HUBER, _pow2_neg_k, _tanh_consts,
+                     _tanh_reduced, loss_d2)
 
 
 @nb.njit(**_JIT_C)
@@ -44,7 +44,7 @@ def _lc_d2(p0, z, y, c, n):
         d = abs(z[t] - y[t])
         d = bound if d > bound else d  # NaN stays NaN
         sh, p, q = _tanh_reduced(d, cs)
-        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k
+        S = _pow2_neg_k(sh)
         F = q * (1.0 + S) + p * (1.0 - S)
         c[t] = p0 * (4.0 * S) * ((q - p) * (q + p)) / (F * F)
 
@@ -89,7 +89,7 @@ def _gen_huber_d2(alpha, beta, z, y, c, n):
         past = d > bound  # False for NaN, which stays NaN
         d = bound if past else d
         sh, p, q = _tanh_reduced(d, cs)  # k = round(alpha d / ln2) in the low bits of sh
-        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k
+        S = _pow2_neg_k(sh)
         P = q + p
         SM = S * (q - p)
         F1 = q * (1.0 - S) + p * (1.0 + S)

@@ -43,8 +43,8 @@ import numba as nb
 
 from ._jit import JIT, JIT_C, JIT_R
 from ._simd import prefer_512
-from .losses import (_BIAS, _S52, ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER,
-                     SQUARE, _f2u, _tanh_consts, _tanh_reduced, _u2f, loss_d1, loss_value)
+from .losses import (ALPHA_MAX, ALPHA_MIN, GENERALIZED_HUBER, LP, PSEUDO_HUBER, SQUARE,
+                     _pow2_neg_k, _tanh_consts, _tanh_reduced, loss_d1, loss_value)
 
 # l_p's exponent p - 1 must have at most this many bits for _lp_row (p <= 64)
 _LP_POW_BITS = 6
@@ -175,7 +175,7 @@ def _gen_huber_g(alpha, beta, z, y, g, n):
         d = abs(r)
         d = bound if d > bound else d  # NaN stays NaN
         sh, p, q = _tanh_reduced(d, cs)  # k = round(alpha d / ln2) in the low bits of sh
-        S = _u2f((_BIAS - _f2u(sh)) << _S52)  # 2^-k
+        S = _pow2_neg_k(sh)
         f1 = q * (1.0 - S) + p * (1.0 + S)  # P - S M >= 0
         f2 = q * (1.0 + S) + p * (1.0 - S)  # P + S M
         g[t] = math.copysign(f1 * f2 / (f1 * f1 + b2 * (S * (q - p)) * (q + p)), r)

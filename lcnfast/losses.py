@@ -261,6 +261,13 @@ def _tanh_reduced(d, cs):
 
 
 @nb.njit(cache=_CACHE, inline="always", error_model="numpy")
+def _pow2_neg_k(t):
+    """2^-k, exactly, for the ``t`` of :func:`_tanh_reduced` (k in its low bits; |k| <= 1010,
+    so 2^-k is normal): the sech^2 and generalized Huber rows' scale S."""
+    return _u2f((_BIAS - _f2u(t)) << _S52)
+
+
+@nb.njit(cache=_CACHE, inline="always", error_model="numpy")
 def _tanh_nd_in_range(d, cs):
     """:func:`_tanh_nd` for |d| <= _TANH_X_MAX / alpha only (the same bits there, no clamp;
     outside, the result is undefined)."""
