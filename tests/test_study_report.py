@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,6 +195,27 @@ def test_bad_sections_file(study_dir, loaded, tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ValueError, match="defines no function sections"):
         R._custom_sections(str(bad), loaded, read_spec(study_dir), tmp_path)
+
+
+def test_load_sections_gives_the_reports_module(study_dir, loaded, tmp_path):
+    """lcnfast.study.load_sections: the module the report calls, from a Study, a spec dict or a
+    built-in name; re-read after an edit; a clear ValueError without a sections file."""
+    from lcnfast.study import load_sections
+
+    study = read_spec(study_dir)
+    mod = load_sections(study)
+    assert mod.sections(loaded, study, tmp_path)[1] == ("Second", "cells: 4")
+    src = Path(study.spec["report"]["sections"])
+    spec = _spec(src)
+    assert load_sections(spec).sections is not mod.sections  # imported afresh
+    assert callable(load_sections("rates").per_flow_fits)  # as the built-in notebooks use it
+    no_sections = dict(spec, report={"title": "t"})
+    with pytest.raises(ValueError, match="has no report.sections file"):
+        load_sections(no_sections)
+    bad = tmp_path / "nosections.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no function sections"):
+        load_sections(dict(spec, report={"sections": str(bad)}))
 
 
 def test_partial_study_says_so(study_dir, tmp_path):

@@ -3,7 +3,8 @@
 A study is a TOML spec (a grid of cells: architectures x losses x integrators x data x
 initialisations; datasets and flows per cell). :func:`run_study` runs it in resumable shards
 (here or on a dask cluster), :func:`load` reads every shard back as one xarray Dataset, and
-:func:`write_report` writes ``report.md`` with tables and figures. The ``lcnfast`` command
+:func:`write_report` writes ``report.md`` with tables and figures (and :func:`load_sections`
+imports a spec's own report sections, for notebooks). The ``lcnfast`` command
 (:mod:`lcnfast.cli`) is a thin layer over these functions.
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "load_problem",
     "read_spec",
     "write_report",
+    "load_sections",
     "builtin_specs",
     "Study",
     "RunSummary",
@@ -31,3 +33,12 @@ def write_report(study_dir):
     from .report import write_report as _write
 
     return _write(study_dir)
+
+
+def load_sections(spec):
+    """The module of a study's ``report.sections`` file (a built-in study's name, a TOML file,
+    a spec dict or a :class:`Study`), imported as the report imports it, for notebooks that
+    reuse the report's tables (see :func:`lcnfast.study.report.load_sections`)."""
+    from .report import load_sections as _load
+
+    return _load(spec)

@@ -50,7 +50,7 @@ from ..analysis import LABELS
 from ..flows import STATUS
 from . import figures as _fig
 from .load import load, read_spec
-from .spec import FACTORS
+from .spec import FACTORS, Study, load_spec
 
 __all__ = [
     "write_report",
@@ -485,10 +485,33 @@ def _figures_section(figs):
     return "\n\n".join(parts)
 
 
-def _custom_sections(path, ds, study, figdir):
-    """Import ``report.sections`` (a Python file) and return its ``sections(ds, study,
-    figures_dir)``: a list of ``(heading, markdown)`` pairs (checked). ``ds`` is the study's
-    Dataset (:func:`lcnfast.study.load`), ``study`` its :class:`lcnfast.study.Study`, ``figures_dir`` where to put figures."""
+def load_sections(spec):
+    """The Python module of a study's ``report.sections`` file, imported as the report imports
+    it: for analysis notebooks that reuse a report's tables and helpers.
+
+    Parameters
+    ----------
+    spec : str, path, dict or Study
+        A built-in study's name, a TOML file, a spec dict (as :func:`load_spec` takes) or a
+        :class:`lcnfast.study.Study`.
+
+    Returns
+    -------
+    module
+        Imported afresh on every call (an edited file is read again), under a name derived
+        from the file's path; ``sys.path`` is left alone.
+
+    Raises ``ValueError`` when the spec names no ``report.sections`` file, or when the file
+    is missing or defines no function ``sections(ds, study, figures_dir)``.
+    """
+    study = spec if isinstance(spec, Study) else load_spec(spec)
+    path = study.spec["report"]["sections"]
+    if not path:
+        raise ValueError(f"spec: study {study.name!r} has no report.sections file")
+    return _import_sections(path)
+
+
+def _import_sections(path):
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"report.sections: no such file: {p}")
@@ -496,11 +519,19 @@ def _custom_sections(path, ds, study, figdir):
     spec = importlib.util.spec_from_file_location(name, p)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    fn = getattr(module, "sections", None)
-    if not callable(fn):
+    if not callable(getattr(module, "sections", None)):
         raise ValueError(
             f"report.sections: {p} defines no function sections(ds, study, figures_dir)"
         )
+    return module
+
+
+def _custom_sections(path, ds, study, figdir):
+    """Import ``report.sections`` (a Python file) and return its ``sections(ds, study,
+    figures_dir)``: a list of ``(heading, markdown)`` pairs (checked). ``ds`` is the study's
+    Dataset (:func:`lcnfast.study.load`), ``study`` its :class:`lcnfast.study.Study`, ``figures_dir`` where to put figures."""
+    p = Path(path)
+    fn = _import_sections(p).sections
     out = list(fn(ds, study, figdir))
     for i, item in enumerate(out):
         pair = isinstance(item, tuple) and len(item) == 2

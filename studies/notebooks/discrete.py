@@ -18,7 +18,6 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -38,8 +37,7 @@ ds = study.load(out)
 # The pairing and the outcome classes are those of the report (`studies/sections/discrete.py`).
 
 # %%
-sys.path.insert(0, str(SPEC.parent / "sections"))
-import discrete as sec  # noqa: E402
+sec = study.load_sections(NAME)  # the report's own tables (studies/sections/discrete.py)
 
 pairs = sec.pair_table(ds, study.read_spec(out), out)
 print(pairs.groupby("outcome").size())

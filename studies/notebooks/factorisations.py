@@ -20,7 +20,6 @@
 # `LCNFAST_QUICK=1` uses the small `--quick` size; the study is run first if missing.
 
 # %%
-import importlib.util
 import os
 from pathlib import Path
 
@@ -36,11 +35,7 @@ DATA = Path(os.environ.get("LCNFAST_DATA", ROOT / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
 study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
 ds = study.load(out)
-spec = importlib.util.spec_from_file_location(
-    "factorisations_sections", ROOT / "studies" / "sections" / "factorisations.py"
-)
-sec = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sec)
+sec = study.load_sections(NAME)  # the report's own tables (studies/sections/factorisations.py)
 fl = sec.per_flow(ds, study.read_spec(out))
 print(len(fl), "flows;", int(fl.is_global.sum()), "at the global minimum")
 

@@ -20,7 +20,6 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -34,8 +33,7 @@ DATA = Path(os.environ.get("LCNFAST_DATA", SPEC.parents[1] / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
 study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
 ds = study.load(out)
-sys.path.insert(0, str(SPEC.parent / "sections"))
-import init_scale as sec  # noqa: E402
+sec = study.load_sections(NAME)  # the report's own tables (studies/sections/init_scale.py)
 
 # %% [markdown]
 # ## Escape time against sigma, per architecture

@@ -21,7 +21,6 @@
 # `--quick` size; the study is run first if its results are missing.
 
 # %%
-import importlib.util
 import os
 from pathlib import Path
 
@@ -37,9 +36,7 @@ DATA = Path(os.environ.get("LCNFAST_DATA", ROOT / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
 study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
 ds = study.load(out)
-spec = importlib.util.spec_from_file_location("rates_sections", ROOT / "studies" / "sections" / "rates.py")
-sec = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sec)
+sec = study.load_sections(NAME)  # the report's own tables (studies/sections/rates.py)
 print(ds.sizes["flow"], "flows")
 
 # %% [markdown]

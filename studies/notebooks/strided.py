@@ -20,7 +20,6 @@
 # run first if its results are missing.
 
 # %%
-import importlib.util
 import os
 from pathlib import Path
 
@@ -36,9 +35,7 @@ DATA = Path(os.environ.get("LCNFAST_DATA", ROOT / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
 study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
 ds = study.load(out)
-spec = importlib.util.spec_from_file_location("strided_sections", ROOT / "studies" / "sections" / "strided.py")
-sec = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sec)
+sec = study.load_sections(NAME)  # the report's own tables (studies/sections/strided.py)
 print(ds.sizes["flow"], "flows")
 
 # %% [markdown]
