@@ -353,6 +353,13 @@ def _finish_lane(out, f, Y, V, M, b, L, gn, t, status, n_acc, n_rej, evals):
         out.w_final[f, i] = Y[i, b]
     for i in range(V.shape[0]):
         out.v_final[f, i] = V[i, b]
+    finish_counts(out, f, L, gn, t, status, n_acc, n_rej, evals)
+
+
+@nb.njit(**_JIT)
+def finish_counts(out, f, L, gn, t, status, n_acc, n_rej, evals):
+    """Write flow f's final loss, gradient norm, time, status and counts (the integrators'
+    common end of a flow; its state and filter are written by the caller)."""
     out.loss_final[f] = L
     out.grad_norm_final[f] = gn
     out.t_final[f] = t

@@ -72,7 +72,7 @@ from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTO
                          MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
                          _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
                          _levels_crossed, _locate_levels, _norm2, _record, _start,
-                         _ulp_above)
+                         _ulp_above, finish_counts)
 from ._jit import JIT as _JIT
 from ._kernels import _flag, hessian_one, new_workspace
 from ._one_flow import (NONSTIFF_COUNT, NONSTIFF_HNORM, STIFF_COUNT, dp_dense_point,
@@ -359,13 +359,7 @@ def _finish(out, f, y, v, L, gn, t, status, n_acc, n_rej, evals):
         out.w_final[f, i] = y[i]
     for i in range(v.shape[0]):
         out.v_final[f, i] = v[i]
-    out.loss_final[f] = L
-    out.grad_norm_final[f] = gn
-    out.t_final[f] = t
-    out.status[f] = status
-    out.n_accepted[f] = n_acc
-    out.n_rejected[f] = n_rej
-    out.n_grad_evals[f] = evals
+    finish_counts(out, f, L, gn, t, status, n_acc, n_rej, evals)
 
 
 @nb.njit(**_JIT)
