@@ -243,9 +243,39 @@ def test_final_loss_histogram_of_flows_at_one_limit(study_dir, loaded, tmp_path)
     from lcnfast.study import figures as F
 
     ds = loaded.copy()
-    L = ds["loss_final"].values.copy()
+    L = ds["limit_loss"].values.copy()
     L[:] = 3.0 + np.arange(L.size) * 4e-16
-    ds["loss_final"] = ("flow", L)
+    ds["limit_loss"] = ("flow", L)
     study = read_spec(study_dir)
     path = F.final_loss_hist(ds, F.panel_titles(study, R.varying_factors(study)), tmp_path / "h.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_final_loss_histogram_marks_the_global_minimum_over_w(loaded):
+    """The dashed line of each dataset is the global minimum over w (loss_global_min: the
+    image minimum for a non-filling or strided architecture, above the convex minimum) where
+    the analysis decides globality, else the best value found; and the bins reach it, so
+    that limits far from it stay visible bars (the histogram drew the convex minimum as
+    "global min" for every architecture, and bins over the limits alone)."""
+    from lcnfast.study import figures as F
+
+    strided = False
+    for c in np.unique(loaded["cell"].values):
+        sub = loaded.isel(flow=np.flatnonzero(loaded["cell"].values == c))
+        for d in np.unique(sub["dataset"].values):
+            sel = sub["dataset"].values == d
+            kinds = set()
+            ref = F._reference_loss(sub, sel, kinds)
+            assert kinds == {"global"}
+            assert ref == sub["loss_global_min"].values[sel][0]
+            convex = sub["loss_convex_min"].values[sel][0]
+            strided |= ref > convex + 1e-9 * abs(convex)
+            undecided = sub.copy(deep=True)
+            undecided["is_global"].values[:] = np.nan
+            kinds = set()
+            assert F._reference_loss(undecided, sel, kinds) == np.nanmin(
+                sub["loss_best_found"].values[sel])
+            assert kinds == {"best"}
+    assert strided  # the strided cell's global minimum lies above the convex one: a real check
+    bins = F._hist_bins(np.array([87.0, 87.0, 87.0]), [35.0, np.nan])
+    assert bins[0] <= 35.0 and bins[-1] >= 87.0 and np.all(np.diff(bins) > 0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, NullFormatter
+from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, MaxNLocator, NullFormatter
 
 from .. import losses as _losses
 
@@ -212,22 +212,27 @@ def grad_norm_time(ds, titles, path, grad_tols):
 
 
 def final_loss_hist(ds, titles, path):
-    """Histogram of the final loss per cell, stacked by dataset (up to 8 datasets).
+    """Histogram of the limit loss per cell, stacked by dataset (up to 8 datasets).
 
     Limits of gradient flows take few distinct values (the global minimum and the spurious
-    critical values), so the histogram shows which limits occur and how often. Dashed lines:
-    per dataset, the global minimum where the cell decides it (``loss_convex_min``, filling
-    architecture and convex loss), else the best value found.
+    critical values), so the histogram shows which limits occur and how often. The values:
+    ``limit_loss`` (the loss at the final point summed on the data, the value the analysis
+    classifies) where the study is analysed, else ``loss_final`` (for the square loss the
+    Gram formula's value, which cancellation can put below the minimum, even below 0).
+    Dashed lines, per dataset: the global minimum over w (``loss_global_min``) where the
+    analysis decides globality (``is_global``), else the best value found. The bins span the
+    values and the dashed lines, so that limits far from the reference stay visible bars.
     """
     cells = _cells(ds)
     fig, axes = _grid(len(cells), sharex=False)
+    value_var = "limit_loss" if "limit_loss" in ds else "loss_final"
+    kinds = set()
     for ax, (c, sub) in zip(axes, cells):
-        loss = sub["loss_final"].values
+        loss = sub[value_var].values
         dset = sub["dataset"].values
         finite = np.isfinite(loss)
-        decided = "is_global" in sub and np.isfinite(sub["is_global"].values).any()
-        ref = sub["loss_convex_min" if decided else "loss_best_found"].values
         groups = np.unique(dset)
+        refs = [_reference_loss(sub, dset == d, kinds) for d in groups]
         stack = len(groups) <= 8
         if stack:
             data = [loss[finite & (dset == d)] for d in groups]
@@ -235,24 +240,50 @@ def final_loss_hist(ds, titles, path):
         else:
             data, labels = [loss[finite]], ["all datasets"]
         if finite.any():
-            # explicit bins: flows at one limit agree to rounding, a range matplotlib cannot cut
-            lo, hi = loss[finite].min(), loss[finite].max()
-            span = max(hi - lo, 1e-6 * max(abs(hi), abs(lo), 1e-300))
-            bins = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 31)
-            ax.hist(data, bins=bins, stacked=True, label=labels)
-        for i, d in enumerate(groups):
-            r = ref[dset == d]
-            if np.isfinite(r).any():
-                ax.axvline(np.nanmin(r), color=f"C{i % 10}" if stack else "k", ls="--", lw=0.8)
+            ax.hist(data, bins=_hist_bins(loss[finite], refs), stacked=True, label=labels)
+        for i, r in enumerate(refs):
+            if np.isfinite(r):
+                ax.axvline(r, color=f"C{i % 10}" if stack else "k", ls="--", lw=0.8)
         n_bad = int((~finite).sum())
         if n_bad:
             ax.text(0.98, 0.95, f"{n_bad} non-finite", transform=ax.transAxes, ha="right", va="top")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(titles[c], fontsize=8)
-        ax.set_xlabel("final loss" + (" (dashed: global min)" if decided else " (dashed: best)"))
         ax.set_ylabel("flows")
+    dashed = {frozenset({"global"}): "the global minimum over w",
+              frozenset({"best"}): "the best value found",
+              frozenset({"global", "best"}): "the global minimum over w where decided, else "
+                                            "the best value found"}.get(frozenset(kinds))
+    fig.supxlabel("loss at the limit" + (f" (dashed: {dashed})" if dashed else ""), fontsize=9)
     if len(np.unique(ds["dataset"].values)) > 1:
         axes[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def _hist_bins(values, refs):
+    """30 equal bins over the finite ``values`` and ``refs`` with 5% margins. Explicit bins:
+    flows at one limit agree to rounding, a range matplotlib's own binning cannot cut; a
+    range of at least 1e-6 of the values' magnitude."""
+    shown = np.concatenate([values, [r for r in refs if np.isfinite(r)]])
+    lo, hi = shown.min(), shown.max()
+    span = max(hi - lo, 1e-6 * max(abs(hi), abs(lo), 1e-300))
+    return np.linspace(lo - 0.05 * span, hi + 0.05 * span, 31)
+
+
+def _reference_loss(sub, sel, kinds):
+    """The dashed line of one dataset's flows ``sel`` in :func:`final_loss_hist`: the global
+    minimum over w where ``is_global`` is decided for some flow, else the best value found
+    (NaN if neither is known); adds ``"global"`` or ``"best"`` to ``kinds``."""
+    decided = "is_global" in sub and np.isfinite(sub["is_global"].values[sel]).any()
+    var = "loss_global_min" if decided else "loss_best_found"
+    if var not in sub:
+        return np.nan
+    r = sub[var].values[sel]
+    if not np.isfinite(r).any():
+        return np.nan
+    kinds.add("global" if decided else "best")
+    return float(np.nanmin(r))
 
 
 def fraction_global(table, path):
