@@ -325,6 +325,25 @@ class Loss:
     code: int
     params: tuple
 
+    def __post_init__(self):
+        # every Loss is checked, also one built directly or by dataclasses.replace: the
+        # kernels branch on the code and trust the parameters
+        code = self.code
+        if isinstance(code, bool) or not isinstance(code, numbers.Integral) or code not in _NAMES:
+            raise ValueError(f"loss code must be one of {sorted(_NAMES)}, got {code!r}: build "
+                             "losses with lcnfast.losses.square(), lp(p), pseudo_huber(delta), "
+                             "generalized_huber(alpha, beta) or log_cosh(alpha)")
+        if self.name != _NAMES[code]:
+            raise ValueError(f"loss name {self.name!r} does not match its code {code} "
+                             f"({_NAMES[code]!r})")
+        params = self.params
+        if not isinstance(params, tuple) or len(params) != 2:
+            raise ValueError(f"loss params must be a tuple (p0, p1), got {params!r}")
+        for v in params:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"loss params must be real numbers, got {params!r}")
+        _check_params(code, *params)
+
     @property
     def convex(self):
         """Whether l is convex (generalized Huber only for beta >= 0)."""
@@ -390,13 +409,40 @@ class Loss:
         return f"{self.name}({args})"
 
 
-def _positive(value, what):
+def _real(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
-    return value
+    return float(value)
+
+
+# the parameter ranges: outside them the losses' values overflow or the kernels' arithmetic
+# leaves its range (log-cosh: the vectorised tanh carries up to alpha^5 in its coefficients;
+# pseudo-Huber: r / delta; generalized Huber: log(2 + beta) / alpha)
+PARAM_MIN = ALPHA_MIN
+PARAM_MAX = ALPHA_MAX
+
+
+def _in_range(value, what):
+    if not PARAM_MIN <= value <= PARAM_MAX:  # false for NaN
+        raise ValueError(f"{what} must be between {PARAM_MIN:g} and {PARAM_MAX:g}, got {value!r}")
+
+
+def _check_params(code, p0, p1):
+    """ValueError naming the parameter unless ``(p0, p1)`` are valid for loss ``code``."""
+    if code == LP:
+        if not (math.isfinite(p0) and p0 >= 1):
+            raise ValueError(f"p must be a finite number >= 1, got {p0!r}")
+    elif code == PSEUDO_HUBER:
+        _in_range(p0, "delta")
+    elif code == GENERALIZED_HUBER:
+        _in_range(p0, "alpha")
+        if not (math.isfinite(p1) and p1 > -2.0):
+            raise ValueError(f"beta must be a finite number > -2, got {p1!r}")
+    elif code == LOG_COSH:
+        _in_range(p0, "alpha")
+    unused = {SQUARE: (p0, p1), LP: (p1,), PSEUDO_HUBER: (p1,), LOG_COSH: (p1,)}.get(code, ())
+    if any(v != 0.0 for v in unused):
+        raise ValueError(f"{_NAMES[code]} loss: unused parameters must be 0, got {(p0, p1)!r}")
 
 
 def square():
@@ -409,46 +455,36 @@ def lp(p):
 
     Theorem 3.8 covers even p only; other p give a non-analytic loss and a warning.
     """
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"p must be a real number, got {p!r}")
-    if not (math.isfinite(p) and p >= 1):
-        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
-    p = float(p)
+    loss = Loss("lp", LP, (_real(p, "p"), 0.0))
+    p = loss.params[0]
     if not (p.is_integer() and int(p) % 2 == 0):
         warnings.warn(
             f"lp loss with p={p:g} is not analytic (p is not an even integer): "
             "Theorem 3.8 does not cover it",
             stacklevel=2,
         )
-    return Loss("lp", LP, (p, 0.0))
+    return loss
 
 
 def pseudo_huber(delta):
-    """Pseudo-Huber loss ``delta * sqrt(1 + r**2 / delta**2)``, ``delta > 0``."""
-    return Loss("pseudo_huber", PSEUDO_HUBER, (_positive(delta, "delta"), 0.0))
+    """Pseudo-Huber loss ``delta * sqrt(1 + r**2 / delta**2)``,
+    ``PARAM_MIN <= delta <= PARAM_MAX`` (1e-30 and 1e30)."""
+    return Loss("pseudo_huber", PSEUDO_HUBER, (_real(delta, "delta"), 0.0))
 
 
 def generalized_huber(alpha, beta):
     """Generalized Huber loss ``log(exp(alpha r) + exp(-alpha r) + beta) / alpha``.
 
-    ``alpha > 0`` and ``beta > -2``; convex only for ``beta >= 0``.
+    ``PARAM_MIN <= alpha <= PARAM_MAX`` (1e-30 and 1e30) and ``beta > -2``; convex only for
+    ``beta >= 0``.
     """
-    alpha = _positive(alpha, "alpha")
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise TypeError(f"beta must be a real number, got {beta!r}")
-    beta = float(beta)
-    if not math.isfinite(beta) or beta <= -2.0:
-        raise ValueError(f"beta must be a finite number > -2, got {beta!r}")
-    return Loss("generalized_huber", GENERALIZED_HUBER, (alpha, beta))
+    return Loss("generalized_huber", GENERALIZED_HUBER, (_real(alpha, "alpha"), _real(beta, "beta")))
 
 
 def log_cosh(alpha):
-    """log-cosh loss ``log(cosh(alpha r)) / alpha``, ``ALPHA_MIN <= alpha <= ALPHA_MAX``
+    """log-cosh loss ``log(cosh(alpha r)) / alpha``, ``PARAM_MIN <= alpha <= PARAM_MAX``
     (1e-30 and 1e30: the data path's vectorised tanh carries up to alpha^5 in its coefficients)."""
-    alpha = _positive(alpha, "alpha")
-    if not ALPHA_MIN <= alpha <= ALPHA_MAX:
-        raise ValueError(f"alpha must be between {ALPHA_MIN:g} and {ALPHA_MAX:g}, got {alpha!r}")
-    return Loss("log_cosh", LOG_COSH, (alpha, 0.0))
+    return Loss("log_cosh", LOG_COSH, (_real(alpha, "alpha"), 0.0))
 
 
 def from_dict(d):

@@ -6,7 +6,7 @@ paper's scaling (no 1/m, no 1/2).
 from __future__ import annotations
 
 import contextlib
-
+import math
 import warnings
 
 import numba
@@ -188,10 +188,10 @@ class Problem:
             raise ValueError("X must have at least one sample (column)")
         self.arch = arch
         self.loss_fn = loss
-        self.X = _finite_matrix(X, "X", (arch.d0, m))
-        self.Y = _finite_matrix(Y, "Y", (arch.d_N, m))
-        self.X.setflags(write=False)
-        self.Y.setflags(write=False)
+        # private read-only copies: the caller's arrays stay writable, and a later change to
+        # them cannot reach this Problem (whose window Gram is computed once, below)
+        self.X = _readonly(np.array(_finite_matrix(X, "X", (arch.d0, m))))
+        self.Y = _readonly(np.array(_finite_matrix(Y, "Y", (arch.d_N, m))))
         self.m = m
         self.use_gram = bool(use_gram) and loss.code == SQUARE
         if kernel not in KERNELS:
@@ -214,10 +214,17 @@ class Problem:
         # compile once for both
         Xt = np.array(self.X.T, order="C")
         Yt = np.array(self.Y.T, order="C")
-        self.A, self.b = window_gram(arch, Xt, Yt)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            self.A, self.b = window_gram(arch, Xt, Yt)
+            self.yy = float(np.sum(Yt * Yt))
         self.A.setflags(write=False)
         self.b.setflags(write=False)
-        self.yy = float(np.sum(Yt * Yt))
+        if not (np.all(np.isfinite(self.A)) and np.all(np.isfinite(self.b))
+                and math.isfinite(self.yy)):
+            raise ValueError(
+                "X and Y are too large for float64: their window Gram A = sum x x^T, b = sum y x "
+                "or ||Y||^2 overflows (max |X| = %.3g, max |Y| = %.3g); rescale the data"
+                % (np.max(np.abs(Xt)), np.max(np.abs(Yt))))
         kv = arch.k_v
         self._model = K.Model(
             code=loss.code,
