@@ -24,7 +24,7 @@ import math
 import numba as nb
 
 from ._codegen import call_lane_kernel
-from ._integrate import DP_A, DP_B, DP_E, DP_P
+from ._integrate import DP_A, DP_B, DP_E, DP_P, _over
 from ._jit import JIT as _JIT
 from ._kernels import _fs_loss_grad_buf, backward_filter, forward_filter
 
@@ -144,7 +144,7 @@ def dp_error_norm(Kst, y, y_new, h, rtol, atol):
         for q in range(7):
             e += DP_E[q] * Kst[q, i]
         sc = atol + rtol * max(abs(y[i]), abs(y_new[i]))
-        acc += (h * e / sc) ** 2
+        acc += _over(h * e, sc) ** 2  # 0 / 0 = 0: see _integrate._over
     err = math.sqrt(acc / n)
     return err if math.isfinite(err) else math.inf
 

@@ -71,7 +71,7 @@ import numpy as np
 from ._integrate import (CONVERGED, DP_P, ERROR_EXPONENT, INTERRUPTED, MAX_FACTOR, MAX_STEPS,
                          MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
                          _atomic_load, _fetch_add, _initial_step, _l1, _levels_at_start,
-                         _levels_crossed, _locate_levels, _norm2, _record, _start,
+                         _levels_crossed, _locate_levels, _norm2, _over, _record, _start,
                          _ulp_above, finish_counts)
 from ._jit import JIT as _JIT
 from ._kernels import _flag, hessian_one, new_workspace
@@ -347,7 +347,7 @@ def error_norm(y, y_new, U, rtol, atol):
         if not math.isfinite(y_new[i]):
             return math.inf
         sc = atol + rtol * max(abs(y[i]), abs(y_new[i]))
-        acc += (U[5, i] / sc) ** 2
+        acc += _over(U[5, i], sc) ** 2  # 0 / 0 = 0: see _integrate._over
     err = math.sqrt(acc / n)
     return err if math.isfinite(err) else math.inf
 

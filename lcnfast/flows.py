@@ -176,15 +176,22 @@ def _initial_points(problem, w0):
 def _positive_float(x, name, *, allow_zero=False):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {x!r}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:  # a Python int beyond float64
+        raise ValueError(f"{name} must be finite, got an integer of {len(str(x))} digits") from None
     if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {x!r}")
     return x
 
 
+# counts (steps, saves) run in int64 inside the kernels, with room for j + 1 and products
+_COUNT_MAX = 2**62
+
+
 def _count(x, name, *, minimum):
-    """A whole number >= minimum; integral floats (1e6) are taken too."""
+    """A whole number from minimum to 2^62; integral floats (1e6) are taken too."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a whole number, got {x!r}")
     if not isinstance(x, numbers.Integral):
@@ -193,11 +200,44 @@ def _count(x, name, *, minimum):
         x = int(x)
     if x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    if x > _COUNT_MAX:
+        raise ValueError(f"{name} must be <= 2**62, got {x}")
     return int(x)
 
 
+# the attributes a run writes itself (_dataset); attrs= may not replace them: the analysis reads
+# them back (architecture, loss, method, tolerances)
+_RUN_ATTRS = frozenset({
+    "architecture", "loss", "m", "method", "t_end", "rtol", "atol", "max_steps", "grad_tol",
+    "interrupted", "h", "n_steps", "save_every", "gradient_kernel", "lcnfast_version",
+    "numba_version", "numpy_version", "threading_layer", "n_threads", "lanes", "wall_time_s",
+    "created",
+})
+
+
+def _attr_value_ok(val):
+    """A netCDF attribute value: a string, a real number (integers within int64), or a
+    non-empty 1-d sequence of real numbers."""
+    if isinstance(val, str):
+        return True
+    if isinstance(val, (bool, np.bool_)):
+        return False
+    if isinstance(val, numbers.Integral):
+        return -(2**63) <= int(val) < 2**63
+    if isinstance(val, numbers.Real):
+        return True
+    if isinstance(val, (list, tuple, np.ndarray)):
+        try:
+            arr = np.asarray(val)
+        except ValueError:  # ragged
+            return False
+        return arr.ndim == 1 and arr.size > 0 and arr.dtype.kind in "iuf"
+    return False
+
+
 def _extra_attrs(attrs):
-    """Validate user attributes before any work is done (netCDF takes str, numbers, lists)."""
+    """Validate user attributes before any work is done (netCDF takes strings, numbers and
+    1-d lists of numbers); the run's own attributes (_RUN_ATTRS) cannot be replaced."""
     if attrs is None:
         return {}
     if not isinstance(attrs, dict):
@@ -205,10 +245,12 @@ def _extra_attrs(attrs):
     for key, val in attrs.items():
         if not isinstance(key, str):
             raise TypeError(f"attrs keys must be strings, got {key!r}")
-        if isinstance(val, (bool, np.bool_)) or not isinstance(
-            val, (str, numbers.Number, list, tuple, np.ndarray)
-        ):
-            raise TypeError(f"attrs[{key!r}] must be a string, a number or a list of numbers")
+        if key in _RUN_ATTRS:
+            raise ValueError(f"attrs[{key!r}]: the run writes this attribute itself (the "
+                             "analysis reads it back); choose another name")
+        if not _attr_value_ok(val):
+            raise TypeError(f"attrs[{key!r}] must be a string, a real number or a 1-d list of "
+                            f"real numbers, got {val!r}")
     return dict(attrs)
 
 
@@ -532,6 +574,9 @@ def gradient_flow(
         )
     t_end = _t_end(t_end, grad_tol)
     rtol = _positive_float(rtol, "rtol")
+    if rtol >= 1.0:
+        raise ValueError(f"rtol must be < 1 (a relative error of 100% or more bounds nothing), "
+                         f"got {rtol!r}")
     atol = _positive_float(atol, "atol", allow_zero=True)
     if rtol < 100 * _EPS:
         warnings.warn(f"rtol={rtol:g} is below 100*eps; using 100*eps", stacklevel=2)
@@ -671,6 +716,15 @@ def gradient_descent(
     ds["h_lambda_max_final"] = ("flow", h * _lambda_max(problem, out.w_final), {
         "long_name": "h * largest eigenvalue of Hess L at w_final: gradient descent is locally "
         "stable at a minimum only if this is < 2 (at >= 2 it cannot converge there)"})
+    n_unstable = int(np.count_nonzero(ds["h_lambda_max_final"].values >= 2.0))
+    if n_unstable:
+        warnings.warn(
+            f"gradient_descent: {n_unstable} of {K} flows end where h lambda_max(Hess L) >= 2 "
+            "(ds.h_lambda_max_final): gradient descent cannot converge to a minimum there "
+            "(an oscillation, or the edge of stability); a smaller h follows the flow",
+            FlowWarning,
+            stacklevel=2,
+        )
     if loss_levels is not None:
         ds = _add_levels(ds, levels, out, "gradient descent: step * h of the first iterate "
                          "at or below the level (exact for the iteration)")
