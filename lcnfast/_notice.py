@@ -178,14 +178,26 @@ def install_compile_notices():
     install_compile_notices.done = True
 
 
+def _tqdm_class():
+    """tqdm's widget bar where Jupyter can draw it (ipywidgets installed), else its text bar,
+    which ipykernel's stream renders too: tqdm.auto without ipywidgets warns "IProgress not
+    found" on every bar."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 class FlowProgress:
     """Finished flows out of ``total``: a tqdm bar on a terminal or in Jupyter (shown once
     ``delay`` seconds have passed), elsewhere a line every ``interval`` seconds and one at the end; nothing if
     not ``enabled``."""
 
     def __init__(self, total, desc, enabled, interval=10.0, delay=0.0):
-        from tqdm.auto import tqdm
-
+        tqdm = _tqdm_class()
         self.total, self.done, self.interval, self.desc = total, 0, interval, desc
         self.tty = enabled and interactive()
         self.lines = enabled and not self.tty

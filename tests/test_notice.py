@@ -180,3 +180,18 @@ def test_interactive_means_a_terminal_or_a_jupyter_stream(monkeypatch):
         assert _notice.interactive() is expected
         # and so does the default of the flows' progress argument
         assert lf.flows._progress_wanted(None) is expected
+
+
+def test_the_bar_class_needs_ipywidgets_for_the_widget(monkeypatch):
+    """Without ipywidgets tqdm.auto warned "IProgress not found" in Jupyter on every bar: the
+    text bar then (ipykernel renders its carriage returns); with it, tqdm.auto's choice."""
+    import sys
+    import types
+
+    import tqdm.auto
+    import tqdm.std
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
+    assert _notice._tqdm_class() is tqdm.std.tqdm
+    monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
+    assert _notice._tqdm_class() is tqdm.auto.tqdm

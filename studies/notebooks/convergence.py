@@ -33,7 +33,7 @@ NAME = "convergence"
 QUICK = os.environ.get("LCNFAST_QUICK") == "1"
 DATA = Path(os.environ.get("LCNFAST_DATA", study.builtin_specs()[NAME].parents[1] / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
-study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
+study.run_study(NAME, out, quick=QUICK, report=False)  # progress of missing flows
 ds = study.load(out)
 print(ds.sizes["flow"], "flows;", "factors:", [f for f in ("architecture", "loss_fn") if f in ds.coords])
 

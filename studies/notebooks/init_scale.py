@@ -31,7 +31,7 @@ QUICK = os.environ.get("LCNFAST_QUICK") == "1"
 SPEC = study.builtin_specs()[NAME]
 DATA = Path(os.environ.get("LCNFAST_DATA", SPEC.parents[1] / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
-study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
+study.run_study(NAME, out, quick=QUICK, report=False)  # progress of missing flows
 ds = study.load(out)
 sec = study.load_sections(NAME)  # the report's own tables (studies/sections/init_scale.py)
 

@@ -34,7 +34,7 @@ QUICK = os.environ.get("LCNFAST_QUICK") == "1"
 ROOT = study.builtin_specs()[NAME].parents[1]
 DATA = Path(os.environ.get("LCNFAST_DATA", ROOT / "data"))
 out = DATA / (NAME + ("-quick" if QUICK else ""))
-study.run_study(NAME, out, quick=QUICK, report=False, progress=False)
+study.run_study(NAME, out, quick=QUICK, report=False)  # progress of missing flows
 ds = study.load(out)
 sec = study.load_sections(NAME)  # the report's own tables (studies/sections/rates.py)
 print(ds.sizes["flow"], "flows")

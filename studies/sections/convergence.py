@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import warnings
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lcnfast.flows import I  # noqa: E402
-from lcnfast.study.claims import (  # noqa: E402
-    bound_checks, check, claims_markdown, estimate_row, quantiles_row,
+from lcnfast.flows import I
+from lcnfast.study.claims import (
+    bound_checks,
+    check,
+    claims_markdown,
+    estimate_row,
+    quantiles_row,
 )  # fmt: skip
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.study.report import markdown_table
 
 #: balancedness drift allowed, in units of rtol * (1 + max ||w||^2): delta_i is quadratic in w,
 #: so a relative error rtol in w moves it by ~2 rtol ||w||^2 per unit of accumulated error;
@@ -108,7 +109,8 @@ def _distance_figure(ds, figures_dir):
     """||w(t) - w(T)|| at the saved times, median and 10-90% band per loss (log-log)."""
     path = figures_dir / "convergence_distance.png"
     t = ds["time"].values
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     for i, level in enumerate(dict.fromkeys(ds["loss_fn"].values)):
         sub = ds.isel(flow=np.flatnonzero(ds["loss_fn"].values == level))
         # parameters are the union over architectures (NaN where a flow has none); saved
@@ -127,7 +129,6 @@ def _distance_figure(ds, figures_dir):
     ax.set_title("distance to the final point (median, 10-90%), per loss")
     ax.legend(fontsize=7, ncol=2)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

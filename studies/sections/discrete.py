@@ -19,17 +19,14 @@ The study directory is the parent of ``figures_dir``; the data of each dataset i
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lcnfast.flows import I  # noqa: E402
-from lcnfast.study import load_problem  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.flows import I
+from lcnfast.study import load_problem
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table
 
 #: both limits are critical to ||grad L|| <= 1e-8; the filters then agree to ~1e-8 / lambda_min
 #: of the function-space Hessian, far inside 1e-5
@@ -169,7 +166,8 @@ def _drift_slope(pairs):
 
 def _figure(pairs, figures_dir):
     path = figures_dir / "discrete_outcomes.png"
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     for k, o in enumerate(OUTCOMES):
         sub = pairs[pairs["outcome"] == o]
         if len(sub):
@@ -180,7 +178,6 @@ def _figure(pairs, figures_dir):
            ylabel="||v_GD - v_flow|| / ||v_flow|| (clipped)")  # fmt: skip
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

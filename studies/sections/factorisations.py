@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import itertools
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 import scipy.optimize  # noqa: E402
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-from lcnfast import roots as _roots  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table, wilson  # noqa: E402
+from lcnfast import roots as _roots
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table, wilson
 
 #: factorisation claim: matched chordal distance between a layer root and a root of v* at most
 #: this. The flows stop at ||grad L|| <= 1e-10: v is within ~1e-10 / lambda_min of v*, and a
@@ -207,7 +204,8 @@ def _claims(ds, fl):
 
 def _figure(tab, figures_dir):
     path = figures_dir / "factorisations_keep.png"
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
     for i, (_, r) in enumerate(tab.iterrows()):
         if r["shuffle baseline"] == "–":
             continue
@@ -219,7 +217,6 @@ def _figure(tab, figures_dir):
                                      for _, r in tab.iterrows()], fontsize=6, rotation=45)  # fmt: skip
     ax.set(ylim=(0, 1), ylabel="fraction (o: keeps nearest, x: shuffle baseline)")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -21,17 +21,14 @@ step (no interpolation of saved points). The study directory is the parent of ``
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lcnfast import Architecture, Problem  # noqa: E402
-from lcnfast.study import load_problem  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast import Architecture, Problem
+from lcnfast.study import load_problem
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table
 
 LEVEL = 0.5
 #: the slope of t_esc against log(1/sigma) over sigma in [1e-3, 0.3] matches 1/s within this
@@ -158,7 +155,8 @@ def _limits_table(ds):
 def _figure(ds, rows, figures_dir):
     path = figures_dir / "init_scale_escape.png"
     t_esc = _escape(ds)
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     for i, arch in enumerate(dict.fromkeys(ds["architecture"].values)):
         sel = ds["architecture"].values == arch
         ax.scatter(ds["init_scale"].values[sel] * np.exp(0.1 * np.random.default_rng(i)
@@ -171,7 +169,6 @@ def _figure(ds, rows, figures_dir):
            ylabel=f"t_esc: first t with L <= {LEVEL:g} L(v=0)")  # fmt: skip
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

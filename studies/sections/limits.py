@@ -7,16 +7,13 @@ gaps of the limits.
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lcnfast.analysis import LABELS  # noqa: E402
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.analysis import LABELS
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table
 
 #: two limit values are the same critical value when they differ by at most this times the
 #: loss of the zero network (L(v=0)): flows stop at ||grad L|| <= 1e-10, which moves the loss
@@ -119,8 +116,8 @@ def _gap_figure(ds, figures_dir):
     """Histogram of log10 of the loss gap to the convex minimum per architecture."""
     path = figures_dir / "limits_gaps.png"
     archs = list(dict.fromkeys(ds["architecture"].values))
-    fig, axes = plt.subplots(1, len(archs), figsize=(3.2 * len(archs), 3.2), sharey=True,
-                             constrained_layout=True, squeeze=False)  # fmt: skip
+    fig = Figure(figsize=(3.2 * len(archs), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(archs), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], archs):
         sub = ds.isel(flow=np.flatnonzero(ds["architecture"].values == a))
         gap = sub["loss_gap"].values / sub["loss_scale"].values
@@ -129,7 +126,6 @@ def _gap_figure(ds, figures_dir):
         ax.set(title=str(a), xlabel="log10 (L - L_convex min) / L(v=0)")
     axes[0, 0].set_ylabel("flows")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

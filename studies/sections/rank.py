@@ -9,19 +9,20 @@ kernel of A, gradient norms), and a figure of ||w(t)||. The study directory is t
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lcnfast.flows import I  # noqa: E402
-from lcnfast.study import load_problem  # noqa: E402
-from lcnfast.study.claims import (  # noqa: E402
-    bound_checks, check, claims_markdown, estimate_row, quantiles_row,
+from lcnfast.flows import I
+from lcnfast.study import load_problem
+from lcnfast.study.claims import (
+    bound_checks,
+    check,
+    claims_markdown,
+    estimate_row,
+    quantiles_row,
 )  # fmt: skip
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.study.report import markdown_table
 
 #: ||w|| grew when ||w(T)|| / ||w(T/10)|| exceeds this: a converged flow's norm changes by
 #: O(distance to the limit) << 1% over its last decade of time
@@ -136,8 +137,8 @@ def _norm_figure(ds, norms, figures_dir):
     path = figures_dir / "rank_w_norm.png"
     t = ds["time"].values
     archs = list(dict.fromkeys(ds["architecture"].values))
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
+    fig = Figure(figsize=(5 * len(archs), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(archs), squeeze=False)
     for ax, a in zip(axes[0], archs):
         for i, inp in enumerate(dict.fromkeys(ds["inputs"].values)):
             for j, m in enumerate(sorted(set(ds["m"].values))):
@@ -157,7 +158,6 @@ def _norm_figure(ds, norms, figures_dir):
         ax.set(xscale="log", yscale="log", xlabel="time t", ylabel="||w(t)||", title=str(a))
         ax.legend(fontsize=6)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

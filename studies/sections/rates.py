@@ -29,16 +29,13 @@ and a bootstrap 95% interval of the median (``scipy.stats.bootstrap``).
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 import scipy.stats  # noqa: E402
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table
 
 #: saved points below MARGIN * (integration floor rtol * lambda_max * ||w||) are not used: the
 #: integrated path is the exact flow's only to ~rtol ||w||, i.e. in the gradient to
@@ -237,7 +234,8 @@ def _figure(ds, fits, figures_dir):
     path = figures_dir / "rates_tails.png"
     t = ds["time"].values
     G = ds["grad_norm"].transpose("flow", "time").values
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    a0, a1 = fig.subplots(1, 2)
     for j in np.flatnonzero((ds["label"].values == 0) & (fits["cls"] != "lp interpolation")):
         x = fits["lam_min"].values[j] * t
         a0.plot(x, G[j] / G[j, 0], lw=0.6, alpha=0.5, color="C0")
@@ -257,7 +255,6 @@ def _figure(ds, fits, figures_dir):
            title="l_p at interpolation")  # fmt: skip
     a1.legend(fontsize=8)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -17,16 +17,13 @@ values per dataset, found by single-linkage clustering of the final losses
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import scipy.cluster.hierarchy as sch
+from matplotlib.figure import Figure  # not pyplot: no backend chosen, none changed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.cluster.hierarchy as sch  # noqa: E402
-
-from lcnfast.study.claims import check, claims_markdown, estimate_row  # noqa: E402
-from lcnfast.study.report import markdown_table  # noqa: E402
+from lcnfast.study.claims import check, claims_markdown, estimate_row
+from lcnfast.study.report import markdown_table
 
 #: final losses closer than CLUSTER_RTOL * L(v = 0) are one limit value. The flows stop at
 #: ||grad L|| <= grad_tol = 1e-10; at a limit with curvature lambda_min >= 1e-6 the loss is then
@@ -133,7 +130,8 @@ def _figure(tab, figures_dir):
     """Every non-best limit value: its gap to the best (relative to L(v = 0)) and how often it
     is reached, per architecture."""
     path = figures_dir / "strided_values.png"
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     for i, (arch, sub) in enumerate(tab.groupby("architecture", sort=False)):
         g = np.concatenate([r[1:] for r in sub["gaps"]] + [[]])
         f = np.concatenate([r[1:] for r in sub["freq"]] + [[]])
@@ -142,7 +140,6 @@ def _figure(tab, figures_dir):
            ylabel="fraction of the dataset's flows", title="non-best limit values")  # fmt: skip
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
