@@ -127,9 +127,12 @@ def _cmd_status(a):
 
 
 def _cmd_report(a):
+    from ._notice import Ticker, interactive
     from .study import write_report
 
-    print(write_report(a.dir))
+    with Ticker("writing the report (tables, figures)", interactive()):
+        path = write_report(a.dir)
+    print(path)
     return 0
 
 
@@ -143,12 +146,14 @@ def _cmd_reanalyse(a):
 
 def _cmd_list(a):
     from .study import builtin_specs, load_spec
+    from .study.spec import spec_warnings_off
 
     specs = builtin_specs()
     if not specs:
         print("no built-in studies found (they live in studies/*.toml of the source tree)")
     for name, path in specs.items():
-        study = load_spec(path)
+        with spec_warnings_off():  # listed, not run
+            study = load_spec(path)
         desc = " ".join(study.spec["description"].split())
         print(f"{name:16s} {len(study.cells):4d} cells {study.n_flows:8d} flows  {desc[:70]}")
     return 0

@@ -427,7 +427,7 @@ def test_command_line_end_to_end(tmp_path):
     r = lcn("study", "run", str(spec), "--out", str(out), "--quick", "--no-report")
     assert r.returncode == 0, r.stderr
     assert "study tiny-quick: 8 cells" in r.stderr
-    assert "compiling kernels for pseudo_huber, square" in r.stderr and "flows: 24 run" in r.stderr
+    assert "preparing the kernels for pseudo_huber, square" in r.stderr and "flows: 24 run" in r.stderr
     assert "Numba is compiling" not in r.stderr  # the runner's own line says it, once
     r = lcn("study", "status", str(out))
     assert r.returncode == 0 and "flows 24/24 done" in r.stdout

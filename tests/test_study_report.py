@@ -165,7 +165,7 @@ def test_planted_prop51_violation_is_listed(study_dir, loaded):
 
 
 def test_no_violation_reported_on_clean_data(text):
-    assert "No violation: every non-global critical limit has a common root." in text
+    assert "No violation: every critical limit off the convex minimum has a common root." in text
     assert "Not applicable (a stride > 1, a non-convex loss, or no flows yet): cells 2, 3." in text
 
 
@@ -279,3 +279,11 @@ def test_final_loss_histogram_marks_the_global_minimum_over_w(loaded):
     assert strided  # the strided cell's global minimum lies above the convex one: a real check
     bins = F._hist_bins(np.array([87.0, 87.0, 87.0]), [35.0, np.nan])
     assert bins[0] <= 35.0 and bins[-1] >= 87.0 and np.all(np.diff(bins) > 0)
+
+
+def test_fraction_global_labels_cells_by_their_levels():
+    from lcnfast.study import figures as F
+
+    title = "cell 3\narchitecture=(16; 3,3; 1,1)\ntarget=v=[1, 0, -2, 0, 1]"
+    assert F._cell_label(title) == "3: (16; 3,3; 1,1), v=[1, 0, -2, 0, 1]"
+    assert F._cell_label("cell 0") == "0:"

@@ -286,8 +286,9 @@ def _reference_loss(sub, sel, kinds):
     return float(np.nanmin(r))
 
 
-def fraction_global(table, path):
-    """Fraction of flows at the global minimum per cell, with Wilson 95% intervals.
+def fraction_global(table, path, titles=None):
+    """Fraction of flows at the global minimum per cell, with Wilson 95% intervals; each cell
+    labelled by its factor levels (``titles``: :func:`panel_titles`), else by number.
 
     ``table`` is :func:`lcnfast.study.report.cell_summary`. Filled circles: ``is_global``
     (filling architecture, convex loss: the analysis decides globality); open squares:
@@ -296,7 +297,9 @@ def fraction_global(table, path):
     quickstart study, answered in one picture.
     """
     rows = table[table["n_flows"] > 0]
-    fig = Figure(figsize=(max(4.0, 0.6 * len(rows) + 2.0), 3.6), layout="constrained")
+    labels = [_cell_label(titles[c]) if titles else f"cell {c}" for c in rows.index]
+    height = 2.6 + 0.045 * max(map(len, labels), default=0)  # room for the slanted labels
+    fig = Figure(figsize=(max(4.0, 0.6 * len(rows) + 2.0), height), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
     for ref, marker, face in (("global", "o", None), ("best found", "s", "none")):
@@ -309,11 +312,19 @@ def fraction_global(table, path):
             x[sel], r["frac_ref"], yerr=err, fmt=marker, mfc=face, capsize=3,
             label="global (is_global)" if ref == "global" else "at best found (reached_best)",
         )  # fmt: skip
-    ax.set_xticks(x, [f"cell {c}" for c in rows.index], rotation=45, ha="right")
+    ax.set_xticks(x, labels, rotation=40, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("fraction of flows (Wilson 95%)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _cell_label(title):
+    """A one-line tick label from a :func:`panel_titles` title: ``"3: (16; 3,3; 1,1), teacher"``
+    (the cell number, then the levels of the varying factors, without the factor names)."""
+    head, *levels = title.split("\n")
+    return ", ".join([head.removeprefix("cell ") + ":", *(lv.split("=", 1)[-1] for lv in levels)]
+                     ).replace(":,", ":")
 
 
 #: the losses of the paper's Figure 1 (section 3.3): label -> (name, parameters)

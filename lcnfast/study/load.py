@@ -13,7 +13,7 @@ from ..io import open_dataset
 from ..problem import Problem
 from .runner import SPEC_FILE
 from .shards import finished_shards, read_dataset
-from .spec import COORDS, FACTORS, load_spec
+from .spec import COORDS, FACTORS, load_spec, spec_warnings_off
 
 __all__ = ["load", "load_problem", "read_spec"]
 
@@ -27,7 +27,8 @@ def read_spec(study_dir):
     if not p.is_file():
         raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
     rec = json.loads(p.read_text())
-    study = load_spec(rec["spec"])
+    with spec_warnings_off():  # warned about when it was run
+        study = load_spec(rec["spec"])
     if study.spec_hash != rec["spec_hash"]:
         raise ValueError(f"study_dir: {p} does not match its hash (edited by hand?)")
     return study

@@ -50,7 +50,7 @@ from ..analysis import LABELS
 from ..flows import STATUS
 from . import figures as _fig
 from .load import load, read_spec
-from .spec import FACTORS, Study, load_spec
+from .spec import FACTORS, Study, load_spec, spec_warnings_off
 
 __all__ = [
     "write_report",
@@ -367,17 +367,21 @@ def _limits_section(table, varying):
 
 def _prop51_section(table, ds, varying):
     parts = [
-        "## Prop. 5.1: non-global critical limits have common roots",
+        "## Prop. 5.1: critical limits off the convex minimum have common roots",
         "For stride 1 and a convex loss, a critical point whose layer polynomials have no "
-        "common root is a global minimum. So every critical limit not at the convex "
-        "minimum must have a common root (`has_common_root`); a rank-deficient Jacobian of pi "
-        "(`jac_deficient`) is the second, independent test.",
+        "common root is a critical point of the convex function-space loss, so its filter is "
+        "the convex minimum. So every critical limit not at the convex minimum must have a "
+        "common root (`has_common_root`); a rank-deficient Jacobian of pi (`jac_deficient`) "
+        "is the second, independent test. *Off the convex minimum* is not *non-global*: for "
+        "a non-filling architecture the convex minimum can lie outside the image of pi, and "
+        "then even the limits at the global minimum over w (counted global in the table "
+        "above) are off it, and must have a common root.",
     ]
     app = table[table["prop51"].eq(True)] if "prop51" in table else table.iloc[:0]
     rest = [c for c in table.index if c not in app.index]
     if len(app):
         cols = {
-            "non-global critical": lambda r: r["n_nonglobal_critical"],
+            "critical, off the convex min": lambda r: r["n_nonglobal_critical"],
             "with common root": lambda r: r["n_common_root"],
             "Jacobian deficient": lambda r: r["n_jac_deficient"],
             "violations": lambda r: r["n_prop51_violations"],
@@ -385,9 +389,10 @@ def _prop51_section(table, ds, varying):
         parts.append(markdown_table(_cell_frame(app, varying, cols)))
         bad = prop51_violations(ds)
         parts.append(
-            "No violation: every non-global critical limit has a common root." if bad.empty else
-            f"**{len(bad)} violation(s)** (non-global critical limits without a detected common "
-            "root):\n\n" + markdown_table(bad)
+            "No violation: every critical limit off the convex minimum has a common root."
+            if bad.empty else
+            f"**{len(bad)} violation(s)** (critical limits off the convex minimum without a "
+            "detected common root):\n\n" + markdown_table(bad)
         )  # fmt: skip
     if rest:
         parts.append(
@@ -466,9 +471,9 @@ def _figures(ds, study, table, figdir):
          "Gradient norm against time per cell (log-log): the decay rate; dashed: the "
          "integrator's grad_tol."),
         (_fig.final_loss_hist(ds, titles, figdir / "final_loss_hist.png"),
-         "Final losses per cell, stacked by dataset; dashed: the global minimum (where "
-         "decided) or the best value found."),
-        (_fig.fraction_global(table, figdir / "fraction_global.png"),
+         "Losses at the limits per cell (limit_loss), stacked by dataset; dashed: the global "
+         "minimum over w (where decided) or the best value found."),
+        (_fig.fraction_global(table, figdir / "fraction_global.png", titles),
          "Fraction of flows at the global minimum (filled) or at the best value found (open) "
          "per cell, with Wilson 95% intervals."),
         (_fig.paper_figure1(figdir / "losses.png"),
@@ -504,7 +509,10 @@ def load_sections(spec):
     Raises ``ValueError`` when the spec names no ``report.sections`` file, or when the file
     is missing or defines no function ``sections(ds, study, figures_dir)``.
     """
-    study = spec if isinstance(spec, Study) else load_spec(spec)
+    if not isinstance(spec, Study):
+        with spec_warnings_off():  # read for its sections file, not run
+            spec = load_spec(spec)
+    study = spec
     path = study.spec["report"]["sections"]
     if not path:
         raise ValueError(f"spec: study {study.name!r} has no report.sections file")

@@ -55,6 +55,7 @@ class RunSummary:
     compile_seconds: float = 0.0
     flow_seconds: float = 0.0
     classify_seconds: float = 0.0
+    report_seconds: float = 0.0
     n_grad_evals: int = 0
     status_counts: dict = field(default_factory=dict)
     label_counts: dict = field(default_factory=dict)
@@ -84,9 +85,9 @@ class RunSummary:
             f"study directory: {self.study_dir}",
             f"flows: {self.n_flows_run} run in {self.n_shards_run} shards, "
             f"{self.n_shards_skipped} shards already done; {self.n_flows_total} in the study",
-            f"wall time {self.wall_seconds:.1f} s (kernels {self.compile_seconds:.1f} s, "
-            f"flows {self.flow_seconds:.1f} s, classification {self.classify_seconds:.1f} s, "
-            "summed over workers)",
+            f"wall time {self.wall_seconds:.1f} s (kernels {self.compile_seconds:.1f} s; "
+            f"flows {self.flow_seconds:.1f} s and classification {self.classify_seconds:.1f} s, "
+            f"summed over workers; report {self.report_seconds:.1f} s)",
         ]
         if self.n_flows_run:
             rate = self.n_grad_evals / max(self.flow_seconds, 1e-9)
@@ -95,7 +96,8 @@ class RunSummary:
             lb = ", ".join(
                 f"{_analysis.LABELS[c]} {n}" for c, n in sorted(self.label_counts.items())
             )
-            out += [f"status: {st}", f"limit points: {lb}"]
+            now = " (of the flows run now)" if self.n_shards_skipped else ""
+            out += [f"status{now}: {st}", f"limit points{now}: {lb}"]
         if self.interrupted:
             out.append("interrupted: the shards written are kept; run the same command to resume")
         if self.report is not None:
@@ -344,8 +346,8 @@ def run_study(
             # and they load the kernels (each worker compiling for itself would share the cores)
             here = bool(todo) and (local or workers is not None)
             what = (
-                f"compiling kernels for {_loss_names(study)} (the first run compiles for about "
-                "half a minute, later runs load them in seconds)" if here else "writing the data"
+                f"preparing the kernels for {_loss_names(study)} (compiled on the first run, "
+                "30-60 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
             )
             t0 = time.perf_counter()
             with _threads(threads), Ticker(
@@ -384,12 +386,15 @@ def run_study(
             if bar is not None:
                 bar.close()
         _remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
-        summary.wall_seconds = time.perf_counter() - t_start
         if report and not summary.interrupted:
             from .report import write_report
 
-            say("writing the report ...")
-            summary.report = write_report(d)
+            t0 = time.perf_counter()
+            with Ticker("writing the report (tables, figures)", progress and interactive()) \
+                    if progress else contextlib.nullcontext():
+                summary.report = write_report(d)
+            summary.report_seconds = time.perf_counter() - t0
+        summary.wall_seconds = time.perf_counter() - t_start
     if progress:
         for line in summary.lines():
             print(line, file=sys.stderr)
@@ -429,5 +434,8 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
         if report:
             from .report import write_report
 
-            say(f"report: {write_report(d)}")
+            with Ticker("writing the report (tables, figures)", progress and interactive()) \
+                    if progress else contextlib.nullcontext():
+                path = write_report(d)
+            say(f"report: {path}")
     return counts

@@ -15,6 +15,7 @@ can be found, the line of the TOML file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -161,6 +162,19 @@ def _architecture(ctx, path, a):
 # the spec warnings already given in this process (catch_warnings above resets Python's own
 # once-per-location registry, so a spec read by every step of a run warned at every step)
 _WARNED = set()
+# > 0 inside spec_warnings_off()
+_QUIET = [0]
+
+
+@contextlib.contextmanager
+def spec_warnings_off():
+    """Read specs without their warnings (an lp loss outside Theorem 3.8...): for a spec read
+    back from a study directory (warned about when it was run) or listed, not run."""
+    _QUIET[0] += 1
+    try:
+        yield
+    finally:
+        _QUIET[0] -= 1
 
 
 def _loss(ctx, path, x):
@@ -182,7 +196,7 @@ def _loss(ctx, path, x):
         raise ctx.error(f"{path}.{key}", str(e)) from None
     for w in caught:
         text = f"{path}: {w.message}"
-        if text not in _WARNED:  # the steps of a run read the spec again: say it once
+        if text not in _WARNED and not _QUIET[0]:  # each step of a run reads it: say it once
             _WARNED.add(text)
             warnings.warn(text, UserWarning, stacklevel=4)
     return {"name": loss.name, "params": loss.param_dict}
