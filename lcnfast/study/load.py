@@ -42,8 +42,9 @@ def load(study_dir, *, cells=None):
     ``init_scale``, ``init_distribution``: short labels, as in the report; ``loss`` is the saved
     loss values), ``dataset`` and ``replicate`` (the flow's number within its dataset). So
     ``ds.sel(loss_fn="square")`` selects
-    a factor level, ``ds.groupby("cell")`` iterates over cells and ``ds.unstack("flow")`` gives
-    the full grid. Variables: the flow schema of :mod:`lcnfast.flows`, the analysis of
+    a factor level, ``ds.groupby("cell")`` iterates over cells and
+    ``ds.reset_index("cell", drop=True).unstack("flow")`` gives the full grid (the ``cell``
+    level would be a dimension of its own, mostly NaN). Variables: the flow schema of :mod:`lcnfast.flows`, the analysis of
     :func:`lcnfast.analysis.classify` (``loss_best_found`` and ``reached_best`` are recomputed
     per cell and dataset over all its shards), ``lemma36_bound``, ``gram_bound``,
     ``xxt_full_rank``, ``gram_pd``, ``gram_min_eig``. Architecture-dependent dimensions
