@@ -1,0 +1,165 @@
+"""Edge cases of lcnfast.roots: wide coefficient ranges, huge and tiny chordal arguments, argument
+validation.
+
+References are mpmath (exact rational inputs evaluated at 60 digits) and numpy.roots; the
+claims and their tolerances are stated with each test.
+"""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+import scipy.optimize
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from lcnfast import roots
+
+EPS = np.finfo(float).eps
+
+
+# ----------------------------------------------------------------------------- mpmath helpers
+def _mp_chordal(a, b):
+    """Exact-input chordal distance at the working precision (mpmath.inf is infinity)."""
+    if mpmath.isinf(a) or mpmath.isinf(b):
+        if mpmath.isinf(a) and mpmath.isinf(b):
+            return mpmath.mpf(0)
+        z = b if mpmath.isinf(a) else a
+        return 1 / mpmath.sqrt(1 + abs(z) ** 2)
+    return abs(a - b) / (mpmath.sqrt(1 + abs(a) ** 2) * mpmath.sqrt(1 + abs(b) ** 2))
+
+
+def _chart(c, z):
+    """(coefficients ascending, u) with |u| <= 1 and P(u) = 0 exactly when z is a root of c:
+    c and u = z, or the reversed c and u = 1/z (z = inf gives u = 0)."""
+    if mpmath.isinf(z):
+        return c[::-1], mpmath.mpc(0)
+    if abs(z) <= 1:
+        return c, mpmath.mpc(z)
+    return c[::-1], 1 / mpmath.mpc(z)
+
+
+def _eta(c, z):
+    """Normwise backward error |p(z)| / (||c||_2 ||(1, z, .., z^n)||_2) of z (also z = inf)."""
+    cc, u = _chart(c, z)
+    v = mpmath.sqrt(mpmath.fsum(abs(u) ** (2 * j) for j in range(len(c))))
+    return abs(mpmath.polyval(cc[::-1], u)) / (mpmath.norm(c) * v)
+
+
+def _kappa(c, z):
+    """Chordal condition number of the root z of c: chi(z, z') <~ kappa ||dc|| / ||c|| for the
+    root z' of c + dc, to first order (inf when z is multiple)."""
+    cc, u = _chart(c, z)
+    dp = mpmath.polyval([j * cc[j] for j in range(len(cc) - 1, 0, -1)], u)
+    v = mpmath.sqrt(mpmath.fsum(abs(u) ** (2 * j) for j in range(len(c))))
+    return mpmath.inf if dp == 0 else mpmath.norm(c) * v / (abs(dp) * (1 + abs(u) ** 2))
+
+
+def _exact_roots(c):
+    """All n roots on the sphere of the polynomial with the exact float coefficients c: the
+    eigenvalues of the monic companion matrix at a precision of 60 digits beyond the spread of
+    the coefficients (mpmath's QR is backward stable relative to the companion's norm, at most
+    that spread), exact zeros and infinities from zero end coefficients."""
+    n = len(c) - 1
+    nz = [j for j, x in enumerate(c) if x != 0]
+    lo, hi = nz[0], nz[-1]
+    core = []
+    if hi > lo:
+        spread = np.log10(max(abs(x) for x in c)) - np.log10(min(abs(c[lo]), abs(c[hi])))
+        with mpmath.workdps(60 + int(np.ceil(spread))):
+            a = [mpmath.mpf(float(c[j])) / mpmath.mpf(float(c[hi])) for j in range(lo, hi)]
+            m = hi - lo
+            A = mpmath.zeros(m, m)
+            for i in range(m):
+                A[i, m - 1] = -a[i]
+                if i:
+                    A[i, i - 1] = 1
+            # (mpmath.eig returns the eigenvectors of a 1 x 1 matrix even when not asked)
+            core = [-a[0]] if m == 1 else mpmath.eig(A, left=False, right=False)
+            core = [mpmath.mpc(z) for z in core]
+    return [mpmath.mpc(0)] * lo + core + [mpmath.inf] * (n - hi)
+
+
+# ----------------------------------------------------------------------------- poly_roots
+@pytest.mark.parametrize(
+    "coeffs, lead_tol, want",
+    [
+        ([1.0, 1.0, 1e-15], roots.DEFAULT_LEAD_TOL, -1.0),  # was -1.125
+        ([2.0, 3.0, 1e-14], roots.DEFAULT_LEAD_TOL, -2.0 / 3.0),  # was -0.625
+        ([1.0, 1.0, 1e-20], 0.0, -1.0),  # was 0.0
+        ([1.0, 1.0, 1e-320], 0.0, -1.0),  # monic coefficients overflow (was LinAlgError)
+        ([1e-15, 1.0, 1e-15], roots.DEFAULT_LEAD_TOL, -1e-15),  # was -0.125
+    ],
+)
+def test_small_root_next_to_a_huge_one(coeffs, lead_tol, want):
+    """The small root is accurate to 4 ulps of the exact one (its condition number is about 1)
+    although a leading coefficient far below the largest puts the other root near infinity."""
+    z = roots.poly_roots(coeffs, lead_tol=lead_tol)
+    small = z[np.argmin(np.abs(z))]
+    with mpmath.workdps(60):
+        exact = min(_exact_roots(coeffs), key=abs)
+        assert abs(exact - want) <= 1e-14 * abs(want)  # want: the root rounded to 14 digits
+        assert abs(small - exact) <= 4 * EPS * abs(exact)
+    assert abs(z[np.argmax(np.abs(z))]) >= 1e14
+
+
+def _coefficient(draw):
+    if draw(st.integers(0, 9)) == 0:
+        return 0.0
+    m = draw(st.floats(0.1, 10.0)) * draw(st.sampled_from([-1.0, 1.0]))
+    return m * 10.0 ** draw(st.integers(-20, 20))
+
+
+@st.composite
+def wide_polynomials(draw):
+    """Degree 1..6, coefficients of random sign and magnitude 1e-21..1e21 (some exactly 0)."""
+    n = draw(st.integers(1, 6))
+    c = np.array([_coefficient(draw) for _ in range(n + 1)])
+    assume(np.any(c != 0))
+    return c
+
+
+@given(wide_polynomials(), st.sampled_from([0.0, roots.DEFAULT_LEAD_TOL]))
+def test_roots_are_backward_stable_and_accurate_to_their_conditioning(c, lead_tol):
+    """Claims, with n the formal degree:
+
+    1. every computed root (infinity included) is an exact root of a polynomial within
+       normwise relative distance 18 (n + 1) eps of c with the coefficients above the effective
+       degree (those at most lead_tol max|c|) set to zero: poly_roots recomputes rows beyond
+       16 (n + 1) eps, measured by Horner to within 2 n eps;
+    2. hence, to first order, the computed roots matched to the exact ones (mpmath) lie within
+       chordal distance beta kappa of them, beta = 18 (n + 1) eps + sqrt(n) lead_tol (the dropped
+       coefficients), kappa the chordal condition number of the exact root. A factor 2 covers
+       the second-order terms; near-multiple roots have kappa large and multiple ones infinite.
+    """
+    n = c.size - 1
+    z = roots.poly_roots(c, lead_tol=lead_tol)
+    assert z.shape == (n,) and not np.isnan(z).any()
+    with mpmath.workdps(60):
+        scale = np.max(np.abs(c))
+        deg = max(j for j in range(n + 1) if abs(c[j]) > lead_tol * scale)
+        eff = [mpmath.mpf(float(x)) if j <= deg else mpmath.mpf(0) for j, x in enumerate(c)]
+        got = [mpmath.inf if np.isinf(x.real) else mpmath.mpc(x) for x in z]
+        for x in got:
+            assert _eta(eff, x) <= 18 * (n + 1) * EPS, (c, z)
+        exact = _exact_roots(c)
+        cm = [mpmath.mpf(float(x)) for x in c]
+        beta = 18 * (n + 1) * EPS + np.sqrt(n) * lead_tol
+        D = np.array([[float(_mp_chordal(g, e)) for e in exact] for g in got])
+        rows, cols = scipy.optimize.linear_sum_assignment(D)
+        for i, j in zip(rows, cols):
+            bound = 2 * beta * _kappa(cm, exact[j])
+            assert D[i, j] <= bound, (c, z, exact[j], D[i, j], bound)
+
+
+@given(st.integers(1, 8), st.integers(0, 2**32 - 1))
+def test_numpy_roots_agree_on_gaussian_coefficients(n, seed):
+    """Ordinary inputs: the same roots as numpy.roots (which builds the same companion matrix)
+    to 1e-9 relative; random Gaussian coefficients have condition numbers far below 1e6."""
+    c = np.random.default_rng(seed).standard_normal(n + 1)
+    z = roots.poly_roots(c)
+    ref = np.roots(c[::-1])
+    D = np.abs(z[:, None] - ref[None, :]) / np.maximum(1.0, np.abs(ref[None, :]))
+    rows, cols = scipy.optimize.linear_sum_assignment(D)
+    assert D[rows, cols].max() <= 1e-9
