@@ -38,11 +38,11 @@ Numerical conventions (one tolerance, ``tol``, a chordal distance):
 Everything is vectorised over a batch of K parameter vectors; companion matrices of equal
 effective degree are solved together with :func:`numpy.linalg.eigvals` (LAPACK geev, which
 balances), as :func:`numpy.roots` does one at a time. That is backward stable only relative to
-``||c|| / |c_lead|``, so a polynomial whose roots' normwise backward error exceeds
-``16 (degree + 1) eps`` (a leading coefficient far below the largest, e.g. ``1 + x + 1e-15 x^2``,
-whose root -1 came out as -1.125) is solved again as a companion pencil by QZ, which is
-backward stable relative to ``||c||``: every root is then accurate in the chordal metric to
-about ``16 (degree + 1) eps`` times its chordal condition number, roots near infinity included.
+``||c|| / |c_lead|``, so polynomials whose leading coefficient is below 1/16 of the largest
+(e.g. ``1 + x + 1e-15 x^2``, whose root -1 came out as -1.125) are solved as a companion pencil
+by QZ instead, backward stable relative to ``||c||``: every root is accurate in the chordal
+metric to a few ``(degree + 1) eps`` times its chordal condition number, roots near infinity
+included.
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def poly_roots(coeffs, *, lead_tol=DEFAULT_LEAD_TOL):
     -------
     ndarray complex (n,) or (K, n)
         The ``n`` roots with multiplicity, sorted by (real, imag), roots at infinity
-        (``inf + 0j``) last. All-zero polynomials give NaN (every x is a root). Each root is an
-        exact root of a polynomial within normwise relative distance about ``16 (n + 1) eps``
-        of ``c`` with the dropped leading coefficients set to 0, so a root may also come out as
+        (``inf + 0j``) last. All-zero polynomials give NaN (every x is a root). The roots are
+        those of a polynomial within normwise relative distance of a few ``(n + 1) eps`` of
+        ``c`` with the dropped leading coefficients set to 0, so a root may also come out as
         ``inf`` with ``lead_tol = 0`` when the leading coefficient is below rounding level.
     """
     c, single = _as_batch(coeffs, "coeffs")
@@ -127,56 +127,33 @@ def poly_roots(coeffs, *, lead_tol=DEFAULT_LEAD_TOL):
 def _core_roots(c):
     """Roots of ``c[:, 0] + c[:, 1] x + ... + c[:, n] x^n`` with nonzero ``c[:, 0]``, ``c[:, n]``.
 
-    ``c`` (K, n + 1) with n >= 1 gives (K, n) complex, unsorted; each root is accurate in the
-    chordal metric to about ``_BACKWARD_TOL (n + 1) eps`` times its condition number (see
-    :func:`_backward_error`). The eigenvalues of the companion matrix of the monic polynomial
-    (batched, as :func:`numpy.roots`) are only backward stable relative to ``||c|| / |c_n|``:
-    a leading coefficient 1e-15 of the largest moves the root -1 of ``1 + x + 1e-15 x^2`` to
-    -1.125. Rows with a root whose backward error exceeds the bound, or whose monic coefficients
-    overflow, are solved again as a companion pencil (:func:`_pencil_roots`).
+    ``c`` (K, n + 1) with n >= 1 gives (K, n) complex, unsorted, each root accurate in the
+    chordal metric to a few ``(n + 1) eps`` times its chordal condition number (measured: 3.6).
+    The eigenvalues of the balanced companion matrix of the monic polynomial (batched, as
+    :func:`numpy.roots`) are that accurate only while ``rho = max|c| / |c_n|`` is small; their
+    error grows about like ``rho`` (1 + x + 1e-15 x^2 gave -1.125 for the root -1),
+    so rows with ``rho > _COMPANION_RHO`` are solved as a companion pencil
+    (:func:`_pencil_roots`), whose accuracy does not depend on ``rho``.
     """
     n = c.shape[1] - 1
-    with np.errstate(over="ignore"):
-        a = c[:, :-1] / c[:, -1:]  # monic, ascending, (K, n)
-    redo = ~np.all(np.isfinite(a), axis=1)
     z = np.empty((c.shape[0], n), dtype=np.complex128)
-    if not redo.all():
-        comp = np.zeros((np.count_nonzero(~redo), n, n))
+    tame = _COMPANION_RHO * np.abs(c[:, -1]) >= np.max(np.abs(c), axis=1)
+    if tame.any():
+        a = c[tame, :-1] / c[tame, -1:]  # monic, ascending, (K_tame, n)
+        comp = np.zeros((a.shape[0], n, n))
         comp[:, np.arange(1, n), np.arange(n - 1)] = 1.0
-        comp[:, :, -1] = -a[~redo]
-        z[~redo] = np.linalg.eigvals(comp)
-        eta = _backward_error(c[~redo], z[~redo]).max(axis=1)
-        redo[~redo] = ~(eta <= _BACKWARD_TOL * (n + 1) * np.finfo(float).eps)  # NaN: redo
-    for k in np.flatnonzero(redo):
+        comp[:, :, -1] = -a
+        z[tame] = np.linalg.eigvals(comp)
+    for k in np.flatnonzero(~tame):
         z[k] = _pencil_roots(c[k])
     return z
 
 
-#: a root whose normwise backward error exceeds this times (degree + 1) eps is recomputed; the
-#: balanced companion matrix stays below 9 (n + 1) eps on Gaussian coefficients, the pencil
-#: below 2 (n + 1) eps on coefficients spread over 1e-25..1e25 (degrees 1 to 9)
-_BACKWARD_TOL = 16
-
-
-def _backward_error(c, z):
-    """Normwise backward error ``|p(z)| / (||c||_2 ||(1, z, ..., z^n)||_2)`` of roots ``z``.
-
-    ``c`` (K, n + 1) real, ``z`` (K, m) complex -> (K, m): the smallest ``||dc|| / ||c||``
-    with ``z`` a root of ``c + dc``; evaluated in ``u = 1/z`` on the reversed coefficients where
-    ``|z| > 1`` (the same quotient, without overflow), to within about ``2 n eps`` (Horner).
-    """
-    n = c.shape[1] - 1
-    outside = np.abs(z) > 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.where(outside, 1.0 / z, z)
-    scale = np.max(np.abs(c), axis=1, keepdims=True)
-    cs = (c / scale)[:, None, :]  # (K, 1, n + 1)
-    acc = np.zeros_like(u)
-    for j in range(n + 1):  # Horner from the highest power of u
-        acc = acc * u + np.where(outside, cs[:, :, j], cs[:, :, n - j])
-    au2 = np.abs(u) ** 2
-    vnorm = np.sqrt(sum(au2**j for j in range(n + 1)))
-    return np.abs(acc) / (np.linalg.norm(cs, axis=2) * vnorm)
+#: the largest ``max|c| / |c_lead|`` solved by the companion matrix: its chordal error over
+#: (n + 1) eps times the condition number grew like ``max(3, rho / 3)`` (3.6 up to 16, 5.8 at
+#: 16..32, 683 at 2048..4096), the pencil's stayed below 2.2 (mpmath roots of 7000 polynomials of
+#: degree 1 to 6, coefficients spread over 1e-20..1e20)
+_COMPANION_RHO = 16
 
 
 def _pencil_roots(c):
@@ -184,7 +161,8 @@ def _pencil_roots(c):
     ``A - x B`` (A the companion matrix with the unnormalised ``c``, ``B = diag(1, ..., 1, c_n)``;
     ``det(x B - A) = p(x)``) by QZ (LAPACK ggev), with ``c`` scaled to ``max|c| = 1``: backward
     stable relative to ``||c||`` (Van Dooren and Dewilde 1983), so no division by ``c_n``.
-    Infinite eigenvalues (``beta = 0``) give ``inf + 0j``. Returns (n,) complex."""
+    Infinite eigenvalues (``beta = 0``) give ``inf + 0j``. Returns (n,) complex, complex roots
+    in exactly conjugate consecutive pairs."""
     import scipy.linalg
 
     n = c.size - 1
@@ -196,8 +174,12 @@ def _pencil_roots(c):
     B[-1, -1] = c[-1]
     alpha, beta = scipy.linalg.eigvals(A, B, homogeneous_eigvals=True, check_finite=False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        z = alpha / beta
-    return np.where(beta == 0, np.inf + 0j, z)
+        z = np.where(beta == 0, np.inf + 0j, alpha / beta)
+    # a pair with alpha.imag > 0, < 0 (consecutive) is conjugate, but its betas differ: make
+    # the quotients exact conjugates (as geev's), for the (real, imag) order and the clusters
+    first = np.flatnonzero(alpha.imag[:-1] > 0)
+    z[first + 1] = np.conj(z[first])
+    return z
 
 
 def _sort_roots(z):
