@@ -89,8 +89,9 @@ def poly_roots(coeffs, *, lead_tol=DEFAULT_LEAD_TOL):
     coeffs : array_like (n + 1,) or (K, n + 1)
         Coefficients in *ascending* order: ``c[0] + c[1] x + ... + c[n] x^n`` (the paper's
         ``p_n(w)`` of section 2.1 with ``w = c``).
-    lead_tol : float
-        Coefficients above the highest one with ``|c_j| > lead_tol * max|c|`` are taken as zero.
+    lead_tol : float in [0, 1)
+        Coefficients above the highest one with ``|c_j| > lead_tol * max|c|`` are taken as zero
+        (``lead_tol < 1`` keeps the largest, so the effective degree is defined).
 
     Returns
     -------
@@ -101,6 +102,7 @@ def poly_roots(coeffs, *, lead_tol=DEFAULT_LEAD_TOL):
         ``c`` with the dropped leading coefficients set to 0, so a root may also come out as
         ``inf`` with ``lead_tol = 0`` when the leading coefficient is below rounding level.
     """
+    lead_tol = _check_fraction(lead_tol, "lead_tol")
     c, single = _as_batch(coeffs, "coeffs")
     K, n1 = c.shape
     n = n1 - 1
@@ -198,9 +200,9 @@ def layer_roots(arch, W, *, lead_tol=DEFAULT_LEAD_TOL, zero_tol=0.0):
     ----------
     arch : Architecture
     W : array_like (n_params,) or (K, n_params)
-    lead_tol : float
+    lead_tol : float in [0, 1)
         See :func:`poly_roots`.
-    zero_tol : float >= 0
+    zero_tol : float in [0, 1)
         A layer counts as the zero polynomial when ``||w^(i)||_2 <= zero_tol * max_j ||w^(j)||_2``
         (always when it is exactly zero).
 
@@ -256,12 +258,7 @@ def layer_roots(arch, W, *, lead_tol=DEFAULT_LEAD_TOL, zero_tol=0.0):
 
 
 def _zero_layers(arch, W, zero_tol):
-    if (
-        isinstance(zero_tol, bool)
-        or not isinstance(zero_tol, numbers.Real)
-        or not (0 <= zero_tol < 1)
-    ):
-        raise ValueError(f"zero_tol must be a number in [0, 1), got {zero_tol!r}")
+    zero_tol = _check_fraction(zero_tol, "zero_tol")
     norms = np.stack(
         [np.linalg.norm(W[:, arch.layer_slice(i)], axis=1) for i in range(arch.depth)], axis=1
     )
@@ -324,10 +321,26 @@ def _exponent(f):
     return np.frexp(np.maximum(np.abs(f.real), np.abs(f.imag)))[1]
 
 
-def _check_tol(tol):
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= tol < 1):
-        raise ValueError(f"tol must be a chordal distance in [0, 1), got {tol!r}")
-    return float(tol)
+def _check_fraction(value, name):
+    """``float(value)`` for a real number in [0, 1): TypeError otherwise (bool included),
+    ValueError when out of range or NaN."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return value
+
+
+def _complex_array(x, name, ndims, shapes):
+    """``x`` as complex128 with ``x.ndim`` in ``ndims`` (``shapes`` names them in the message);
+    TypeError for a non-numeric dtype, ValueError for another number of dims."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iufc":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim not in ndims:
+        raise ValueError(f"{name} must have shape {shapes}, got {x.shape}")
+    return x.astype(np.complex128)
 
 
 def root_clusters(roots, tol):
@@ -337,7 +350,7 @@ def root_clusters(roots, tol):
     ----------
     roots : array_like complex (t,) or (K, t)
         Roots of one polynomial per row (inf allowed; NaN rows are zero polynomials).
-    tol : float
+    tol : float in [0, 1)
         Chordal distance below which two roots are the same (single linkage, transitive).
 
     Returns
@@ -347,8 +360,8 @@ def root_clusters(roots, tol):
     centre : ndarray complex (K, t)
         Mean of each root's cluster (inf if the cluster contains inf; NaN for NaN slots).
     """
-    tol = _check_tol(tol)
-    z = np.asarray(roots, dtype=np.complex128)
+    tol = _check_fraction(tol, "tol")
+    z = _complex_array(roots, "roots", (1, 2), "(t,) or (K, t)")
     single = z.ndim == 1
     if single:
         z = z[None, :]
@@ -375,14 +388,38 @@ def root_clusters(roots, tol):
     return (mult[0], centre[0]) if single else (mult, centre)
 
 
+def _check_layers(roots, root_layer, zero_layer):
+    """Validated ``(roots, root_layer, zero_layer)`` of :func:`common_roots`: complex (K, nr),
+    int (nr,) with values in 1..N, bool (K, N)."""
+    z = _complex_array(roots, "roots", (2,), "(K, n_roots)")
+    zero_layer = np.asarray(zero_layer)
+    if zero_layer.dtype != bool:
+        raise TypeError(f"zero_layer must be a bool array, got dtype {zero_layer.dtype}")
+    if zero_layer.ndim != 2 or zero_layer.shape[0] != z.shape[0]:
+        raise ValueError(f"zero_layer must have shape ({z.shape[0]}, N), got {zero_layer.shape}")
+    root_layer = np.asarray(root_layer)
+    if root_layer.dtype.kind not in "iu":
+        raise TypeError(f"root_layer must be an integer array, got dtype {root_layer.dtype}")
+    if root_layer.shape != (z.shape[1],):
+        raise ValueError(f"root_layer must have shape ({z.shape[1]},), got {root_layer.shape}")
+    N = zero_layer.shape[1]
+    if root_layer.size and not (root_layer.min() >= 1 and root_layer.max() <= N):
+        raise ValueError(
+            f"root_layer values must be layers 1..{N} (N from zero_layer), got "
+            f"{root_layer.min()}..{root_layer.max()}"
+        )
+    return z, root_layer, zero_layer
+
+
 def common_roots(roots, root_layer, zero_layer, tol):
     """Which layers share a root (on the Riemann sphere), per parameter vector.
 
     Parameters
     ----------
     roots : complex (K, k_v - 1), root_layer : int (k_v - 1,), zero_layer : bool (K, N)
-        As returned by :func:`layer_roots`.
-    tol : float
+        As returned by :func:`layer_roots`: ``root_layer`` holds 1-based layers in ``1..N``
+        (a layer of degree 0 has no slot), ``N`` being given by ``zero_layer``.
+    tol : float in [0, 1)
         Chordal distance below which two roots coincide (see the module docstring).
 
     Returns
@@ -395,14 +432,8 @@ def common_roots(roots, root_layer, zero_layer, tol):
         layers (0 when a zero layer shares roots, NaN when fewer than two layers have roots);
         ``pair_shares`` (K, N, N) bool: layers i, j (0-based) share a root.
     """
-    tol = _check_tol(tol)
-    z = np.asarray(roots, dtype=np.complex128)
-    zero_layer = np.asarray(zero_layer, dtype=bool)
-    root_layer = np.asarray(root_layer)
-    if z.ndim != 2 or zero_layer.ndim != 2 or z.shape[0] != zero_layer.shape[0]:
-        raise ValueError("roots must be (K, n_roots) and zero_layer (K, N) with the same K")
-    if root_layer.shape != (z.shape[1],):
-        raise ValueError(f"root_layer must have shape ({z.shape[1]},), got {root_layer.shape}")
+    tol = _check_fraction(tol, "tol")
+    z, root_layer, zero_layer = _check_layers(roots, root_layer, zero_layer)
     K, nr = z.shape
     N = zero_layer.shape[1]
     mult = np.zeros((K, nr), dtype=np.int64)

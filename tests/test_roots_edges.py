@@ -14,7 +14,7 @@ import scipy.optimize
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from lcnfast import roots
+from lcnfast import Architecture, roots
 
 EPS = np.finfo(float).eps
 
@@ -228,3 +228,66 @@ def test_chordal_distance_audit_examples():
     assert d(1e200, 0) == 1.0 and d(1e160, 1e-160) == 1.0  # both were 0.0
     assert d(1e300, np.inf) == pytest.approx(1e-300, rel=4 * EPS)  # was 0.0
     assert d(complex(np.inf, np.nan), np.inf) == 0.0 and np.isnan(d(np.nan, 1e300))
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "lead_tol, error",
+    [
+        (1, ValueError),  # was LinAlgError
+        (2.0, ValueError),  # was silently nonsense
+        (-1e-3, ValueError),
+        (float("nan"), ValueError),
+        ("x", TypeError),  # was UFuncTypeError
+        (True, TypeError),
+        (None, TypeError),
+    ],
+)
+def test_lead_tol_must_be_a_number_in_0_1(lead_tol, error):
+    with pytest.raises(error, match="lead_tol"):
+        roots.poly_roots([1.0, 1.0, 0.0], lead_tol=lead_tol)
+    arch = Architecture(8, (2, 2))
+    with pytest.raises(error, match="lead_tol"):
+        roots.layer_roots(arch, np.ones(arch.n_params), lead_tol=lead_tol)
+
+
+def test_lead_tol_range_ends():
+    assert roots.poly_roots([1.0, 1.0, 0.5], lead_tol=np.float32(0.75))[1] == np.inf
+    np.testing.assert_allclose(roots.poly_roots([1.0, 2.0, 1.0], lead_tol=0), [-1, -1], rtol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [1.0, np.ones((1, 2, 3))])  # were "values to unpack" errors
+def test_root_clusters_wants_one_or_two_dims(bad):
+    with pytest.raises(ValueError, match="roots must have shape"):
+        roots.root_clusters(bad, 0.1)
+
+
+def test_root_clusters_rejects_non_numbers():
+    with pytest.raises(TypeError, match="roots"):
+        roots.root_clusters(["a"], 0.1)
+    with pytest.raises(TypeError, match="tol"):
+        roots.root_clusters([1.0], "x")
+
+
+def _layers():
+    """Roots of two layers of degree 1 each, K = 2."""
+    return np.array([[1.0 + 0j, 2.0], [1.0, 1.0]]), np.array([1, 2]), np.zeros((2, 2), bool)
+
+
+def test_common_roots_checks_layers_against_zero_layer():
+    z, rl, zl = _layers()
+    assert roots.common_roots(z, rl, zl, 1e-4)["has_common_root"].tolist() == [False, True]
+    with pytest.raises(ValueError, match=r"root_layer values must be layers 1\.\.2"):
+        roots.common_roots(z, np.array([7, 9]), zl, 1e-4)  # was silently ignored
+    with pytest.raises(ValueError, match="root_layer"):
+        roots.common_roots(z, np.array([0, 1]), zl, 1e-4)
+    with pytest.raises(ValueError, match=r"zero_layer must have shape \(2, N\)"):
+        roots.common_roots(z, rl, np.zeros((1, 2), bool), 1e-4)
+    with pytest.raises(ValueError, match=r"layers 1\.\.1"):
+        roots.common_roots(z, rl, np.zeros((2, 1), bool), 1e-4)  # N = 1 < layer 2 (was accepted)
+    with pytest.raises(TypeError, match="zero_layer"):
+        roots.common_roots(z, rl, zl.astype(float), 1e-4)
+    with pytest.raises(TypeError, match="root_layer"):
+        roots.common_roots(z, rl.astype(float), zl, 1e-4)
+    with pytest.raises(ValueError, match="roots must have shape"):
+        roots.common_roots(z[0], rl, zl, 1e-4)
