@@ -103,7 +103,7 @@ class Ticker:
             el = time.perf_counter() - self.t0
             print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         global _silence
         self._stop.set()
         if hasattr(self, "_thread"):
@@ -113,10 +113,10 @@ class Ticker:
         if not self._shown:
             return
         el = time.perf_counter() - self.t0
-        if self.live:
-            print(f"\r{self.text} ... done in {el:.1f} s", file=sys.stderr, flush=True)
-        else:
-            print(f"{self.text}: done in {el:.1f} s", file=sys.stderr, flush=True)
+        # an exception (an interrupt, a failure) ends the block: not "done"
+        end = f"done in {el:.1f} s" if exc_type is None else f"stopped after {el:.1f} s"
+        print(f"\r{self.text} ... {end}" if self.live else f"{self.text}: {end}",
+              file=sys.stderr, flush=True)
 
 
 class _CompileNotices:

@@ -88,6 +88,14 @@ def test_ticker_shows_after_its_delay_only(capsys):
     assert err.startswith("long ...\nlong: done in 0.")
 
 
+def test_a_ticker_ended_by_an_exception_says_stopped(capsys):
+    """An interrupted compile step was logged as "done in 18.4 s"."""
+    with pytest.raises(KeyboardInterrupt):
+        with _notice.Ticker("compiling", live=False):
+            raise KeyboardInterrupt
+    assert capsys.readouterr().err.startswith("compiling ...\ncompiling: stopped after 0.")
+
+
 def test_flow_progress_lines_off_a_terminal(capsys):
     p = _notice.FlowProgress(10, "demo", True, interval=0.0)
     p.update(4, "shards 1/3")

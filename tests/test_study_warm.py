@@ -148,3 +148,34 @@ def test_nothing_is_started_aside_when_it_cannot_help(spec, monkeypatch):
     monkeypatch.setattr(warm, "_integrators_cached", lambda study: True)
     with warm.compiling_aside(spec) as proc:
         assert proc is None
+
+
+def test_the_process_aside_dies_with_its_parent(tmp_path):
+    """A run killed by SIGKILL (or SIGTERM) left the compiler process aside running with ppid
+    1 for a minute. Its program calls die_with_parent first: a parent that starts it the same
+    way and is then SIGKILLed takes it along."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = ("import os, sys, time; from lcnfast.study.warm import die_with_parent; "
+             "die_with_parent(int(sys.argv[1])); print(os.getpid(), flush=True); time.sleep(120)")
+    parent = ("import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}, str(os.getpid())], stdout=subprocess.PIPE, text=True); "
+              "print(p.stdout.readline().strip(), flush=True); p.wait()")
+    par = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid = int(par.stdout.readline())
+    os.kill(pid, 0)  # the child runs
+    par.send_signal(signal.SIGKILL)
+    par.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the child outlived its parent by 10 s")

@@ -35,6 +35,7 @@ from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from .spec import load_spec, spec_diff
 from .._notice import FlowProgress, Ticker, interactive, quiet
+from .._signals import sigint_deferred
 from .warm import compile_rodas_tail, compiling_aside, warm_analysis, warm_up
 
 __all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
@@ -350,16 +351,19 @@ def run_study(
                 "30-60 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
             )
             t0 = time.perf_counter()
-            with _threads(threads), Ticker(
+            # Ctrl-C while Numba compiles is lost or breaks Numba (lcnfast._signals): noted,
+            # and raised between the steps (noted.check), each at most a few compiles long
+            with sigint_deferred(say) as noted, _threads(threads), Ticker(
                 what, progress and interactive()
             ) if progress else contextlib.nullcontext():
                 with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
                     write_datasets(study, d)
                     if here:
-                        compile_rodas_tail(study.spec)  # what core 2 would reach last
-                        warm_analysis(study.spec, str(d))
+                        noted.check()
+                        compile_rodas_tail(study.spec, between=noted.check)  # core 2's last
+                        warm_analysis(study.spec, str(d), between=noted.check)
                 if here:
-                    warm_up(study.spec, str(d), threads)
+                    warm_up(study.spec, str(d), threads, between=noted.check)
                     summary.compile_seconds = time.perf_counter() - t0
             if local:
                 bar = FlowProgress(n_todo, study.name, progress)

@@ -31,6 +31,7 @@ import xarray as xr
 
 from .. import analysis as _analysis
 from ..flows import FlowWarning, gradient_descent, gradient_flow
+from .._signals import sigint_deferred
 from ..io import open_dataset, to_netcdf
 from ..problem import Problem
 from . import draws
@@ -255,7 +256,8 @@ def reanalyse_shard(study_dir, spec, path):
     t0 = time.perf_counter()
     ds = _per_flow(analyse(ds, problem, study))
     ds.attrs.update(classify_seconds=time.perf_counter() - t0, reanalysed=_now())
-    to_netcdf(ds, path)
+    with sigint_deferred():  # an interrupt inside netCDF can leave its lock held (_signals)
+        to_netcdf(ds, path)
     label = ds.label.values
     return {"shard": shard.name, "label": {int(v): int((label == v).sum()) for v in np.unique(label)}}
 
@@ -308,7 +310,8 @@ def run_shard(study_dir, spec, shard, n_threads=None):
         classify_seconds=t2 - t1,
     )
     path = shard_path(study_dir, shard)
-    to_netcdf(ds, path)
+    with sigint_deferred():  # an interrupt inside netCDF can leave its lock held (_signals)
+        to_netcdf(ds, path)
     status = ds.status.values
     label = ds.label.values
     return {

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,9 +42,28 @@ log = logging.getLogger(__name__)
 _ENTRY = {"euler": "_euler.euler_batch", "rk45": "_rk45.rk45_batch",
           "rosenbrock": "_rosenbrock.rodas_batch", "auto": "_rosenbrock.rodas_batch"}
 
-#: the program of the process aside (it reads the resolved spec, JSON, from stdin)
-CHILD_CODE = ("import json, sys; from lcnfast.study.warm import compile_integrators; "
+#: the program of the process aside (it reads the resolved spec, JSON, from stdin; its argument
+#: is the parent's pid)
+CHILD_CODE = ("import json, sys; from lcnfast.study.warm import compile_integrators, "
+              "die_with_parent; die_with_parent(int(sys.argv[1])); "
               "compile_integrators(json.loads(sys.stdin.read()))")
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent(parent):
+    """Have the kernel SIGKILL this process when its parent ``parent`` (a pid) dies, on Linux
+    (elsewhere nothing): a run killed by SIGTERM or SIGKILL must not leave its compiler
+    process running (an orphan compiled on for a minute). Exits at once if the parent is gone
+    already."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            return
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _tiny(integ):
@@ -78,26 +98,31 @@ def _problem(study_dir, cell):
     return Problem(cell.arch(), X, Y, cell.loss_fn())
 
 
-def warm_up(spec, study_dir, n_threads=None):
+def warm_up(spec, study_dir, n_threads=None, between=None):
     """Compile (or load from Numba's cache) every kernel the study needs: one tiny run of two
     flows and their classification per distinct loss and integrator method (on the study's
-    data, which must be written)."""
+    data, which must be written). ``between()``, if given, is called before each setting
+    (the runner's check for a deferred Ctrl-C)."""
     study = load_spec(spec)
     for cell in _settings(study):
+        if between is not None:
+            between()
         problem = _problem(study_dir, cell)
         ds = _run_tiny(problem, cell, study.spec["seed"], n_threads)
         _analysis.classify(ds, problem, **study.spec["analysis"])
 
 
-def warm_analysis(spec, study_dir):
+def warm_analysis(spec, study_dir, between=None):
     """Compile the kernels of the flows' end diagnostics (Hessians, gradients) and of the
     classification for each distinct loss, without integrating (the part of the warm-up that
-    runs alongside :func:`compiling_aside`)."""
+    runs alongside :func:`compiling_aside`); ``between()`` as :func:`warm_up`'s."""
     study = load_spec(spec)
     done = set()
     for cell in _settings(study):
         if cell.loss["name"] in done:
             continue
+        if between is not None:
+            between()
         done.add(cell.loss["name"])
         problem = _problem(study_dir, cell)
         W0 = draws.initial_points(cell, 0, 0, 2, study.spec["seed"])
@@ -125,7 +150,7 @@ def compile_integrators(spec):
         _run_tiny(_synthetic_problem(cell, rng), cell, study.spec["seed"], 1)
 
 
-def compile_rodas_tail(spec):
+def compile_rodas_tail(spec, between=None):
     """Compile (or load), in this process, the two helpers of the RODAS worker that the
     process aside reaches last, ``_rosenbrock._step_levels`` and ``_dense_saves`` (~9 s of its
     ~62 s of compiles), for every setting of ``spec`` with ``method`` "auto" or "rosenbrock".
@@ -138,7 +163,7 @@ def compile_rodas_tail(spec):
     was gained: 62.9 s). Their argument types are those ``rodas_flow`` passes (the options,
     outputs and work tuples built as :func:`lcnfast.gradient_flow` and
     ``_rosenbrock.new_work`` build them); were they to differ, the other process would simply
-    compile its own, as before."""
+    compile its own, as before. ``between()`` as :func:`warm_up`'s, before each compile."""
     import numba
 
     from .. import _codegen, _integrate, _rosenbrock
@@ -161,6 +186,8 @@ def compile_rodas_tail(spec):
             (_rosenbrock._dense_saves,
              (model, kern, use_kern, opt, out, 0, False, wk, scratch, 0, 0.0, 1.0)),
         ):
+            if between is not None:
+                between()
             fn.compile(tuple(numba.typeof(a) for a in args))
 
 
@@ -192,7 +219,8 @@ def compiling_aside(spec, enabled=True):
     root = str(Path(__file__).resolve().parents[2])  # the lcnfast this process imported
     env = dict(os.environ, LCNFAST_NOTICES="0", PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(os.getpid())],
+                                stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
         feeder = threading.Thread(target=proc.communicate, args=(json.dumps(study.spec).encode(),))
         feeder.start()  # communicate() also waits for the process: join the thread to wait
