@@ -422,3 +422,13 @@ def _initial_step(model, y0, f0, t_end, opt, ws, y1, g1):
         if not h1 > 0.0:
             return h0
     return min(100.0 * h0, h1, t_end)
+
+
+@nb.njit(parallel=True, **_JIT)
+def parallel_probe(n):
+    """sum(range(n)) in a parallel region: running it makes Numba load its threading layer,
+    so that ``numba.threading_layer()`` can say which (``lcnfast info``)."""
+    s = 0
+    for i in nb.prange(n):
+        s += i
+    return s

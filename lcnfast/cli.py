@@ -159,6 +159,20 @@ def _cmd_list(a):
     return 0
 
 
+def _threading_layer():
+    """The threading layer Numba uses in this process: known only once a parallel region has
+    run, so run a tiny one (:func:`lcnfast._integrate.parallel_probe`)."""
+    import numba
+
+    from ._integrate import parallel_probe
+
+    try:
+        parallel_probe(4)
+        return numba.threading_layer()
+    except Exception as e:  # no layer can be loaded: say why rather than fail
+        return f"unavailable ({e})"
+
+
 def _cmd_info(a):
     import numba
     import numpy as np
@@ -171,7 +185,7 @@ def _cmd_info(a):
     print(f"numba {numba.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
     print(f"cores {os.cpu_count()}, Numba threads {numba.get_num_threads()} "
           f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}), "
-          f"threading layer setting {numba.config.THREADING_LAYER!r}")
+          f"threading layer {_threading_layer()} (setting {numba.config.THREADING_LAYER!r})")
     print(f"lane width {LANES} flows (LCNFAST_LANES={os.environ.get(ENV, '')!r}; "
           f"AVX-512 {'yes' if target_has_avx512() else 'no'})")
     print(f"Numba cache directory: {_numba_cache.cache_dir() or 'none writable (uncached)'}")
