@@ -70,11 +70,12 @@ def _enabled():
 
 class Ticker:
     """A line on stderr while the calling thread is busy: ``text ... 12 s`` updated every half
-    second on a terminal (``live``), else ``text ...`` then ``text: done in 12.3 s``; nothing
-    at all if the block ends within ``delay`` seconds. Compile notices are silent meanwhile."""
+    second on a terminal (``live``), else ``text ...``, ``text ... 30 s`` every ``interval``
+    seconds (a log shows the wait goes on) and ``text: done in 42.3 s``; nothing at all if
+    the block ends within ``delay`` seconds. Compile notices are silent meanwhile."""
 
-    def __init__(self, text, live, delay=0.0):
-        self.text, self.live, self.delay = text, live, delay
+    def __init__(self, text, live, delay=0.0, interval=30.0):
+        self.text, self.live, self.delay, self.interval = text, live, delay, interval
         self._stop = threading.Event()
         self._shown = False
 
@@ -85,9 +86,8 @@ class Ticker:
         self.t0 = time.perf_counter()
         if self.delay <= 0 and not self.live:
             self._show()
-        else:
-            self._thread = threading.Thread(target=self._run, name="lcnfast-ticker", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="lcnfast-ticker", daemon=True)
+        self._thread.start()
         return self
 
     def _show(self):
@@ -96,12 +96,18 @@ class Ticker:
             print(self.text + " ...", file=sys.stderr, flush=True)
 
     def _run(self):
-        if self._stop.wait(self.delay):
-            return
-        self._show()
-        while self.live and not self._stop.wait(0.5):
-            el = time.perf_counter() - self.t0
-            print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
+        if not self._shown:
+            if self._stop.wait(self.delay):
+                return
+            self._show()
+        if self.live:
+            while not self._stop.wait(0.5):
+                el = time.perf_counter() - self.t0
+                print(f"\r{self.text} ... {el:4.0f} s", end="", file=sys.stderr, flush=True)
+        else:
+            while not self._stop.wait(self.interval):
+                el = time.perf_counter() - self.t0
+                print(f"{self.text} ... {el:.0f} s", file=sys.stderr, flush=True)
 
     def __exit__(self, exc_type, exc, tb):
         global _silence

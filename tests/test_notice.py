@@ -88,6 +88,15 @@ def test_ticker_shows_after_its_delay_only(capsys):
     assert err.startswith("long ...\nlong: done in 0.")
 
 
+def test_a_ticker_off_a_terminal_says_the_wait_goes_on(capsys):
+    """In a log a 100 s compile showed one start line and one end line only."""
+    with _notice.Ticker("long", live=False, interval=0.1):
+        time.sleep(0.45)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "long ..." and lines[-1].startswith("long: done in 0.")
+    assert 3 <= sum(ln.startswith("long ... ") and ln.endswith(" s") for ln in lines) <= 5
+
+
 def test_a_ticker_ended_by_an_exception_says_stopped(capsys):
     """An interrupted compile step was logged as "done in 18.4 s"."""
     with pytest.raises(KeyboardInterrupt):
