@@ -71,20 +71,32 @@ class Ctx:
 
 
 # ----------------------------------------------------------------------------- value checks
-def whole(ctx, path, x, minimum):
+#: the largest count (steps, saves, samples, flows) a spec may give: the engine's counts run in
+#: int64 with room for products (lcnfast.flows refuses more, as "must be <= 2**62")
+COUNT_MAX = 2**62
+
+
+def whole(ctx, path, x, minimum, maximum=COUNT_MAX):
+    """A whole number in [minimum, maximum] (maximum None: unbounded); integral floats taken."""
     if isinstance(x, float) and x.is_integer():
         x = int(x)
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise ctx.error(path, f"must be a whole number, got {x!r}")
     if x < minimum:
         raise ctx.error(path, f"must be >= {minimum}, got {x}")
+    if maximum is not None and x > maximum:
+        bound = "2**62" if maximum == COUNT_MAX else str(maximum)
+        raise ctx.error(path, f"must be <= {bound}, got {x}")
     return int(x)
 
 
 def real(ctx, path, x, *, low=None, positive=False):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise ctx.error(path, f"must be a number, got {x!r}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:  # a Python int beyond float64
+        raise ctx.error(path, f"must be finite, got an integer of {len(str(x))} digits") from None
     if not math.isfinite(x):
         raise ctx.error(path, f"must be finite, got {x!r}")
     if positive and x <= 0:
@@ -117,3 +129,11 @@ def _similar(a, b):
 
 def as_list(x):
     return list(x) if isinstance(x, list) else [x]
+
+
+def factor_list(ctx, path, x):
+    """``x`` as a list (a single value: one level); an empty list is an error (a grid factor
+    without levels would make a study of 0 flows)."""
+    if isinstance(x, list) and not x:
+        raise ctx.error(path, "must not be empty (give one value, or a list of levels)")
+    return as_list(x)

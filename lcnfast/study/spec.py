@@ -249,6 +249,8 @@ def _integrator(ctx, path, x):
     if method != "euler":
         out["t_end"] = _t_end(ctx, f"{path}.t_end", x["t_end"], grad_tol)
         out["rtol"] = K.real(ctx, f"{path}.rtol", x.get("rtol", optional["rtol"]), positive=True)
+        if out["rtol"] >= 1:  # as lcnfast.gradient_flow
+            raise ctx.error(f"{path}.rtol", f"must be < 1 (a relative error), got {out['rtol']!r}")
         out["atol"] = K.real(ctx, f"{path}.atol", x.get("atol", optional["atol"]), low=0.0)
         out["max_steps"] = K.whole(ctx, f"{path}.max_steps", x.get("max_steps", 100_000), 1)
         out["save"] = _save_times(ctx, f"{path}.save", x.get("save", 25), out["t_end"])
@@ -326,16 +328,15 @@ def _data(ctx, x, base_dir):
     K.table(ctx, "data", x)
     K.known(ctx, "data", x, _DATA)
     out = {}
-    ms = K.as_list(x.get("m", [None]))
+    ms = K.factor_list(ctx, "data.m", x.get("m", [None]))
     out["m"] = [None if m is None else K.whole(ctx, f"data.m[{i}]", m, 1) for i, m in enumerate(ms)]
     out["noise"] = [
-        K.real(ctx, f"data.noise[{i}]", v, low=0.0) for i, v in enumerate(K.as_list(x.get("noise", 0.0)))
+        K.real(ctx, f"data.noise[{i}]", v, low=0.0)
+        for i, v in enumerate(K.factor_list(ctx, "data.noise", x.get("noise", 0.0)))
     ]
-    inp = x.get("inputs", "gaussian")
-    inp = inp if isinstance(inp, list) else [inp]
+    inp = K.factor_list(ctx, "data.inputs", x.get("inputs", "gaussian"))
     out["inputs"] = [_inputs(ctx, f"data.inputs[{i}]", v, base_dir) for i, v in enumerate(inp)]
-    tg = x.get("target", "teacher")
-    tg = tg if isinstance(tg, list) else [tg]
+    tg = K.factor_list(ctx, "data.target", x.get("target", "teacher"))
     out["target"] = [_target(ctx, f"data.target[{i}]", v) for i, v in enumerate(tg)]
     out["n_datasets"] = K.whole(ctx, "data.n_datasets", x.get("n_datasets", 1), 1)
     files = [isinstance(i, dict) and "file" in i for i in out["inputs"]]
@@ -353,9 +354,9 @@ def _init(ctx, x):
     K.known(ctx, "init", x, _INIT)
     scales = [
         K.real(ctx, f"init.scale[{i}]", v, positive=True)
-        for i, v in enumerate(K.as_list(x.get("scale", 1.0)))
+        for i, v in enumerate(K.factor_list(ctx, "init.scale", x.get("scale", 1.0)))
     ]
-    dists = K.as_list(x.get("distribution", "gaussian"))
+    dists = K.factor_list(ctx, "init.distribution", x.get("distribution", "gaussian"))
     for i, d in enumerate(dists):
         if d not in ("gaussian", "balanced"):
             raise ctx.error(
@@ -426,16 +427,18 @@ def _resolve(raw, ctx, base_dir, quick):
         "format_version": FORMAT_VERSION,
         "name": name + ("-quick" if quick else ""),
         "description": desc,
-        "seed": K.whole(ctx, "seed", raw.get("seed", 0), 0),
+        "seed": K.whole(ctx, "seed", raw.get("seed", 0), 0, maximum=None),
         "architectures": [
             _architecture(ctx, f"architectures[{i}]", a)
-            for i, a in enumerate(K.as_list(raw["architectures"]))
+            for i, a in enumerate(K.factor_list(ctx, "architectures", raw["architectures"]))
         ],
         "losses": [
-            _loss(ctx, f"losses[{i}]", x) for i, x in enumerate(K.as_list(raw.get("losses", "square")))
+            _loss(ctx, f"losses[{i}]", x)
+            for i, x in enumerate(K.factor_list(ctx, "losses", raw.get("losses", "square")))
         ],
         "integrator": [
-            _integrator(ctx, f"integrator[{i}]", x) for i, x in enumerate(K.as_list(raw["integrator"]))
+            _integrator(ctx, f"integrator[{i}]", x)
+            for i, x in enumerate(K.factor_list(ctx, "integrator", raw["integrator"]))
         ],
         "data": _data(ctx, raw["data"], base_dir),
         "init": _init(ctx, raw.get("init", {})),
