@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 
-from lcnfast.study import load_spec
+from lcnfast.study import load_spec, run_study
 
 BASE = {
     "name": "fz", "flows_per_dataset": 2, "architectures": [{"d0": 6, "k": [2, 2]}],
@@ -57,6 +58,22 @@ def test_base_spec_is_valid():
     assert len(load_spec(BASE).cells) == 1
 
 
+# ----------------------------------------------------------------------------- analysis
+@pytest.mark.parametrize("key", ["eig_tol", "root_tol", "jac_tol", "zero_filter_tol"])
+@pytest.mark.parametrize("value", [1, 2.0])
+def test_analysis_tolerances_take_the_analysis_ranges(key, value):
+    msg = refused(spec_with(analysis={key: value}), f"analysis.{key}: ")
+    assert "[0, 1.0)" in msg
+    load_spec(spec_with(analysis={key: 0.5}))
+
+
+def test_analysis_tolerance_error_names_the_toml_line(tmp_path):
+    p = tmp_path / "fz.toml"
+    p.write_text(TOML + "\n[analysis]\neig_tol = 2\n")
+    msg = refused(p, "analysis.eig_tol: ")
+    assert msg.endswith(f"({p}, line 18)")
+
+
 # ----------------------------------------------------------------------------- integrator
 @pytest.mark.parametrize(
     "integrator, where",
@@ -77,11 +94,49 @@ def test_rtol_of_one_or_more_is_refused(rtol):
     assert "must be < 1" in refused(spec_with(integrator__rtol=rtol), "integrator[0].rtol: ")
 
 
+@pytest.mark.parametrize(
+    "integrator, where",
+    [
+        ({"method": "rk45", "t_end": 1.0, "save": 1_000_000_000}, "integrator[0].save: "),
+        ({"method": "euler", "h": 0.1, "n_steps": 2**40, "save_every": 1},
+         "integrator[0].save_every: "),
+    ],
+)
+def test_saves_beyond_the_flows_memory_limit_are_refused(integrator, where):
+    assert "GiB" in refused(spec_with(integrator=integrator), where)
+
+
 def test_huge_integer_for_a_real_is_refused():
     refused(spec_with(data__noise=2**1100), "data.noise[0]: must be finite")
 
 
 # ----------------------------------------------------------------------------- data
+@pytest.mark.parametrize(
+    "inputs, where, what",
+    [
+        ({"low_rank": 100}, "data.inputs[0].low_rank: ", "rank must be <= min(d0, m)"),
+        ({"low_rank": 5}, "data.inputs[0].low_rank: ", "rank must be <= min(d0, m)"),
+        ({"gram_singular": 3}, "data.inputs[0].gram_singular: ", "nullity must be < k_v"),
+    ],
+)
+def test_inputs_that_cannot_be_drawn_are_refused(inputs, where, what):
+    assert what in refused(spec_with(data__inputs=inputs), where)
+    load_spec(spec_with(data__inputs={"low_rank": 4}))
+
+
+def test_low_rank_checked_for_every_m():
+    msg = refused(spec_with(data__m=[8, 2], data__inputs={"low_rank": 3}), "data.inputs[0]")
+    assert "m = 2" in msg
+
+
+def test_data_files_of_the_wrong_shape_are_refused(tmp_path):
+    f = tmp_path / "x.npz"
+    np.savez(f, X=np.ones((5, 4)))  # d0 = 5, the architecture has d0 = 6
+    msg = refused(spec_with(data={"inputs": {"file": str(f)}}), "data.inputs[0].file: ")
+    assert "d0=6" in msg
+    np.savez(f, X=np.random.default_rng(0).standard_normal((6, 4)))
+    load_spec(spec_with(data={"inputs": {"file": str(f)}}))
+    refused(spec_with(data={"inputs": {"file": str(f)}, "target": "file"}), "data.target[0]: ")
 
 
 # ----------------------------------------------------------------------------- grid factors
@@ -109,12 +164,18 @@ def test_empty_list_error_names_the_toml_line(tmp_path):
     assert refused(p, "data.m: must not be empty").endswith(f"({p}, line 10)")
 
 
-# ----------------------------------------------------------------------------- load_spec arguments
-
-
-# ----------------------------------------------------------------------------- study directories
+def test_repeated_levels_name_the_key_and_line(tmp_path):
+    p = tmp_path / "fz.toml"
+    p.write_text(TOML.replace("m = 4", "m = [4, 4]"))
+    assert refused(p, "data.m: the list has repeated values").endswith(f"({p}, line 10)")
 
 
 # ----------------------------------------------------------------------------- run_study arguments
 
 
+def test_run_study_shard_size_checks_the_save_size(tmp_path):
+    spec = spec_with(flows_per_dataset=10**6, shard_size=1, integrator__save=10**6)
+    load_spec(spec)
+    with pytest.raises(ValueError, match=r"shard_size=10000: integrator\[0\]\.save: .*GiB"):
+        run_study(spec, tmp_path / "out", shard_size=10**4, progress=False)
+    assert not (tmp_path / "out").exists()

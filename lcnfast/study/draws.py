@@ -24,7 +24,7 @@ import xarray as xr
 from .. import data as _data
 from ..architecture import Architecture
 
-__all__ = ["make_dataset", "initial_points", "read_data_file"]
+__all__ = ["make_dataset", "draw_inputs", "initial_points", "read_data_file"]
 
 _DATA_KEY, _FLOW_KEY = 0, 1
 
@@ -72,7 +72,7 @@ def make_dataset(cell, dataset, seed):
     arch = cell.arch()
     lv = cell.levels
     rng = _rng(seed, (_DATA_KEY, lv["architecture"], lv["m"], lv["inputs"], lv["target"], dataset))
-    X, Y_file = _inputs(arch, cell, rng)
+    X, Y_file = draw_inputs(arch, cell.inputs, cell.m, rng)
     m = X.shape[1]
     v_target = None
     target = cell.target
@@ -95,8 +95,11 @@ def make_dataset(cell, dataset, seed):
     return X, np.ascontiguousarray(Y), v_target
 
 
-def _inputs(arch, cell, rng):
-    inp, m = cell.inputs, cell.m
+def draw_inputs(arch, inp, m, rng):
+    """Inputs X (d0, m) and the file's Y (d_N, m) or None, for a resolved ``data.inputs``
+    value ``inp`` and ``m`` samples (None for a file), drawn with the Generator ``rng``.
+    Raises ValueError where they cannot be made (a rank above min(d0, m), a file X of
+    another d0, ...): :mod:`lcnfast.study.spec_checks` runs it once on every spec."""
     if inp == "gaussian":
         return rng.standard_normal((arch.d0, m)) / np.sqrt(m), None
     if "low_rank" in inp:
@@ -107,9 +110,9 @@ def _inputs(arch, cell, rng):
         X = _data.gram_near_singular_inputs(arch, m, inp["gram_near_singular"], seed=rng)
         return X, None
     X, Y = read_data_file(inp["file"])
-    if X.ndim != 2 or X.shape[0] != arch.d0:
+    if X.ndim != 2 or X.shape[0] != arch.d0 or X.shape[1] < 1:
         raise ValueError(
-            f"data.inputs.file: X must have shape (d0={arch.d0}, m), got {X.shape} "
+            f"data.inputs.file: X must have shape (d0={arch.d0}, m) with m >= 1, got {X.shape} "
             f"({inp['file']})"
         )
     if not np.all(np.isfinite(X)) or (Y is not None and not np.all(np.isfinite(Y))):

@@ -33,6 +33,7 @@ from .. import analysis as _analysis
 from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
+from . import _keys, spec_checks
 from .spec import load_spec, spec_diff
 from .._notice import FlowProgress, Ticker, interactive, quiet
 from .._signals import sigint_deferred
@@ -324,6 +325,11 @@ def run_study(
         shard_size = study.spec["shard_size"]
     elif isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+    else:
+        try:  # the spec's shard_size passed these checks in load_spec
+            spec_checks.save_sizes(_keys.Ctx(None, None), study.spec, shard_size)
+        except ValueError as e:
+            raise ValueError(f"shard_size={shard_size}: {e}") from None
     d = open_study_dir(study, study_dir_for(study, out)).resolve()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)

@@ -29,10 +29,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import analysis as _analysis
 from .. import losses as _losses
 from ..architecture import Architecture
 from . import _keys as K
+from . import spec_checks
 from ._keys import SpecError
 
 __all__ = ["Study", "Cell", "load_spec", "spec_diff", "FORMAT_VERSION", "builtin_specs"]
@@ -365,15 +365,6 @@ def _init(ctx, x):
     return {"scale": scales, "distribution": dists}
 
 
-def _analysis_tols(ctx, x):
-    K.table(ctx, "analysis", x)
-    K.known(ctx, "analysis", x, set(_analysis.DEFAULTS))
-    return {
-        key: K.real(ctx, f"analysis.{key}", x.get(key, default), positive=True)
-        for key, default in _analysis.DEFAULTS.items()
-    }
-
-
 def _report(ctx, x, base_dir):
     K.table(ctx, "report", x)
     K.known(ctx, "report", x, _REPORT)
@@ -443,7 +434,7 @@ def _resolve(raw, ctx, base_dir, quick):
         "data": _data(ctx, raw["data"], base_dir),
         "init": _init(ctx, raw.get("init", {})),
         "flows_per_dataset": K.whole(ctx, "flows_per_dataset", raw.get("flows_per_dataset", 100), 1),
-        "analysis": _analysis_tols(ctx, raw.get("analysis", {})),
+        "analysis": spec_checks.analysis_tolerances(ctx, raw.get("analysis", {})),
         "shard_size": K.whole(ctx, "shard_size", raw.get("shard_size", 256), 1),
         "report": _report(ctx, raw.get("report", {}), base_dir),
         "quick": bool(quick),
@@ -457,6 +448,9 @@ def _resolve(raw, ctx, base_dir, quick):
                         f"data.target[{i}].v",
                         f"has {len(t['v'])} taps but architectures[{j}] has k_v = {kv}",
                     )
+    spec_checks.data_can_be_drawn(ctx, spec)
+    spec_checks.save_sizes(ctx, spec)
+    spec_checks.distinct_levels(ctx, _labels(spec))
     return spec
 
 
@@ -515,10 +509,7 @@ def _cells(spec):
         "init_scale": i["scale"],
         "init_distribution": i["distribution"],
     }
-    labels = _labels(spec)
-    for f in FACTORS:
-        if len(set(map(str, labels[f]))) != len(labels[f]):
-            raise SpecError(f"{f}: the list has repeated values {labels[f]}")
+    labels = _labels(spec)  # distinct levels: spec_checks.distinct_levels
     cells = []
     ranges = [range(len(values[f])) for f in FACTORS]
     for n, idx in enumerate(itertools.product(*ranges)):

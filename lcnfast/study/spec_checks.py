@@ -1,0 +1,100 @@
+"""Checks of a study spec that need the library's own rules: the analysis tolerances, the data
+each cell draws, the size of the saved trajectories, and the levels of every grid factor.
+
+Private helpers of :mod:`lcnfast.study.spec`. Each check calls the validation that the run
+itself would meet (:mod:`lcnfast.analysis`, :mod:`lcnfast.data` through
+:func:`lcnfast.study.draws.draw_inputs`, :mod:`lcnfast.flows`), so a spec that a run would
+refuse part-way (after ``spec.json`` and the first datasets are written) is refused by
+:func:`lcnfast.study.load_spec`, naming the key path and line (:class:`SpecError`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import analysis as _analysis
+from ..analysis._common import _tolerances
+from ..architecture import Architecture
+from ..flows import _check_save_size
+from . import _keys as K
+from . import draws
+
+#: the key path of each grid factor (lcnfast.study.spec.FACTORS)
+FACTOR_KEYS = {
+    "architecture": "architectures", "loss": "losses", "integrator": "integrator",
+    "m": "data.m", "noise": "data.noise", "inputs": "data.inputs", "target": "data.target",
+    "init_scale": "init.scale", "init_distribution": "init.distribution",
+}  # fmt: skip
+
+
+def analysis_tolerances(ctx, x):
+    """The ``[analysis]`` table: every tolerance of :data:`lcnfast.analysis.DEFAULTS`, > 0 and
+    within the range :func:`lcnfast.analysis.classify` takes (e.g. ``eig_tol`` < 1)."""
+    K.table(ctx, "analysis", x)
+    K.known(ctx, "analysis", x, set(_analysis.DEFAULTS))
+    out = {}
+    for key, default in _analysis.DEFAULTS.items():
+        path = f"analysis.{key}"
+        out[key] = K.real(ctx, path, x.get(key, default), positive=True)
+        try:
+            _tolerances({key: out[key]})
+        except (TypeError, ValueError) as e:
+            raise ctx.error(path, str(e)) from None
+    return out
+
+
+def _arches(spec):
+    return [Architecture(a["d0"], a["k"], a["s"]) for a in spec["architectures"]]
+
+
+def data_can_be_drawn(ctx, spec):
+    """Draw the inputs of every (architecture, m, inputs) once, with a throwaway seed: the
+    rank, nullity and file-shape checks of the run (lcnfast.data, draws) apply; a ``"file"``
+    target needs the file's Y of shape (d_N, m)."""
+    d = spec["data"]
+    for i, inp in enumerate(d["inputs"]):
+        if inp == "gaussian":
+            continue
+        path = f"data.inputs[{i}].{next(iter(inp))}"
+        for j, arch in enumerate(_arches(spec)):
+            for m in d["m"]:
+                where = f"architectures[{j}]" + ("" if m is None else f", m = {m}")
+                try:
+                    X, Y = draws.draw_inputs(arch, inp, m, np.random.default_rng(0))
+                except (ValueError, OSError) as e:
+                    msg = str(e).removeprefix("data.inputs.file: ")
+                    raise ctx.error(path, f"{msg} ({where})") from None
+                for t, target in enumerate(d["target"]):
+                    if target == "file" and (Y is None or Y.shape != (arch.d_N, X.shape[1])):
+                        shape = "none" if Y is None else Y.shape
+                        raise ctx.error(
+                            f"data.target[{t}]",
+                            f'"file" needs a Y of shape (d_N={arch.d_N}, m={X.shape[1]}) in '
+                            f"{inp['file']}, got {shape} ({where})",
+                        )
+
+
+def save_sizes(ctx, spec, shard_size=None):
+    """The saved trajectories of a shard (``min(shard_size, flows_per_dataset)`` flows) fit
+    the limit of :mod:`lcnfast.flows` for every integrator and architecture."""
+    n_flows = min(shard_size or spec["shard_size"], spec["flows_per_dataset"])
+    for i, x in enumerate(spec["integrator"]):
+        if x["method"] == "euler":
+            path, n_save = f"integrator[{i}].save_every", x["n_steps"] // x["save_every"] + 1
+        else:
+            save = x["save"]
+            path, n_save = f"integrator[{i}].save", (save if isinstance(save, int) else len(save))
+        for j, arch in enumerate(_arches(spec)):
+            try:
+                _check_save_size(n_flows, n_save, arch.n_params)
+            except ValueError as e:
+                raise ctx.error(
+                    path, f"{e} (architectures[{j}], shards of {n_flows} flows)"
+                ) from None
+
+
+def distinct_levels(ctx, labels):
+    """Every factor's levels are distinct (``labels``: factor -> list of level labels)."""
+    for f, lab in labels.items():
+        if len(set(map(str, lab))) != len(lab):
+            raise ctx.error(FACTOR_KEYS[f], f"the list has repeated values {lab}")
