@@ -170,6 +170,18 @@ def test_repeated_levels_name_the_key_and_line(tmp_path):
     assert refused(p, "data.m: the list has repeated values").endswith(f"({p}, line 10)")
 
 
+# ----------------------------------------------------------------------------- load_spec arguments
+def test_load_spec_arguments(tmp_path):
+    with pytest.raises(TypeError, match="spec must be"):
+        load_spec(None)
+    with pytest.raises(TypeError, match="quick must be True or False"):
+        load_spec(BASE, quick="no")
+    p = tmp_path / "binary.toml"
+    p.write_bytes(b'name = "\xff\xfe"\n')
+    with pytest.raises(ValueError, match=r"binary\.toml: not a UTF-8 TOML file"):
+        load_spec(p)
+
+
 # ----------------------------------------------------------------------------- run_study arguments
 
 

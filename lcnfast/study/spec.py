@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import tomllib
 import warnings
@@ -590,7 +591,11 @@ def load_spec(spec, *, quick=False):
     ------
     ValueError (SpecError)
         Malformed TOML, unknown keys, invalid values, with the key path and line.
+    TypeError
+        ``spec`` neither a str, a path nor a dict; ``quick`` not a bool.
     """
+    if not isinstance(quick, (bool, np.bool_)):
+        raise TypeError(f"quick must be True or False, got {quick!r}")
     if isinstance(spec, dict):
         raw, text, source, base = copy.deepcopy(spec), None, None, Path.cwd()
         if raw.get("format_version") is not None:  # a resolved spec: strip what _resolve adds
@@ -607,8 +612,15 @@ def load_spec(spec, *, quick=False):
             ]
             raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
     else:
+        if not isinstance(spec, (str, os.PathLike)):
+            raise TypeError(
+                f"spec must be a TOML file, a built-in study's name or a dict, got {spec!r}"
+            )
         path = _find(spec)
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{path}: not a UTF-8 TOML file ({e.reason} at byte {e.start})") from None
         source, base = str(path), path.resolve().parent
         try:
             raw = tomllib.loads(text)
