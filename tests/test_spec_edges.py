@@ -9,7 +9,10 @@ import copy
 import numpy as np
 import pytest
 
-from lcnfast.study import load_spec, run_study
+from lcnfast.study import load, load_problem, load_spec, run_study
+from lcnfast.study.load import read_spec
+from lcnfast.study.runner import open_study_dir
+from lcnfast.study.shards import write_datasets
 
 BASE = {
     "name": "fz", "flows_per_dataset": 2, "architectures": [{"d0": 6, "k": [2, 2]}],
@@ -180,6 +183,60 @@ def test_load_spec_arguments(tmp_path):
     p.write_bytes(b'name = "\xff\xfe"\n')
     with pytest.raises(ValueError, match=r"binary\.toml: not a UTF-8 TOML file"):
         load_spec(p)
+
+
+# ----------------------------------------------------------------------------- study directories
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A study directory with spec.json and the data (no flows run): 1 cell, 1 dataset."""
+    d = tmp_path_factory.mktemp("edges") / "fz"
+    study = load_spec(BASE)
+    write_datasets(study, open_study_dir(study, d))
+    return d
+
+
+def test_study_dir_must_be_a_path():
+    for fn in (read_spec, load, lambda d: load_problem(d, 0, 0)):
+        with pytest.raises(TypeError, match="study_dir must be a path"):
+            fn(None)
+
+
+@pytest.mark.parametrize(
+    "cell, dataset, error, match",
+    [
+        ("0", 0, TypeError, "cell must be a whole number"),
+        (0.0, 0, TypeError, "cell must be a whole number"),
+        (True, 0, TypeError, "cell must be a whole number"),
+        (1, 0, ValueError, r"cell must be in 0\.\.0, got 1"),
+        (-1, 0, ValueError, r"cell must be in 0\.\.0, got -1"),
+        (0, 7, ValueError, r"dataset must be in 0\.\.0, got 7"),
+        (0, -1, ValueError, r"dataset must be in 0\.\.0, got -1"),
+        (0, "0", TypeError, "dataset must be a whole number"),
+    ],
+)
+def test_load_problem_checks_cell_and_dataset(study_dir, cell, dataset, error, match):
+    with pytest.raises(error, match=match):
+        load_problem(study_dir, cell, dataset)
+
+
+def test_load_problem_valid(study_dir):
+    assert load_problem(study_dir, np.int64(0), 0).arch.d0 == 6
+
+
+@pytest.mark.parametrize(
+    "cells, error, match",
+    [
+        (0, TypeError, "cells must be a list of cell numbers"),
+        ("0", TypeError, "cells must be a list of cell numbers"),
+        ([5], ValueError, r"cells must be in 0\.\.0, got 5"),
+        ([0.5], TypeError, "cells must be a whole number"),
+        ([], ValueError, "cells must not be empty"),
+        ([0], ValueError, r"no finished shards of cells \[0\] yet"),
+    ],
+)
+def test_load_checks_cells(study_dir, cells, error, match):
+    with pytest.raises(error, match=match):
+        load(study_dir, cells=cells)
 
 
 # ----------------------------------------------------------------------------- run_study arguments

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,16 @@ FLOW_LEVELS = ("cell", *(COORDS[f] for f in FACTORS), "dataset", "replicate")
 
 
 def read_spec(study_dir):
-    """The :class:`lcnfast.study.Study` recorded in a study directory."""
+    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path)."""
+    if not isinstance(study_dir, (str, os.PathLike)):
+        raise TypeError(f"study_dir must be a path (str or os.PathLike), got {study_dir!r}")
     p = Path(study_dir) / SPEC_FILE
     if not p.is_file():
         raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
-    rec = json.loads(p.read_text())
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"study_dir: {p} is not a JSON file written by a run ({e})") from None
     with spec_warnings_off():  # warned about when it was run
         study = load_spec(rec["spec"])
     if study.spec_hash != rec["spec_hash"]:
@@ -55,14 +62,18 @@ def load(study_dir, *, cells=None):
     ----------
     study_dir : path
     cells : list of int, optional
-        Load only these cells.
+        Load only these cells (numbers in ``0 .. n_cells - 1``; a non-empty list, tuple,
+        range or 1-d array).
     """
     study = read_spec(study_dir)
+    if cells is not None:
+        cells = _cell_numbers(cells, len(study.cells))
     shards = finished_shards(study_dir, study.spec_hash)
     if cells is not None:
-        shards = [s for s in shards if s.cell in set(cells)]
+        shards = [s for s in shards if s.cell in cells]
     if not shards:
-        raise ValueError(f"study_dir: {study_dir} has no finished shards yet")
+        which = "" if cells is None else f" of cells {sorted(cells)}"
+        raise ValueError(f"study_dir: {study_dir} has no finished shards{which} yet")
     parts = [
         open_dataset(Path(study_dir) / "shards" / f"{s.name}.nc")
         for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0))
@@ -114,12 +125,33 @@ def _best_found(ds):
     )
 
 
+def _index(x, name, n):
+    """``x`` as a number in ``0 .. n - 1`` (TypeError: not a whole number; ValueError: out
+    of range), the error naming the argument ``name``."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {x!r}")
+    if not 0 <= x < n:
+        raise ValueError(f"{name} must be in 0..{n - 1}, got {x}")
+    return int(x)
+
+
+def _cell_numbers(cells, n):
+    """The set of cell numbers of the ``cells`` argument of :func:`load`."""
+    if isinstance(cells, (str, bytes, numbers.Number)) or not hasattr(cells, "__iter__"):
+        raise TypeError(f"cells must be a list of cell numbers, got {cells!r}")
+    out = {_index(c, "cells", n) for c in cells}
+    if not out:
+        raise ValueError("cells must not be empty (None: all cells)")
+    return out
+
+
 def load_problem(study_dir, cell, dataset):
     """The :class:`lcnfast.Problem` of dataset ``dataset`` of cell ``cell``, from the stored
-    data: with it any analysis of the study's flows can be redone from the files alone."""
+    data: with it any analysis of the study's flows can be redone from the files alone.
+    ``cell`` is in ``0 .. n_cells - 1``, ``dataset`` in ``0 .. data.n_datasets - 1``."""
     study = read_spec(study_dir)
-    if not 0 <= cell < len(study.cells):
-        raise ValueError(f"cell must be in 0..{len(study.cells) - 1}, got {cell}")
+    cell = _index(cell, "cell", len(study.cells))
+    dataset = _index(dataset, "dataset", study.spec["data"]["n_datasets"])
     c = study.cells[cell]
     X, Y = read_dataset(study_dir, cell, dataset)
     return Problem(c.arch(), X, Y, c.loss_fn())
