@@ -240,6 +240,15 @@ def test_load_checks_cells(study_dir, cells, error, match):
 
 
 # ----------------------------------------------------------------------------- run_study arguments
+@pytest.mark.parametrize("kw, match", [
+    ({"progress": "no"}, "progress must be True or False"),
+    ({"report": 1}, "report must be True or False"),
+    ({"quick": "no"}, "quick must be True or False"),
+])  # fmt: skip
+def test_run_study_flags_must_be_bools(tmp_path, kw, match):
+    with pytest.raises(TypeError, match=match):
+        run_study(BASE, tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_study_shard_size_checks_the_save_size(tmp_path):

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .. import analysis as _analysis
 from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
@@ -185,6 +187,12 @@ def _remove_partial_files(d):
     return n
 
 
+def _check_flag(value, name):
+    """``value`` must be a bool (a string such as "no" would count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _loss_names(study):
     return ", ".join(sorted({c.loss["name"] for c in study.cells}))
 
@@ -313,6 +321,10 @@ def run_study(
     RunSummary
     """
     t_start = time.perf_counter()
+    _check_flag(progress, "progress")
+    _check_flag(report, "report")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path (str or os.PathLike) or None, got {out!r}")
     study = load_spec(spec, quick=quick)
     n_modes = sum(x is not None for x in (workers, scheduler, client))
     if n_modes > 1:
@@ -423,8 +435,10 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     """
     from .load import read_spec  # load imports this module
 
+    _check_flag(progress, "progress")
+    _check_flag(report, "report")
+    study = read_spec(study_dir)
     d = Path(study_dir).resolve()
-    study = read_spec(d)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     counts = {}
     with _lock(d), (contextlib.nullcontext() if progress else quiet()):
