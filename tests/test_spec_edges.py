@@ -161,6 +161,21 @@ def test_empty_factor_lists_are_refused(edit, where):
     refused(spec_with(**edit), f"{where}: must not be empty")
 
 
+@pytest.mark.parametrize(
+    "edit, what",
+    [
+        (dict(data__noise=1e300), "data.noise = 1e+300"),
+        (dict(data__target={"v": [1e300, 1.0, 1.0]}), "data.target = v=[1e+300"),
+        (dict(data__inputs={"gram_near_singular": 1e300}), "gram_near_singular=1e+300"),
+    ],
+)
+def test_data_too_large_for_float64_is_refused(edit, what):
+    """These passed load_spec, wrote spec.json and then failed in the run (image_minimum:
+    every local minimisation diverged; Eigenvalues did not converge)."""
+    msg = refused(spec_with(**edit), "data: X and Y are too large for float64")
+    assert what in msg
+
+
 def test_empty_list_error_names_the_toml_line(tmp_path):
     p = tmp_path / "fz.toml"
     p.write_text(TOML.replace("m = 4", "m = []"))

@@ -165,6 +165,8 @@ def _architecture(ctx, path, a):
 _WARNED = set()
 # > 0 inside spec_warnings_off()
 _QUIET = [0]
+# the spec hashes whose data spec_checks.datasets_are_usable has drawn in this process
+_DATA_CHECKED = set()
 
 
 @contextlib.contextmanager
@@ -628,7 +630,11 @@ def load_spec(spec, *, quick=False):
             raise SpecError(f"{path}: invalid TOML: {e}") from None
     ctx = K.Ctx(text, source)
     resolved = _resolve(raw, ctx, base, quick)
-    return Study(resolved, spec_hash(resolved), _cells(resolved), source)
+    cells, digest = _cells(resolved), spec_hash(resolved)
+    if digest not in _DATA_CHECKED:  # each step of a run reads the spec: draw once
+        spec_checks.datasets_are_usable(ctx, resolved, cells)
+        _DATA_CHECKED.add(digest)
+    return Study(resolved, digest, cells, source)
 
 
 def _unresolve_integrator(x):

@@ -98,3 +98,29 @@ def distinct_levels(ctx, labels):
     for f, lab in labels.items():
         if len(set(map(str, lab))) != len(lab):
             raise ctx.error(FACTOR_KEYS[f], f"the list has repeated values {lab}")
+
+
+#: the factors a cell's data depend on (lcnfast.study.draws.make_dataset)
+_DATA_FACTORS = ("architecture", "m", "noise", "inputs", "target")
+
+
+def datasets_are_usable(ctx, spec, cells):
+    """The first dataset of every distinct data setting is drawn as the run draws it, and must
+    make a usable Problem: lcnfast.Problem refuses data too large for float64 (a window Gram,
+    b or ||Y||^2 that overflows: ``noise = 1e300``, a target ``v`` of 1e300, a huge
+    ``gram_near_singular``), which the run would meet only after writing ``spec.json``."""
+    from ..losses import square
+    from ..problem import Problem
+
+    seen = set()
+    for cell in cells:
+        key = tuple(cell.levels[f] for f in _DATA_FACTORS)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            X, Y, _ = draws.make_dataset(cell, 0, spec["seed"])
+            Problem(cell.arch(), X, Y, square())
+        except (ValueError, np.linalg.LinAlgError) as e:
+            where = ", ".join(f"{FACTOR_KEYS[f]} = {cell.labels[f]}" for f in _DATA_FACTORS)
+            raise ctx.error("data", f"{e} ({where})") from None
