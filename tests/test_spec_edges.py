@@ -272,3 +272,35 @@ def test_run_study_shard_size_checks_the_save_size(tmp_path):
     with pytest.raises(ValueError, match=r"shard_size=10000: integrator\[0\]\.save: .*GiB"):
         run_study(spec, tmp_path / "out", shard_size=10**4, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_levels_that_differ_get_distinct_labels_and_equal_ones_are_refused():
+    """Two integrators differing only in grad_tol, or deltas equal to 6 digits, were refused as
+    'repeated values' (their short labels coincide): now labelled apart; true repeats are
+    still refused."""
+    rk = {"method": "rk45", "t_end": 1.0, "save": 3}
+    s = load_spec(spec_with(integrator=[dict(rk, grad_tol=1e-10), dict(rk, grad_tol=1e-6)]))
+    labels = sorted({c.labels["integrator"] for c in s.cells})
+    assert labels == ["rk45(t_end=1, rtol=1e-08, grad_tol=1e-06)",
+                      "rk45(t_end=1, rtol=1e-08, grad_tol=1e-10)"]
+    ph = [{"name": "pseudo_huber", "params": {"delta": d}} for d in (1.0000001, 1.0000002)]
+    s = load_spec(spec_with(losses=ph))
+    assert sorted({c.labels["loss"] for c in s.cells}) == [
+        "pseudo_huber(delta=1.0000001)", "pseudo_huber(delta=1.0000002)"]
+    refused(spec_with(integrator=[rk, dict(rk)]), "integrator: the list has repeated values")
+
+
+def test_an_error_in_the_quick_table_names_its_key_and_line(tmp_path):
+    """[quick] flows_per_dataset = 0 was reported as 'flows_per_dataset: ... line 2' (the
+    full-size value's line, which is fine)."""
+    p = tmp_path / "fz.toml"
+    p.write_text(TOML + "\n[quick]\nflows_per_dataset = 0\n")
+    load_spec(p)  # the full size is valid
+    with pytest.raises(ValueError) as e:
+        load_spec(p, quick=True)
+    assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
+    for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
+                        ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):
+        p.write_text(TOML + extra)
+        with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
+            load_spec(p, quick=True)

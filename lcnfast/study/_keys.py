@@ -30,22 +30,35 @@ class Locator:
         start, end = 0, len(self.lines)
         header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]?\]")
         found = None
+        tables = []  # the keys of the table headers matched so far
         i = 0
         while i < len(parts):
             key = parts[i]
             idx = None
             if i + 1 < len(parts) and parts[i + 1].startswith("["):
                 idx = int(parts[i + 1][1:-1])
-            # a table header for this key within [start, end)
+            # a table header for this key within [start, end), or a dotted header of the full
+            # path anywhere after the parent's ([quick.data] after [quick]'s keys)
+            dotted = ".".join([*tables, key])
             hits = [
+                n for n in range(start, len(self.lines))
+                if (h := header_re.match(self.lines[n])) and h.group(1) == dotted
+            ] or [
                 n for n in range(start, end)
                 if (h := header_re.match(self.lines[n])) and h.group(1).split(".")[-1] == key
             ]  # fmt: skip
             if hits:
                 n = hits[idx] if idx is not None and idx < len(hits) else hits[0]
                 found = n
-                nxt = [m for m in range(n + 1, end) if header_re.match(self.lines[m])]
-                start, end = n + 1, (nxt[0] if nxt else end)
+                tables.append(key)
+                nxt = [m for m in range(n + 1, len(self.lines)) if header_re.match(self.lines[m])]
+                start, end = n + 1, (nxt[0] if nxt else len(self.lines))
+            elif idx is None and any(
+                (h := header_re.match(ln)) and h.group(1).startswith(dotted + ".")
+                for ln in self.lines[start:]
+            ):  # only dotted headers below this key ([quick.data], no [quick]): descend
+                tables.append(key)
+                end = len(self.lines)
             else:
                 kre = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
                 keyhits = [n for n in range(start, end) if kre.search(self.lines[n])]
@@ -58,11 +71,18 @@ class Locator:
 
 
 class Ctx:
+    """Where a spec came from, for errors: ``error(path, msg)`` names the key path and its TOML
+    line. ``overrides``: the key paths a ``[quick]`` table replaced; an error at or under one
+    of them is reported at ``quick.<path>``, where the value is written."""
+
     def __init__(self, text, source):
         self.loc = Locator(text)
         self.source = source
+        self.overrides = ()
 
     def error(self, path, msg):
+        if any(path == o or path.startswith((o + ".", o + "[")) for o in self.overrides):
+            path = "quick." + path
         line = self.loc.line(path)
         where = f" ({self.source}, line {line})" if line and self.source else (
             f" (line {line})" if line else ""

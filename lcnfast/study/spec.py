@@ -405,6 +405,7 @@ def _resolve(raw, ctx, base_dir, quick):
         q = K.table(ctx, "quick", raw.get("quick", {}))
         K.known(ctx, "quick", q, _TOP - {"quick", "name"})
         raw = _merge({k: v for k, v in raw.items() if k != "quick"}, q)
+        ctx.overrides = tuple(_leaf_paths(q))
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ctx.error("name", f"must be a name of letters, digits, '_', '-', '.', got {name!r}")
@@ -485,18 +486,55 @@ def _labels(spec):
             return x
         return "v=[" + ", ".join(f"{v:g}" for v in x["v"]) + "]"
 
+    def loss_exact(x, group):
+        p = ", ".join(f"{k}={v!r}" for k, v in x["params"].items())
+        return f"{x['name']}({p})"
+
+    def integ_exact(x, group):
+        differ = [k for k in x if len({json.dumps(g.get(k)) for g in group}) > 1]
+        return integ_label(x)[:-1] + "".join(f", {k}={x[k]}" for k in differ) + ")"
+
+    def target_exact(x, group):
+        return "v=[" + ", ".join(f"{v!r}" for v in x["v"]) + "]"
+
     d, i = spec["data"], spec["init"]
     return {
         "architecture": [arch_label(a) for a in spec["architectures"]],
-        "loss": [loss_label(x) for x in spec["losses"]],
-        "integrator": [integ_label(x) for x in spec["integrator"]],
+        "loss": _distinct([loss_label(x) for x in spec["losses"]], spec["losses"], loss_exact),
+        "integrator": _distinct([integ_label(x) for x in spec["integrator"]], spec["integrator"],
+                                integ_exact),
         "m": [-1 if m is None else m for m in d["m"]],
         "noise": d["noise"],
         "inputs": [inputs_label(x) for x in d["inputs"]],
-        "target": [target_label(x) for x in d["target"]],
+        "target": _distinct([target_label(x) for x in d["target"]], d["target"], target_exact),
         "init_scale": i["scale"],
         "init_distribution": i["distribution"],
     }
+
+
+def _leaf_paths(table, prefix=""):
+    """The key paths of the non-table values of a nested dict (``data.m``, ``flows_per_dataset``)."""
+    for k, v in table.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _leaf_paths(v, path + ".")
+        else:
+            yield path
+
+
+def _distinct(labels, values, exact):
+    """``labels`` where labels of different values coincide (two integrators that differ only
+    in grad_tol, two deltas equal to 6 digits) relabelled by ``exact(value, group)``: full
+    precision numbers, for an integrator the settings that differ in the group. Equal
+    values keep equal labels (spec_checks.distinct_levels refuses them)."""
+    out = list(labels)
+    for lab in set(labels):
+        idx = [j for j, other in enumerate(labels) if other == lab]
+        group = [values[j] for j in idx]
+        if len({json.dumps(v, sort_keys=True) for v in group}) > 1:
+            for j in idx:
+                out[j] = exact(values[j], group)
+    return out
 
 
 def _cells(spec):
