@@ -126,7 +126,9 @@ class Architecture:
         return self.d[-1]
 
     def layer_slice(self, i):
-        """Slice of layer ``i`` (0-based) in the flat parameter vector."""
+        """Slice of layer ``i`` (0-based, ``0 <= i < depth``) in the flat parameter vector."""
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < self.depth:
+            raise IndexError(f"layer index must be a whole number in [0, {self.depth}), got {i!r}")
         return slice(self.offsets[i], self.offsets[i + 1])
 
     @functools.cached_property

@@ -50,7 +50,11 @@ def _check_count(value, name):
 
 
 def _rng(seed):
-    """``numpy.random.default_rng(seed)``, its errors naming ``seed``."""
+    """``numpy.random.default_rng(seed)``, its errors naming ``seed`` (a bool is refused: numpy
+    would take True as the seed 1)."""
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"seed must be None, a whole number >= 0, a SeedSequence or a Generator, "
+                        f"got {seed!r}")
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as e:

@@ -567,7 +567,7 @@ def gradient_flow(
     """
     W0 = _initial_points(problem, w0)
     attrs = _extra_attrs(attrs)
-    if method not in ("rk45", "rosenbrock", "auto"):
+    if not isinstance(method, str) or method not in ("rk45", "rosenbrock", "auto"):
         raise ValueError(
             f"method must be 'rk45', 'rosenbrock' or 'auto', got {method!r} "
             "(explicit Euler is gradient_descent)"
@@ -586,10 +586,10 @@ def gradient_flow(
     if save_times is None:
         save_t = np.linspace(0.0, t_end, 11) if t_end < math.inf else np.zeros(1)
     else:
-        try:
-            save_t = np.atleast_1d(np.asarray(save_times, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError("save_times must be an array of numbers") from None
+        arr = np.asarray(save_times)
+        if arr.dtype.kind not in "iuf":  # also refuses "0.5", which numpy would convert
+            raise TypeError(f"save_times must be an array of numbers, got {save_times!r}")
+        save_t = np.atleast_1d(arr.astype(np.float64))
         if save_t.ndim != 1 or save_t.size == 0:
             raise ValueError("save_times must be a non-empty 1-d array")
         if not np.all(np.isfinite(save_t)) or save_t.min() < 0 or save_t.max() > t_end:

@@ -372,8 +372,11 @@ class Loss:
         return {n: self.params[i] for i, n in enumerate(names)}
 
     def _eval(self, r, order):
-        scalar = np.ndim(r) == 0
-        r = np.ascontiguousarray(r, dtype=np.float64)  # (a 0-d input becomes 1-d here)
+        arr = np.asarray(r)
+        if arr.dtype.kind not in "biuf":  # None or strings became NaN, or a numpy error
+            raise TypeError(f"r must be a real number or an array of them, got {r!r}")
+        scalar = arr.ndim == 0
+        r = np.ascontiguousarray(arr, dtype=np.float64)  # (a 0-d input becomes 1-d here)
         out = np.empty_like(r)
         _eval_array(self.code, self.params[0], self.params[1], r, order, out)
         return float(out[0]) if scalar else out

@@ -193,8 +193,10 @@ class Problem:
         self.X = _readonly(np.array(_finite_matrix(X, "X", (arch.d0, m))))
         self.Y = _readonly(np.array(_finite_matrix(Y, "Y", (arch.d_N, m))))
         self.m = m
+        if not isinstance(use_gram, (bool, np.bool_)):
+            raise TypeError(f"use_gram must be True or False, got {use_gram!r}")
         self.use_gram = bool(use_gram) and loss.code == SQUARE
-        if kernel not in KERNELS:
+        if not isinstance(kernel, str) or kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         n_products = _codegen.n_products(arch)
         can_generate = self.use_gram and n_products <= _codegen.MAX_PRODUCTS

@@ -153,3 +153,29 @@ def test_gradient_descent_warns_where_it_cannot_converge():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lf.gradient_descent(p, w0, h=0.5 / lam, n_steps=5)
+
+
+def test_smaller_looseness(small):
+    """Values numpy would convert silently: use_gram="no" meant True, np.array(["auto"]) as
+    kernel or method, save_times="0.5", seed=True as the seed 1, layer_slice(-1) an empty
+    slice, Loss.value(None) NaN."""
+    arch, X, Y, p = small
+    with pytest.raises(TypeError, match="use_gram must be True or False"):
+        lf.Problem(arch, X, Y, losses.square(), use_gram="no")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        lf.Problem(arch, X, Y, losses.square(), kernel=np.array(["auto"]))
+    w0 = np.zeros((1, arch.n_params))
+    with pytest.raises(ValueError, match="method must be"):
+        lf.gradient_flow(p, w0, method=np.array(["rk45"]), t_end=1.0)
+    with pytest.raises(TypeError, match="save_times must be an array of numbers"):
+        lf.gradient_flow(p, w0, t_end=1.0, save_times="0.5")
+    with pytest.raises(TypeError, match="seed must be"):
+        lf.data.initial_filters(arch, 2, seed=True)
+    with pytest.raises(IndexError, match=r"layer index must be a whole number in \[0, 2\)"):
+        arch.layer_slice(-1)
+    with pytest.raises(IndexError):
+        arch.layer_slice(2)
+    assert arch.layer_slice(1) == slice(2, 4)
+    with pytest.raises(TypeError, match="r must be a real number"):
+        losses.square().value(None)
+    assert losses.square().value(True) == 1.0 and losses.square().value([1, 2]).tolist() == [1, 4]
