@@ -8,6 +8,7 @@ a Dataset identical to the one written (``xarray.testing.assert_identical``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -77,13 +78,70 @@ def _create_partial(directory):
     raise FileExistsError(f"path: cannot create a temporary file in {directory!r}")
 
 
+def _fsync_file(path):
+    """Flush the content of the file ``path`` to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory):
+    """Flush the entries of ``directory`` (a rename into it) to the disk, where the system
+    allows it (some cannot open or sync a directory: then the system keeps its own pace)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: free bytes below which a failed write is blamed on a full disk (the failed write itself
+#: fills the disk to its last blocks before it fails)
+_NEARLY_FULL = 1 << 20
+
+
+def _no_space(directory, exc):
+    """Whether ``exc`` (raised while writing into ``directory``) came from a full disk: its
+    errno (or a chained one's) is ENOSPC, or the directory's file system is (nearly) full."""
+    e = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
+
+
+def _write_error(exc, directory, path):
+    """The OSError to raise for a failed write of ``path``: "no space left on <directory>" when
+    the disk is full (netCDF says only "NetCDF: HDF error"), else the error with the file named."""
+    if _no_space(directory, exc):
+        return OSError(errno.ENOSPC, f"no space left on {directory} (writing {path})")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OSError(getattr(exc, "errno", None) or errno.EIO, f"cannot write it: {reason}", path)
+
+
 def to_netcdf(ds, path, *, complevel=4):
     """Write ``ds`` to ``path`` (netCDF4, zlib-compressed) atomically.
 
     The file is written under a temporary name in the same directory,
-    ``.lcnfast-partial-<host>-<pid>-<random>.nc``, and renamed into place, so a crash never
-    leaves a half-written file at ``path``; partial files left by killed processes of this host
-    are removed by the next write into that directory. A new file gets the usual mode (0666
+    ``.lcnfast-partial-<host>-<pid>-<random>.nc``, flushed to the disk (fsync) and renamed
+    into place, and the directory is flushed after the rename where the system allows: so
+    neither a crash nor a power loss leaves a half-written or empty file at ``path``; partial
+    files left by killed processes of this host are removed by the next write into that
+    directory. A failed write raises OSError naming ``path`` (the netCDF library's
+    RuntimeError included); on a full disk its text is "no space left on <directory>". A new file gets the usual mode (0666
     less the umask); an existing file keeps its mode (and, where permitted, its owner and
     group). If ``path`` is a symbolic link, the file it points to is replaced and the link
     kept. Returns ``path``.
@@ -118,11 +176,20 @@ def to_netcdf(ds, path, *, complevel=4):
                 with contextlib.suppress(OSError):  # only root may give a file away
                     os.chown(tmp, old.st_uid, old.st_gid)
             os.chmod(tmp, stat.S_IMODE(old.st_mode))  # after chown, which clears set-id bits
+        _fsync_file(tmp)
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as e:  # RuntimeError: "NetCDF: HDF error", a full disk too
+        err = _write_error(e, directory, path)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if err is e:
+            raise
+        raise err from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+    _fsync_dir(directory)
     return path
 
 

@@ -1,0 +1,128 @@
+"""Robustness of study directories and of the ``lcnfast`` command: damaged files, failing
+writes, directories taken over by a corrected spec, arguments checked before anything is made.
+
+One tiny study (1 cell, 3 flows in shards of 1, Euler: a second once compiled) is run once per
+module; each test works on a copy of it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+import lcnfast
+from lcnfast import cli
+from lcnfast.study import draws, load, load_spec, run_study
+from lcnfast.study.shards import finished_shards
+
+SPEC = """
+name = "dirs"
+seed = 1
+flows_per_dataset = 3
+shard_size = 1
+
+[[architectures]]
+d0 = 6
+k = [2, 2]
+
+[[losses]]
+name = "square"
+
+[data]
+m = 4
+
+[[integrator]]
+method = "euler"
+h = 0.01
+n_steps = 20
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(spec file, finished study directory, its Dataset)."""
+    d = tmp_path_factory.mktemp("dirs")
+    spec = d / "dirs.toml"
+    spec.write_text(SPEC)
+    run_study(spec, d / "out", progress=False, report=False)
+    return spec, d / "out", load(d / "out")
+
+
+@pytest.fixture
+def study(tiny, tmp_path):
+    """(spec file, a fresh copy of the finished study directory, the study's Dataset)."""
+    spec, out, ds = tiny
+    shutil.copytree(out, tmp_path / "out")
+    return spec, tmp_path / "out", ds
+
+
+def lcn(capsys, *args):
+    """Run the command in this process: (exit status, stdout, stderr)."""
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err):
+    """The one ``lcnfast: error:`` line of ``err`` (and no traceback)."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("lcnfast: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def assert_same_results(a, b):
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in a.data_vars:
+        xr.testing.assert_identical(a[v], b[v])
+
+
+def test_to_netcdf_flushes_the_file_and_its_directory_to_disk(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "a.nc"
+    lcnfast.to_netcdf(xr.Dataset({"x": ("i", [1.0, 2.0])}), path)
+    assert len(synced) == 2
+    assert Path(synced[0]).name.startswith(".lcnfast-partial-")  # before the rename
+    assert synced[1] == os.path.realpath(tmp_path)
+
+
+# ----------------------------------------------------------------------------- failing writes
+def _netcdf_fails(monkeypatch):
+    def fail(self, *a, **k):
+        raise RuntimeError("NetCDF: HDF error")
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", fail)
+
+
+def test_a_write_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    _netcdf_fails(monkeypatch)
+    full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda p: full)
+    with pytest.raises(OSError) as e:
+        lcnfast.to_netcdf(xr.Dataset({"x": ("i", [1.0])}), tmp_path / "a.nc")
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value.strerror).startswith(f"no space left on {tmp_path}")
+    assert os.listdir(tmp_path) == []  # the partial file is removed
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    _netcdf_fails(monkeypatch)
+    with pytest.raises(OSError) as e:
+        lcnfast.to_netcdf(xr.Dataset({"x": ("i", [1.0])}), tmp_path / "a.nc")
+    assert e.value.filename == str(tmp_path / "a.nc") and "NetCDF: HDF error" in str(e.value)
