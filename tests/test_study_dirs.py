@@ -86,6 +86,51 @@ def assert_same_results(a, b):
         xr.testing.assert_identical(a[v], b[v])
 
 
+# ----------------------------------------------------------------------------- shard files
+def test_damaged_shards_are_named_skipped_then_set_aside_and_recomputed(study, capsys):
+    spec, out, ref = study
+    shards = sorted((out / "shards").glob("c*.nc"))
+    assert len(shards) == 3
+    shards[0].write_bytes(shards[0].read_bytes()[:3000])  # truncated
+    shards[1].write_bytes(b"")  # empty: what a power loss before the data reached the disk left
+    rc, out_text, err = lcn(capsys, "study", "status", out)
+    assert rc == 0 and "flows 1/3 done" in out_text, err
+    for p, why in ((shards[0], "HDF error"), (shards[1], "Unknown file format")):
+        assert f"lcnfast: warning: shard file {p} is damaged (NetCDF: {why}): skipped" in err
+    with pytest.warns(UserWarning, match="is damaged"):
+        assert load(out).sizes["flow"] == 1
+    assert all(p.exists() for p in shards)  # reading sets nothing aside
+    with pytest.warns(UserWarning, match=r"is damaged .*: moved to c\S+\.nc\.damaged"):
+        s = run_study(spec, out, progress=False, report=False)
+    assert s.n_flows_run == 2 and s.n_shards_skipped == 1  # the two damaged ones, once
+    assert sorted(p.name for p in (out / "shards").glob("*.damaged")) == [
+        p.name + ".damaged" for p in shards[:2]
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same_results(ref, load(out))
+
+
+def test_a_shard_without_its_flows_is_damaged(study):
+    spec, out, _ = study
+    p = sorted((out / "shards").glob("c*.nc"))[0]
+    ds = lcnfast.open_dataset(p)
+    lcnfast.to_netcdf(ds.isel(flow=slice(0, 0)), p)
+    with pytest.warns(UserWarning, match=r"damaged \(0 flows, not 1\)"):
+        assert len(finished_shards(out, load_spec(spec).spec_hash)) == 2
+
+
+def test_a_damaged_dataset_file_is_written_again(study):
+    spec, out, ref = study
+    data = next((out / "datasets").glob("*.nc"))
+    data.write_bytes(b"")
+    shutil.rmtree(out / "shards")
+    (out / "shards").mkdir()
+    run_study(spec, out, progress=False, report=False)
+    assert data.stat().st_size > 0
+    assert_same_results(ref, load(out))
+
+
 def test_to_netcdf_flushes_the_file_and_its_directory_to_disk(tmp_path, monkeypatch):
     synced = []
     real = os.fsync

@@ -349,7 +349,7 @@ def run_study(
     with _lock(d), quiet():  # the runner says what it is doing itself
         if _remove_partial_files(d):
             say("removed temporary files of an interrupted run")
-        done = finished_shards(d, study.spec_hash)
+        done = finished_shards(d, study.spec_hash, set_aside=True)
         todo = plan(study, done, shard_size)
         summary.n_shards_skipped = len(done)
         n_todo = sum(s.n_flows for s in todo)
@@ -443,7 +443,7 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     counts = {}
     with _lock(d), (contextlib.nullcontext() if progress else quiet()):
         _remove_partial_files(d)
-        done = finished_shards(d, study.spec_hash)
+        done = finished_shards(d, study.spec_hash, set_aside=True)
         say(f"study {study.name}: analysing {len(done)} shards again -> {d}")
         bar = FlowProgress(sum(s.n_flows for s in done), study.name, progress)
         try:

@@ -10,8 +10,11 @@ Layout of a study directory (``data/<study>/`` by default)::
 A shard file holds the flow Dataset of :func:`lcnfast.gradient_flow` (or
 :func:`lcnfast.gradient_descent`), the variables of :func:`lcnfast.analysis.classify`, the
 bounds of Lemma 3.6 per flow, and the cell's factors as coordinates along ``flow``. It is
-written under a temporary name and renamed (:func:`lcnfast.to_netcdf`), so a file that exists
-is complete; a killed run leaves at most a temporary file, removed by the next run.
+written under a temporary name, flushed to the disk and renamed (:func:`lcnfast.to_netcdf`), so
+a file that exists is complete; a killed run leaves at most a temporary file, removed by the
+next run. A shard file damaged nevertheless (a copy cut short, a disk fault) is not finished:
+:func:`finished_shards` names it, and a run renames it to ``<name>.damaged`` and computes its
+flows again.
 """
 
 from __future__ import annotations
@@ -70,26 +73,80 @@ def dataset_path(study_dir, cell, dataset):
     return Path(study_dir) / "datasets" / f"c{cell:04d}_d{dataset:04d}.nc"
 
 
+#: appended to the name of a shard file that cannot be read when a run sets it aside
+DAMAGED_SUFFIX = ".damaged"
+
+
 def _file_hash(path):
     with netCDF4.Dataset(path) as f:
         return getattr(f, "spec_hash", None)
 
 
-def finished_shards(study_dir, spec_hash):
-    """Shards whose file exists and carries ``spec_hash`` (others raise: never mixed)."""
+def _shard_header(path):
+    """``(spec hash, number of flows)`` of a shard file; OSError or RuntimeError when it
+    cannot be opened as netCDF (truncated, empty, not netCDF)."""
+    with netCDF4.Dataset(path) as f:
+        n = f.dimensions["flow"].size if "flow" in f.dimensions else None
+        return getattr(f, "spec_hash", None), n
+
+
+def _set_aside(path, reason, move):
+    """Warn that the shard file ``path`` is damaged; with ``move``, rename it to
+    ``<name>.damaged`` (no longer a shard file, so its flows are computed again)."""
+    if not move:
+        warnings.warn(
+            f"shard file {path} is damaged ({reason}): skipped; a run of the study "
+            "computes its flows again",
+            stacklevel=3,
+        )
+        return
+    aside = path.with_name(path.name + DAMAGED_SUFFIX)
+    os.replace(path, aside)
+    warnings.warn(
+        f"shard file {path} is damaged ({reason}): moved to {aside.name}; its flows are "
+        "computed again",
+        stacklevel=3,
+    )
+
+
+def finished_shards(study_dir, spec_hash, *, set_aside=False):
+    """Shards whose file exists and carries ``spec_hash`` (others raise: never mixed).
+
+    A shard file that cannot be opened as netCDF (truncated, empty: a copy cut short, a disk
+    fault) or does not hold its shard's flows is not finished: a warning names it, and with
+    ``set_aside`` (a run, which holds the directory's lock) it is renamed to
+    ``<name>.damaged``, so that the run computes its flows again.
+    """
     done = []
     for p in sorted((Path(study_dir) / "shards").glob("*.nc")):
         m = _SHARD_RE.match(p.name)
         if not m:
             continue
-        h = _file_hash(p)
+        shard = Shard(*map(int, m.groups()))
+        try:
+            h, n = _shard_header(p)
+        except (OSError, RuntimeError) as e:
+            _set_aside(p, getattr(e, "strerror", None) or str(e), set_aside)
+            continue
         if h != spec_hash:
             raise ValueError(
                 f"{p} belongs to another spec (hash {h}, this spec {spec_hash}): "
                 "use another output directory"
             )
-        done.append(Shard(*map(int, m.groups())))
+        if n != shard.n_flows:
+            _set_aside(p, f"{n} flows, not {shard.n_flows}", set_aside)
+            continue
+        done.append(shard)
     return done
+
+
+def _dataset_written(path, spec_hash):
+    """Whether the dataset file ``path`` exists and holds data of ``spec_hash`` (a file that
+    cannot be read is written again)."""
+    try:
+        return path.exists() and _file_hash(path) == spec_hash
+    except (OSError, RuntimeError):
+        return False
 
 
 def plan(study, done, shard_size):
@@ -124,7 +181,7 @@ def write_datasets(study, study_dir):
     for cell in study.cells:
         for d in range(study.spec["data"]["n_datasets"]):
             path = dataset_path(study_dir, cell.index, d)
-            if path.exists() and _file_hash(path) == study.spec_hash:
+            if _dataset_written(path, study.spec_hash):
                 continue
             X, Y, v_target = draws.make_dataset(cell, d, study.spec["seed"])
             problem = Problem(cell.arch(), X, Y, cell.loss_fn())
