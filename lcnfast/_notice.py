@@ -71,8 +71,9 @@ def _enabled():
 class Ticker:
     """A line on stderr while the calling thread is busy: ``text ... 12 s`` updated every half
     second on a terminal (``live``), else ``text ...``, ``text ... 30 s`` every ``interval``
-    seconds (a log shows the wait goes on) and ``text: done in 42.3 s``; nothing at all if
-    the block ends within ``delay`` seconds. Compile notices are silent meanwhile."""
+    seconds (a log shows the wait goes on) and ``text: done in 42.3 s`` (``stopped after
+    42.3 s`` when the block raised); nothing at all if the block ends within ``delay``
+    seconds. Compile notices are silent meanwhile."""
 
     def __init__(self, text, live, delay=0.0, interval=30.0):
         self.text, self.live, self.delay, self.interval = text, live, delay, interval

@@ -86,6 +86,19 @@ def assert_same_results(a, b):
         xr.testing.assert_identical(a[v], b[v])
 
 
+# ----------------------------------------------------------------------------- spec.json
+@pytest.mark.parametrize("text", ["{}", "{bad", '{"spec_hash": "x"}', "[]", "\udcff"])
+def test_a_damaged_spec_json_is_named_by_every_command(study, capsys, text):
+    spec, out, _ = study
+    (out / "spec.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    for args in (["status", out], ["report", out], ["reanalyse", out, "--quiet"],
+                 ["run", spec, "--out", out, "--no-report", "--quiet"]):  # fmt: skip
+        rc, _, err = lcn(capsys, "study", *args)
+        assert rc == 2, (args, err)
+        assert f"damaged spec.json: {out / 'spec.json'}" in error_line(err), args
+        assert "done in" not in err  # the report's ticker does not claim success
+
+
 # ----------------------------------------------------------------------------- shard files
 def test_damaged_shards_are_named_skipped_then_set_aside_and_recomputed(study, capsys):
     spec, out, ref = study

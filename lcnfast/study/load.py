@@ -13,7 +13,7 @@ import xarray as xr
 from .. import analysis as _analysis
 from ..io import open_dataset
 from ..problem import Problem
-from .runner import SPEC_FILE
+from .runner import SPEC_FILE, read_spec_file
 from .shards import finished_shards, read_dataset
 from .spec import COORDS, FACTORS, load_spec, spec_warnings_off
 
@@ -24,18 +24,21 @@ FLOW_LEVELS = ("cell", *(COORDS[f] for f in FACTORS), "dataset", "replicate")
 
 
 def read_spec(study_dir):
-    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path)."""
+    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path). Raises
+    ValueError naming ``spec.json`` when it is missing, damaged (see
+    :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does not
+    match its hash."""
     if not isinstance(study_dir, (str, os.PathLike)):
         raise TypeError(f"study_dir must be a path (str or os.PathLike), got {study_dir!r}")
     p = Path(study_dir) / SPEC_FILE
     if not p.is_file():
         raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
+    rec = read_spec_file(p)
     try:
-        rec = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"study_dir: {p} is not a JSON file written by a run ({e})") from None
-    with spec_warnings_off():  # warned about when it was run
-        study = load_spec(rec["spec"])
+        with spec_warnings_off():  # warned about when it was run
+            study = load_spec(rec["spec"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"damaged {SPEC_FILE}: {p}: {e}") from None
     if study.spec_hash != rec["spec_hash"]:
         raise ValueError(f"study_dir: {p} does not match its hash (edited by hand?)")
     return study

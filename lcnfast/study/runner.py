@@ -124,18 +124,38 @@ def _check_writable(d):
         raise ValueError(f"out: cannot write to {d}: {e.strerror}") from None
 
 
+def read_spec_file(path):
+    """The record ``{"spec_hash": ..., "spec": {...}}`` of a study directory's ``spec.json``
+    at ``path``. Raises ValueError naming the file when it is damaged: not UTF-8 JSON, or not
+    an object with a string ``spec_hash`` and an object ``spec``."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"damaged {SPEC_FILE}: {path}: {e}") from None
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get("spec_hash"), str)
+        and isinstance(rec.get("spec"), dict)
+    ):
+        raise ValueError(
+            f"damaged {SPEC_FILE}: {path}: not an object with 'spec_hash' (a string) and "
+            "'spec' (an object)"
+        )
+    return rec
+
+
 def open_study_dir(study, d):
     """Create or check a study directory for ``study``; returns its Path.
 
     Raises ValueError when it is unwritable, holds another spec (naming the keys that differ),
-    or is a non-empty directory that is not a study directory.
+    has a damaged ``spec.json``, or is a non-empty directory that is not a study directory.
     """
     d = Path(d)
     if d.exists() and not d.is_dir():
         raise ValueError(f"out: {d} exists and is not a directory")
     spec_file = d / SPEC_FILE
     if spec_file.exists():
-        old = json.loads(spec_file.read_text())
+        old = read_spec_file(spec_file)
         if old["spec_hash"] != study.spec_hash:
             keys = spec_diff(old["spec"], study.spec) or ["(format)"]
             raise ValueError(
