@@ -184,3 +184,44 @@ def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         lcnfast.to_netcdf(xr.Dataset({"x": ("i", [1.0])}), tmp_path / "a.nc")
     assert e.value.filename == str(tmp_path / "a.nc") and "NetCDF: HDF error" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- another spec
+def test_a_directory_without_results_is_taken_over_by_a_corrected_spec(tiny, tmp_path, monkeypatch):
+    spec, _, ref = tiny
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.toml"
+    broken.write_text(SPEC.replace("m = 4", "m = 4\nn_datasets = 2"))
+    make = draws.make_dataset
+
+    def fails_on_dataset_1(cell, d, seed):
+        if d == 1:
+            raise ValueError("data: cannot make dataset 1")
+        return make(cell, d, seed)
+
+    monkeypatch.setattr(draws, "make_dataset", fails_on_dataset_1)
+    with pytest.raises(ValueError, match="cannot make dataset 1"):
+        run_study(broken, out, progress=False, report=False)
+    monkeypatch.undo()
+    assert [p.name for p in (out / "datasets").glob("*.nc")] == ["c0000_d0000.nc"]
+    assert (out / "spec.toml").read_text() == broken.read_text()
+    with pytest.warns(UserWarning, match=r"held no results of its spec \(differing keys: "
+                      r"data.n_datasets\): its spec.json is replaced"):  # fmt: skip
+        s = run_study(spec, out, progress=False, report=False)
+    assert s.n_flows_run == 3
+    assert json.loads((out / "spec.json").read_text())["spec_hash"] == load_spec(spec).spec_hash
+    assert (out / "spec.toml").read_text() == SPEC
+    assert [p.name for p in (out / "datasets").glob("*.nc")] == ["c0000_d0000.nc"]
+    assert_same_results(ref, load(out))
+
+
+def test_a_directory_with_a_shard_of_another_spec_is_still_refused(study, tmp_path):
+    _, out, _ = study
+    for p in list((out / "shards").glob("c*.nc"))[1:]:
+        p.unlink()
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.replace("seed = 1", "seed = 2"))
+    before = json.loads((out / "spec.json").read_text())
+    with pytest.raises(ValueError, match=r"holds the results of another spec \(differing keys: seed\)"):
+        run_study(other, out, progress=False, report=False)
+    assert json.loads((out / "spec.json").read_text()) == before

@@ -3,7 +3,8 @@
 :func:`run_study` is the library entry point behind ``lcnfast study run``. A run
 
 1. validates the spec (:func:`lcnfast.study.load_spec`) and the output directory: a directory
-   holding another spec's results is refused with the keys that differ, never mixed;
+   holding another spec's results is refused with the keys that differ, never mixed (one
+   holding none, left by a run that failed before its first shard, is taken over);
 2. takes the directory's lock (one run at a time), removes temporary files a killed run left,
    writes the data of every cell and dataset once;
 3. plans the shards not finished yet (a resumption computes nothing twice);
@@ -26,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,24 +146,70 @@ def read_spec_file(path):
     return rec
 
 
+def _write_spec_file(study, d):
+    """Write ``d/spec.json`` (flushed to the disk, renamed into place) and ``d/spec.toml``, the
+    spec's source file (removed when the spec has none)."""
+    text = json.dumps({"spec_hash": study.spec_hash, "spec": study.spec}, indent=1)
+    tmp = d / f".{SPEC_FILE}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / SPEC_FILE)
+    if study.source:
+        shutil.copyfile(study.source, d / "spec.toml")
+    else:
+        (d / "spec.toml").unlink(missing_ok=True)
+
+
+def _holds_results(d):
+    """Whether ``d/shards`` holds any file but a writer's temporary ones (a shard of its
+    spec, finished or damaged)."""
+    shards = d / "shards"
+    return shards.is_dir() and any(
+        not p.name.startswith(".lcnfast-partial-") for p in shards.iterdir()
+    )
+
+
+def _take_over(study, d):
+    """Give the study directory ``d``, whose spec differs from ``study``'s but which holds no
+    results (a run that failed before its first shard), to ``study``: under the lock, its
+    ``spec.json`` is replaced and the old spec's data files removed, with a warning."""
+    with _lock(d):
+        old = read_spec_file(d / SPEC_FILE)
+        if old["spec_hash"] == study.spec_hash:  # another run of this spec took it meanwhile
+            return
+        keys = spec_diff(old["spec"], study.spec) or ["(format)"]
+        if _holds_results(d):
+            raise ValueError(
+                f"out: {d} holds the results of another spec (differing keys: "
+                f"{', '.join(keys)}); use another --out directory or delete {d}"
+            )
+        for p in (d / "datasets").glob("*"):
+            p.unlink()
+        _write_spec_file(study, d)
+    warnings.warn(
+        f"out: {d} held no results of its spec (differing keys: {', '.join(keys)}): "
+        "its spec.json is replaced by this spec and its data files removed",
+        stacklevel=3,
+    )
+
+
 def open_study_dir(study, d):
     """Create or check a study directory for ``study``; returns its Path.
 
-    Raises ValueError when it is unwritable, holds another spec (naming the keys that differ),
-    has a damaged ``spec.json``, or is a non-empty directory that is not a study directory.
+    Raises ValueError when it is unwritable, holds results of another spec (naming the keys
+    that differ), has a damaged ``spec.json``, or is a non-empty directory that is not a study
+    directory. A directory of another spec that holds no results (its run failed before
+    finishing a shard) is taken over by ``study``, with a warning.
     """
     d = Path(d)
     if d.exists() and not d.is_dir():
         raise ValueError(f"out: {d} exists and is not a directory")
     spec_file = d / SPEC_FILE
     if spec_file.exists():
-        old = read_spec_file(spec_file)
-        if old["spec_hash"] != study.spec_hash:
-            keys = spec_diff(old["spec"], study.spec) or ["(format)"]
-            raise ValueError(
-                f"out: {d} holds the results of another spec (differing keys: "
-                f"{', '.join(keys)}); use another --out directory or delete {d}"
-            )
+        if read_spec_file(spec_file)["spec_hash"] != study.spec_hash:
+            _take_over(study, d)
     elif d.exists() and any(p for p in d.iterdir() if p.name != ".lock"):
         raise ValueError(
             f"out: {d} is not empty and holds no {SPEC_FILE}: not a study directory; "
@@ -174,13 +222,15 @@ def open_study_dir(study, d):
         raise ValueError(f"out: cannot create {d}: {e.strerror}") from None
     _check_writable(d)
     if not spec_file.exists():
-        text = json.dumps({"spec_hash": study.spec_hash, "spec": study.spec}, indent=1)
-        tmp = d / f".{SPEC_FILE}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, spec_file)
-        if study.source:
-            shutil.copyfile(study.source, d / "spec.toml")
+        _write_spec_file(study, d)
     return d
+
+
+def _check_spec_file(study, d):
+    """Raise ValueError unless ``d/spec.json`` is ``study``'s (checked under the lock: another
+    run may have written or replaced it since :func:`open_study_dir`)."""
+    if read_spec_file(d / SPEC_FILE)["spec_hash"] != study.spec_hash:
+        raise ValueError(f"out: another run gave {d} to another spec meanwhile; run again")
 
 
 @contextlib.contextmanager
@@ -367,6 +417,7 @@ def run_study(
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
     distributed = n_modes == 1
     with _lock(d), quiet():  # the runner says what it is doing itself
+        _check_spec_file(study, d)
         if _remove_partial_files(d):
             say("removed temporary files of an interrupted run")
         done = finished_shards(d, study.spec_hash, set_aside=True)
