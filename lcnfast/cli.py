@@ -8,8 +8,10 @@
     lcnfast study list
     lcnfast info
 
-Errors in the input (a spec, a directory) print one line and exit with status 2; Ctrl-C during a
-run keeps the shards written and exits with status 130.
+Errors in the input (a spec, a directory, an argument) print one line and exit with status 2;
+a failure of the system (a file that cannot be read or written, a full disk, an unreachable
+scheduler) prints one line naming the file and exits with status 1; Ctrl-C during a run keeps
+the shards written and exits with status 130.
 """
 
 from __future__ import annotations
@@ -215,6 +217,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{clear}lcnfast: warning: {text}", file=out)
 
 
+def _os_error_text(e):
+    """One line for an OSError: ``<file>: <reason>`` when it names a file, else its text."""
+    reason = " ".join((e.strerror or str(e)).split())
+    if e.filename is not None:
+        return f"{os.fsdecode(e.filename)}: {reason}"
+    return reason
+
+
 def main(argv=None):
     """Entry point of the ``lcnfast`` console script; returns the exit status."""
     a = _parser().parse_args(argv)
@@ -233,6 +243,9 @@ def main(argv=None):
     except (ValueError, TypeError) as e:
         print(f"lcnfast: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"lcnfast: error: {_os_error_text(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lcnfast: interrupted", file=sys.stderr)
         return 130

@@ -186,6 +186,53 @@ def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
     assert e.value.filename == str(tmp_path / "a.nc") and "NetCDF: HDF error" in str(e.value)
 
 
+def test_a_failed_shard_write_is_one_line(study, capsys, monkeypatch):
+    spec, out, _ = study
+    next((out / "shards").glob("c*.nc")).unlink()
+    from lcnfast.study import shards
+
+    def fail(ds, path):
+        raise OSError(errno.ENOSPC, f"no space left on {Path(path).parent} (writing {path})")
+
+    monkeypatch.setattr(shards, "to_netcdf", fail)
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--no-report", "--quiet")
+    assert rc == 1 and f"no space left on {out / 'shards'}" in error_line(err)
+
+
+# ----------------------------------------------------------------------------- unwritable, unreachable
+def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
+    _, out, _ = study
+    mkdir = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if self.name == "figures":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    rc, _, err = lcn(capsys, "study", "report", out)
+    assert rc == 1 and error_line(err) == f"lcnfast: error: {out / 'figures'}: Read-only file system"
+    from lcnfast.study import runner
+
+    def no_lock(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runner, "open", no_lock, raising=False)
+    rc, _, err = lcn(capsys, "study", "reanalyse", out, "--quiet")
+    assert rc == 1 and error_line(err).endswith(".lock: Read-only file system")
+
+
+def test_an_unreachable_scheduler_is_one_line(study, capsys):
+    import dask
+
+    spec, out, _ = study
+    next((out / "shards").glob("c*.nc")).unlink()
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--scheduler",
+                         "tcp://127.0.0.1:1", "--no-report", "--quiet")  # fmt: skip
+    assert rc == 1 and "scheduler: Timed out trying to connect to tcp://127.0.0.1:1" in error_line(err)
+
+
 # ----------------------------------------------------------------------------- another spec
 def test_a_directory_without_results_is_taken_over_by_a_corrected_spec(tiny, tmp_path, monkeypatch):
     spec, _, ref = tiny

@@ -311,7 +311,11 @@ def _client(workers, scheduler, threads_per_worker):
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as e:  # "Timed out trying to connect to ... after 30 s"
+            raise OSError(f"scheduler: {e}") from e
+        with client:
             yield client
         return
     with LocalCluster(
