@@ -35,6 +35,20 @@ def _positive_int(text):
     return n
 
 
+def _thread_count(text):
+    """A ``--threads`` value: a whole number from 1 to the threads Numba may use here (checked
+    while parsing, so that nothing is created for a run that would be refused)."""
+    n = _positive_int(text)
+    from numba.core import config
+
+    top = config.NUMBA_NUM_THREADS
+    if n > top:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {top} (the threads Numba may use here, NUMBA_NUM_THREADS), got {n}"
+        )
+    return n
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="lcnfast",
@@ -60,7 +74,7 @@ def _parser():
     run.add_argument("--quick", action="store_true", help="the spec's small [quick] size")
     run.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_thread_count,
         help="Numba threads per process (default: all cores here, 1 per dask worker)",
     )
     run.add_argument("--shard-size", type=_positive_int, help="flows per shard (default: spec)")
@@ -205,10 +219,11 @@ _shown_warnings = set()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """``lcnfast: warning: <message>``, each text once per command (a study's spec is read
+    """``lcnfast: warning: <message>`` (a leading ``lcnfast: `` of the message dropped), each
+    text once per command (a study's spec is read
     by several of its steps, each of which would say it again); on a terminal the line a
     ticker or progress bar is drawing is cleared first (they redraw below it)."""
-    text = str(message)
+    text = str(message).removeprefix("lcnfast: ")  # the line says "lcnfast: warning: " itself
     if text in _shown_warnings:
         return
     _shown_warnings.add(text)

@@ -272,3 +272,24 @@ def test_a_directory_with_a_shard_of_another_spec_is_still_refused(study, tmp_pa
     with pytest.raises(ValueError, match=r"holds the results of another spec \(differing keys: seed\)"):
         run_study(other, out, progress=False, report=False)
     assert json.loads((out / "spec.json").read_text()) == before
+
+
+# ----------------------------------------------------------------------------- arguments, warnings
+def test_too_many_threads_are_refused_before_the_directory_is_made(tiny, tmp_path, capsys):
+    import numba
+
+    spec, _, _ = tiny
+    n = numba.config.NUMBA_NUM_THREADS + 1
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", tmp_path / "new", "--threads", n)
+    assert rc == 2 and f"argument --threads: must be at most {n - 1}" in err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match=r"threads must be in 1\.\."):
+        run_study(spec, tmp_path / "new", threads=n, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_warning_carries_the_prefix_once(capsys):
+    cli._shown_warnings.clear()
+    cli._show_warning(UserWarning("lcnfast: Problem.grad overflowed"), UserWarning, "p.py", 1)
+    assert capsys.readouterr().err == "lcnfast: warning: Problem.grad overflowed\n"
+    cli._shown_warnings.clear()

@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from .. import analysis as _analysis
@@ -351,6 +352,26 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
         client.cancel(futures)
 
 
+def _whole(x):
+    return not isinstance(x, bool) and isinstance(x, int) and x >= 1
+
+
+def _check_run_args(workers, scheduler, client, threads, shard_size):
+    """Raise ValueError for arguments of :func:`run_study` it would refuse later, before
+    anything is created."""
+    if sum(x is not None for x in (workers, scheduler, client)) > 1:
+        raise ValueError("give at most one of workers, scheduler and client")
+    if workers is not None and not _whole(workers):
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    if threads is not None and not _whole(threads):
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    top = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and threads > top:
+        raise ValueError(f"threads must be in 1..{top} (NUMBA_NUM_THREADS), got {threads}")
+    if shard_size is not None and not _whole(shard_size):
+        raise ValueError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+
+
 def run_study(
     spec,
     out=None,
@@ -400,17 +421,10 @@ def run_study(
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path (str or os.PathLike) or None, got {out!r}")
     study = load_spec(spec, quick=quick)
+    _check_run_args(workers, scheduler, client, threads, shard_size)
     n_modes = sum(x is not None for x in (workers, scheduler, client))
-    if n_modes > 1:
-        raise ValueError("give at most one of workers, scheduler and client")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
     if shard_size is None:
         shard_size = study.spec["shard_size"]
-    elif isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
     else:
         try:  # the spec's shard_size passed these checks in load_spec
             spec_checks.save_sizes(_keys.Ctx(None, None), study.spec, shard_size)
