@@ -17,6 +17,7 @@ the shards written and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -258,6 +259,10 @@ def main(argv=None):
     except (ValueError, TypeError) as e:
         print(f"lcnfast: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lcnfast study status DIR | head`: the reader is gone, say nothing
+        with contextlib.suppress(OSError, ValueError):  # and nothing when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:
         print(f"lcnfast: error: {_os_error_text(e)}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -126,7 +128,7 @@ def test_damaged_shards_are_named_skipped_then_set_aside_and_recomputed(study, c
 
 def test_a_shard_without_its_flows_is_damaged(study):
     spec, out, _ = study
-    p = sorted((out / "shards").glob("c*.nc"))[0]
+    p = min((out / "shards").glob("c*.nc"))
     ds = lcnfast.open_dataset(p)
     lcnfast.to_netcdf(ds.isel(flow=slice(0, 0)), p)
     with pytest.warns(UserWarning, match=r"damaged \(0 flows, not 1\)"):
@@ -220,6 +222,17 @@ def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
     monkeypatch.setattr(runner, "open", no_lock, raising=False)
     rc, _, err = lcn(capsys, "study", "reanalyse", out, "--quiet")
     assert rc == 1 and error_line(err).endswith(".lock: Read-only file system")
+
+
+def test_a_reader_gone_is_no_error(study):
+    _, out, _ = study
+    r, w = os.pipe()
+    os.close(r)  # `lcnfast study status DIR | head -0`
+    env = dict(os.environ, PYTHONPATH=str(Path(lcnfast.__file__).parents[1]))
+    p = subprocess.run([sys.executable, "-m", "lcnfast.cli", "study", "status", str(out)],
+                       stdout=w, stderr=subprocess.PIPE, text=True, env=env, timeout=300)  # fmt: skip
+    os.close(w)
+    assert p.returncode == 1 and p.stderr == ""
 
 
 def test_an_unreachable_scheduler_is_one_line(study, capsys):
