@@ -266,6 +266,10 @@ def main(argv=None):
     except OSError as e:
         print(f"lcnfast: error: {_os_error_text(e)}", file=sys.stderr)
         return 1
+    except MemoryError as e:  # numpy: "Unable to allocate 596. GiB for an array ..."
+        print(f"lcnfast: error: out of memory ({e or 'MemoryError'}): the study is too large for "
+              "this machine (data.m, flows_per_dataset, shard_size, save)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lcnfast: interrupted", file=sys.stderr)
         return 130

@@ -304,3 +304,20 @@ def test_an_error_in_the_quick_table_names_its_key_and_line(tmp_path):
         p.write_text(TOML + extra)
         with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
             load_spec(p, quick=True)
+
+
+def test_a_dataset_too_large_for_memory_is_a_spec_error():
+    refused(spec_with(data__m=10**10), "data: a dataset does not fit in memory")
+
+
+def test_the_command_reports_out_of_memory_in_one_line(monkeypatch, capsys):
+    from lcnfast import cli
+
+    def huge(a):
+        raise MemoryError("Unable to allocate 931. GiB for an array")
+
+    monkeypatch.setattr(cli, "_cmd_list", huge)
+    assert cli.main(["study", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lcnfast: error: out of memory (Unable to allocate 931. GiB")
+    assert "Traceback" not in err

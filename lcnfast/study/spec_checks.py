@@ -118,9 +118,11 @@ def datasets_are_usable(ctx, spec, cells):
         if key in seen:
             continue
         seen.add(key)
+        where = ", ".join(f"{FACTOR_KEYS[f]} = {cell.labels[f]}" for f in _DATA_FACTORS)
         try:
             X, Y, _ = draws.make_dataset(cell, 0, spec["seed"])
             Problem(cell.arch(), X, Y, square())
         except (ValueError, np.linalg.LinAlgError) as e:
-            where = ", ".join(f"{FACTOR_KEYS[f]} = {cell.labels[f]}" for f in _DATA_FACTORS)
             raise ctx.error("data", f"{e} ({where})") from None
+        except MemoryError as e:
+            raise ctx.error("data", f"a dataset does not fit in memory: {e} ({where})") from None
