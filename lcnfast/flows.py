@@ -112,10 +112,6 @@ import datetime
 import json
 import math
 import numbers
-import os
-import select
-import signal
-import threading
 import time as _time
 import warnings
 
@@ -125,10 +121,12 @@ import pandas as pd
 import xarray as xr
 
 from . import _euler, _rk45
+from . import _flow_args as A
 from . import _integrate as I
 from . import _rosenbrock as R
 from ._lane_width import LANES
 from ._notice import FlowProgress, interactive, watch_status
+from ._signals import sigint_sets
 from .problem import Problem
 
 __all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "threads"]
@@ -136,7 +134,6 @@ __all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "thread
 #: status code -> meaning (also in each Dataset's ``status.attrs``)
 STATUS = dict(enumerate(I.STATUS_MEANINGS))
 
-_MAX_SAVE_BYTES = 8 * 2**30  # refuse save arrays larger than this (memory of a 24 GiB machine)
 _EPS = np.finfo(float).eps
 _PROGRESS_DELAY = 2.0  # seconds a run lasts before its progress bar shows
 
@@ -173,113 +170,6 @@ def _initial_points(problem, w0):
     return W0
 
 
-def _positive_float(x, name, *, allow_zero=False):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {x!r}")
-    try:
-        x = float(x)
-    except OverflowError:  # a Python int beyond float64
-        raise ValueError(f"{name} must be finite, got an integer of {len(str(x))} digits") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {x!r}")
-    return x
-
-
-# counts (steps, saves) run in int64 inside the kernels, with room for j + 1 and products
-_COUNT_MAX = 2**62
-
-
-def _count(x, name, *, minimum):
-    """A whole number from minimum to 2^62; integral floats (1e6) are taken too."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a whole number, got {x!r}")
-    if not isinstance(x, numbers.Integral):
-        if not (math.isfinite(x) and float(x).is_integer()):
-            raise TypeError(f"{name} must be a whole number, got {x!r}")
-        x = int(x)
-    if x < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {x}")
-    if x > _COUNT_MAX:
-        raise ValueError(f"{name} must be <= 2**62, got {x}")
-    return int(x)
-
-
-# the attributes a run writes itself (_dataset); attrs= may not replace them: the analysis reads
-# them back (architecture, loss, method, tolerances)
-_RUN_ATTRS = frozenset({
-    "architecture", "loss", "m", "method", "t_end", "rtol", "atol", "max_steps", "grad_tol",
-    "interrupted", "h", "n_steps", "save_every", "gradient_kernel", "lcnfast_version",
-    "numba_version", "numpy_version", "threading_layer", "n_threads", "lanes", "wall_time_s",
-    "created",
-})
-
-
-def _attr_value_ok(val):
-    """A netCDF attribute value: a string, a real number (integers within int64), or a
-    non-empty 1-d sequence of real numbers."""
-    if isinstance(val, str):
-        return True
-    if isinstance(val, (bool, np.bool_)):
-        return False
-    if isinstance(val, numbers.Integral):
-        return -(2**63) <= int(val) < 2**63
-    if isinstance(val, numbers.Real):
-        return True
-    if isinstance(val, (list, tuple, np.ndarray)):
-        try:
-            arr = np.asarray(val)
-        except ValueError:  # ragged
-            return False
-        return arr.ndim == 1 and arr.size > 0 and arr.dtype.kind in "iuf"
-    return False
-
-
-def _extra_attrs(attrs):
-    """Validate user attributes before any work is done (netCDF takes strings, numbers and
-    1-d lists of numbers); the run's own attributes (_RUN_ATTRS) cannot be replaced."""
-    if attrs is None:
-        return {}
-    if not isinstance(attrs, dict):
-        raise TypeError(f"attrs must be a dict, got {type(attrs).__name__}")
-    for key, val in attrs.items():
-        if not isinstance(key, str):
-            raise TypeError(f"attrs keys must be strings, got {key!r}")
-        if key in _RUN_ATTRS:
-            raise ValueError(f"attrs[{key!r}]: the run writes this attribute itself (the "
-                             "analysis reads it back); choose another name")
-        if not _attr_value_ok(val):
-            raise TypeError(f"attrs[{key!r}] must be a string, a real number or a 1-d list of "
-                            f"real numbers, got {val!r}")
-    return dict(attrs)
-
-
-def _t_end(t_end, grad_tol):
-    """t_end > 0, or inf (None) to run until ||grad L|| <= grad_tol, which is then required."""
-    if t_end is None or (
-        isinstance(t_end, numbers.Real) and not isinstance(t_end, bool) and t_end == math.inf
-    ):
-        if grad_tol is None:
-            raise ValueError("t_end=None (or inf) runs until ||grad L|| <= grad_tol: give grad_tol")
-        return math.inf
-    return _positive_float(t_end, "t_end")
-
-
-def _grad_tol(grad_tol):
-    if grad_tol is None:
-        return -1.0
-    return _positive_float(grad_tol, "grad_tol", allow_zero=True)
-
-
-def _check_save_size(K, T, n):
-    nbytes = 8 * K * T * (n + 2)
-    if nbytes > _MAX_SAVE_BYTES:
-        raise ValueError(
-            f"saving {T} times for {K} flows of {n} parameters needs {nbytes / 2**30:.1f} GiB; "
-            "save fewer times (save_times / save_every) or split the flows into shards"
-        )
-
-
 def _outputs(K, n, kv, T, Q=0):
     nan = np.nan
     return I.FlowOutputs(
@@ -304,23 +194,6 @@ def _outputs(K, n, kv, T, Q=0):
     )
 
 
-def _loss_levels(loss_levels):
-    """None -> no levels (an empty array); else a 1-d array of finite reals."""
-    if loss_levels is None:
-        return np.zeros(0)
-    arr = np.asarray(loss_levels)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise ValueError(f"loss_levels must be a 1-d sequence of real numbers, got {loss_levels!r}")
-    if arr.ndim != 1:
-        raise ValueError(f"loss_levels must be 1-d, got an array of shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"loss_levels must be finite, got {loss_levels!r}")
-    return arr
-
-
 def _add_levels(ds, levels, out, how):
     ds = ds.assign_coords(loss_level=("loss_level", levels, {
         "long_name": "absolute loss levels of t_below"}))
@@ -331,105 +204,6 @@ def _add_levels(ds, levels, out, how):
 
 
 # ----------------------------------------------------------------------------- running
-# How SIGINT reaches a running kernel. Python runs its signal handlers in the main thread
-# between bytecodes, never while that thread is inside a kernel, but its C-level handler also
-# writes the signal number to the "wakeup fd" at once (signal.set_wakeup_fd). During a run that
-# fd is a pipe read by a watcher thread (made once; it waits in select without the GIL, which
-# the kernel does not hold either): on SIGINT it sets the flag the kernel polls. Bytes of other
-# signals go on to the wakeup fd installed before (asyncio's, say); the pipe is drained when
-# the run ends. The kernel runs in the calling thread, as before (in a helper thread it would
-# bring a second OpenMP thread team, which made the main thread's parallel kernels 3x slower
-# on two cores), and SIGINT's Python handler is replaced during the run by one that only sets
-# the flag, so no KeyboardInterrupt follows.
-class _Watcher:
-    lock = threading.Lock()
-    pipe = None  # (read end, write end), both non-blocking, made on first use
-    stop = None  # the flag of the run in progress, or None
-    forward = -1  # the wakeup fd installed before the run
-
-    @classmethod
-    def start(cls):
-        if cls.pipe is None:
-            cls.pipe = os.pipe()
-            for fd in cls.pipe:
-                os.set_blocking(fd, False)
-            threading.Thread(target=cls._watch, name="lcnfast-sigint", daemon=True).start()
-        return cls.pipe[1]
-
-    @classmethod
-    def _watch(cls):
-        while True:
-            select.select([cls.pipe[0]], [], [])
-            with cls.lock:
-                cls.drain()
-
-    @classmethod
-    def drain(cls):
-        """Act on the signal numbers in the pipe (call with the lock held)."""
-        while True:
-            try:
-                data = os.read(cls.pipe[0], 512)
-            except BlockingIOError:
-                return
-            other = bytes(b for b in data if b != signal.SIGINT)
-            if len(other) < len(data) and cls.stop is not None:
-                cls.stop[0] = 1
-            if other and cls.forward >= 0:
-                with contextlib.suppress(OSError):
-                    os.write(cls.forward, other)
-
-    @classmethod
-    def reset_in_child(cls):
-        """After fork: the watcher thread did not come along; make a new one when needed."""
-        if cls.pipe is not None:
-            for fd in cls.pipe:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        cls.lock = threading.Lock()
-        cls.pipe = None
-        cls.stop = None
-        cls.forward = -1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_Watcher.reset_in_child)
-
-
-@contextlib.contextmanager
-def _sigint_sets(stop):
-    """While active, SIGINT sets ``stop[0] = 1`` (also while the thread is in a kernel) instead
-    of raising KeyboardInterrupt; in effect only in the main thread with Python's default SIGINT
-    handler in place (elsewhere SIGINT behaves as usual)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-
-    def handler(signum, frame):
-        stop[0] = 1
-
-    try:
-        wfd = _Watcher.start()
-        with _Watcher.lock:
-            _Watcher.forward = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-            _Watcher.stop = stop
-    except (OSError, ValueError):  # pragma: no cover - no pipes or wakeup fd here
-        yield
-        return
-    prev = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, prev)
-        with _Watcher.lock:
-            signal.set_wakeup_fd(_Watcher.forward)  # later signals go where they went before
-            _Watcher.drain()  # those of the run: SIGINT sets the flag, others are passed on
-            _Watcher.forward = -1
-            _Watcher.stop = None
-
-
 def _progress_wanted(progress):
     """Whether a run shows its bar: ``progress`` None on a terminal or in Jupyter only, True
     also elsewhere (a line every 10 s), False never."""
@@ -442,7 +216,7 @@ def _progress_wanted(progress):
 
 def _run(kernel, args, status, progress, desc):
     """Run ``kernel(*args, stop)``; return whether SIGINT came during the run (``stop[0]``),
-    see :func:`_sigint_sets`. A kernel's first run in the process is compiled (or loaded from
+    see :func:`lcnfast._signals.sigint_sets`. A kernel's first run in the process is compiled (or loaded from
     the cache) before, where Ctrl-C interrupts a long compile as usual (a compile notice
     says so if it takes a while: lcnfast._notice). With ``progress`` (bool), a bar ``desc``
     counts the flows with a ``status`` while the kernel runs (shown once it has run
@@ -452,7 +226,7 @@ def _run(kernel, args, status, progress, desc):
     if not kernel.signatures:
         kernel.compile(tuple(numba.typeof(a) for a in args))
     bar = FlowProgress(status.size, desc, True, delay=_PROGRESS_DELAY) if progress else None
-    with _sigint_sets(stop), watch_status(status, bar):
+    with sigint_sets(stop), watch_status(status, bar):
         kernel(*args)
     return bool(stop[0])
 
@@ -566,23 +340,23 @@ def gradient_flow(
         (``attrs["interrupted"] == 1``, module docstring, "Interruption").
     """
     W0 = _initial_points(problem, w0)
-    attrs = _extra_attrs(attrs)
+    attrs = A.extra_attrs(attrs)
     if not isinstance(method, str) or method not in ("rk45", "rosenbrock", "auto"):
         raise ValueError(
             f"method must be 'rk45', 'rosenbrock' or 'auto', got {method!r} "
             "(explicit Euler is gradient_descent)"
         )
-    t_end = _t_end(t_end, grad_tol)
-    rtol = _positive_float(rtol, "rtol")
+    t_end = A.t_end_arg(t_end, grad_tol)
+    rtol = A.positive_float(rtol, "rtol")
     if rtol >= 1.0:
         raise ValueError(f"rtol must be < 1 (a relative error of 100% or more bounds nothing), "
                          f"got {rtol!r}")
-    atol = _positive_float(atol, "atol", allow_zero=True)
+    atol = A.positive_float(atol, "atol", allow_zero=True)
     if rtol < 100 * _EPS:
         warnings.warn(f"rtol={rtol:g} is below 100*eps; using 100*eps", stacklevel=2)
         rtol = 100 * _EPS
-    gtol = _grad_tol(grad_tol)
-    max_steps = _count(max_steps, "max_steps", minimum=1)
+    gtol = A.grad_tol_arg(grad_tol)
+    max_steps = A.count(max_steps, "max_steps", minimum=1)
     if save_times is None:
         save_t = np.linspace(0.0, t_end, 11) if t_end < math.inf else np.zeros(1)
     else:
@@ -598,8 +372,8 @@ def gradient_flow(
             raise ValueError("save_times must be strictly increasing")
         save_t = np.ascontiguousarray(save_t)
     K, n = W0.shape
-    _check_save_size(K, save_t.size, n)
-    levels = _loss_levels(loss_levels)
+    A.check_save_size(K, save_t.size, n)
+    levels = A.loss_levels_arg(loss_levels)
     opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t, levels)
     out = _outputs(K, n, problem.arch.k_v, save_t.size, levels.size)
     progress = _progress_wanted(progress)
@@ -686,17 +460,17 @@ def gradient_descent(
         minimum the iteration is locally stable only if it is < 2.
     """
     W0 = _initial_points(problem, w0)
-    attrs = _extra_attrs(attrs)
-    h = _positive_float(h, "h")
-    n_steps = _count(n_steps, "n_steps", minimum=0)
-    gtol = _grad_tol(grad_tol)
+    attrs = A.extra_attrs(attrs)
+    h = A.positive_float(h, "h")
+    n_steps = A.count(n_steps, "n_steps", minimum=0)
+    gtol = A.grad_tol_arg(grad_tol)
     if save_every is None:
         save_every = max(1, n_steps // 10)
-    save_every = _count(save_every, "save_every", minimum=1)
+    save_every = A.count(save_every, "save_every", minimum=1)
     n_save = n_steps // save_every + 1
     K, n = W0.shape
-    _check_save_size(K, n_save, n)
-    levels = _loss_levels(loss_levels)
+    A.check_save_size(K, n_save, n)
+    levels = A.loss_levels_arg(loss_levels)
     opt = I.EulerOptions(h, n_steps, gtol, save_every, n_save, levels)
     out = _outputs(K, n, problem.arch.k_v, n_save, levels.size)
     progress = _progress_wanted(progress)

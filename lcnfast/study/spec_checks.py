@@ -15,7 +15,7 @@ import numpy as np
 from .. import analysis as _analysis
 from ..analysis._common import _tolerances
 from ..architecture import Architecture
-from ..flows import _check_save_size
+from .._flow_args import check_save_size
 from . import _keys as K
 from . import draws
 
@@ -86,7 +86,7 @@ def save_sizes(ctx, spec, shard_size=None):
             path, n_save = f"integrator[{i}].save", (save if isinstance(save, int) else len(save))
         for j, arch in enumerate(_arches(spec)):
             try:
-                _check_save_size(n_flows, n_save, arch.n_params)
+                check_save_size(n_flows, n_save, arch.n_params)
             except ValueError as e:
                 raise ctx.error(
                     path, f"{e} (architectures[{j}], shards of {n_flows} flows)"

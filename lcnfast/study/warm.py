@@ -167,7 +167,8 @@ def compile_rodas_tail(spec, between=None):
     import numba
 
     from .. import _codegen, _integrate, _rosenbrock
-    from ..flows import _loss_levels, _outputs
+    from .._flow_args import loss_levels_arg
+    from ..flows import _outputs
 
     study = load_spec(spec)
     rng = np.random.default_rng(0)
@@ -176,7 +177,7 @@ def compile_rodas_tail(spec, between=None):
             continue
         problem = _synthetic_problem(cell, rng)
         model, n, kv = problem.model, problem.arch.n_params, problem.arch.k_v
-        opt = _integrate.RKOptions(1.0, 1e-6, 1e-9, 0.0, 1, np.zeros(1), _loss_levels(None))
+        opt = _integrate.RKOptions(1.0, 1e-6, 1e-9, 0.0, 1, np.zeros(1), loss_levels_arg(None))
         out = _outputs(1, n, kv, 1)
         wk = _rosenbrock.new_work(model, n)
         scratch = (wk.kW, wk.kG, wk.kL, wk.kV)
