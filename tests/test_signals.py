@@ -13,6 +13,15 @@ import pytest
 from lcnfast._signals import sigint_deferred
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler for each test: a process started in the background by a
+    shell inherits SIGINT ignored, where sigint_deferred (rightly) stays inert."""
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, prev)
+
+
 def test_sigint_in_the_block_is_raised_when_it_ends():
     said, done = [], []
     with pytest.raises(KeyboardInterrupt):
