@@ -504,7 +504,12 @@ def test_roots_recovered_from_random_factorisations(pairs, reals):
     assume(not d or min(d) >= 0.5)
     assume(all(sum(1 for x in want if complex(x) == b) <= 3 for b in base))
     z = roots.poly_roots(_poly(want))
-    _match(z, want, 1e-3)  # a triple root near others: ~(eps cond)^(1/3) ~ 2e-4
+    # a triple root near others: ~(c eps cond)^(1/3), c the method's backward-error constant.
+    # Polynomials with max|c| / |c_lead| > 16 are solved by QZ on the companion pencil
+    # (roots.poly_roots), whose c is larger here than the balanced companion matrix's:
+    # pairs=[(0, 1, 1), (3, 0.5, 2)], reals=[(3, 3)] (rho 8187) gave 1.67e-3 where the matrix
+    # gave 9.9e-4, at the old bound 1e-3; the cluster check below is unaffected (chordal)
+    _match(z, want, 2e-3)
     mult, centre = roots.root_clusters(z, 1e-3)
     for c, mu in zip(centre, mult):
         truth = min(base, key=lambda b: abs(b - c))

@@ -179,3 +179,32 @@ def test_smaller_looseness(small):
     with pytest.raises(TypeError, match="r must be a real number"):
         losses.square().value(None)
     assert losses.square().value(True) == 1.0 and losses.square().value([1, 2]).tolist() == [1, 4]
+
+
+def test_classify_names_what_is_wrong_with_a_hand_made_dataset(small):
+    """Hand-made flow Datasets gave numpy broadcast errors, JSON or Key errors from inside, or
+    lost the imaginary part of a complex w_final silently (fuzz report B3)."""
+    import xarray as xr
+
+    arch, _, _, p = small
+    w = lf.data.initial_filters(arch, 3, seed=1)
+    wf = (("flow", "param"), w)
+    cases = [
+        ({"status": (("flow", "x"), np.zeros((3, 2), int))}, {}, r"ds\.status must have dims"),
+        ({"status": (("other",), np.zeros(2, int))}, {}, r"ds\.status must have dims"),
+        ({"max_loss_increase": (("flow",), np.array(["a", "b", "c"]))}, {},
+         r"ds\.max_loss_increase must hold real numbers"),
+        ({"loss_init": (("flow", "x"), np.zeros((3, 2)))}, {}, r"ds\.loss_init must have dims"),
+        ({"w_init": (("flow", "param2"), w)}, {}, r"ds\.w_init must have dims"),
+        ({}, {"architecture": "x"}, r"ds\.attrs\['architecture'\] is not the JSON"),
+        ({}, {"loss": '{"nam": "square"}'}, r"ds\.attrs\['loss'\] is not a loss"),
+        ({}, {"rtol": [1, 2]}, r"ds\.attrs\['rtol'\] must be a real number"),
+    ]
+    for variables, attrs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            lf.analysis.classify(xr.Dataset({"w_final": wf, **variables}, attrs=attrs), p)
+    with pytest.raises(ValueError, match=r"ds\.w_final must hold real numbers"):
+        lf.analysis.classify(xr.Dataset({"w_final": (("flow", "param"), w + 0j)}), p)
+    ok = xr.Dataset({"w_final": wf, "status": (("flow",), np.zeros(3, np.int8))},
+                    attrs={"rtol": 1e-8})
+    assert lf.analysis.classify(ok, p).sizes["flow"] == 3

@@ -32,6 +32,7 @@ def _check_flow_dataset(ds, problem):
         raise ValueError("ds must have a variable 'w_final' (flow, param) (lcnfast.flows schema)")
     if set(ds.w_final.dims) != {"flow", "param"}:
         raise ValueError(f"ds.w_final must have dims (flow, param), got {ds.w_final.dims}")
+    _check_variables(ds)
     arch = problem.arch
     if ds.sizes["param"] != arch.n_params:
         raise ValueError(
@@ -39,13 +40,16 @@ def _check_flow_dataset(ds, problem):
             f"{arch.n_params}"
         )
     if "architecture" in ds.attrs:
-        a = json.loads(ds.attrs["architecture"])
+        a = _json_attr(ds, "architecture")
         if a != arch.to_dict():
             raise ValueError(f"ds.attrs['architecture'] = {a} does not match problem.arch {arch!r}")
     if "loss" in ds.attrs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            loss = _losses.from_dict(json.loads(ds.attrs["loss"]))
+            try:
+                loss = _losses.from_dict(_json_attr(ds, "loss"))
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"ds.attrs['loss'] is not a loss of lcnfast.flows ({e!r})") from None
         if loss != problem.loss_fn:
             raise ValueError(
                 f"ds.attrs['loss'] = {loss!r} does not match problem.loss_fn {problem.loss_fn!r}"
@@ -58,6 +62,43 @@ def _check_flow_dataset(ds, problem):
             and np.array_equal(ds["tap"].values, want_tap)
         ):
             raise ValueError("ds's param index (layer, tap) is not in the architecture's order")
+
+
+#: the variables of the flow schema that classify reads where present: dims and kinds of values
+_SCHEMA = {
+    "w_init": (("flow", "param"), "biuf"), "status": (("flow",), "biuf"),
+    "loss_init": (("flow",), "biuf"), "max_loss_increase": (("flow",), "biuf"),
+    "t_switch": (("flow",), "biuf"),
+}  # fmt: skip
+
+
+def _check_variables(ds):
+    """ValueError naming the variable or attribute unless those classify reads have the flow
+    schema's dims and real values (a hand-made Dataset gave numpy broadcast errors, or a
+    complex w_final lost its imaginary part silently)."""
+    if ds.w_final.dtype.kind not in "biuf":
+        raise ValueError(f"ds.w_final must hold real numbers, got dtype {ds.w_final.dtype}")
+    for name, (dims, kinds) in _SCHEMA.items():
+        if name not in ds:
+            continue
+        da = ds[name]
+        if set(da.dims) != set(dims):
+            raise ValueError(f"ds.{name} must have dims {dims}, got {da.dims}")
+        if da.dtype.kind not in kinds:
+            raise ValueError(f"ds.{name} must hold real numbers, got dtype {da.dtype}")
+    if "w_init" in ds and ds.sizes["param"] != ds.w_init.sizes["param"]:
+        raise ValueError("ds.w_init and ds.w_final must have the same param dimension")
+    rtol = ds.attrs.get("rtol")
+    if rtol is not None and (isinstance(rtol, (bool, str)) or not np.isscalar(rtol)
+                             or not np.isreal(rtol)):
+        raise ValueError(f"ds.attrs['rtol'] must be a real number, got {rtol!r}")
+
+
+def _json_attr(ds, name):
+    try:
+        return json.loads(ds.attrs[name])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"ds.attrs[{name!r}] is not the JSON lcnfast.flows writes ({e})") from None
 
 
 def _per_flow(da, K):
