@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numba
 import numpy as np
 
 _MAX_SAVE_BYTES = 8 * 2**30  # refuse save arrays larger than this (memory of a 24 GiB machine)
@@ -137,3 +138,14 @@ def loss_levels_arg(loss_levels):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"loss_levels must be finite, got {loss_levels!r}")
     return arr
+
+
+def thread_count(n, name):
+    """``int(n)`` for a whole number of Numba threads in 1..NUMBA_NUM_THREADS (the most this
+    process can use): TypeError otherwise (bool included), ValueError out of range."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number or None, got {n!r}")
+    top = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= top:
+        raise ValueError(f"{name} must be in 1..{top} (NUMBA_NUM_THREADS), got {n}")
+    return int(n)

@@ -113,8 +113,7 @@ class Ticker:
     def __exit__(self, exc_type, exc, tb):
         global _silence
         self._stop.set()
-        if hasattr(self, "_thread"):
-            self._thread.join()
+        self._thread.join()
         with _lock:
             _silence -= 1
         if not self._shown:

@@ -111,7 +111,6 @@ import contextlib
 import datetime
 import json
 import math
-import numbers
 import time as _time
 import warnings
 
@@ -149,15 +148,11 @@ def threads(n_threads):
     if n_threads is None:
         yield numba.get_num_threads()
         return
-    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
-        raise TypeError(f"n_threads must be a whole number or None, got {n_threads!r}")
-    top = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= n_threads <= top:
-        raise ValueError(f"n_threads must be in 1..{top} (NUMBA_NUM_THREADS), got {n_threads}")
+    n_threads = A.thread_count(n_threads, "n_threads")
     old = numba.get_num_threads()
-    numba.set_num_threads(int(n_threads))
+    numba.set_num_threads(n_threads)
     try:
-        yield int(n_threads)
+        yield n_threads
     finally:
         numba.set_num_threads(old)
 

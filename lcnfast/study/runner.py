@@ -31,10 +31,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from .. import analysis as _analysis
+from .._flow_args import thread_count
 from ..flows import STATUS, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
@@ -363,11 +363,8 @@ def _check_run_args(workers, scheduler, client, threads, shard_size):
         raise ValueError("give at most one of workers, scheduler and client")
     if workers is not None and not _whole(workers):
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
-    if threads is not None and not _whole(threads):
-        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
-    top = numba.config.NUMBA_NUM_THREADS
-    if threads is not None and threads > top:
-        raise ValueError(f"threads must be in 1..{top} (NUMBA_NUM_THREADS), got {threads}")
+    if threads is not None:
+        thread_count(threads, "threads")  # what flows.threads would refuse later
     if shard_size is not None and not _whole(shard_size):
         raise ValueError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
 
