@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import scipy.optimize
 import xarray as xr
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from lcnfast import Architecture, Problem, analysis, data, losses, roots
@@ -490,6 +490,11 @@ def test_dilated_layer_roots():
     ),
     st.lists(st.tuples(st.floats(-3, 3), st.integers(1, 3)), min_size=1, max_size=3),
 )
+# a triple root next to a double pair: 1.67e-3 off (QZ on the pencil, rho = 8187)
+@example(pairs=[(0.0, 1.0, 1), (3.0, 0.5, 2)], reals=[(3.0, 3)])
+# triple roots at 3 next to a double pair: 1.5e-2 off, within 4 of this test's bound
+@example(pairs=[(3.0, 0.6211297419012983, 2), (2.0914364933817433, 0.4164452587670286, 1)],
+         reals=[(1.4377749537830962, 3), (3.0, 3), (0.0, 1)])
 def test_roots_recovered_from_random_factorisations(pairs, reals):
     """Polynomials built from known (real and conjugate-pair) roots with multiplicities."""
     want = []
@@ -497,25 +502,60 @@ def test_roots_recovered_from_random_factorisations(pairs, reals):
         want += [complex(re, im), complex(re, -im)] * mu
     for x, mu in reals:
         want += [x] * mu
-    # distinct roots well apart and multiplicities <= 3 (a mu-fold root is computed to about
-    # eps^(1/mu) only), so that the clusters are well defined
+    # distinct roots well apart and multiplicities <= 3, so that the clusters are well defined
     base = sorted({complex(r) for r in want}, key=lambda c: (c.real, c.imag))
     d = [abs(a - b) for i, a in enumerate(base) for b in base[i + 1 :]]
     assume(not d or min(d) >= 0.5)
     assume(all(sum(1 for x in want if complex(x) == b) <= 3 for b in base))
+    _check_factorisation(want, base)
+
+
+def _root_error_bound(want, b):
+    """First-order error of the computed roots of prod (x - want) near its mu-fold root b.
+
+    np.poly's coefficients (rounded, error ~ n eps times those of prod (x + |r|), c_hat) and
+    a backward-stable solver (QZ or the balanced companion matrix: error ~ n eps ||c||) both
+    perturb p by dp with |dp(b)| <~ n eps max|c_hat| sum_i |b|^i. A mu-fold root then moves
+    by |dp(b) / q(b)|^(1/mu), q = p / (x - b)^mu (each of its mu copies, on a circle)."""
+    n = len(want)
+    mu = sum(1 for x in want if complex(x) == b)
+    c_hat = np.real(np.poly([-abs(complex(r)) for r in want]))
+    dp = n * np.finfo(float).eps * np.abs(c_hat).max() * sum(abs(b) ** i for i in range(n + 1))
+    q = abs(np.prod([b - complex(x) for x in want if complex(x) != b]))
+    return mu, (dp / q) ** (1.0 / mu)
+
+
+def _check_factorisation(want, base):
+    """poly_roots and root_clusters on prod (x - want), ``base`` its distinct roots.
+
+    The bounds are condition-based (a fixed tolerance either failed on triple roots next to
+    others, 2.7e-2 was seen, or said nothing about simple ones, ~1e-15): each computed root
+    within 4 first-order bounds of its true root (:func:`_root_error_bound`; measured up to
+    0.94 of one bound over 260,000 random clusters, 2026-12-07); the clusters found with a
+    chordal tolerance of 4 such spreads, 1e-9 at least, are the true ones; a cluster's mean
+    cancels the spread to first order, and its error, ~|dp(b) / q(b)| sum_j 1 / |b - r_j|
+    (the next order of the perturbation), is within 4 of that."""
     z = roots.poly_roots(_poly(want))
-    # a triple root near others: ~(c eps cond)^(1/3), c the method's backward-error constant.
-    # Polynomials with max|c| / |c_lead| > 16 are solved by QZ on the companion pencil
-    # (roots.poly_roots), whose c is larger here than the balanced companion matrix's:
-    # pairs=[(0, 1, 1), (3, 0.5, 2)], reals=[(3, 3)] (rho 8187) gave 1.67e-3 where the matrix
-    # gave 9.9e-4, at the old bound 1e-3; the cluster check below is unaffected (chordal)
-    _match(z, want, 2e-3)
-    mult, centre = roots.root_clusters(z, 1e-3)
+    bounds = {b: _root_error_bound(want, b) for b in base}
+    got = list(z)
+    for b in base:
+        mu, rad = bounds[b]
+        for _ in range(mu):
+            j = int(np.argmin([abs(g - b) for g in got]))
+            assert abs(got[j] - b) <= 4 * rad, (b, mu, rad, z)
+            got.pop(j)
+    # chordal spread of a cluster <= its absolute diameter 2 rad / (1 + |b|^2)
+    tol = max(1e-9, 4 * max(2 * rad / (1 + abs(b) ** 2) for b, (_, rad) in bounds.items()))
+    sep = [roots.chordal_distance(a, b) for i, a in enumerate(base) for b in base[i + 1 :]]
+    assume(not sep or tol < 0.5 * min(sep))
+    mult, centre = roots.root_clusters(z, tol)
     for c, mu in zip(centre, mult):
         truth = min(base, key=lambda b: abs(b - c))
-        assert mu == sum(1 for x in want if abs(complex(x) - truth) < 1e-12)
-        # the mean of a cluster cancels the eps^(1/mu) spread to first order; 1.06e-8 was seen
-        assert abs(c - truth) <= 1e-7
+        assert mu == bounds[truth][0], (truth, c, mu, z)
+        mu_t, rad = bounds[truth]
+        near = sum(1 / abs(truth - b) for b in base if b != truth)
+        lim = 4 * rad if mu_t == 1 else 4 * rad**mu_t * max(1.0, near)
+        assert abs(c - truth) <= lim, (truth, c, lim)
 
 
 def test_chordal_distance():
