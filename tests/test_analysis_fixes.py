@@ -227,6 +227,34 @@ def test_image_minimum_k22_agrees_with_the_exact_boundary_search(seed):
     assert meta["image_min"]["n_starts"] == 48
 
 
+def test_image_minimum_is_computed_once_per_problem_and_arguments(monkeypatch):
+    """A study classifies every shard of a (cell, dataset) against the same global minimum:
+    computed once per process. The kept result is bitwise the computed one, handed out as a
+    copy; other data, arguments or no seed compute again."""
+    from lcnfast.analysis import function_space
+
+    monkeypatch.setattr(function_space, "_IMAGE_MINIMA", type(function_space._IMAGE_MINIMA)())
+    runs = []
+    minimize = scipy.optimize.minimize
+    monkeypatch.setattr(scipy.optimize, "minimize", lambda *a, **k: runs.append(1) or minimize(*a, **k))
+    td, pb = square_problem(16, (2, 3), (2, 1), noise=0.3)
+    first = analysis.image_minimum(pb, n_starts=6, seed=0)
+    assert len(runs) == 6
+    first.w[:] = 0.0  # the caller's copy: the kept one is untouched
+    same_data = Problem(pb.arch, td.X.copy(), td.Y.copy(), losses.square())
+    again = analysis.image_minimum(same_data, n_starts=6, seed=0)
+    assert len(runs) == 6
+    fresh = function_space._image_minimum(pb, 6, 0, 1e-6, 1000)
+    assert again.value == fresh.value and (again.w == fresh.w).all() and (again.v == fresh.v).all()
+    for other in (dict(n_starts=6, seed=1), dict(n_starts=7, seed=0), dict(n_starts=6, seed=None)):
+        analysis.image_minimum(pb, **other)
+    assert len(runs) == 6 + 6 + (6 + 7 + 6)  # first, the fresh reference, the other arguments
+    Y2 = td.Y.copy()
+    Y2[0, 0] += 1e-12
+    analysis.image_minimum(Problem(pb.arch, td.X, Y2, losses.square()), n_starts=6, seed=0)
+    assert len(runs) == 6 + 6 + (6 + 7 + 6) + 6
+
+
 def test_global_min_given_by_the_caller():
     td, pb = square_problem(16, (2, 3), (2, 1), noise=0.3)
     im = analysis.image_minimum(pb, n_starts=16, seed=0)
