@@ -108,6 +108,7 @@ handler of the caller's own (left in place: it runs when the call returns).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import json
 import math
@@ -135,6 +136,23 @@ STATUS = dict(enumerate(I.STATUS_MEANINGS))
 
 _EPS = np.finfo(float).eps
 _PROGRESS_DELAY = 2.0  # seconds a run lasts before its progress bar shows
+# a counter of finished flows that the runs in this context report to instead of a bar of
+# their own (lcnfast.study's runner: the study's bar counts a shard's flows as they finish)
+_FINISHED_FLOWS = contextvars.ContextVar("lcnfast_finished_flows", default=None)
+
+
+@contextlib.contextmanager
+def counting_finished_flows(counter):
+    """Within the block, the runs that show no bar of their own (``progress`` False or None
+    off a terminal) report their finished flows to ``counter`` while they run: an object
+    with ``done`` (flows counted so far, an int it keeps), ``update(n)`` (n more finished)
+    and ``close()``, as :class:`lcnfast._notice.FlowProgress`. ``update`` is called from a
+    helper thread while a kernel runs."""
+    token = _FINISHED_FLOWS.set(counter)
+    try:
+        yield counter
+    finally:
+        _FINISHED_FLOWS.reset(token)
 
 
 class FlowWarning(RuntimeWarning):
@@ -215,12 +233,14 @@ def _run(kernel, args, status, progress, desc):
     the cache) before, where Ctrl-C interrupts a long compile as usual (a compile notice
     says so if it takes a while: lcnfast._notice). With ``progress`` (bool), a bar ``desc``
     counts the flows with a ``status`` while the kernel runs (shown once it has run
-    _PROGRESS_DELAY seconds, the compile not counted)."""
+    _PROGRESS_DELAY seconds, the compile not counted); without, so does the counter of
+    :func:`counting_finished_flows`, if any."""
     stop = np.zeros(1, np.int64)
     args = (*args, stop)
     if not kernel.signatures:
         kernel.compile(tuple(numba.typeof(a) for a in args))
-    bar = FlowProgress(status.size, desc, True, delay=_PROGRESS_DELAY) if progress else None
+    bar = (FlowProgress(status.size, desc, True, delay=_PROGRESS_DELAY) if progress
+           else _FINISHED_FLOWS.get())
     with sigint_sets(stop), watch_status(status, bar):
         kernel(*args)
     return bool(stop[0])

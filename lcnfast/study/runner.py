@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import analysis as _analysis
 from .._flow_args import thread_count
-from ..flows import STATUS, threads as _threads
+from ..flows import STATUS, counting_finished_flows, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from . import _keys, spec_checks
@@ -269,11 +269,29 @@ def _loss_names(study):
 
 
 # ----------------------------------------------------------------------------- execution
+class _ShardFlows:
+    """The flows of one shard finished so far, counted into the study's bar as the engine
+    ends them (:func:`lcnfast.flows.counting_finished_flows`): a long shard moves the bar
+    before it is written (flows that stop at different times: adaptive runs to grad_tol)."""
+
+    def __init__(self, bar, n_flows):
+        self.bar, self.n_flows, self.done = bar, n_flows, 0
+
+    def update(self, n, postfix=""):
+        n = min(n, self.n_flows - self.done)  # a shard's flows, counted once
+        self.done += n
+        self.bar.update(n)
+
+    def close(self):
+        pass
+
+
 def _run_local(study, d, todo, n_threads, progress, summary):
     for i, shard in enumerate(todo):
-        s = run_shard(str(d), study.spec, tuple(shard), n_threads)
+        with counting_finished_flows(_ShardFlows(progress, shard.n_flows)) as counted:
+            s = run_shard(str(d), study.spec, tuple(shard), n_threads)
         summary.add(s)
-        progress.update(s["n_flows"], f"shards {i + 1}/{len(todo)}")
+        progress.update(s["n_flows"] - counted.done, f"shards {i + 1}/{len(todo)}")
 
 
 def _worker_env(threads_per_worker):
