@@ -40,18 +40,27 @@ def _chart(c, z):
     return c[::-1], 1 / mpmath.mpc(z)
 
 
+def _horner(c, u):
+    """sum_j c[j] u^j for ascending coefficients c (mpmath.polyval's coefficient order
+    changed in mpmath 1.4, with a DeprecationWarning on every call)"""
+    acc = mpmath.mpf(0)
+    for cj in reversed(c):
+        acc = acc * u + cj
+    return acc
+
+
 def _eta(c, z):
     """Normwise backward error |p(z)| / (||c||_2 ||(1, z, .., z^n)||_2) of z (also z = inf)."""
     cc, u = _chart(c, z)
     v = mpmath.sqrt(mpmath.fsum(abs(u) ** (2 * j) for j in range(len(c))))
-    return abs(mpmath.polyval(cc[::-1], u)) / (mpmath.norm(c) * v)
+    return abs(_horner(cc, u)) / (mpmath.norm(c) * v)
 
 
 def _kappa(c, z):
     """Chordal condition number of the root z of c: chi(z, z') <~ kappa ||dc|| / ||c|| for the
     root z' of c + dc, to first order (inf when z is multiple)."""
     cc, u = _chart(c, z)
-    dp = mpmath.polyval([j * cc[j] for j in range(len(cc) - 1, 0, -1)], u)
+    dp = _horner([j * cc[j] for j in range(1, len(cc))], u)
     v = mpmath.sqrt(mpmath.fsum(abs(u) ** (2 * j) for j in range(len(c))))
     return mpmath.inf if dp == 0 else mpmath.norm(c) * v / (abs(dp) * (1 + abs(u) ** 2))
 
