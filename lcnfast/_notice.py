@@ -235,14 +235,16 @@ class FlowProgress:
 def watch_status(status, progress, period=0.25):
     """While the block runs (a kernel, without the GIL), a helper thread counts the flows
     with a status (``status >= 0``: finished) every ``period`` seconds into ``progress``
-    (a :class:`FlowProgress`, or None: nothing runs)."""
+    (a :class:`FlowProgress` or a counter with its ``done``, ``update`` and ``close``, on top
+    of what it had counted before; or None: nothing runs)."""
     if progress is None:
         yield
         return
     stop = threading.Event()
+    base = progress.done  # a counter may come counting from earlier runs
 
     def count():
-        return int(np.count_nonzero(status >= 0))
+        return base + int(np.count_nonzero(status >= 0))
 
     def poll():
         while not stop.wait(period):

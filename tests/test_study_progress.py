@@ -69,6 +69,11 @@ def test_the_engine_reports_flows_as_they_end():
     # outside the block nothing is counted
     lf.gradient_descent(p, w0, n_steps=10, **kw)
     assert rec.done == 4
+    # two runs in one block: counted one after the other
+    with flows.counting_finished_flows(Recorder()) as rec:
+        lf.gradient_descent(p, w0, n_steps=10, **kw)
+        lf.gradient_flow(p, w0[:3], t_end=0.1, progress=False)
+    assert rec.done == 7 and [done for _, done, _ in rec.seen][-1] == 7
 
 
 def test_the_study_bar_counts_each_flow_once(tmp_path, monkeypatch):
