@@ -51,7 +51,12 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 
 
 @nb.njit(**_JIT)
-def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
+def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
+    """Gradient descent for the rows of W0 (K, n) into ``out`` (_integrate.FlowOutputs),
+    ``LANES`` flows at a time, taking the next flow from ``counter`` (1,) int64 shared with
+    the other workers; gradients through the generated kernel ``kern`` when ``use_kern``.
+    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt. Run on several
+    threads at once by lcnfast._threads.run_workers."""
     K, n = W0.shape
     N = model.k.shape[0]
     lws = new_lane_workspace(model)
@@ -151,12 +156,3 @@ def _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
         for i in range(n):
             for b in range(nl):
                 Y[i, b] -= h * G[i, b]
-
-
-@nb.njit(parallel=True, **_JIT)
-def euler_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
-    """Gradient descent ``w <- w - h grad L(w)`` for every row of W0 (K, n) into ``out``;
-    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt."""
-    counter = np.zeros(1, np.int64)
-    for _wk in nb.prange(n_workers):
-        _euler_worker(model, kern, use_kern, W0, opt, out, counter, stop)

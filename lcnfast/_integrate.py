@@ -5,16 +5,18 @@ crossings, and Hairer's initial step. The methods: :mod:`lcnfast._euler` (gradie
 
 Private module: inputs are validated by :mod:`lcnfast.flows`.
 
-Layout and load balancing: ``prange`` runs one worker per thread. A worker advances
-``LANES`` flows side by side (:mod:`lcnfast._lanes`): every Runge-Kutta stage or Euler step
-evaluates the gradients of all its lanes in one SIMD pass, while each lane keeps its own time,
-step size, accept/reject decisions and stopping rule. When a lane's flow stops, the lane takes
-the next unstarted flow from a counter shared by all workers (an atomic fetch-and-add), so
-uneven flows never leave a core idle. One-off evaluations of a single flow (its start, the
-initial step, dense-output saves) use the one-flow kernel :func:`_kernels.loss_grad_ws`. Each
-flow's arithmetic is the same whatever its lane, worker or batch, so results are bitwise
-identical for any thread count and batch composition. Nothing is raised from parallel code:
-every flow ends with a status code.
+Layout and load balancing: one worker kernel runs per thread
+(:func:`lcnfast._threads.run_workers`: Python threads entering the ``nogil`` kernel, which
+compiles in far less time than a ``prange`` wrapper would). A worker advances ``LANES`` flows
+side by side (:mod:`lcnfast._lanes`): every Runge-Kutta stage or Euler step evaluates the
+gradients of all its lanes in one SIMD pass, while each lane keeps its own time, step size,
+accept/reject decisions and stopping rule. When a lane's flow stops, the lane takes the next
+unstarted flow from a counter shared by all workers (an atomic fetch-and-add), so uneven flows
+never leave a core idle. One-off evaluations of a single flow (its start, the initial step,
+dense-output saves) use the one-flow kernel :func:`_kernels.loss_grad_ws`. Each flow's
+arithmetic is the same whatever its lane, worker or batch, so results are bitwise identical for
+any thread count and batch composition. Nothing is raised from the workers: every flow ends
+with a status code.
 
 Interruption: every worker reads the caller's flag ``stop[0]`` once per pass over its lanes
 (an atomic load: one instruction, which the compiler may not hoist out of the loop). Once it is

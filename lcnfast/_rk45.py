@@ -434,7 +434,12 @@ def _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws):
 
 
 @nb.njit(**_JIT)
-def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
+def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
+    """Dormand-Prince 5(4) for the rows of W0 (K, n) into ``out`` (_integrate.FlowOutputs),
+    ``LANES`` flows at a time, taking the next flow from ``counter`` (1,) int64 shared with
+    the other workers; gradients through the generated kernel ``kern`` when ``use_kern``.
+    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt. Run on several
+    threads at once by lcnfast._threads.run_workers."""
     K, n = W0.shape
     s = _rk_lanes(n, model.k_v)
     lws = new_lane_workspace(model)
@@ -540,13 +545,3 @@ def _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 M[1, b] = wn[b]
             if gn[b] <= opt.grad_tol:
                 _rk_finish(out, s, b, CONVERGED)
-
-
-
-@nb.njit(parallel=True, **_JIT)
-def rk45_batch(model, kern, use_kern, W0, opt, out, n_workers, stop):
-    """Dormand-Prince 5(4) for every row of W0 (K, n) into ``out``; ``stop`` (1,) int64: set
-    ``stop[0]`` from another thread to interrupt."""
-    counter = np.zeros(1, np.int64)
-    for _wk in nb.prange(n_workers):
-        _rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop)

@@ -50,7 +50,7 @@ so the number of switches of a flow grows at most like twice the logarithm of it
 flow that never meets the criterion takes exactly the steps of the switch-for-good rule (the
 check reads H, it changes no number).
 
-Layout: ``prange`` runs one worker per thread; a worker integrates whole flows one at a time
+Layout: one worker per thread (:func:`lcnfast._threads.run_workers`); a worker integrates whole flows one at a time
 with the one-flow kernels of :mod:`lcnfast._kernels` (n_params is small, a step costs six
 gradients, one Hessian and an n x n LU; the square loss's gradients go through the generated
 straight-line kernel of :mod:`lcnfast._codegen`, one lane wide, when the Problem picks it:
@@ -621,7 +621,13 @@ def rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop):
 
 
 @nb.njit(**_JIT)
-def _worker(model, kern, use_kern, W0, opt, out, st, counter, auto, stop):
+def rodas_worker(model, kern, use_kern, W0, opt, out, st, auto, counter, stop):
+    """RODAS (``auto``: Dormand-Prince switching to RODAS when stiff) for the rows of W0
+    (K, n) into ``out`` (_integrate.FlowOutputs) and ``st``, one flow at a time, taking the
+    next flow from ``counter`` (1,) int64 shared with the other workers; gradients through the
+    generated kernel ``kern`` when ``use_kern`` (as rk45_worker). ``stop`` (1,) int64: set
+    ``stop[0]`` from another thread to interrupt (flows not started keep status -1). Run on
+    several threads at once by lcnfast._threads.run_workers."""
     K, n = W0.shape
     wk = new_work(model, n)
     while _atomic_load(stop, 0) == 0:  # interrupted: start no further flow
@@ -629,17 +635,6 @@ def _worker(model, kern, use_kern, W0, opt, out, st, counter, auto, stop):
         if f >= K:
             break
         rodas_flow(model, kern, use_kern, W0, f, opt, out, st, wk, auto, stop)
-
-
-@nb.njit(parallel=True, **_JIT)
-def rodas_batch(model, kern, use_kern, W0, opt, out, st, n_workers, auto, stop):
-    """RODAS (``auto``: Dormand-Prince switching to RODAS when stiff) for every row of W0
-    (K, n) into ``out`` (_integrate.FlowOutputs) and ``st``; gradients through the generated
-    kernel ``kern`` when ``use_kern`` (as rk45_batch). ``stop`` (1,) int64: set ``stop[0]``
-    from another thread to interrupt (flows not started keep status -1)."""
-    counter = np.zeros(1, np.int64)
-    for _wk in nb.prange(n_workers):
-        _worker(model, kern, use_kern, W0, opt, out, st, counter, auto, stop)
 
 
 # ----------------------------------------------------------------------------- Dataset

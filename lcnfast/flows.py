@@ -127,6 +127,7 @@ from . import _rosenbrock as R
 from ._lane_width import LANES
 from ._notice import FlowProgress, interactive, watch_status
 from ._signals import sigint_sets
+from ._threads import run_workers
 from .problem import Problem
 
 __all__ = ["STATUS", "FlowWarning", "gradient_descent", "gradient_flow", "threads"]
@@ -227,22 +228,24 @@ def _progress_wanted(progress):
     return bool(progress)
 
 
-def _run(kernel, args, status, progress, desc):
-    """Run ``kernel(*args, stop)``; return whether SIGINT came during the run (``stop[0]``),
-    see :func:`lcnfast._signals.sigint_sets`. A kernel's first run in the process is compiled (or loaded from
-    the cache) before, where Ctrl-C interrupts a long compile as usual (a compile notice
-    says so if it takes a while: lcnfast._notice). With ``progress`` (bool), a bar ``desc``
-    counts the flows with a ``status`` while the kernel runs (shown once it has run
-    _PROGRESS_DELAY seconds, the compile not counted); without, so does the counter of
-    :func:`counting_finished_flows`, if any."""
+def _run(worker, args, n_workers, status, progress, desc):
+    """Run ``worker(*args, counter, stop)`` on ``n_workers`` threads
+    (:func:`lcnfast._threads.run_workers`); return whether SIGINT came during the run
+    (``stop[0]``), see :func:`lcnfast._signals.sigint_sets`. A worker's first run in the
+    process is compiled (or loaded from the cache) before, where Ctrl-C interrupts a long
+    compile as usual (a compile notice says so if it takes a while: lcnfast._notice). With
+    ``progress`` (bool), a bar ``desc`` counts the flows with a ``status`` while the workers
+    run (shown once they have run _PROGRESS_DELAY seconds, the compile not counted); without,
+    so does the counter of :func:`counting_finished_flows`, if any."""
+    counter = np.zeros(1, np.int64)  # the next flow to start, shared by the workers
     stop = np.zeros(1, np.int64)
-    args = (*args, stop)
-    if not kernel.signatures:
-        kernel.compile(tuple(numba.typeof(a) for a in args))
+    args = (*args, counter, stop)
+    if not worker.signatures:
+        worker.compile(tuple(numba.typeof(a) for a in args))
     bar = (FlowProgress(status.size, desc, True, delay=_PROGRESS_DELAY) if progress
            else _FINISHED_FLOWS.get())
     with sigint_sets(stop), watch_status(status, bar):
-        kernel(*args)
+        run_workers(worker, args, n_workers, stop)
     return bool(stop[0])
 
 
@@ -397,12 +400,12 @@ def gradient_flow(
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
         if method == "rk45":
-            stopped = _run(_rk45.rk45_batch, (problem.model, kern, use, W0, opt, out, nt),
+            stopped = _run(_rk45.rk45_worker, (problem.model, kern, use, W0, opt, out), nt,
                            out.status, progress, "gradient_flow (rk45)")
         else:
             stats = R.new_stats(K)
-            args = (problem.model, kern, use, W0, opt, out, stats, nt, method == "auto")
-            stopped = _run(R.rodas_batch, args, out.status, progress,
+            args = (problem.model, kern, use, W0, opt, out, stats, method == "auto")
+            stopped = _run(R.rodas_worker, args, nt, out.status, progress,
                            f"gradient_flow ({method})")
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_flow", wall)
@@ -492,7 +495,7 @@ def gradient_descent(
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
-        stopped = _run(_euler.euler_batch, (problem.model, kern, use, W0, opt, out, nt),
+        stopped = _run(_euler.euler_worker, (problem.model, kern, use, W0, opt, out), nt,
                        out.status, progress, "gradient_descent")
         wall = _time.perf_counter() - t0
     _conclude(out, W0, stopped, "gradient_descent", wall)
@@ -555,15 +558,13 @@ def balancedness(arch, W):
 def _versions(n_threads):
     from . import __version__
 
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel region has run yet in this process
-        layer = "unknown"
     return {
         "lcnfast_version": __version__,
         "numba_version": numba.__version__,
         "numpy_version": np.__version__,
-        "threading_layer": layer,
+        # the flows run on n_threads Python threads, one worker kernel each (lcnfast._threads),
+        # not on a Numba threading layer
+        "threading_layer": "threads",
         "n_threads": int(n_threads),
         "lanes": LANES,  # flows side by side in the lane kernels (lcnfast._lane_width)
     }

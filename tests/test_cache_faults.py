@@ -49,7 +49,7 @@ WORKLOAD = textwrap.dedent(
     print(json.dumps({
         "numbers": [L.tolist(), G.tolist(), ds.w_final.values.tolist(), fs],
         "warnings": seen,
-        "package_cache": lf._euler.euler_batch._cache.cache_path,
+        "package_cache": lf._euler.euler_worker._cache.cache_path,
         "lane_cache": lane._cache.cache_path,
     }))
     """
@@ -135,8 +135,8 @@ def _random(f):
 # name -> damages [(where, glob, how)] and the substrings the warnings must name, one each
 CASES = {
     "truncated": (
-        [("pkg", "_euler.euler_batch-*.nbi", _truncate), ("lane", "*.nbc", _truncate)],
-        ["_euler.euler_batch", "lcnfast_lane_"],
+        [("pkg", "_euler.euler_worker-*.nbi", _truncate), ("lane", "*.nbc", _truncate)],
+        ["_euler.euler_worker", "lcnfast_lane_"],
     ),
     "empty": (
         [("pkg", "_kernels.fs_loss-*.nbc", _empty), ("lane", "*.nbi", _empty)],

@@ -1,15 +1,20 @@
 """Results do not depend on the number of threads nor on how flows are batched.
 
 The batched kernels split a batch into chunks over ``prange`` (a few per thread), so the
-chunking differs between thread counts; each flow's arithmetic must not.
+chunking differs between thread counts; each flow's arithmetic must not. The integrators' own
+thread and batch invariance is tested with each method (test_flows, test_rosenbrock,
+test_events); here also the thread runner they use, lcnfast._threads.run_workers.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +108,71 @@ def test_flow_alone_equals_flow_inside_batch_bitwise(loss):
         sub = np.concatenate([W[i : i + 1], W[::-1]])
         assert np.array_equal(p.grad(sub)[0], G[i])
         assert np.array_equal(p.hessian(sub[:2])[0], H[i])
+
+
+# ----------------------------------------------------------------------------- run_workers
+# The integrators run their worker kernel on n threads with lcnfast._threads.run_workers; these
+# tests drive it with Python workers (it calls any callable the same way).
+
+
+def test_run_workers_runs_every_worker_at_once_the_caller_among_them():
+    # claim: n workers run concurrently (a barrier of n passes only if all are inside at once;
+    # its timeout turns a serial run into a failure, not a hang), one of them in the caller
+    from lcnfast._threads import run_workers
+
+    n = 3
+    barrier = threading.Barrier(n, timeout=30)
+    idents = []
+
+    def worker(stop):
+        idents.append(threading.get_ident())
+        barrier.wait()
+
+    stop = np.zeros(1, np.int64)
+    run_workers(worker, (stop,), n, stop)
+    assert len(set(idents)) == n
+    assert threading.get_ident() in idents
+    assert stop[0] == 0
+
+
+def test_run_workers_stops_the_others_and_raises_a_workers_exception():
+    from lcnfast._threads import run_workers
+
+    ended = []
+
+    def worker(stop):
+        if threading.current_thread().name == "lcnfast-worker-1":
+            raise MemoryError("no room")
+        deadline = time.monotonic() + 30
+        while stop[0] == 0 and time.monotonic() < deadline:  # polls as the kernels do
+            time.sleep(0.001)
+        ended.append(bool(stop[0]))
+
+    stop = np.zeros(1, np.int64)
+    with pytest.raises(MemoryError, match="no room"):
+        run_workers(worker, (stop,), 3, stop)
+    assert ended == [True, True]  # both others saw the flag and ended before the raise
+
+
+def test_an_interrupt_while_waiting_stops_the_workers_before_it_propagates():
+    # a KeyboardInterrupt raised in the caller while it waits for the helpers (a SIGINT handler
+    # of the caller's own; here Python's default one) must not leave them running, writing
+    # into the outputs
+    from lcnfast._threads import run_workers
+
+    ended = []
+
+    def worker(stop):
+        if threading.current_thread() is threading.main_thread():
+            threading.Timer(0.2, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)).start()
+            return
+        deadline = time.monotonic() + 30
+        while stop[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ended.append(bool(stop[0]))
+
+    stop = np.zeros(1, np.int64)
+    with pytest.raises(KeyboardInterrupt):
+        run_workers(worker, (stop,), 2, stop)
+    assert ended == [True]
+    assert stop[0] == 1

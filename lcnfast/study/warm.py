@@ -39,8 +39,8 @@ from .spec import load_spec
 log = logging.getLogger(__name__)
 
 # the entry points each integrator method compiles (Numba cache files start with these names)
-_ENTRY = {"euler": "_euler.euler_batch", "rk45": "_rk45.rk45_batch",
-          "rosenbrock": "_rosenbrock.rodas_batch", "auto": "_rosenbrock.rodas_batch"}
+_ENTRY = {"euler": "_euler.euler_worker", "rk45": "_rk45.rk45_worker",
+          "rosenbrock": "_rosenbrock.rodas_worker", "auto": "_rosenbrock.rodas_worker"}
 
 #: the program of the process aside (it reads the resolved spec, JSON, from stdin; its argument
 #: is the parent's pid)
