@@ -20,10 +20,10 @@ Conventions (0-based indices)
   ``dL/dw_i[a] = sum_m gP_i[m + a S_i] prefix[i-1][m]`` and
   ``gP_{i-1}[m] = sum_a gP_i[m + a S_i] w_i[a]``, starting from ``gP_N = G``.
 
-Batched kernels parallelise over flows with ``prange`` over ``nc`` contiguous chunks (the
-caller passes ``nc``, a few per thread); each chunk allocates its workspace once. The
-arithmetic of one flow never depends on the chunking, so results are bitwise identical for any
-thread count and batch composition.
+The batched evaluations built on these are in :mod:`lcnfast._batches` (and the gradients in
+:mod:`lcnfast._lanes`); here only the benchmark's one-flow-at-a-time gradient batch
+(``prange`` over ``nc`` contiguous chunks, a few per thread, each allocating its workspace
+once).
 
 Flags passed through :func:`_flag`: Numba types a literal ``True`` / ``False`` argument as its
 own type and compiles the callee, with everything it calls, once per literal value. The
@@ -365,55 +365,7 @@ def hessian_one(model, w, prefix, work, J, Hv, Hw, G, HJ, buf):
 
 
 # ----------------------------------------------------------------------------- batches
-@nb.njit(parallel=True, **_JIT)
-def final_filter_batch(W, k, S, offs, k_v, nc):
-    """V (K, k_v) from W (K, n_params)."""
-    K = W.shape[0]
-    N = k.shape[0]
-    V = np.empty((K, k_v))
-    for c in nb.prange(nc):
-        prefix = np.zeros((N + 1, k_v))
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            forward_filter(W[f], k, S, offs, prefix)
-            V[f, :] = prefix[N, :k_v]
-    return V
-
-
-@nb.njit(parallel=True, **_JIT)
-def jacobian_batch(W, k, S, k_v, nc):
-    """Jacobians (K, k_v, n_params) of pi at each row of W."""
-    K, n = W.shape
-    offs = np.zeros(k.shape[0] + 1, np.int64)
-    offs[1:] = np.cumsum(k)
-    out = np.empty((K, k_v, n))
-    for c in nb.prange(nc):
-        work = np.zeros((2, k_v))
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            jacobian_into(W[f], k, S, offs, work, out[f])
-    return out
-
-
-@nb.njit(parallel=True, **_JIT)
-def loss_batch(model, W, nc):
-    """L (K,) at each row of W (K, n_params)."""
-    K = W.shape[0]
-    N = model.k.shape[0]
-    out = np.empty(K)
-    for c in nb.prange(nc):
-        prefix = np.zeros((N + 1, model.k_v))
-        buf = _data_buf(model) if _DATA_PATH_FAST else np.zeros(model.d_N)
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            kv = forward_filter(W[f], model.k, model.S, model.offs, prefix)
-            v = prefix[N, :kv]
-            if model.use_gram:
-                out[f] = fs_loss(model, v)
-            elif _DATA_PATH_FAST:
-                out[f] = _fs_loss_grad_fast(model, v, buf[:0], buf, _flag(False), _flag(True))
-            else:
-                out[f] = _fs_loss_seq(model, v, buf)
-    return out
-
-
+# (the batched evaluations Problem uses are in lcnfast._batches)
 @nb.njit(parallel=True, **_JIT)
 def _loss_grad_batch_fast(model, W, out_loss, out_grad, nc):
     """L (K,) and gradients (K, n) one flow at a time on the fast data path whatever
@@ -423,47 +375,3 @@ def _loss_grad_batch_fast(model, W, out_loss, out_grad, nc):
         ws = new_workspace(model)
         for f in range(c * K // nc, (c + 1) * K // nc):
             out_loss[f] = _loss_grad_fast_ws(model, W[f], ws, out_grad[f])
-
-
-@nb.njit(parallel=True, **_JIT)
-def hessian_batch(model, W, nc):
-    """Hessians (K, n_params, n_params)."""
-    K, n = W.shape
-    kv = model.k_v
-    N = model.k.shape[0]
-    out = np.empty((K, n, n))
-    for c in nb.prange(nc):
-        prefix = np.zeros((N + 1, kv))
-        work = np.zeros((2, kv))
-        J = np.zeros((kv, n))
-        Hv = np.zeros((kv, kv))
-        G = np.zeros(kv)
-        HJ = np.zeros((kv, n))
-        buf = _data_buf(model)
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            hessian_one(model, W[f], prefix, work, J, Hv, out[f], G, HJ, buf)
-    return out
-
-
-@nb.njit(parallel=True, **_JIT)
-def predict_batch(model, W, nc):
-    """VX for each row of W: (K, d_N, m)."""
-    K = W.shape[0]
-    N = model.k.shape[0]
-    Xt = model.Xt
-    m = Xt.shape[0]
-    kv = model.k_v
-    sv = model.s_v
-    out = np.empty((K, model.d_N, m))
-    for c in nb.prange(nc):
-        prefix = np.zeros((N + 1, kv))
-        for f in range(c * K // nc, (c + 1) * K // nc):
-            forward_filter(W[f], model.k, model.S, model.offs, prefix)
-            v = prefix[N]
-            for i in range(m):
-                for j in range(model.d_N):
-                    z = 0.0
-                    for n in range(kv):
-                        z += v[n] * Xt[i, j * sv + n]
-                    out[f, j, i] = z
-    return out

@@ -139,12 +139,12 @@ class Architecture:
         general it is computed as the numerical rank of the Jacobian at two random points
         (generic points realise the generic rank with probability one).
         """
-        from ._kernels import jacobian_batch  # local: keeps import of this module light
+        from ._batches import jacobian_batch  # local: keeps import of this module light
 
         rng = np.random.default_rng(20260113)
         w = rng.standard_normal((2, self.n_params))
         J = jacobian_batch(
-            w, np.asarray(self.k, np.int64), np.asarray(self.dilations, np.int64), self.k_v, 2
+            w, np.asarray(self.k, np.int64), np.asarray(self.dilations, np.int64), self.k_v
         )
         ranks = [np.linalg.matrix_rank(Jk) for Jk in J]
         return int(max(ranks))

@@ -81,7 +81,7 @@ def conv_apply(v, X, s_v):
 
 def _teacher_targets(arch, X, rng, noise):
     """Draw teacher filters (N(0, 1)) from rng, then Y = teacher(X) + noise * N(0, 1)."""
-    from ._kernels import final_filter_batch
+    from ._batches import final_filter_batch
 
     w_t = rng.standard_normal(arch.n_params)
     v_t = final_filter_batch(
@@ -90,7 +90,6 @@ def _teacher_targets(arch, X, rng, noise):
         np.asarray(arch.dilations, np.int64),
         np.asarray(arch.offsets, np.int64),
         arch.k_v,
-        1,
     )[0]
     Y = conv_apply(v_t, X, arch.s_v)
     if noise > 0:

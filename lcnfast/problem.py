@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import _codegen, _data_entry, _kernels as K
+from . import _batches as B, _codegen, _data_entry, _kernels as K
 from . import _lanes
 from .architecture import Architecture
 from .losses import SQUARE, Loss
@@ -21,8 +21,9 @@ from .losses import SQUARE, Loss
 
 @contextlib.contextmanager
 def _on_calling_thread(serial):
-    """Run the enclosed parallel kernel on the calling thread only when ``serial`` (too little
-    work to wake the thread team: on a busy host waking it cost ~0.3-4 ms per call against ~9 us
+    """Run the enclosed batch (a ``prange`` kernel, or rows on threads: lcnfast._batches) on
+    the calling thread only when ``serial`` (too little work to wake the thread team or start
+    threads: on a busy host waking it cost ~0.3-4 ms per call against ~9 us
     of work, which made e.g. the multistart Newton of lcnfast.analysis.image_minimum 30x
     slower). Numba's thread count is thread-local; results do not depend on it."""
     if not serial:
@@ -325,7 +326,8 @@ class Problem:
         """Final filter ``v = pi(w)`` (Prop. 2.1): (k_v,) or (K, k_v)."""
         W, single = self._params(w)
         md = self._model
-        V = K.final_filter_batch(W, md.k, md.S, md.offs, md.k_v, n_chunks(W))
+        with _on_calling_thread(self._serial(W)):
+            V = B.final_filter_batch(W, md.k, md.S, md.offs, md.k_v)
         _overflowed("final_filter", _bad_rows(V))
         return V[0] if single else V
 
@@ -333,7 +335,7 @@ class Problem:
         """Network output ``V X``: (d_N, m) or (K, d_N, m)."""
         W, single = self._params(w)
         with _on_calling_thread(self._serial(W)):
-            Z = K.predict_batch(self._model, W, n_chunks(W))
+            Z = B.predict_batch(self._model, W)
         _overflowed("predict", _bad_rows(Z))
         return Z[0] if single else Z
 
@@ -341,7 +343,7 @@ class Problem:
         """Empirical risk ``L(w)``: float or (K,)."""
         W, single = self._params(w)
         with _on_calling_thread(self._serial(W)):
-            out = K.loss_batch(self._model, W, n_chunks(W))
+            out = B.loss_batch(self._model, W)
         _overflowed("loss", ~np.isfinite(out), out)
         return float(out[0]) if single else out
 
@@ -384,7 +386,7 @@ class Problem:
         """Hessian of L: (n_params, n_params) or (K, n_params, n_params)."""
         W, single = self._params(w)
         with _on_calling_thread(self._serial(W)):
-            H = K.hessian_batch(self._model, W, n_chunks(W))
+            H = B.hessian_batch(self._model, W)
         return H[0] if single else H
 
     def jacobian(self, w):
@@ -392,7 +394,7 @@ class Problem:
         W, single = self._params(w)
         md = self._model
         with _on_calling_thread(self._serial(W)):
-            J = K.jacobian_batch(W, md.k, md.S, md.k_v, n_chunks(W))
+            J = B.jacobian_batch(W, md.k, md.S, md.k_v)
         _overflowed("jacobian", _bad_rows(J))
         return J[0] if single else J
 
