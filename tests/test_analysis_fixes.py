@@ -234,9 +234,14 @@ def test_image_minimum_is_computed_once_per_problem_and_arguments(monkeypatch):
     from lcnfast.analysis import function_space
 
     monkeypatch.setattr(function_space, "_IMAGE_MINIMA", type(function_space._IMAGE_MINIMA)())
-    runs = []
-    minimize = scipy.optimize.minimize
-    monkeypatch.setattr(scipy.optimize, "minimize", lambda *a, **k: runs.append(1) or minimize(*a, **k))
+    runs = []  # one entry per start that runs a local minimisation
+    solver = function_space._trust_region.trust_region_newton
+
+    def counting(loss_and_grad, hessian, W0, *args):
+        runs.extend([1] * len(W0))
+        return solver(loss_and_grad, hessian, W0, *args)
+
+    monkeypatch.setattr(function_space._trust_region, "trust_region_newton", counting)
     td, pb = square_problem(16, (2, 3), (2, 1), noise=0.3)
     first = analysis.image_minimum(pb, n_starts=6, seed=0)
     assert len(runs) == 6

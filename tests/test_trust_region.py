@@ -5,6 +5,8 @@ lcnfast Problems, the hard case, non-finite trial values and the stopping rules.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -372,3 +374,23 @@ def test_arguments_are_checked():
         tr.trust_region_newton(rosenbrock, rosenbrock_hessian, np.ones(3), 1e-8, 10)
     with pytest.raises(ValueError, match="NaN"):
         tr.trust_region_newton(rosenbrock, rosenbrock_hessian, np.full((2, 3), np.nan), 1e-8, 10)
+
+
+def test_image_minimum_runs_every_start_through_one_batched_call(monkeypatch):
+    """image_minimum's Newton case hands all its starts to one trust_region_newton call (the
+    point of the batching); lp with p < 2 keeps scipy's BFGS per start."""
+    from lcnfast.analysis import function_space
+
+    calls = []
+    solver = tr.trust_region_newton
+    monkeypatch.setattr(tr, "trust_region_newton",
+                        lambda fg, h, W0, *a: calls.append(len(W0)) or solver(fg, h, W0, *a))
+    arch = Architecture(10, (2, 3))
+    td = data.teacher(arch, 12, noise=0.3, seed=1)
+    function_space._image_minimum(Problem(arch, td.X, td.Y, losses.square()), 8, 0, 1e-6, 1000)
+    assert calls == [8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lp(1.5) is not analytic: a notice
+        pb = Problem(arch, td.X, td.Y, losses.lp(1.5))
+    function_space._image_minimum(pb, 4, 0, 1e-6, 200)
+    assert calls == [8]
