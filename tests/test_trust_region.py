@@ -55,9 +55,9 @@ def subproblems(draw):
 @given(subproblems())
 def test_subproblem_steps_are_globally_optimal(sp):
     """Claim: the step solves min m(p) = g.p + p.H.p/2 s.t. ||p|| <= Delta globally: it is
-    feasible, and its value is at most the dual bound ``d(lambda) = -sum gt^2 / (lam + lambda)
-    / 2 - lambda Delta^2 / 2`` of its multiplier (every lambda with H + lambda I > 0 gives
-    d(lambda) <= min m, weak duality) plus a gap that only the floating point explains."""
+    feasible, and its value exceeds the dual bound ``d(lambda) = -sum gt^2 / (lam + lambda) / 2
+    - lambda Delta^2 / 2`` of its multiplier (d(lambda) <= min m for every lambda >= 0 with
+    H + lambda I positive semidefinite: weak duality) by no more than floating point explains."""
     lam, gt, radius = sp
     pt, shift, hits = tr.solve_subproblem(lam[None], gt[None], np.array([radius]))
     pt, shift, hits = pt[0], shift[0], bool(hits[0])
@@ -115,8 +115,8 @@ def test_strictly_convex_quadratics_reach_the_minimiser_like_trust_exact(n, seed
     A = 0.5 * (A + A.T)
     c = rng.standard_normal(n)
     W0 = c + rng.standard_normal((6, n)) * np.array([0.01, 0.1, 1, 10, 100, 100])[:, None]
-    # the computed gradient has rounding error ~n eps ||A|| ||x - c|| <= 1e-12 here: gtol
-    # 1e-8 ||A|| is well above it (reachable), and below it the test would test rounding
+    # near c the gradient A (x - c) is computed to ~||A|| eps ||c|| (x holds c only to eps):
+    # gtol = 1e-8 ||A|| is far above that (reachable); near it the test would test rounding
     gtol = 1e-8 * cond
     fg, hess = quadratic(A, c)
     res = tr.trust_region_newton(fg, hess, W0, gtol, 1000)
@@ -156,9 +156,10 @@ def test_rosenbrock_batch_converges_like_trust_exact(n):
     """Claim: from 24 starts in [-2, 2]^n both methods reach ||g|| <= gtol = 1e-6 (nonconvex:
     for n >= 4 some starts end at the second local minimum near (-1, 1, ..., 1), so the points
     are not compared); the same driver constants give about the same number of iterations.
-    gtol: at that local minimum (f = 3.7-3.9) a step reducing ||g|| to below ~sqrt(eps f
-    lam_max) ~ 1e-7 predicts a decrease below the rounding unit of f, where both methods stop
-    (scipy: status 2); 1e-6 is reachable from every start."""
+    gtol: at that local minimum (f = 3.9-4.0) a step whose predicted decrease ~||g||^2 / lam
+    is below the rounding unit of f stops both methods (scipy: status 2); Newton's last step
+    usually lands far below that floor, not always (at gtol = 1e-8 one start of 24 stopped at
+    ||g|| = 1.3e-7 for n = 5); 1e-6 is reached from every start (measured)."""
     W0 = np.random.default_rng(n).uniform(-2, 2, (24, n))
     res = tr.trust_region_newton(rosenbrock, rosenbrock_hessian, W0, 1e-6, 1000)
     ref = scipy_runs(rosenbrock, rosenbrock_hessian, W0, 1e-6)
@@ -169,7 +170,7 @@ def test_rosenbrock_batch_converges_like_trust_exact(n):
     assert abs(res.nit.sum() - sum(r.nit for r in ref)) <= 0.2 * sum(r.nit for r in ref)
     # every end is a local minimum: the Hessian there is positive definite
     assert np.all(np.linalg.eigvalsh(rosenbrock_hessian(res.x))[:, 0] > 0)
-    # within ||g|| / lam_min(H(1)) <= 1e-6 / 0.4 of (1, ..., 1) for those that went there
+    # within ||g|| / lam_min(H(1)) <= 1e-6 / 0.399 of (1, ..., 1) for those that went there
     at_one = np.all(np.abs(res.x - 1) < 1e-5, axis=1)
     assert at_one.sum() >= 12  # the global minimum (1, ..., 1) from most starts
 
@@ -196,7 +197,8 @@ def test_lcnfast_problems_reach_critical_points_like_trust_exact(k, s, loss):
     assert np.all(res.grad_norm <= gtol)
     # both best values are minima of the same function to ||g|| <= gtol; the best basin is a
     # quadratic well, where the loss is within ~gtol^2 / lam_min of its minimum: 1e-10 relative
-    # is far above that and far below the gaps between distinct local minima (> 1e-3 here)
+    # is far above that and far below the gaps between distinct local minima (measured: >= 1e-3
+    # relative here; both best values were equal to the last bit)
     assert res.fun.min() == pytest.approx(min(r.fun for r in ref), rel=1e-10)
 
 
@@ -239,7 +241,9 @@ def test_hard_case_leaves_the_saddle_axis():
     trust-region step (the hard case) leaves the axis and reaches a minimum (0, +-sqrt 2).
     scipy's trust-exact does too. The starts at the saddle itself (g = 0) stop there with 0
     iterations: ||g|| <= gtol is the only test (scipy's as well). gtol = 1e-6: reachable (at
-    f = -1 a step predicting less than eps stops both methods, below ||g|| ~ 3e-8)."""
+    f = -1, curvatures 2 and 4, a step from ||g|| below ~4e-8 can predict a decrease below the
+    rounding unit of f, which stops both methods: at gtol = 1e-10 two of our starts and one of
+    scipy's stopped so)."""
     W0 = np.array([[1.0, 0.0], [5.0, 0.0], [0.1, 0.0], [-3.0, 0.0], [0.0, 0.0]])
     res = tr.trust_region_newton(saddle, saddle_hessian, W0, 1e-6, 1000)
     ref = scipy_runs(saddle, saddle_hessian, W0, 1e-6)
@@ -293,7 +297,7 @@ def test_non_finite_trial_points_are_rejected():
 
 def test_a_non_finite_hessian_fails_its_start_only():
     """Claim: a start whose Hessian is not finite (here: NaN wherever x_0 > 5) cannot build a
-    model and fails where it is, after its first step into that region; the others converge."""
+    model and fails where it is (here its start: 0 iterations); the others converge."""
     fg, hess = quadratic(np.diag([1.0, 2.0]), np.zeros(2))
 
     def nan_hessian(W):
