@@ -470,7 +470,7 @@ def run_study(
             here = bool(todo) and (local or workers is not None)
             what = (
                 f"preparing the kernels for {_loss_names(study)} (compiled on the first run, "
-                "30-90 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
+                "30-60 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
             )
             t0 = time.perf_counter()
             # Ctrl-C while Numba compiles is lost or breaks Numba (lcnfast._signals): noted,

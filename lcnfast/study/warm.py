@@ -153,14 +153,17 @@ def compile_integrators(spec):
 def compile_rodas_tail(spec, between=None):
     """Compile (or load), in this process, the two helpers of the RODAS worker that the
     process aside reaches last, ``_rosenbrock._step_levels`` and ``_dense_saves`` (~9 s of its
-    ~62 s of compiles), for every setting of ``spec`` with ``method`` "auto" or "rosenbrock".
+    ~62 s of compiles on 2026-12-06; ~6 s of ~52 s since the workers run on threads), for
+    every setting of ``spec`` with ``method`` "auto" or "rosenbrock".
 
-    Run in the block of :func:`compiling_aside` once the data are written (~15 s in): by then
-    the other process has cached the one-flow gradient these helpers call, so they take ~11 s
-    here, and it reaches them ~30 s in and loads them instead of compiling them. Cold
+    Run in the block of :func:`compiling_aside` once the data are written (~10-15 s in): by
+    then the other process has cached the one-flow gradient these helpers call, so they take
+    ~11 s here, and it reaches them ~30 s in and loads them instead of compiling them. Cold
     quickstart, 2026-12-06 12:12 UTC: the compile step 61.8 s without, 53.7 s and 55.4 s with
     (run first, before the data, both processes compiled the data path at once and nothing
-    was gained: 62.9 s). Their argument types are those ``rodas_flow`` passes (the options,
+    was gained: 62.9 s). Again on 2026-12-07 (2 AVX2 cores, the workers on threads; two runs
+    each, alternating, load 0.7-1.5): the process aside ended at 47.5 and 51.3 s with, 48.7
+    and 63.6 s without. Their argument types are those ``rodas_flow`` passes (the options,
     outputs and work tuples built as :func:`lcnfast.gradient_flow` and
     ``_rosenbrock.new_work`` build them); were they to differ, the other process would simply
     compile its own, as before. ``between()`` as :func:`warm_up`'s, before each compile."""
