@@ -457,6 +457,9 @@ def test_command_line_end_to_end(tmp_path):
     for args in (["--help"], ["study", "--help"], ["study", "run", "--help"]):
         r = lcn(*args)
         assert r.returncode == 0 and "usage: lcnfast" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "lcnfast", "study", "list"], env=_env(),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0 and "quickstart" in r.stdout  # python -m lcnfast is the command
 
 
 # ----------------------------------------------------------------------------- the README
