@@ -77,10 +77,11 @@ def sigint_deferred(on_first=None):
 # fd is a pipe read by a watcher thread (made once; it waits in select without the GIL, which
 # the kernel does not hold either): on SIGINT it sets the flag the kernel polls. Bytes of other
 # signals go on to the wakeup fd installed before (asyncio's, say); the pipe is drained when
-# the run ends. The kernel runs in the calling thread, as before (in a helper thread it would
-# bring a second OpenMP thread team, which made the main thread's parallel kernels 3x slower
-# on two cores), and SIGINT's Python handler is replaced during the run by one that only sets
-# the flag, so no KeyboardInterrupt follows.
+# the run ends. One worker kernel runs in the calling thread, the others in helper threads
+# (lcnfast._threads); none is a parallel kernel, so no helper brings a second OpenMP thread
+# team (a parallel kernel run from a helper thread made the main thread's parallel kernels 3x
+# slower on two cores). SIGINT's Python handler is replaced during the run by one that only
+# sets the flag, so no KeyboardInterrupt follows.
 class _Watcher:
     lock = threading.Lock()
     pipe = None  # (read end, write end), both non-blocking, made on first use
