@@ -176,11 +176,17 @@ _WIDE = 64  # flows per call of a generated kernel in batched evaluations
 
 # The batched evaluations below return an overflow flag for lcnfast.Problem: 0.0 if the values
 # checked are finite, NaN otherwise (the sum of x * 0.0 over them, taken once per chunk of rows
-# by a vectorised pass). Checked: on the Gram path (square loss) the losses, which the Gram
-# path always computes: a pass over the gradients would cost ~5% of a generated-kernel
-# gradient (one per ~20 ns), and a gradient overflows without its loss only for layers scaled
-# by ~1e150 against each other; on the data path, where such a pass is ~0.1% of the work, the
-# gradients and, with want_loss, the losses.
+# by a vectorised pass). Problem looks for a NaN or Inf in the parameters W only when the flag
+# is raised (numpy's isfinite pass over a batch of 4096 took ~11 us, a sixth of a
+# generated-kernel call on 2 threads), so the flag must be raised by any non-finite W too.
+# Checked: on the Gram path (square loss) the losses, which the Gram path always computes: a
+# pass over the gradients would cost ~5% of a generated-kernel gradient (one per ~20 ns), and
+# a gradient overflows without its loss only for layers scaled by ~1e150 against each other. A
+# non-finite entry of W makes some v_j non-finite (each entry of a layer's filter enters some
+# v_j through a product with finite factors: inf or NaN), and then L = v^T A v - 2 b^T v + yy
+# too (every term holding v_j is inf or NaN), so the losses cover W. On the data path, where
+# such passes are ~0.1% of the work: W itself (a saturating l', tanh(inf) = 1, can leave the
+# gradients finite), the gradients and, with want_loss, the losses.
 
 
 @nb.njit(**_JIT_R)
@@ -195,12 +201,10 @@ def _zero_sum(x, i0, i1):
 
 @nb.njit(**_JIT_R)
 def _zero_sum_rows(X, r0, r1):
-    """:func:`_zero_sum` over the rows r0..r1-1 of X."""
-    acc = 0.0
-    for r in range(r0, r1):
-        for i in range(X.shape[1]):
-            acc += X[r, i] * 0.0
-    return acc
+    """:func:`_zero_sum` over the rows r0..r1-1 of a C-contiguous X, as one flat range (row
+    by row, the short rows would not vectorise: a chain of scalar adds)."""
+    n = X.shape[1]
+    return _zero_sum(X.reshape(X.size), r0 * n, r1 * n)
 
 
 @nb.njit(**_JIT)
@@ -260,7 +264,7 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1, want_loss):
     if want_loss or model.use_gram:
         flag += _zero_sum(out_loss, r0, r1)
     if not model.use_gram:
-        flag += _zero_sum_rows(out_grad, r0, r1)
+        flag += _zero_sum_rows(W, r0, r1) + _zero_sum_rows(out_grad, r0, r1)
     return flag
 
 

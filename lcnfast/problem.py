@@ -94,6 +94,12 @@ def _finite_matrix(a, name, shape):
     return a
 
 
+def _check_finite(W, name):
+    """ValueError naming ``name`` if W holds a NaN or an infinity."""
+    if not np.all(np.isfinite(W)):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
 def _overflowed(method, rows, loss=None):
     """Warn if any of the boolean ``rows`` (points whose results are not finite) is set; turn
     NaN losses (an overflow, from finite input and data) into +inf."""
@@ -252,8 +258,10 @@ class Problem:
 
 
     # ------------------------------------------------------------------ input handling
-    def _params(self, w, name="w"):
-        """Validate parameters; returns (W (K, n) contiguous float64, single: bool)."""
+    def _params(self, w, name="w", check_finite=True):
+        """Validate parameters; returns (W (K, n) contiguous float64, single: bool). Without
+        ``check_finite`` the caller must call :func:`_check_finite` itself (the batched
+        gradients do when their overflow flag is raised: lcnfast._lanes checks W too)."""
         W = as_real_array(w, name)
         n = self.arch.n_params
         if W.ndim == 1 and W.shape[0] == n:
@@ -265,8 +273,8 @@ class Problem:
             raise ValueError(
                 f"{name} must have shape (n_params,) = ({n},) or (K, {n}), got {W.shape}"
             )
-        if not np.all(np.isfinite(W)):
-            raise ValueError(f"{name} contains NaN or Inf")
+        if check_finite:
+            _check_finite(W, name)
         return np.ascontiguousarray(W), single
 
     def _serial(self, W):
@@ -349,18 +357,20 @@ class Problem:
 
     def loss_and_grad(self, w):
         """``(L(w), grad L(w))``: (float, (n_params,)) or ((K,), (K, n_params))."""
-        W, single = self._params(w)
+        W, single = self._params(w, check_finite=False)
         L, G, flag = self._loss_grad(W, want_loss=True)
-        if flag != 0.0:  # NaN: some loss or gradient entry is not finite (rare: find them)
+        if flag != 0.0:  # NaN: some entry of w, a loss or a gradient is not finite (rare)
+            _check_finite(W, "w")
             _overflowed("loss_and_grad", ~np.isfinite(L) | _bad_rows(G), L)
         return (float(L[0]), G[0]) if single else (L, G)
 
     def grad(self, w):
         """Gradient ``grad L(w)``: (n_params,) or (K, n_params); bitwise the gradient of
         :meth:`loss_and_grad`, faster on the data path (no loss values)."""
-        W, single = self._params(w)
+        W, single = self._params(w, check_finite=False)
         _, G, flag = self._loss_grad(W, want_loss=False)
         if flag != 0.0:
+            _check_finite(W, "w")
             _overflowed("grad", _bad_rows(G))
         return G[0] if single else G
 

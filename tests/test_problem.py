@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import LOSS_SPECS, arch_specs, make_loss, random_params
 
-from lcnfast import Architecture, Problem, losses
+from lcnfast import Architecture, Problem, losses, threads
 
 
 class Case:
@@ -428,6 +428,37 @@ def test_bad_parameters_raise_naming_w(method, bad, exc):
     p = Problem(a, X, Y, losses.log_cosh(1.0))
     with pytest.raises(exc, match=r"\bw\b"):
         getattr(p, method)(bad)
+
+
+_DEEP, _ONE_LAYER = Architecture(12, (3, 2, 2), (1, 2, 1)), Architecture(12, (4,), (2,))
+
+
+@pytest.mark.parametrize("a, kernel, loss", [
+    (_DEEP, "generic", losses.square()), (_DEEP, "generated", losses.square()),
+    (_DEEP, "generic", losses.log_cosh(1.0)), (_ONE_LAYER, "generic", losses.log_cosh(1.0))])
+@pytest.mark.parametrize("K", [1, 7, 300])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_a_nan_or_inf_anywhere_in_a_batch_raises_naming_w(a, kernel, loss, K, n_threads):
+    """grad and loss_and_grad look for a NaN or Inf in w only when the kernels' overflow flag
+    is raised (lcnfast._lanes checks W in the same chunks as the results): every row and
+    column of a batch, on the Gram and the data path, the generic and the generated kernel,
+    serial (K = 1, 7) and in prange chunks (K = 300 on 2 threads), must still raise. On the
+    one-layer log-cosh problem an Inf in w leaves the gradient finite (the residuals are
+    +-inf, tanh(+-inf) = +-1), so a check of the results alone would miss it there."""
+    rng = np.random.default_rng(K)
+    X, Y = rng.standard_normal((12, 9)), rng.standard_normal((a.d_N, 9))
+    p = Problem(a, X, Y, loss, kernel=kernel)
+    W = rng.standard_normal((K, a.n_params))
+    spots = [(0, 0), (K - 1, a.n_params - 1), (K // 2, 3)]
+    with threads(n_threads):
+        for (i, j), bad in zip(spots * 2, [np.nan, np.inf, -np.inf, np.inf, np.nan, -np.inf]):
+            Wb = W.copy()
+            Wb[i, j] = bad
+            for method in ("grad", "loss_and_grad"):
+                with pytest.raises(ValueError, match=r"\bw\b contains NaN or Inf"):
+                    getattr(p, method)(Wb)
+        G = p.grad(W)  # and a finite batch still passes
+    assert np.all(np.isfinite(G))
 
 
 @pytest.mark.parametrize("method", ["function_space_loss", "function_space_grad", "function_space_hessian"])
