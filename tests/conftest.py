@@ -38,17 +38,30 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
 # ----------------------------------------------------------------------------- lane width
 # tests/test_lane_width.py compares this process with a subprocess at another lane width, which
-# compiles for ~90 s on one core. It starts as soon as the test is collected and runs while
-# the other tests do (they compile and run mostly on one core of two).
+# compiles for ~90 s on one core. The process that leads the session starts it as soon as the
+# test is collected (under pytest-xdist the controller, when a worker reports it), and it
+# runs while the tests do; the test reads its results wherever it runs.
 _OTHER_WIDTH = {}
 _WIDTH_TEST = "test_results_are_bitwise_the_same_for_two_lane_widths"
 
 
-def pytest_collection_finish(session):
-    if any(item.name == _WIDTH_TEST for item in session.items):
+def _start_other_width():
+    if "run" not in _OTHER_WIDTH:
         from test_lane_width import OtherWidthRun
 
         _OTHER_WIDTH["run"] = OtherWidthRun()
+
+
+def pytest_collection_finish(session):
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(
+            item.name == _WIDTH_TEST for item in session.items):
+        _start_other_width()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    if any(i.endswith("::" + _WIDTH_TEST) for i in ids):
+        _start_other_width()
 
 
 def pytest_sessionfinish(session):
@@ -59,9 +72,9 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture
 def other_width_run():
-    """The :class:`test_lane_width.OtherWidthRun` started at collection."""
-    if "run" not in _OTHER_WIDTH:  # collected some other way: start it now
-        from test_lane_width import OtherWidthRun
+    """Makes sure the other lane width's run of this session exists: started at collection,
+    or now if the test was reached some other way."""
+    from test_lane_width import session_dir
 
-        _OTHER_WIDTH["run"] = OtherWidthRun()
-    return _OTHER_WIDTH["run"]
+    if not session_dir().is_dir():
+        _start_other_width()

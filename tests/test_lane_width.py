@@ -27,6 +27,7 @@ loss compared.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,50 +85,82 @@ def compute() -> dict[str, np.ndarray]:
     return res
 
 
+def session_dir() -> Path:
+    """Where the other width's run of this test session writes: one directory per session,
+    named by the pid of the pytest process that leads it (this one, or the pytest-xdist
+    controller whose worker this is), so a worker finds the run its controller started."""
+    leader = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+    return Path(tempfile.gettempdir()) / f"lcnfast-lane-width-{leader}"
+
+
+# the subprocess's program: compute, then publish the results by an atomic rename (or the
+# traceback, for the waiting test to show)
+_CHILD = """import sys, traceback, os, numpy as np
+d = sys.argv[1]
+try:
+    import test_lane_width as t
+    np.savez(os.path.join(d, "part.npz"), **t.compute())
+    os.replace(os.path.join(d, "part.npz"), os.path.join(d, "other.npz"))
+except BaseException:
+    with open(os.path.join(d, "failed.txt"), "w") as f:
+        f.write(traceback.format_exc())
+    raise
+"""
+
+
 class OtherWidthRun:
     """:func:`compute` at the other lane width (8, or 16 if this process runs 8) in a
-    subprocess with ``LCNFAST_LANES`` and an empty Numba cache of its own, in a temporary
-    directory; :meth:`results` waits for it. Started by tests/conftest.py as soon as this test
-    is collected, so that its ~90 s of compiling run on the core the rest of the suite leaves
-    idle (Numba compiles on one thread)."""
+    subprocess with ``LCNFAST_LANES`` and an empty Numba cache of its own, in
+    :func:`session_dir`. Started by tests/conftest.py as soon as this test is collected (by
+    the pytest-xdist controller when the workers report it collected), so that its ~90 s of
+    compiling overlap the rest of the suite (Numba compiles on one thread). Any process of
+    the session reads it with :func:`other_width_results`; :meth:`close` ends it."""
 
     def __init__(self):
-        self.other = 8 if _lanes.LANES != 8 else 16
-        self._dir = tempfile.TemporaryDirectory(prefix="lcnfast-lane-width-")
-        d = Path(self._dir.name)
-        self.out = d / "other.npz"
+        self.dir = session_dir()
+        shutil.rmtree(self.dir, ignore_errors=True)  # left by an earlier session of this pid
+        self.dir.mkdir()
         env = dict(
             os.environ,
-            LCNFAST_LANES=str(self.other),
-            NUMBA_CACHE_DIR=str(d / "numba"),
+            LCNFAST_LANES=str(_other_width()),
+            NUMBA_CACHE_DIR=str(self.dir / "numba"),
             PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
         )
-        code = "import sys, numpy as np, test_lane_width as t; np.savez(sys.argv[1], **t.compute())"
-        self._log = open(d / "log.txt", "w+")  # noqa: SIM115 - closed in close()
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.out)], env=env,
+        self._log = open(self.dir / "log.txt", "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(self.dir)], env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-
-    def results(self):
-        rc = self.proc.wait()
-        self._log.seek(0)
-        assert rc == 0, f"the {self.other}-lane run failed:\n{self._log.read()}"
-        print(f"width {self.other} in a subprocess (compiling): "
-              f"{time.perf_counter() - self.t0:.1f} s after its start")
-        return np.load(self.out)
 
     def close(self):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
         self._log.close()
-        self._dir.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _other_width() -> int:
+    return 8 if _lanes.LANES != 8 else 16
+
+
+def other_width_results(timeout=1800.0):
+    """The other width's results (an NpzFile) once its run in :func:`session_dir` has
+    written them; AssertionError with its traceback if it failed."""
+    d = session_dir()
+    t0 = time.perf_counter()
+    while not (d / "other.npz").exists():
+        assert not (d / "failed.txt").exists(), (
+            f"the {_other_width()}-lane run failed:\n{(d / 'failed.txt').read_text()}")
+        assert d.is_dir(), f"no {_other_width()}-lane run in {d}"
+        assert time.perf_counter() - t0 < timeout, f"the other width's run: no result in {d}"
+        time.sleep(0.2)
+    print(f"width {_other_width()} in a subprocess: waited {time.perf_counter() - t0:.1f} s")
+    return np.load(d / "other.npz")
 
 
 def test_results_are_bitwise_the_same_for_two_lane_widths(other_width_run):
-    other = other_width_run.other
+    other = _other_width()
     mine = compute()
-    with other_width_run.results() as theirs:
+    with other_width_results() as theirs:
         assert int(theirs["lanes"]) == other != int(mine["lanes"])  # else this checks nothing
         assert sorted(theirs.files) == sorted(mine)
         for name, a in mine.items():
