@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python studies/benchmark.py            # full run (~4 minutes on 2 cores)
-    python studies/benchmark.py --quick    # short smoke run (CI)
+    python studies/benchmark.py            # full run (~9 minutes on 2 AVX2 cores)
+    python studies/benchmark.py --quick    # short run (~35 s once compiled; the test suite
+                                           # runs it with --repeats 1 for its checks)
     python studies/benchmark.py --json out.json
 
 Two cases (README, "How it is fast"), each a batch of K parameter vectors from

@@ -1,0 +1,50 @@
+"""``studies/benchmark.py --quick`` runs and its correctness checks hold.
+
+The benchmark is a script, not a test of speed (figures on a shared host are no pass/fail
+criterion): this runs its quick size once, so that the script cannot rot, and checks what it
+checks besides speed, read from its JSON output:
+
+- the plain numpy reference (patch matrices, chain rule) and lcnfast agree on losses and
+  gradients within 1e-12 relative. Why that tolerance: the two sum the same terms in a
+  different order, ~1e-14 seen (up to d_N m = 13,312 terms per entry in case (b)); a wrong
+  term would be off by O(1);
+- the one-flow fast kernel gives bitwise ``Problem``'s gradient (the same kernel code);
+- lcnfast's rk45 takes exactly scipy ``solve_ivp(RK45)``'s accepted steps on the flows timed
+  against it (the same Dormand-Prince pair and step-size rule);
+- every flow of the gradient-descent run reaches its end, and every issue-18 target is
+  printed with its figure, the matmul rate and the load average.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_runs_and_its_checks_hold(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "studies" / "benchmark.py"), "--quick",
+                        "--repeats", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["quick"] and d["matmul_gflops"] > 0
+    assert [c["case"] for c in d["cases"]] == ["a", "b"]
+    for c in d["cases"]:
+        assert c["numpy_check_rel_err_L"] <= 1e-12 and c["numpy_check_rel_err_G"] <= 1e-12, c
+        assert c["kernel_vs_problem_rel_err_G"] == 0.0, c
+        assert c["grad_grads_per_s"] > 0 and c["numpy_grads_per_s"] > 0
+    flows = d["flows"]
+    assert flows["rk45"]["scipy_accepted_subset"] == flows["rk45"]["lcnfast_accepted_subset"]
+    counts = flows["gd"]["status_counts"]
+    assert sum(counts) == flows["K"] == counts[1], counts  # every flow: reached_end
+    targets = r.stdout[r.stdout.index("issue 18 targets"):]
+    for line in ("gradient descent >= 5e7", "rk45 >= 80%", "batched Problem.grad",
+                 "log-cosh (64; 5,5,5), gradient descent >= 50%", "even flows, 2 threads",
+                 "uneven flows, 2 threads"):
+        row = next(t for t in targets.splitlines() if line in t)
+        assert "matmul" in row and "load" in row and ("met" in row or "NOT met" in row), row
