@@ -36,6 +36,16 @@ _default = "ci" if os.environ.get("CI", "").strip().lower() in ("1", "true", "ye
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
 
+# ----------------------------------------------------------------------------- workers
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject.toml): one pytest-xdist worker per CPU this process may run on,
+    at most 4. pytest-xdist would ask psutil, which counts the host's CPUs, not the ones a
+    container or ``taskset`` leaves us; more workers than cores only compile the same
+    kernels side by side."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 # ----------------------------------------------------------------------------- lane width
 # tests/test_lane_width.py compares this process with a subprocess at another lane width, which
 # compiles for ~90 s on one core. The process that leads the session starts it as soon as the
