@@ -321,3 +321,24 @@ def test_the_command_reports_out_of_memory_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("lcnfast: error: out of memory (Unable to allocate 931. GiB")
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- study size
+def test_a_study_of_more_shards_than_files_can_hold_is_refused_before_anything_is_written(
+        tmp_path):
+    """flows_per_dataset = 1e12 used to reach the run, write spec.json and the datasets, then
+    fail allocating one entry per flow to plan the shards (931 GiB). Now the spec is refused
+    (more than MAX_SHARDS shards, one file each), and so is a run's shard_size that makes
+    too many; a study just under the limit is planned without per-flow memory."""
+    from lcnfast.study.shards import plan
+    from lcnfast.study.spec_checks import MAX_SHARDS
+
+    msg = refused(spec_with(flows_per_dataset=10**12), "flows_per_dataset")
+    assert "3.91e+09 shards of at most 256 flows" in msg and "raise shard_size" in msg
+    big = spec_with(flows_per_dataset=MAX_SHARDS + 1, shard_size=1_000_000)
+    with pytest.raises(ValueError, match=r"^shard_size=1: .*shards"):
+        run_study(big, tmp_path / "big", shard_size=1, progress=False, report=False)
+    assert not (tmp_path / "big").exists()
+    todo = plan(load_spec(big), [], 1_000_000)  # 11 shards, planned from the ranges
+    assert [(s.f0, s.f1) for s in todo] == [(i * 10**6, min(MAX_SHARDS + 1, (i + 1) * 10**6))
+                                            for i in range(11)]

@@ -15,8 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lcnfast
 from lcnfast import cli
@@ -306,3 +309,43 @@ def test_a_warning_carries_the_prefix_once(capsys):
     cli._show_warning(UserWarning("lcnfast: Problem.grad overflowed"), UserWarning, "p.py", 1)
     assert capsys.readouterr().err == "lcnfast: warning: Problem.grad overflowed\n"
     cli._shown_warnings.clear()
+
+
+# ----------------------------------------------------------------------------- the plan
+def _plan_one_entry_per_flow(n_f, done_ranges, shard_size):
+    """The plan as it was computed before (one flag per flow): the reference."""
+    cov = np.zeros(n_f, bool)
+    for a, b in done_ranges:
+        cov[a:b] = True
+    todo, f = [], 0
+    while f < n_f:
+        if cov[f]:
+            f += 1
+            continue
+        g = f
+        while g < n_f and not cov[g] and g - f < shard_size:
+            g += 1
+        todo.append((f, g))
+        f = g
+    return todo
+
+
+@given(n_f=st.integers(1, 60), shard_size=st.integers(1, 25), data=st.data())
+def test_plan_covers_exactly_the_flows_not_done_in_blocks_of_shard_size(n_f, shard_size, data):
+    """plan() works on the finished shards' ranges; it gives the same shards as the
+    per-flow reference for any finished shards, overlapping ones included (a resumption
+    with another shard size)."""
+    from types import SimpleNamespace
+
+    from lcnfast.study.shards import Shard, plan
+
+    ranges = data.draw(st.lists(st.tuples(st.integers(0, n_f - 1), st.integers(1, 30)),
+                                max_size=6))  # fmt: skip
+    done = [Shard(0, 1, a, min(n_f, a + n)) for a, n in ranges]
+    study = SimpleNamespace(spec={"data": {"n_datasets": 2}, "flows_per_dataset": n_f},
+                            cells=[0])  # fmt: skip
+    todo = plan(study, done, shard_size)
+    assert [(s.f0, s.f1) for s in todo if s.dataset == 0] == [(k, min(n_f, k + shard_size))
+                                                             for k in range(0, n_f, shard_size)]
+    got = [(s.f0, s.f1) for s in todo if s.dataset == 1]
+    assert got == _plan_one_entry_per_flow(n_f, [(s.f0, s.f1) for s in done], shard_size)

@@ -443,6 +443,8 @@ def run_study(
     else:
         try:  # the spec's shard_size passed these checks in load_spec
             spec_checks.save_sizes(_keys.Ctx(None, None), study.spec, shard_size)
+            spec_checks.shard_count(_keys.Ctx(None, None), study.spec, len(study.cells),
+                                    shard_size)
         except ValueError as e:
             raise ValueError(f"shard_size={shard_size}: {e}") from None
     d = open_study_dir(study, study_dir_for(study, out)).resolve()

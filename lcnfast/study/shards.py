@@ -152,25 +152,22 @@ def _dataset_written(path, spec_hash):
 def plan(study, done, shard_size):
     """The shards still to run: for every cell and dataset, the flows not covered by a
     finished shard, in blocks of at most ``shard_size`` (so a resumption with another shard
-    size computes nothing twice)."""
+    size computes nothing twice). Works on the finished shards' ranges, never on one entry
+    per flow (a dataset may have billions of flows)."""
     n_d, n_f = study.spec["data"]["n_datasets"], study.spec["flows_per_dataset"]
     covered = {}
     for s in done:
-        covered.setdefault((s.cell, s.dataset), np.zeros(n_f, bool))[s.f0 : s.f1] = True
+        covered.setdefault((s.cell, s.dataset), []).append((s.f0, s.f1))
     todo = []
     for c in range(len(study.cells)):
         for d in range(n_d):
-            cov = covered.get((c, d), np.zeros(n_f, bool))
-            f = 0
-            while f < n_f:
-                if cov[f]:
-                    f += 1
-                    continue
-                g = f
-                while g < n_f and not cov[g] and g - f < shard_size:
-                    g += 1
-                todo.append(Shard(c, d, f, g))
-                f = g
+            f = 0  # the first flow not yet planned nor covered
+            for a, b in sorted(covered.get((c, d), [])) + [(n_f, n_f)]:
+                while f < a:  # the gap f .. a - 1, in blocks of shard_size
+                    g = min(a, f + shard_size)
+                    todo.append(Shard(c, d, f, g))
+                    f = g
+                f = max(f, b)
     return todo
 
 

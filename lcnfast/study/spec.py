@@ -601,6 +601,7 @@ def load_spec(spec, *, quick=False):
     ctx = K.Ctx(text, source)
     resolved = _resolve(raw, ctx, base, quick)
     cells, digest = _cells(resolved), spec_hash(resolved)
+    spec_checks.shard_count(ctx, resolved, len(cells))
     if digest not in _DATA_CHECKED:  # each step of a run reads the spec: draw once
         spec_checks.datasets_are_usable(ctx, resolved, cells)
         _DATA_CHECKED.add(digest)

@@ -93,6 +93,25 @@ def save_sizes(ctx, spec, shard_size=None):
                 ) from None
 
 
+#: the most shards a study may have: each is a file in one directory and an entry of the
+#: run's plan, and ten million files already strain a file system (and the run's memory)
+MAX_SHARDS = 10**7
+
+
+def shard_count(ctx, spec, n_cells, shard_size=None):
+    """The study's shards (``n_cells`` x datasets x ceil(flows per dataset / shard size)) are
+    at most :data:`MAX_SHARDS`."""
+    size = shard_size or spec["shard_size"]
+    n = n_cells * spec["data"]["n_datasets"] * -(-spec["flows_per_dataset"] // size)
+    if n > MAX_SHARDS:
+        raise ctx.error(
+            "flows_per_dataset",
+            f"the study would have {n:.3g} shards of at most {size} flows ({n_cells} cells x "
+            f"{spec['data']['n_datasets']} datasets x {spec['flows_per_dataset']} flows), at "
+            f"most {MAX_SHARDS:.0e} (one file each): raise shard_size or run fewer flows",
+        )
+
+
 def distinct_levels(ctx, labels):
     """Every factor's levels are distinct (``labels``: factor -> list of level labels)."""
     for f, lab in labels.items():
