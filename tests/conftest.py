@@ -43,7 +43,9 @@ def pytest_xdist_auto_num_workers(config):
     at most 4. pytest-xdist would ask psutil, which counts the host's CPUs, not the ones a
     container or ``taskset`` leaves us; more workers than cores only compile the same
     kernels side by side."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(
+        os.cpu_count() or 1)  # macOS and Windows have no affinity call
+    return max(1, min(4, len(cpus)))
 
 
 # ----------------------------------------------------------------------------- lane width
