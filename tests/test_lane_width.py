@@ -129,6 +129,7 @@ class OtherWidthRun:
         self._log = open(self.dir / "log.txt", "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(self.dir)], env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
+        (self.dir / "pid").write_text(str(self.proc.pid))
 
     def close(self):
         if self.proc.poll() is None:
@@ -142,6 +143,19 @@ def _other_width() -> int:
     return 8 if _lanes.LANES != 8 else 16
 
 
+def _ended(pid_file):
+    """Whether the process named in ``pid_file`` has ended (a zombie, not yet reaped by the
+    process that started it, has too): a run killed by a signal writes no failed.txt."""
+    import psutil
+
+    try:
+        return psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE
+    except (FileNotFoundError, ValueError):  # not written yet
+        return False
+    except psutil.NoSuchProcess:
+        return True
+
+
 def other_width_results(timeout=1800.0):
     """The other width's results (an NpzFile) once its run in :func:`session_dir` has
     written them; AssertionError with its traceback if it failed."""
@@ -151,7 +165,10 @@ def other_width_results(timeout=1800.0):
         assert not (d / "failed.txt").exists(), (
             f"the {_other_width()}-lane run failed:\n{(d / 'failed.txt').read_text()}")
         assert d.is_dir(), f"no {_other_width()}-lane run in {d}"
-        assert time.perf_counter() - t0 < timeout, f"the other width's run: no result in {d}"
+        gone = _ended(d / "pid") and not (d / "other.npz").exists()  # killed, crashed
+        assert not gone and time.perf_counter() - t0 < timeout, (
+            f"the {_other_width()}-lane run {'ended' if gone else 'took too long'} without "
+            f"results; its output:\n{(d / 'log.txt').read_text()[-3000:]}")
         time.sleep(0.2)
     print(f"width {_other_width()} in a subprocess: waited {time.perf_counter() - t0:.1f} s")
     return np.load(d / "other.npz")
