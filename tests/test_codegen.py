@@ -195,6 +195,17 @@ def test_import_compiles_under_numba_debuginfo(tmp_path):
     assert out.stdout.strip() == "imported"
 
 
+def test_import_leaves_scipy_optimize_to_the_analysis_that_uses_it():
+    """``import lcnfast`` (every ``lcnfast`` command, every notebook) does not import
+    scipy.optimize, a third of its import time (~0.45 s of ~1.6 s on a 2-core AVX2 host): only
+    the image minimum and the local minimisations of lcnfast.analysis need it, and import it
+    when they run (tests/test_analysis.py runs them)."""
+    code = "import sys, lcnfast; print('scipy.optimize' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
 def test_call_lane_kernel_checks_its_arrays_when_the_caller_compiles():
     """call_lane_kernel passes raw data pointers, so it accepts only what the kernel reads
     as its C arrays: C-contiguous float64 arrays of the right dimension, and an integer
