@@ -163,7 +163,7 @@ def _cmd_reanalyse(a):
 
 def _cmd_list(a):
     from .study import builtin_specs, load_spec
-    from .study.spec import spec_warnings_off
+    from .study.spec_values import spec_warnings_off
 
     specs = builtin_specs()
     if not specs:

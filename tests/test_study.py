@@ -496,10 +496,10 @@ def test_documented_defaults():
                     "integrator": {"method": "euler", "h": 0.1, "n_steps": 55}})  # fmt: skip
     assert eu.spec["integrator"][0]["save_every"] == 5
     np.testing.assert_allclose(
-        lcnfast.study.spec.log_save_times(25, 1000.0)[[0, 1, -1]], [0.0, 0.1, 1000.0]
+        lcnfast.study.spec_values.log_save_times(25, 1000.0)[[0, 1, -1]], [0.0, 0.1, 1000.0]
     )
     np.testing.assert_allclose(
-        lcnfast.study.spec.log_save_times(30, np.inf)[[0, 1, -1]], [0.0, 1e-2, 1e6]
+        lcnfast.study.spec_values.log_save_times(30, np.inf)[[0, 1, -1]], [0.0, 1e-2, 1e6]
     )
 
 

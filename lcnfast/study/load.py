@@ -15,7 +15,8 @@ from ..io import open_dataset
 from ..problem import Problem
 from .runner import SPEC_FILE, read_spec_file
 from .shards import finished_shards, read_dataset
-from .spec import COORDS, FACTORS, load_spec, spec_warnings_off
+from .spec import COORDS, FACTORS, load_spec
+from .spec_values import spec_warnings_off
 
 __all__ = ["load", "load_problem", "read_spec"]
 

@@ -50,7 +50,8 @@ from ..analysis import LABELS
 from ..flows import STATUS
 from . import figures as _fig
 from .load import load, read_spec
-from .spec import FACTORS, Study, load_spec, spec_warnings_off
+from .spec import FACTORS, Study, load_spec
+from .spec_values import spec_warnings_off
 
 __all__ = [
     "write_report",

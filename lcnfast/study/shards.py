@@ -38,7 +38,8 @@ from .._signals import sigint_deferred
 from ..io import open_dataset, to_netcdf
 from ..problem import Problem
 from . import draws
-from .spec import COORDS, FACTORS, load_spec, log_save_times
+from .spec import COORDS, FACTORS, load_spec
+from .spec_values import log_save_times
 
 __all__ = [
     "Shard", "plan", "run_shard", "reanalyse_shard", "analyse", "dataset_path", "shard_path",
