@@ -199,35 +199,61 @@ def _tqdm_class():
 
 class FlowProgress:
     """Finished flows out of ``total``: a tqdm bar on a terminal or in Jupyter (shown once
-    ``delay`` seconds have passed), elsewhere a line every ``interval`` seconds and one at the end; nothing if
-    not ``enabled``."""
+    ``delay`` seconds have passed), elsewhere a line every ``interval`` seconds and one at the
+    end; nothing if not ``enabled``.
 
-    def __init__(self, total, desc, enabled, interval=10.0, delay=0.0):
+    The display moves while no flow finishes too (flows of a fixed length end together, a
+    dask shard reports when it is written, the analysis of a shard follows its flows): a
+    helper thread redraws the bar every ``tick`` seconds (its elapsed time, and its ETA from
+    the mean rate so far, not a rate frozen at the last finished flow) and writes the lines
+    off a terminal on time. :meth:`update` may be called from any thread."""
+
+    def __init__(self, total, desc, enabled, interval=10.0, delay=0.0, tick=1.0):
         tqdm = _tqdm_class()
         self.total, self.done, self.interval, self.desc = total, 0, interval, desc
         self.tty = enabled and interactive()
         self.lines = enabled and not self.tty
-        self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0.1,
+        # smoothing=0: the rate is the mean since the start, so the ETA grows while nothing ends
+        self.bar = tqdm(total=total, desc=desc, unit="flow", disable=not self.tty, smoothing=0,
                         delay=delay, file=sys.stderr)
         self.t0 = self.last = time.perf_counter()
+        self.delay = delay
         self.postfix = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = None
+        if self.tty or self.lines:
+            self._ticker = threading.Thread(target=self._tick, args=(tick,), daemon=True,
+                                            name="lcnfast-progress-tick")
+            self._ticker.start()
+
+    def _tick(self, period):
+        while not self._stop.wait(period):
+            if self.tty and time.perf_counter() - self.t0 >= self.delay:
+                self.bar.refresh()  # tqdm's own lock
+            elif self.lines:
+                self.update(0)
 
     def update(self, n, postfix=""):
-        self.done += n
-        self.bar.update(n)
-        if postfix:
-            self.postfix = postfix
-            self.bar.set_postfix_str(postfix)
-        now = time.perf_counter()
-        if self.lines and (now - self.last >= self.interval or self.done == self.total):
-            el = now - self.t0
-            eta = el / self.done * (self.total - self.done) if self.done else math.nan
-            extra = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
-                  f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
-            self.last = now
+        with self._lock:
+            self.done += n
+            self.bar.update(n)
+            if postfix:
+                self.postfix = postfix
+                self.bar.set_postfix_str(postfix)
+            now = time.perf_counter()
+            if self.lines and (now - self.last >= self.interval or (n and self.done == self.total)):
+                el = now - self.t0
+                eta = el / self.done * (self.total - self.done) if self.done else math.nan
+                extra = f", {self.postfix}" if self.postfix else ""
+                print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
+                      f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+                self.last = now
 
     def close(self):
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         self.bar.close()
 
 

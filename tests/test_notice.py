@@ -115,6 +115,27 @@ def test_flow_progress_lines_off_a_terminal(capsys):
     assert lines[-1].startswith("demo: 10/10 flows, shards 1/3, ")
 
 
+def test_flow_progress_moves_while_no_flow_finishes(capsys, monkeypatch):
+    """Between finished flows (a shard of flows that all end together, a dask shard, the
+    analysis after the flows) the display goes on: before, a terminal's bar stood at its last
+    update, elapsed time and ETA frozen (an ETA of 1 s shown for minutes), and off a
+    terminal no line came until the next flow ended."""
+    monkeypatch.setattr(_notice, "interactive", lambda: True)
+    p = _notice.FlowProgress(10, "demo", True, tick=0.05)
+    p.update(2)
+    time.sleep(2.2)
+    p.close()
+    out = capsys.readouterr().err
+    assert "2/10 [00:02<00:0" in out, out  # elapsed 2 s; ETA from the mean rate: ~8-9 s
+    monkeypatch.setattr(_notice, "interactive", lambda: False)
+    p = _notice.FlowProgress(10, "demo", True, interval=0.3, tick=0.05)
+    p.update(2)
+    time.sleep(1.0)
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 3 and all(x.startswith("demo: 2/10 flows, ") for x in lines), lines
+
+
 def test_watch_status_counts_finished_flows_while_a_thread_works(capsys):
     status = np.full(6, -1, np.int8)
     p = _notice.FlowProgress(6, "w", True, interval=0.0)
