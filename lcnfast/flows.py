@@ -85,7 +85,9 @@ Saved values after a flow has stopped (converged early, or failed) are NaN: ``t_
 ``status`` say when and why it stopped, ``w_final`` holds its last state.
 
 Statuses ``max_steps`` and ``step_underflow`` (the flow stopped before ``t_end`` without
-converging) give one :class:`FlowWarning` per run with their counts.
+converging) give one :class:`FlowWarning` per run with their counts, and so does
+``non_finite`` (the loss or gradient overflowed: the flow diverged; ``w_final`` is the state
+where it did, ``loss_final`` its loss as :meth:`Problem.loss` gives it, inf rather than NaN).
 
 Interruption (Ctrl-C)
 ---------------------
@@ -181,7 +183,10 @@ def _initial_points(problem, w0):
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a lcnfast.Problem, got {type(problem).__name__}")
     W0, _single = problem._params(w0, "w0")
-    return W0
+    # a copy of our own: W0 becomes the Dataset's w_init (the caller's array, when already
+    # C-contiguous float64, would change with it), and a read-only w0 would be a second
+    # Numba type, every integrator compiled again
+    return W0.copy()
 
 
 def _outputs(K, n, kv, T, Q=0):
@@ -249,9 +254,11 @@ def _run(worker, args, n_workers, status, progress, desc):
     return bool(stop[0])
 
 
-def _conclude(out, W0, interrupted, name, wall):
-    """Mark the flows an interrupt left unstarted and issue the run's warnings."""
+def _conclude(problem, out, W0, interrupted, name, wall):
+    """Mark the flows an interrupt left unstarted, give the flows that overflowed the loss of
+    their last state as :meth:`Problem.loss` has it, and issue the run's warnings."""
     K = W0.shape[0]
+    _final_losses_of_overflowed_flows(problem, out)
     todo = out.status < 0
     if interrupted:
         out.status[todo] = I.INTERRUPTED
@@ -264,6 +271,16 @@ def _conclude(out, W0, interrupted, name, wall):
         for c in (I.MAX_STEPS, I.STEP_UNDERFLOW)
     }
     early = {k: v for k, v in early.items() if v}
+    n_nonfinite = int(np.count_nonzero(out.status == I.NON_FINITE))
+    if n_nonfinite:
+        warnings.warn(
+            f"{name}: {n_nonfinite} of {K} flows diverged: the loss or the gradient became "
+            "inf or NaN (status non_finite; ds.w_final holds the state where it did, "
+            "ds.loss_final its loss)" + (
+                ", a sign that h is too large there" if name == "gradient_descent" else ""),
+            FlowWarning,
+            stacklevel=3,
+        )
     if early:
         counts = ", ".join(f"{v} {k}" for k, v in early.items())
         warnings.warn(
@@ -282,6 +299,18 @@ def _conclude(out, W0, interrupted, name, wall):
             FlowWarning,
             stacklevel=3,
         )
+
+
+def _final_losses_of_overflowed_flows(problem, out):
+    """``loss_final`` of the flows stopped as non_finite at a finite ``w_final``: the kernels'
+    value there can be NaN (the Gram formula's inf - inf), :meth:`Problem.loss` gives inf
+    (or the finite loss, where only the gradient overflowed)."""
+    rows = np.flatnonzero((out.status == I.NON_FINITE) & np.all(np.isfinite(out.w_final), axis=1)
+                          & ~(out.loss_final == np.inf))
+    if rows.size:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "too large for float64": known
+            out.loss_final[rows] = problem.loss(out.w_final[rows])
 
 
 # ----------------------------------------------------------------------------- public API
@@ -408,7 +437,7 @@ def gradient_flow(
             stopped = _run(R.rodas_worker, args, nt, out.status, progress,
                            f"gradient_flow ({method})")
         wall = _time.perf_counter() - t0
-    _conclude(out, W0, stopped, "gradient_flow", wall)
+    _conclude(problem, out, W0, stopped, "gradient_flow", wall)
     run_attrs = {
         "method": method,
         "t_end": t_end,
@@ -498,7 +527,7 @@ def gradient_descent(
         stopped = _run(_euler.euler_worker, (problem.model, kern, use, W0, opt, out), nt,
                        out.status, progress, "gradient_descent")
         wall = _time.perf_counter() - t0
-    _conclude(out, W0, stopped, "gradient_descent", wall)
+    _conclude(problem, out, W0, stopped, "gradient_descent", wall)
     save_t = np.arange(n_save) * save_every * h
     run_attrs = {"method": "euler", "h": h, "n_steps": n_steps, "save_every": save_every}
     if grad_tol is not None:

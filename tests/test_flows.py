@@ -247,15 +247,46 @@ def test_diverging_descent_is_flagged_and_others_unaffected():
     w0 = lf.data.initial_filters(p.arch, 9, scale=0.5, seed=9)
     w0[4] *= 40.0  # huge weights: the Hessian there is far too stiff for h
     h, n = 5e-3, 400
-    ds = lf.gradient_descent(p, w0, h=h, n_steps=n)
+    with pytest.warns(lf.flows.FlowWarning, match="1 of 9 flows diverged"):
+        ds = lf.gradient_descent(p, w0, h=h, n_steps=n)
     status = ds.status.values
     assert status[4] == I.NON_FINITE
+    # its loss_final is Problem.loss at its w_final (inf), not the kernel's inf - inf = NaN
+    with pytest.warns(RuntimeWarning, match="too large"):
+        at_end = p.loss(ds.w_final.values[4])
+    assert np.all(np.isfinite(ds.w_final.values[4])) and at_end == np.inf
+    assert ds.loss_final.values[4] == at_end
     assert np.all(np.delete(status, 4) == I.REACHED_END)
     alone = lf.gradient_descent(p, np.delete(w0, 4, axis=0), h=h, n_steps=n)
     assert np.array_equal(alone.w_final.values, np.delete(ds.w_final.values, 4, axis=0))
     assert ds.attrs["method"] == "euler"
     # a flagged flow stops early: its saved values after the stop are NaN
     assert np.isnan(ds.loss.values[4, -1]) and ds.t_final.values[4] < n * h
+
+
+def test_the_dataset_owns_its_initial_points_and_read_only_ones_compile_nothing_new():
+    """w_init is a copy: the caller's w0, reused as a buffer, changed every Dataset's w_init
+    with it (and then w_init no longer matched loss_init). A read-only w0 (a view of a
+    netCDF variable, np.broadcast_to...) runs the kernels compiled for a writable one
+    instead of compiling every integrator again for a second Numba type."""
+    from lcnfast import _euler, _rk45
+
+    p = make_problem(ARCHS[0], square())
+    w0 = lf.data.initial_filters(p.arch, 3, seed=1)
+    kept = w0.copy()
+    flows = [lf.gradient_flow(p, w0, t_end=0.5, method="rk45"),
+             lf.gradient_descent(p, w0, h=1e-3, n_steps=5)]
+    n_sigs = (len(_rk45.rk45_worker.signatures), len(_euler.euler_worker.signatures))
+    w0 += 100.0
+    for ds in flows:
+        assert np.array_equal(ds.w_init.values, kept)
+    ro = kept.copy()
+    ro.flags.writeable = False
+    again = [lf.gradient_flow(p, ro, t_end=0.5, method="rk45"),
+             lf.gradient_descent(p, ro, h=1e-3, n_steps=5)]
+    assert (len(_rk45.rk45_worker.signatures), len(_euler.euler_worker.signatures)) == n_sigs
+    for a, b in zip(flows, again):
+        assert np.array_equal(a.w_final.values, b.w_final.values)
 
 
 def test_grad_tol_stops_each_flow_on_its_own():
