@@ -342,6 +342,12 @@ class Loss:
         for v in params:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise TypeError(f"loss params must be real numbers, got {params!r}")
+        # Python floats and int, as the constructors give them: a numpy scalar (np.float32(4))
+        # passed the checks and then failed the run after its flows, writing the Dataset's
+        # JSON attributes; and float32 parameters would reach the kernels as another type
+        params = tuple(float(v) for v in params)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "code", int(code))
         _check_params(code, *params)
 
     @property

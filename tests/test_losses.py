@@ -334,6 +334,21 @@ def test_param_dict_round_trips_through_from_dict(spec):
     assert L.name in repr(L)
 
 
+def test_a_loss_built_from_numpy_scalars_holds_python_floats():
+    """Loss("lp", LP, (np.float32(4), 0.0)) passed the checks, ran its flows, and then the
+    run failed writing the Dataset's JSON attributes ("float32 is not JSON serializable"):
+    the parameters are Python floats (and the code an int) however the Loss is built."""
+    import json
+
+    built = [losses.Loss("lp", losses.LP, (np.float32(4.0), 0.0)),
+             losses.Loss("log_cosh", np.int64(losses.LOG_COSH), (np.int64(2), np.float64(0))),
+             losses.Loss("pseudo_huber", losses.PSEUDO_HUBER, (np.float16(0.5), 0))]
+    for loss, same in zip(built, (losses.lp(4), losses.log_cosh(2.0), losses.pseudo_huber(0.5))):
+        assert all(type(v) is float for v in loss.params) and type(loss.code) is int
+        assert loss == same and hash(loss) == hash(same)
+        json.dumps(loss.param_dict)
+
+
 def test_log_cosh_alpha_range_is_checked_with_its_bounds():
     for a in (losses.ALPHA_MIN, losses.ALPHA_MAX):
         assert losses.log_cosh(a).params[0] == a
