@@ -55,6 +55,11 @@ h_lambda_max_final     (flow,)              gradient_descent only: h lambda_max(
                                             w_final (locally stable at a minimum only if < 2)
 =====================  ===================  ==============================================
 
+``attrs``: ``architecture`` and ``loss`` (JSON), ``m``, ``data_sha256`` (SHA-256 of X then Y,
+float64 C order: :func:`lcnfast.analysis.classify` refuses a Problem on other data), the
+method and its options, ``interrupted``, versions, threads, wall time, and the caller's
+``attrs``.
+
 Loss levels (first passage times)
 ---------------------------------
 ``loss_levels`` (a 1-d sequence of finite absolute loss values) adds the coordinate
@@ -663,6 +668,7 @@ def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
         "architecture": json.dumps(arch.to_dict()),
         "loss": json.dumps({"name": loss.name, **loss.param_dict}),
         "m": problem.m,
+        "data_sha256": problem._data_sha256,
         **run_attrs,
         "gradient_kernel": problem.kernel_in_use,
         **_versions(n_threads),

@@ -6,6 +6,8 @@ paper's scaling (no 1/m, no 1/2).
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import math
 import warnings
 
@@ -437,6 +439,15 @@ class Problem:
         return H
 
     # ------------------------------------------------------------------ data conditions
+    @functools.cached_property
+    def _data_sha256(self):
+        """SHA-256 of the data, X then Y (float64, C order): flow Datasets record it as
+        ``attrs["data_sha256"]`` so that :func:`lcnfast.analysis.classify` can refuse a
+        Problem on other data (computed once, on first use)."""
+        h = hashlib.sha256(self.X.tobytes(order="C"))
+        h.update(self.Y.tobytes(order="C"))
+        return h.hexdigest()
+
     def rank_info(self):
         """Rank and smallest singular value of ``X X^T`` (d0, d0) and of the window Gram ``A``.
 

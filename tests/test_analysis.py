@@ -738,6 +738,36 @@ def test_classify_rejects_mismatched_datasets(deep, deep_minima, shallow):
         analysis.classify(ds, "deep")
 
 
+def test_classify_refuses_a_problem_on_other_data(deep):
+    """Flows classified against a Problem on other data got wrong labels silently (the
+    architecture and the loss were checked, the data not): the Dataset records m and the
+    data's SHA-256, and classify compares them."""
+    arch = deep.arch
+    W0 = 0.7 * np.random.default_rng(6).standard_normal((2, arch.n_params))
+    ds = lf_flow(deep, W0)
+    assert ds.attrs["m"] == deep.m and len(ds.attrs["data_sha256"]) == 64
+    analysis.classify(ds, deep)  # the same data, also rebuilt from copies
+    analysis.classify(ds, Problem(arch, deep.X.copy(), deep.Y.copy(), losses.square()))
+    other = data.teacher(arch, 20, noise=0.3, seed=2)
+    with pytest.raises(ValueError, match="data_sha256"):
+        analysis.classify(ds, Problem(arch, other.X, other.Y, losses.square()))
+    fewer = data.teacher(arch, 25, noise=0.3, seed=1)
+    with pytest.raises(ValueError, match="m = 25"):
+        analysis.classify(ds, Problem(arch, fewer.X, fewer.Y, losses.square()))
+    # a Dataset from before data_sha256: m still checked
+    before = ds.copy()
+    del before.attrs["data_sha256"]
+    with pytest.raises(ValueError, match="m = 25"):
+        analysis.classify(before, Problem(arch, fewer.X, fewer.Y, losses.square()))
+    assert "data_sha256" in ds.attrs
+
+
+def lf_flow(problem, W0):
+    from lcnfast import gradient_flow
+
+    return gradient_flow(problem, W0, t_end=1.0, method="rk45", progress=False)
+
+
 def test_summarize(deep, deep_minima):
     W0, Wm = deep_minima
     W = np.concatenate([Wm, np.zeros((1, deep.arch.n_params)), W0[:2]])

@@ -54,6 +54,14 @@ def _check_flow_dataset(ds, problem):
             raise ValueError(
                 f"ds.attrs['loss'] = {loss!r} does not match problem.loss_fn {problem.loss_fn!r}"
             )
+    # the data: a Problem on other data gave wrong labels silently (Datasets before
+    # data_sha256 have m only)
+    if "m" in ds.attrs and int(ds.attrs["m"]) != problem.m:
+        raise ValueError(f"ds.attrs['m'] = {ds.attrs['m']} samples, but the problem has "
+                         f"m = {problem.m}: the flows ran on other data")
+    if "data_sha256" in ds.attrs and ds.attrs["data_sha256"] != problem._data_sha256:
+        raise ValueError("ds.attrs['data_sha256'] does not match the problem's data (X, Y): "
+                         "the flows ran on other data")
     if "layer" in ds.coords and "tap" in ds.coords:
         want_layer = np.concatenate([np.full(ki, i + 1) for i, ki in enumerate(arch.k)])
         want_tap = np.concatenate([np.arange(ki) for ki in arch.k])
