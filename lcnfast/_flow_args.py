@@ -54,28 +54,38 @@ _RUN_ATTRS = frozenset({
     "architecture", "loss", "m", "method", "t_end", "rtol", "atol", "max_steps", "grad_tol",
     "interrupted", "h", "n_steps", "save_every", "gradient_kernel", "lcnfast_version",
     "numba_version", "numpy_version", "threading_layer", "n_threads", "lanes", "wall_time_s",
-    "created",
+    "created", "data_sha256",
 })
+#: netCDF reads these global attributes as conventions (xarray takes ``coordinates``)
+_RESERVED_ATTRS = frozenset({"coordinates", "Conventions"})
 
 
 def _attr_value_ok(val):
     """A netCDF attribute value: a string, a real number (integers within int64), or a
     non-empty 1-d sequence of real numbers."""
     if isinstance(val, str):
-        return True
+        return "\x00" not in val  # netCDF's C strings end at a NUL: the rest was lost
     if isinstance(val, (bool, np.bool_)):
         return False
     if isinstance(val, numbers.Integral):
         return -(2**63) <= int(val) < 2**63
-    if isinstance(val, numbers.Real):
-        return True
+    if isinstance(val, numbers.Real):  # netCDF has no float16 or long double
+        return not isinstance(val, np.floating) or val.dtype.itemsize in (4, 8)
     if isinstance(val, (list, tuple, np.ndarray)):
         try:
             arr = np.asarray(val)
         except ValueError:  # ragged
             return False
-        return arr.ndim == 1 and arr.size > 0 and arr.dtype.kind in "iuf"
+        return (arr.ndim == 1 and arr.size > 0 and arr.dtype.kind in "iuf"
+                and (arr.dtype.kind != "f" or arr.dtype.itemsize in (4, 8)))
     return False
+
+
+def _attr_name_ok(key):
+    """A name netCDF stores and xarray reads back as an attribute: not empty, no '/' or
+    control characters, no leading '_' (netCDF's own) or trailing space, not reserved."""
+    return (key != "" and key == key.rstrip() and not key.startswith("_")
+            and "/" not in key and key.isprintable() and key not in _RESERVED_ATTRS)
 
 
 def extra_attrs(attrs):
@@ -88,12 +98,17 @@ def extra_attrs(attrs):
     for key, val in attrs.items():
         if not isinstance(key, str):
             raise TypeError(f"attrs keys must be strings, got {key!r}")
+        if not _attr_name_ok(key):
+            raise ValueError(f"attrs key {key!r} cannot be a netCDF attribute name (empty, "
+                             "'/', a control character, a leading '_', a trailing space, or "
+                             f"one of {sorted(_RESERVED_ATTRS)})")
         if key in _RUN_ATTRS:
             raise ValueError(f"attrs[{key!r}]: the run writes this attribute itself (the "
                              "analysis reads it back); choose another name")
         if not _attr_value_ok(val):
-            raise TypeError(f"attrs[{key!r}] must be a string, a real number or a 1-d list of "
-                            f"real numbers, got {val!r}")
+            raise TypeError(f"attrs[{key!r}] must be a string (without NUL), a real number or a "
+                            "1-d list of real numbers (netCDF: no float16 or long double), got "
+                            f"{val!r}")
     return dict(attrs)
 
 

@@ -100,6 +100,16 @@ def test_data_too_large_for_float64_is_refused(small, sx, sy):
         (dict(attrs={"a": np.ones((2, 2))}), TypeError, r"attrs\['a'\] must be"),
         (dict(attrs={"b": [[1, 2], [3]]}), TypeError, r"attrs\['b'\] must be"),
         (dict(attrs={"n": 2**70}), TypeError, r"attrs\['n'\] must be"),
+        (dict(attrs={"data_sha256": "x"}), ValueError, "the run writes this attribute itself"),
+        # what netCDF cannot write, or xarray does not read back the same
+        (dict(attrs={"f": np.float16(1.5)}), TypeError, r"attrs\['f'\] must be"),
+        (dict(attrs={"f": np.ones(2, np.float16)}), TypeError, r"attrs\['f'\] must be"),
+        (dict(attrs={"f": np.longdouble(1.5)}), TypeError, r"attrs\['f'\] must be"),
+        (dict(attrs={"s": "x\x00y"}), TypeError, r"attrs\['s'\] must be"),
+        (dict(attrs={"a/b": 1}), ValueError, "cannot be a netCDF attribute name"),
+        (dict(attrs={"": 1}), ValueError, "cannot be a netCDF attribute name"),
+        (dict(attrs={"_x": 1}), ValueError, "cannot be a netCDF attribute name"),
+        (dict(attrs={"coordinates": "x"}), ValueError, "cannot be a netCDF attribute name"),
     ],
 )
 def test_gradient_flow_arguments(small, kw, exc, match):
@@ -122,6 +132,22 @@ def test_user_attributes_are_kept(small):
     attrs = {"title": "mine", "seed": 3, "note": "x", "grid": [1.0, 2.0]}
     ds = lf.gradient_descent(p, np.zeros((1, p.arch.n_params)), h=1e-3, n_steps=2, attrs=attrs)
     assert ds.attrs["title"] == "mine" and ds.attrs["seed"] == 3 and ds.attrs["grid"] == [1.0, 2.0]
+
+
+def test_every_accepted_user_attribute_survives_the_netcdf_round_trip(small, tmp_path):
+    """attrs= refuses before the run what to_netcdf could not write or open_dataset would not
+    give back the same (float16, long double, NUL in a string, '/' in a name, 'coordinates'):
+    each of those was accepted and then failed or changed at to_netcdf. What it accepts
+    round-trips."""
+    p = small[3]
+    attrs = {"f32": np.float32(1.5), "f64": np.float64(0.1), "i": np.int64(-3), "u": np.uint8(7),
+             "big": 2**62, "arr": np.arange(3, dtype=np.float32), "ints": [1, 2], "uni": "δ ü",
+             "Name with spaces and -+.": "ok"}
+    ds = lf.gradient_descent(p, np.zeros((1, p.arch.n_params)), h=1e-3, n_steps=2, attrs=attrs)
+    lf.to_netcdf(ds, tmp_path / "a.nc")
+    back = lf.open_dataset(tmp_path / "a.nc")
+    for key, val in attrs.items():
+        assert np.array_equal(np.asarray(back.attrs[key]), np.asarray(val)), key
 
 
 @pytest.mark.parametrize("method", ["rk45", "rosenbrock", "auto"])
