@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .architecture import Architecture
-from .problem import window_gram
+from .problem import as_real_array, window_gram
 
 __all__ = [
     "TeacherData",
@@ -307,7 +307,7 @@ def teacher_for_inputs(arch, X, *, noise=0.0, seed=None):
     Returns a :class:`TeacherData` (X is copied as float64).
     """
     _check_arch(arch)
-    X = np.array(X, dtype=np.float64)
+    X = np.array(as_real_array(X, "X"))  # complex X lost its imaginary part; strings passed
     if X.ndim != 2 or X.shape[0] != arch.d0 or X.shape[1] < 1:
         raise ValueError(f"X must have shape (d0={arch.d0}, m) with m >= 1, got {X.shape}")
     if not np.all(np.isfinite(X)):

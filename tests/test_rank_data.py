@@ -161,6 +161,11 @@ def test_teacher_for_inputs():
         data.teacher_for_inputs(STRIDED, X.T)
     with pytest.raises(ValueError, match="NaN"):
         data.teacher_for_inputs(STRIDED, np.full_like(X, np.nan))
+    # what Problem refuses, refused here too, naming X (a complex X lost its imaginary part
+    # with only numpy's ComplexWarning; strings of digits were parsed)
+    for bad in (X + 5j, X.astype(str), np.full(X.shape, None)):
+        with pytest.raises(TypeError, match="X must"):
+            data.teacher_for_inputs(STRIDED, bad)
 
 
 # ----------------------------------------------------------------------------- rank report
