@@ -215,6 +215,26 @@ def test_rank_report_matches_direct_computation(full_problem):
     assert analysis.lemma36_bound(pb, [L0, 2 * L0]).shape == (2,)
 
 
+def test_lemma36_bound_refuses_what_no_loss_value_can_be(full_problem):
+    """A bool, or a value below the loss's least value d_N m l(0), is no loss value: for
+    the square and lp losses these were refused, for log-cosh or pseudo-Huber -1.0 and True
+    gave a bound. NaN entries (flows never evaluated) give NaN; the generalized Huber loss
+    with beta < -1 is negative near r = 0, down to d_N m l(0) and not below."""
+    td = full_problem[0]
+    n = FULL.d_N * 20
+    for loss in (losses.square(), losses.log_cosh(1.0), losses.pseudo_huber(1.0),
+                 losses.generalized_huber(1.0, -1.5)):
+        pb = Problem(FULL, td.X, td.Y, loss)
+        floor = n * min(0.0, float(loss.value(0.0)))
+        for bad in (True, np.array([True, False])):
+            with pytest.raises(TypeError, match="loss_value"):
+                analysis.lemma36_bound(pb, bad)
+        with pytest.raises(ValueError, match="loss_value must be >="):
+            analysis.lemma36_bound(pb, floor - 1e-3)
+        assert np.isfinite(analysis.lemma36_bound(pb, floor))
+        assert np.isnan(analysis.lemma36_bound(pb, [np.nan, 1.0])[0])
+
+
 @pytest.mark.parametrize("spec", LOSS_SPECS, ids=spec_id)
 def test_lemma36_bound_holds_for_all_filters(full_problem, spec):
     """Lemma 3.6 is a statement about every V: ||v||_1 <= g(L(v)), and likewise the Gram

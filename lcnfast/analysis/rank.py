@@ -41,16 +41,24 @@ def _h_frobenius(problem):
 
 
 def _loss_values(problem, x, name):
-    """Loss values as a float array; >= 0 for the square and lp losses (the generalized Huber
-    loss with beta < -1 takes negative values: l(0) = log(2 + beta) / alpha < 0)."""
-    if isinstance(x, (str, bytes)) or x is None:
+    """Loss values as a float array (NaN entries stay NaN: flows never evaluated), each at
+    least the loss's minimum ``d_N m l(0)``: 0, but for the generalized Huber loss with
+    beta < -1, whose l(0) = log(2 + beta) / alpha < 0 (every loss of lcnfast is even with its
+    minimum at r = 0)."""
+    if isinstance(x, (str, bytes, bool, np.bool_)) or x is None:
         raise TypeError(f"{name} must be a number or an array of numbers, got {x!r}")
     try:
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number or an array of numbers") from None
-    if problem.loss_fn.code in (_losses.SQUARE, _losses.LP) and np.any(a[np.isfinite(a)] < 0):
-        raise ValueError(f"{name} must be >= 0 for the {problem.loss_fn.name} loss")
+    if np.asarray(x).dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, not booleans")
+    loss = problem.loss_fn
+    floor = problem.arch.d_N * problem.m * min(0.0, float(loss.value(0.0)))
+    # a computed loss may sit below the floor by its rounding: ~n eps |floor| for its n terms
+    if np.any(a[np.isfinite(a)] < floor - 1e-9 * abs(floor)):
+        raise ValueError(f"{name} must be >= {floor:.6g}, the least value of the "
+                         f"{loss.name} loss here (d_N m l(0))")
     return a
 
 
