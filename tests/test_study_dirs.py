@@ -227,6 +227,16 @@ def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
     assert rc == 1 and error_line(err).endswith(".lock: Read-only file system")
 
 
+def test_out_expands_the_home_directory(tmp_path, monkeypatch):
+    """``--out=~/x`` reaches lcnfast unexpanded (the shell expands ``~`` only at the start of
+    a word): it made a directory named ``~`` in the current directory."""
+    from lcnfast.study.runner import study_dir_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert study_dir_for(None, "~/x") == tmp_path / "x"
+    assert cli._parser().parse_args(["study", "run", "quickstart", "--out=~/x"]).out == "~/x"
+
+
 def test_a_reader_gone_is_no_error(study):
     _, out, _ = study
     r, w = os.pipe()

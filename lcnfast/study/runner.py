@@ -114,8 +114,9 @@ class RunSummary:
 
 # ----------------------------------------------------------------------------- the directory
 def study_dir_for(study, out=None):
-    """The output directory: ``out``, or ``data/<study name>`` under the current directory."""
-    return Path(out) if out is not None else Path("data") / study.name
+    """The output directory: ``out`` (``~`` expanded, as the shell does not in ``--out=~/x``),
+    or ``data/<study name>`` under the current directory."""
+    return Path(out).expanduser() if out is not None else Path("data") / study.name
 
 
 def _check_writable(d):
