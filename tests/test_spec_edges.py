@@ -142,6 +142,22 @@ def test_data_files_of_the_wrong_shape_are_refused(tmp_path):
     refused(spec_with(data={"inputs": {"file": str(f)}, "target": "file"}), "data.target[0]: ")
 
 
+def test_data_files_of_the_same_name_in_two_folders_are_two_levels(tmp_path):
+    """inputs = [{file = "da/data.npz"}, {file = "db/data.npz"}] was refused as a list with
+    repeated values ('file:data.npz' twice): the labels keep as much of the paths as tells
+    them apart."""
+    rng = np.random.default_rng(0)
+    files = []
+    for sub in ("da", "db"):
+        (tmp_path / sub).mkdir()
+        files.append(str(tmp_path / sub / "data.npz"))
+        np.savez(files[-1], X=rng.standard_normal((6, 4)))
+    study = load_spec(spec_with(data={"inputs": [{"file": f} for f in files]}))
+    assert [c.labels["inputs"] for c in study.cells] == ["file:da/data.npz", "file:db/data.npz"]
+    one = load_spec(spec_with(data={"inputs": {"file": files[0]}}))
+    assert one.cells[0].labels["inputs"] == "file:data.npz"  # alone: the name, as before
+
+
 # ----------------------------------------------------------------------------- grid factors
 @pytest.mark.parametrize(
     "edit, where",

@@ -34,6 +34,15 @@ def level_labels(spec):
         (k, v), = ((k, v) for k, v in x.items() if k != "sha256")
         return f"file:{Path(v).name}" if k == "file" else f"{k}={v}"
 
+    def inputs_exact(x, group):
+        # files of the same name in different folders: as many trailing path parts as tell
+        # them apart (file:da/data.npz, file:db/data.npz)
+        mine = Path(x["file"]).parts
+        others = [Path(g["file"]).parts for g in group if g != x]
+        n = next((n for n in range(2, len(mine) + 1)
+                  if all(o[-n:] != mine[-n:] for o in others)), len(mine))
+        return "file:" + "/".join(mine[-n:])
+
     def target_label(x):
         if isinstance(x, str):
             return x
@@ -58,7 +67,7 @@ def level_labels(spec):
                                 integ_exact),
         "m": [-1 if m is None else m for m in d["m"]],
         "noise": d["noise"],
-        "inputs": [inputs_label(x) for x in d["inputs"]],
+        "inputs": _distinct([inputs_label(x) for x in d["inputs"]], d["inputs"], inputs_exact),
         "target": _distinct([target_label(x) for x in d["target"]], d["target"], target_exact),
         "init_scale": i["scale"],
         "init_distribution": i["distribution"],
