@@ -259,6 +259,24 @@ def test_an_unreachable_scheduler_is_one_line(study, capsys):
     assert rc == 1 and "scheduler: Timed out trying to connect to tcp://127.0.0.1:1" in error_line(err)
 
 
+def test_a_new_title_or_description_reaches_the_study_directory(study, tmp_path, capsys):
+    """report.title, report.sections and description change no number (they are outside the
+    spec hash), so a run with them edited is the same study: its spec.json and spec.toml
+    take them (and the report with them). Before, the first run's stayed, without a word."""
+    _, out, _ = study
+    edited = tmp_path / "edited.toml"
+    text = SPEC.replace('name = "dirs"', 'name = "dirs"\ndescription = "second thoughts"')
+    edited.write_text(text + '\n[report]\ntitle = "New title"\n')
+    s = run_study(edited, out, report=False)
+    assert s.n_flows_run == 0
+    assert "spec.json: description, report updated" in capsys.readouterr().err
+    rec = json.loads((out / "spec.json").read_text())
+    assert rec["spec"]["report"]["title"] == "New title"
+    assert rec["spec"]["description"] == "second thoughts"
+    assert (out / "spec.toml").read_text() == edited.read_text()
+    assert load(out).attrs["spec_hash"] == rec["spec_hash"] == load_spec(edited).spec_hash
+
+
 # ----------------------------------------------------------------------------- another spec
 def test_a_directory_without_results_is_taken_over_by_a_corrected_spec(tiny, tmp_path, monkeypatch):
     spec, _, ref = tiny

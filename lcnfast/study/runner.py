@@ -39,7 +39,7 @@ from ..flows import STATUS, counting_finished_flows, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from . import _keys, spec_checks
-from .spec import load_spec, spec_diff
+from .spec import EXECUTION_KEYS, load_spec, spec_diff
 from .._notice import FlowProgress, Ticker, interactive, quiet
 from .._signals import sigint_deferred
 from .warm import compile_rodas_tail, compiling_aside, warm_analysis, warm_up
@@ -230,9 +230,17 @@ def open_study_dir(study, d):
 
 def _check_spec_file(study, d):
     """Raise ValueError unless ``d/spec.json`` is ``study``'s (checked under the lock: another
-    run may have written or replaced it since :func:`open_study_dir`)."""
-    if read_spec_file(d / SPEC_FILE)["spec_hash"] != study.spec_hash:
+    run may have written or replaced it since :func:`open_study_dir`). Returns the keys
+    outside the hash (``description``, ``report``, ``shard_size``) that this run's spec
+    changed: ``spec.json`` and ``spec.toml`` are rewritten with them, so that the report
+    takes a new title or sections file (before, the first run's stayed, without a word)."""
+    old = read_spec_file(d / SPEC_FILE)
+    if old["spec_hash"] != study.spec_hash:
         raise ValueError(f"out: another run gave {d} to another spec meanwhile; run again")
+    changed = [k for k in EXECUTION_KEYS if old["spec"].get(k) != study.spec.get(k)]
+    if changed:
+        _write_spec_file(study, d)
+    return changed
 
 
 @contextlib.contextmanager
@@ -453,7 +461,9 @@ def run_study(
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
     distributed = n_modes == 1
     with _lock(d), quiet():  # the runner says what it is doing itself
-        _check_spec_file(study, d)
+        changed = _check_spec_file(study, d)
+        if changed:
+            say(f"{SPEC_FILE}: {', '.join(changed)} updated from the spec (they change no number)")
         if _remove_partial_files(d):
             say("removed temporary files of an interrupted run")
         done = finished_shards(d, study.spec_hash, set_aside=True)

@@ -48,7 +48,7 @@ _TOP = {
     "flows_per_dataset", "shard_size", "analysis", "report", "quick",
 }  # fmt: skip
 #: keys that do not change any number of a run (left out of the spec hash)
-_EXECUTION_KEYS = ("description", "shard_size", "report", "quick")
+EXECUTION_KEYS = ("description", "shard_size", "report", "quick")
 
 
 class Cell(NamedTuple):
@@ -227,7 +227,7 @@ def _cells(spec):
 
 def science_part(spec):
     """The part of a resolved spec that determines the numbers (what the hash covers)."""
-    return {k: v for k, v in spec.items() if k not in _EXECUTION_KEYS}
+    return {k: v for k, v in spec.items() if k not in EXECUTION_KEYS}
 
 
 def spec_hash(spec):
@@ -241,7 +241,7 @@ def spec_diff(a, b, path=""):
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            if not path and key in _EXECUTION_KEYS:
+            if not path and key in EXECUTION_KEYS:
                 continue
             sub = f"{path}.{key}" if path else key
             if key not in a or key not in b:
