@@ -142,6 +142,21 @@ def test_data_files_of_the_wrong_shape_are_refused(tmp_path):
     refused(spec_with(data={"inputs": {"file": str(f)}, "target": "file"}), "data.target[0]: ")
 
 
+def test_unreadable_or_complex_data_files_are_refused_naming_the_file(tmp_path):
+    """A garbage .npz was refused with numpy's "contains pickled data ... allow_pickle", a
+    garbage .nc with three lines about xarray's engines, and a complex X was cast to real
+    with only a numpy warning."""
+    for name, what in (("x.npz", "is not a .npz file"), ("x.nc", "is not a netCDF file")):
+        (tmp_path / name).write_bytes(b"not data at all\n" * 8)
+        msg = refused(spec_with(data={"inputs": {"file": str(tmp_path / name)}}),
+                      "data.inputs[0].file: ")
+        assert what in msg and name in msg and "\n" not in msg
+    f = tmp_path / "c.npz"
+    np.savez(f, X=np.ones((6, 4)) + 1j)
+    msg = refused(spec_with(data={"inputs": {"file": str(f)}}), "data.inputs[0].file: ")
+    assert "X must hold real numbers" in msg
+
+
 def test_data_files_of_the_same_name_in_two_folders_are_two_levels(tmp_path):
     """inputs = [{file = "da/data.npz"}, {file = "db/data.npz"}] was refused as a list with
     repeated values ('file:data.npz' twice): the labels keep as much of the paths as tells

@@ -18,11 +18,14 @@ factors that the draw depends on, so cells that differ in other factors share th
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import xarray as xr
 
 from .. import data as _data
 from ..architecture import Architecture
+from ..problem import as_real_array
 
 __all__ = ["make_dataset", "draw_inputs", "initial_points", "read_data_file"]
 
@@ -35,19 +38,27 @@ def _rng(seed, key):
 
 def read_data_file(path):
     """X (d0, m) and Y (d_N, m) or None from a ``.npz`` (arrays ``X``, ``Y``) or netCDF file
-    (variables ``X``, ``Y``)."""
+    (variables ``X``, ``Y``). ValueError naming the file when it is no such file or its arrays
+    do not hold real numbers (a complex X lost its imaginary part with a numpy warning)."""
     if str(path).endswith(".npz"):
+        if not zipfile.is_zipfile(path):  # np.load took it for a pickle: "use allow_pickle"
+            raise ValueError(f"data.inputs.file: {path} is not a .npz file (np.savez writes one)")
         with np.load(path) as f:
-            if "X" not in f:
-                raise ValueError(f"data.inputs.file: {path} has no array 'X'")
-            X = np.array(f["X"], dtype=np.float64)
-            Y = np.array(f["Y"], dtype=np.float64) if "Y" in f else None
+            arrays = {k: f[k] for k in ("X", "Y") if k in f.files}
     else:
-        with xr.open_dataset(path) as f:
-            if "X" not in f:
-                raise ValueError(f"data.inputs.file: {path} has no variable 'X'")
-            X = np.array(f["X"].values, dtype=np.float64)
-            Y = np.array(f["Y"].values, dtype=np.float64) if "Y" in f else None
+        try:
+            with xr.open_dataset(path) as f:
+                arrays = {k: f[k].values for k in ("X", "Y") if k in f}
+        except (OSError, ValueError) as e:  # xarray: three lines on engines for any bad file
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"data.inputs.file: {path} is not a netCDF file xarray can read "
+                             f"({first})") from None
+    if "X" not in arrays:
+        raise ValueError(f"data.inputs.file: {path} has no array 'X'")
+    try:
+        X, Y = (None if k not in arrays else np.array(as_real_array(arrays[k], k)) for k in "XY")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"data.inputs.file: {path}: {e}") from None
     return X, Y
 
 
