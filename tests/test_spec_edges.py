@@ -77,6 +77,17 @@ def test_analysis_tolerance_error_names_the_toml_line(tmp_path):
     assert msg.endswith(f"({p}, line 18)")
 
 
+def test_a_missing_top_level_key_names_no_line_of_a_table(tmp_path):
+    """A spec without `name` was reported at the line of [[losses]]'s `name = "square"`: a
+    top-level key is looked for before the first table header only."""
+    p = tmp_path / "noname.toml"
+    text = TOML.replace('name = "fz"\n', "").replace('losses = ["square"]\n', "")
+    p.write_text(text + '\n[[losses]]\nname = "square"\n')
+    assert refused(p, "name: must be a name").endswith("got None")
+    p.write_text('name = "bad name"\n' + text + '\n[[losses]]\nname = "square"\n')
+    assert refused(p, "name: must be a name").endswith(f"({p}, line 1)")
+
+
 # ----------------------------------------------------------------------------- integrator
 @pytest.mark.parametrize(
     "integrator, where",

@@ -61,6 +61,10 @@ class Locator:
                 end = len(self.lines)
             else:
                 kre = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
+                if not tables:  # a top-level key sits before the first table header (a
+                    # missing `name` was shown at the line of [[losses]]'s name)
+                    end = next((n for n in range(len(self.lines))
+                                if header_re.match(self.lines[n])), len(self.lines))
                 keyhits = [n for n in range(start, end) if kre.search(self.lines[n])]
                 if keyhits:
                     found = keyhits[0]
