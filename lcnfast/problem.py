@@ -277,7 +277,11 @@ class Problem:
             )
         if check_finite:
             _check_finite(W, name)
-        return np.ascontiguousarray(W), single
+        if not (W.flags.c_contiguous and W.flags.writeable):
+            # a read-only array (np.broadcast_to, a view of a Dataset's values) would be a
+            # second Numba type: every kernel compiled again for it
+            W = np.array(W, order="C")
+        return W, single
 
     def _serial(self, W):
         """Whether evaluating W is too little work to wake the thread team."""

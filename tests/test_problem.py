@@ -433,6 +433,30 @@ def test_bad_parameters_raise_naming_w(method, bad, exc):
 _DEEP, _ONE_LAYER = Architecture(12, (3, 2, 2), (1, 2, 1)), Architecture(12, (4,), (2,))
 
 
+def test_read_only_parameters_compile_nothing_new():
+    """A read-only w (np.broadcast_to, a view of a Dataset's values) was a second Numba type
+    for every batched kernel: each compiled again (seconds to a minute) for the same result."""
+    from lcnfast import _batches, _lanes
+
+    arch = Architecture(8, (2, 2))
+    rng = np.random.default_rng(0)
+    p = Problem(arch, rng.standard_normal((8, 6)), rng.standard_normal((arch.d_N, 6)),
+                losses.square())
+    W = rng.standard_normal((3, arch.n_params))
+    kernels = (_lanes.loss_grad_serial, _lanes.generated_serial, _batches.loss_rows,
+               _batches.hessian_rows)
+    methods = ("grad", "loss_and_grad", "loss", "hessian")
+    want = [getattr(p, m)(W) for m in methods]
+    n_sigs = [len(k.signatures) for k in kernels]
+    R = W.copy()
+    R.flags.writeable = False
+    for m, w in zip(methods, want):
+        got = getattr(p, m)(R)  # loss_and_grad: a pair of arrays
+        pairs = zip(got, w) if isinstance(w, tuple) else [(got, w)]
+        assert all(np.array_equal(a, b) for a, b in pairs)
+    assert [len(k.signatures) for k in kernels] == n_sigs
+
+
 @pytest.mark.parametrize("a, kernel, loss", [
     (_DEEP, "generic", losses.square()), (_DEEP, "generated", losses.square()),
     (_DEEP, "generic", losses.log_cosh(1.0)), (_ONE_LAYER, "generic", losses.log_cosh(1.0))])
