@@ -184,6 +184,35 @@ def test_diverged_flows_count_in_every_denominator(study_dir, loaded):
     assert (row["reference"], row["k_ref"], row["n_ref"]) == ("global", 0, 6)
 
 
+def test_report_of_a_cell_whose_flows_are_never_finite(study_dir, loaded, tmp_path):
+    """Every flow of cell 0 non-finite at every save time (init scale 1e60: the loss is inf at
+    t = 0 and the flows stop there): the figures are drawn, that cell's band panels empty
+    and saying so, and the tables say the flows diverged (the report failed with "not enough
+    values to unpack" on the empty time axis)."""
+    from lcnfast.flows import STATUS
+
+    ds = loaded.copy(deep=True)
+    study = read_spec(study_dir)
+    flows = np.flatnonzero(ds["cell"].values == 0)
+    for var in ("loss", "grad_norm"):
+        ds[var][{"flow": flows}] = np.nan
+        ds[var][{"flow": flows, "time": 0}] = np.inf
+    for var, value in (("status", [k for k, v in STATUS.items() if v == "non_finite"][0]),
+                       ("label", R.LABELS.index("non_finite")), ("t_final", 0.0),
+                       ("loss_final", np.inf), ("limit_loss", np.nan), ("is_global", np.nan),
+                       ("reached_best", False), ("loss_best_found", np.nan)):  # fmt: skip
+        ds[var][{"flow": flows}] = value
+    table = R.cell_summary(ds, study)
+    for name, _ in R._figures(ds, study, table, tmp_path):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC, name
+    varying = R.varying_factors(study)
+    head, rows = _table_after(R._limits_section(table, varying), "## Limit points")
+    assert rows[0][head.index("non_finite")] == "1"
+    assert rows[0][-2:] == ["0/6 = 0 [0, 0.39]", "global"]
+    _, rows = _table_after(R._integration_section(table, varying), "## Integration")
+    assert rows[0][-1] == "non_finite 6"
+
+
 def test_planted_prop51_violation_is_listed(study_dir, loaded):
     ds = loaded.copy(deep=True)
     study = read_spec(study_dir)

@@ -174,6 +174,23 @@ def _band_count(ax, vals):
                 fontsize=7, ha="left", va="bottom")  # fmt: skip
 
 
+def _nothing_finite(ax, n):
+    """Mark a panel whose ``n`` flows have no finite value at any saved time (every flow of
+    the cell diverged at once, e.g. from a huge initial scale, or the gap to a best limit
+    that none of them reached): the panel stays empty and says why, instead of failing on an
+    empty time axis."""
+    ax.text(0.5, 0.5, f"no finite value to draw:\nall {n} flows non-finite\n(see the status)",
+            transform=ax.transAxes, ha="center", va="center", fontsize=8)  # fmt: skip
+
+
+def _legend_on_first_drawn(axes):
+    """The legend, on the first panel that has labelled artists (a panel of flows without a
+    finite value has none: matplotlib would warn of an empty legend there)."""
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=7)
+
+
 def _log_time_axis(ax, t0, t_max):
     """Log time axis whose left edge is t = 0 (drawn at ``t0``, tick label "0")."""
     ax.set_xscale("log")
@@ -189,7 +206,8 @@ def _log_time_axis(ax, t0, t_max):
 def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None):
     """Quantile bands of ``transform(sub, values)`` against time, one panel per cell (log
     time axis; log y axis where the values are positive), each noting over how many of its
-    flows the band ends (:func:`_band_count`); ``hline(sub)`` gives an optional dashed
+    flows the band ends (:func:`_band_count`), or that none has a finite value
+    (:func:`_nothing_finite`); ``hline(sub)`` gives an optional dashed
     reference level ``(value, label)`` per panel."""
     cells = _cells(ds)
     fig, axes = _grid(len(cells), _title_lines(titles))
@@ -198,8 +216,11 @@ def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None)
     for ax, (c, sub) in zip(axes, cells):
         t, vals = _filled(sub, var, final_var)
         vals = transform(sub, vals)
-        _band(ax, t, vals, t0)
-        _band_count(ax, vals)
+        if np.isfinite(vals).any():
+            _band(ax, t, vals, t0)
+            _band_count(ax, vals)
+        else:
+            _nothing_finite(ax, vals.shape[0])
         level = None if hline is None else hline(sub)
         if level is not None:
             ax.axhline(level[0], color="k", ls="--", lw=0.8, label=level[1])
@@ -208,7 +229,7 @@ def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None)
     for ax in axes:
         _log_time_axis(ax, t0, t_max)
         ax.set_xlabel("time t")
-    axes[0].legend(fontsize=7)
+    _legend_on_first_drawn(axes)
     return _save(fig, path)
 
 
@@ -306,7 +327,7 @@ def final_loss_hist(ds, titles, path):
                                             "the best value found"}.get(frozenset(kinds))
     fig.supxlabel("loss at the limit" + (f" (dashed: {dashed})" if dashed else ""), fontsize=9)
     if len(np.unique(ds["dataset"].values)) > 1:
-        axes[0].legend(fontsize=7)
+        _legend_on_first_drawn(axes)
     return _save(fig, path)
 
 

@@ -472,7 +472,7 @@ def _bounds_section(table, ds, varying):
         "the ratio bound / v_l1_max measures how loose the bound is (1: tight). *within k/n*: "
         "k of the n flows of the cell where the bound applies; a flow whose v_l1_max is not "
         "finite (diverged) is not within it (ratio 0). n/a: the bound's hypothesis fails on "
-        "the cell's data.",
+        "the cell's data, or L(w_0) is not finite.",
         markdown_table(_cell_frame(table, varying, cols)),
         "Every flow stays within the bounds that apply." if bad.empty else
         f"**{len(bad)} flow(s) above a bound:**\n\n" + markdown_table(bad),
