@@ -426,6 +426,66 @@ def test_dask_worker_dying_mid_shard_is_recomputed(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------- command line
+# Shards of 2 flows of a few seconds each on 2 dask workers: Ctrl-C comes with most to run.
+SLOW_DASK = """
+name = "slow-dask"
+seed = 3
+flows_per_dataset = 24
+shard_size = 2
+
+[[architectures]]
+d0 = 16
+k = [3, 3, 3]
+
+[data]
+m = 32
+noise = 0.1
+
+[integrator]
+method = "rk45"
+t_end = 100.0
+max_steps = 200000
+save = 10
+"""
+
+# the CLI with Python's SIGINT handler (a background parent may have SIGINT ignored)
+CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "sys.argv[0] = 'lcnfast'; runpy.run_module('lcnfast', run_name='__main__')")
+
+
+def test_ctrl_c_on_dask_workers_ends_with_the_summary_and_no_traceback(tmp_path):
+    """Ctrl-C in a terminal reaches its whole process group, the LocalCluster's workers too:
+    they died of it with tracebacks (and nanny and lock errors) in the run's output. Now they
+    ignore it, the run cancels its shards, and ends as a local run does: the "interrupted"
+    summary, exit status 130, no traceback."""
+    spec = tmp_path / "slow.toml"
+    spec.write_text(SLOW_DASK)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "study", "run", str(spec), "--out", str(out), "--no-report",
+         "--workers", "2"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900  # the workers may compile first
+        while not list((out / "shards").glob("c*.nc")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and " - ERROR - " not in err, err
+    assert "interrupted: the shards written are kept" in err
+    assert len(list((out / "shards").glob("c*.nc"))) < 24  # stopped with shards to run
+
+
 def test_command_line_end_to_end(tmp_path):
     spec = write_spec(tmp_path)
     out = tmp_path / "cli"

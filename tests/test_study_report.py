@@ -145,6 +145,74 @@ def test_wilson_in_the_table(study_dir, loaded):
         assert lo <= row["frac_ref"] <= hi
 
 
+def test_diverged_flows_count_in_every_denominator(study_dir, loaded):
+    """Flows without a finite limit (non_finite: is_global NaN, v_l1_max inf, drift NaN) stay
+    in the denominators: the fraction at the global minimum is k of all the cell's flows (it
+    was k of the flows where is_global is decided: 1 global flow of 16, 15 diverged, read
+    "1 [0.207, 1]"), and the bounds and quantiles say over how many flows they are."""
+    ds = loaded.copy(deep=True)
+    study = read_spec(study_dir)
+    flows = np.flatnonzero(ds["cell"].values == 0)
+    assert (ds["is_global"].values[flows] == 1).all()  # all 6 global before
+    gone = flows[:4]
+    ds["is_global"].values[gone] = np.nan
+    ds["reached_best"].values[gone] = False
+    ds["label"].values[gone] = R.LABELS.index("non_finite")
+    ds["v_l1_max"].values[gone] = np.inf
+    ds["balance_drift"].values[gone] = np.nan
+    table = R.cell_summary(ds, study)
+    row = table.loc[0]
+    assert (row["reference"], row["k_ref"], row["n_ref"]) == ("global", 2, 6)
+    assert row["frac_ref"] == pytest.approx(2 / 6)
+    assert (row["ref_lo"], row["ref_hi"]) == R.wilson(2, 6)
+    assert (row["n_lemma36"], row["n_lemma36_ok"], row["n_lemma36_nonfinite"]) == (6, 2, 4)
+    assert row["drift_n"] == 2
+    varying = R.varying_factors(study)
+    _, rows = _table_after(R._limits_section(table, varying), "## Limit points")
+    assert rows[0][-2:] == [f"2/6 = 0.333 [{R._fmt(row['ref_lo'])}, {R._fmt(row['ref_hi'])}]",
+                            "global"]  # fmt: skip
+    _, rows = _table_after(R._bounds_section(table, ds, varying), "## Bounds")
+    assert rows[0][4] == "**2/6: VIOLATED** (4 non-finite)"
+    bad = R.bound_violations(ds)
+    assert (bad["bound"] == "Lemma 3.6").sum() == 4  # the non-finite ones listed too
+    _, rows = _table_after(R._integration_section(table, varying), "## Integration")
+    assert rows[0][7].endswith("(2 finite of 6)")
+    # every flow of a cell diverged: still the global reference, 0 of 6
+    ds["is_global"].values[flows] = np.nan
+    ds["reached_best"].values[flows] = False
+    row = R.cell_summary(ds, study).loc[0]
+    assert (row["reference"], row["k_ref"], row["n_ref"]) == ("global", 0, 6)
+
+
+def test_report_of_a_cell_whose_flows_are_never_finite(study_dir, loaded, tmp_path):
+    """Every flow of cell 0 non-finite at every save time (init scale 1e60: the loss is inf at
+    t = 0 and the flows stop there): the figures are drawn, that cell's band panels empty
+    and saying so, and the tables say the flows diverged (the report failed with "not enough
+    values to unpack" on the empty time axis)."""
+    from lcnfast.flows import STATUS
+
+    ds = loaded.copy(deep=True)
+    study = read_spec(study_dir)
+    flows = np.flatnonzero(ds["cell"].values == 0)
+    for var in ("loss", "grad_norm"):
+        ds[var][{"flow": flows}] = np.nan
+        ds[var][{"flow": flows, "time": 0}] = np.inf
+    for var, value in (("status", [k for k, v in STATUS.items() if v == "non_finite"][0]),
+                       ("label", R.LABELS.index("non_finite")), ("t_final", 0.0),
+                       ("loss_final", np.inf), ("limit_loss", np.nan), ("is_global", np.nan),
+                       ("reached_best", False), ("loss_best_found", np.nan)):  # fmt: skip
+        ds[var][{"flow": flows}] = value
+    table = R.cell_summary(ds, study)
+    for name, _ in R._figures(ds, study, table, tmp_path):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC, name
+    varying = R.varying_factors(study)
+    head, rows = _table_after(R._limits_section(table, varying), "## Limit points")
+    assert rows[0][head.index("non_finite")] == "1"
+    assert rows[0][-2:] == ["0/6 = 0 [0, 0.39]", "global"]
+    _, rows = _table_after(R._integration_section(table, varying), "## Integration")
+    assert rows[0][-1] == "non_finite 6"
+
+
 def test_planted_prop51_violation_is_listed(study_dir, loaded):
     ds = loaded.copy(deep=True)
     study = read_spec(study_dir)

@@ -8,7 +8,8 @@ leaves the caller's plotting alone (``Figure.savefig`` renders PNG with Agg by i
 
 Panels are small multiples, one per cell that has flows, titled by the cell's number and the
 levels of the factors that vary in the study (:func:`panel_titles`). Quantile bands are the
-10-50-90% quantiles over the cell's flows (all its datasets) at each saved time.
+10-50-90% quantiles over the cell's flows (all its datasets) with a finite value at each saved
+time; a panel whose band ends over fewer than all its flows (the others stopped early) says so.
 """
 
 from __future__ import annotations
@@ -162,6 +163,34 @@ def _band(ax, t, vals, t0, color="C0"):
     ax.set_yscale("log" if finite.size and finite.min() > 0 else "linear")
 
 
+def _band_count(ax, vals):
+    """Say in the panel over how many flows the band's right end is, when not over all the
+    cell's flows (the others stopped early: diverged, max_steps, ...): the quantiles at each
+    time are over the flows with a finite value then, a denominator that would otherwise
+    shrink unseen."""
+    n, k = vals.shape[0], int(np.isfinite(vals[:, -1]).sum())
+    if k < n:
+        ax.text(0.02, 0.03, f"at the end: {k} of {n} flows", transform=ax.transAxes,
+                fontsize=7, ha="left", va="bottom")  # fmt: skip
+
+
+def _nothing_finite(ax, n):
+    """Mark a panel whose ``n`` flows have no finite value at any saved time (every flow of
+    the cell diverged at once, e.g. from a huge initial scale, or the gap to a best limit
+    that none of them reached): the panel stays empty and says why, instead of failing on an
+    empty time axis."""
+    ax.text(0.5, 0.5, f"no finite value to draw:\nall {n} flows non-finite\n(see the status)",
+            transform=ax.transAxes, ha="center", va="center", fontsize=8)  # fmt: skip
+
+
+def _legend_on_first_drawn(axes):
+    """The legend, on the first panel that has labelled artists (a panel of flows without a
+    finite value has none: matplotlib would warn of an empty legend there)."""
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=7)
+
+
 def _log_time_axis(ax, t0, t_max):
     """Log time axis whose left edge is t = 0 (drawn at ``t0``, tick label "0")."""
     ax.set_xscale("log")
@@ -176,15 +205,22 @@ def _log_time_axis(ax, t0, t_max):
 
 def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None):
     """Quantile bands of ``transform(sub, values)`` against time, one panel per cell (log
-    time axis; log y axis where the values are positive); ``hline(sub)`` gives an optional
-    dashed reference level ``(value, label)`` per panel."""
+    time axis; log y axis where the values are positive), each noting over how many of its
+    flows the band ends (:func:`_band_count`), or that none has a finite value
+    (:func:`_nothing_finite`); ``hline(sub)`` gives an optional dashed
+    reference level ``(value, label)`` per panel."""
     cells = _cells(ds)
     fig, axes = _grid(len(cells), _title_lines(titles))
     t0 = _time_zero(ds)
     t_max = max(float(ds["time"].max()), 10 * t0)
     for ax, (c, sub) in zip(axes, cells):
         t, vals = _filled(sub, var, final_var)
-        _band(ax, t, transform(sub, vals), t0)
+        vals = transform(sub, vals)
+        if np.isfinite(vals).any():
+            _band(ax, t, vals, t0)
+            _band_count(ax, vals)
+        else:
+            _nothing_finite(ax, vals.shape[0])
         level = None if hline is None else hline(sub)
         if level is not None:
             ax.axhline(level[0], color="k", ls="--", lw=0.8, label=level[1])
@@ -193,7 +229,7 @@ def _time_bands(ds, titles, path, var, final_var, transform, ylabel, hline=None)
     for ax in axes:
         _log_time_axis(ax, t0, t_max)
         ax.set_xlabel("time t")
-    axes[0].legend(fontsize=7)
+    _legend_on_first_drawn(axes)
     return _save(fig, path)
 
 
@@ -291,7 +327,7 @@ def final_loss_hist(ds, titles, path):
                                             "the best value found"}.get(frozenset(kinds))
     fig.supxlabel("loss at the limit" + (f" (dashed: {dashed})" if dashed else ""), fontsize=9)
     if len(np.unique(ds["dataset"].values)) > 1:
-        axes[0].legend(fontsize=7)
+        _legend_on_first_drawn(axes)
     return _save(fig, path)
 
 
@@ -324,8 +360,9 @@ def fraction_global(table, path, titles=None):
     """Fraction of flows at the global minimum per cell, with Wilson 95% intervals; each cell
     labelled by its factor levels (``titles``: :func:`panel_titles`), else by number.
 
-    ``table`` is :func:`lcnfast.study.report.cell_summary`. Filled circles: ``is_global``
-    (filling architecture, convex loss: the analysis decides globality); open squares:
+    ``table`` is :func:`lcnfast.study.report.cell_summary`; the denominator is every flow of
+    the cell (a diverged flow counts as not at the reference). Filled circles: ``is_global``
+    (a convex loss: the analysis knows the global minimum over w); open squares:
     ``reached_best``, the fraction at the best value found in the cell's dataset (an upper
     bound on the fraction global when the best found is not global). The question of the
     quickstart study, answered in one picture.
@@ -348,7 +385,7 @@ def fraction_global(table, path, titles=None):
         )  # fmt: skip
     ax.set_xticks(x, labels, rotation=40, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("fraction of flows (Wilson 95%)")
+    ax.set_ylabel("fraction of all flows (Wilson 95%)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -83,11 +83,14 @@ def wilson(k, n, confidence=0.95):
 
 
 def _quantiles(x, name):
-    """``{name_q10: ..., name_q50: ..., name_q90: ...}`` over the finite values of x."""
+    """``{name_q10: ..., name_q50: ..., name_q90: ..., name_n: ...}``: the quantiles over the
+    finite values of x and their number ``name_n`` (the denominator: a diverged flow's value
+    is often inf or NaN, and would otherwise leave the quantiles unnoticed)."""
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
     qs = np.quantile(x, _Q) if x.size else np.full(len(_Q), np.nan)
-    return {f"{name}_q{round(100 * q)}": float(v) for q, v in zip(_Q, qs)}
+    return {**{f"{name}_q{round(100 * q)}": float(v) for q, v in zip(_Q, qs)},
+            f"{name}_n": int(x.size)}  # fmt: skip
 
 
 def _label_stats(sub):
@@ -95,13 +98,24 @@ def _label_stats(sub):
     return {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
 
 
+def _global_known(sub):
+    """Whether the analysis knows the global minimum over w for these flows (a convex loss:
+    ``loss_global_min`` is finite, ``is_global`` decided for every finite limit)."""
+    known = [np.isfinite(sub[v].values).any() for v in ("is_global", "loss_global_min") if v in sub]
+    return any(known)
+
+
 def _reference_stats(sub):
-    """Fraction at the global minimum (``is_global`` where decided) or else at the best value
-    found (``reached_best``), with its Wilson interval."""
-    g = sub["is_global"].values if "is_global" in sub else np.full(sub.sizes["flow"], np.nan)
-    decided = np.isfinite(g)
-    if decided.any():
-        ref, hit = "global", g[decided] == 1
+    """Fraction at the global minimum over w (``is_global``) where the analysis knows it, or
+    else at the best value found (``reached_best``), with its Wilson interval.
+
+    The denominator ``n_ref`` is every flow of the cell: a flow without a finite limit
+    (diverged: ``is_global`` NaN, ``reached_best`` false) counts as not at the reference.
+    Counting only the flows where ``is_global`` is decided made 1 global flow among 16, 15 of
+    them diverged, read "1 [0.207, 1]".
+    """
+    if _global_known(sub):
+        ref, hit = "global", sub["is_global"].values == 1
     else:
         ref, hit = "best found", sub["reached_best"].values.astype(bool)
     k, n = int(hit.sum()), hit.size
@@ -136,18 +150,28 @@ def _prop51_stats(sub):
     }
 
 
+def _above(obs, b):
+    """Flows whose ``v_l1_max`` (``obs``) is not within their finite bound ``b``: above it,
+    or not finite (a diverged flow: inf or NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(b) & ~(obs <= b * (1 + BOUND_RTOL))
+
+
 def _bound_stats(sub):
-    """Per bound (``lemma36``, ``gram``): flows where it applies, flows within it, and the
-    quantiles of bound / v_l1_max."""
+    """Per bound (``lemma36``, ``gram``): ``n_<key>`` flows where it applies (a finite bound),
+    ``n_<key>_ok`` of them within it (a flow whose ``v_l1_max`` is not finite, diverged, is
+    not), ``n_<key>_nonfinite`` of them with a non-finite ``v_l1_max``, and the quantiles of
+    bound / v_l1_max over them (0 for an infinite v_l1_max)."""
     out = {}
     obs = sub["v_l1_max"].values
     for key, var in (("lemma36", "lemma36_bound"), ("gram", "gram_bound")):
         b = sub[var].values if var in sub else np.full(obs.shape, np.nan)
-        ok = np.isfinite(b) & np.isfinite(obs)
-        out[f"n_{key}"] = int(ok.sum())
-        out[f"n_{key}_ok"] = int((obs[ok] <= b[ok] * (1 + BOUND_RTOL)).sum())
+        applies = np.isfinite(b)
+        out[f"n_{key}"] = int(applies.sum())
+        out[f"n_{key}_ok"] = int((applies & ~_above(obs, b)).sum())
+        out[f"n_{key}_nonfinite"] = int((applies & ~np.isfinite(obs)).sum())
         with np.errstate(divide="ignore", invalid="ignore"):
-            out.update(_quantiles(b[ok] / obs[ok], f"{key}_ratio"))
+            out.update(_quantiles(b[applies] / obs[applies], f"{key}_ratio"))
     return out
 
 
@@ -172,12 +196,15 @@ def cell_summary(ds, study):
     """One row per cell of the study (index ``cell``; cells without flows yet have
     ``n_flows = 0`` and NaN): the labels of the varying factors, ``n_flows``, ``n_expected``,
     ``frac_<label>`` per label, the reference fraction (``reference`` = "global" or "best
-    found", ``k_ref``, ``n_ref``, ``frac_ref``, Wilson ``ref_lo``, ``ref_hi``), Prop. 5.1
-    counts (``prop51`` applicable, ``n_nonglobal_critical``, ``n_common_root``,
-    ``n_jac_deficient``, ``n_prop51_violations``), bounds (``n_lemma36`` flows with a bound,
-    ``n_lemma36_ok`` within it, ``lemma36_ratio_q10/50/90`` = bound / v_l1_max; the same for
-    ``gram``), and quantiles ``t_final_q*``, ``steps_q*`` (accepted + rejected),
-    ``grad_evals_q*``, ``drift_q*`` (balance_drift), ``n_loss_increased``, ``status_<name>``.
+    found", ``k_ref`` of ``n_ref`` = all the cell's flows, diverged ones counted as not at
+    the reference, ``frac_ref``, Wilson ``ref_lo``, ``ref_hi``), Prop. 5.1 counts (``prop51``
+    applicable, ``n_nonglobal_critical``, ``n_common_root``, ``n_jac_deficient``,
+    ``n_prop51_violations``), bounds (``n_lemma36`` flows with a bound, ``n_lemma36_ok``
+    within it, ``n_lemma36_nonfinite`` with a non-finite v_l1_max, ``lemma36_ratio_q10/50/90``
+    = bound / v_l1_max; the same for ``gram``), and quantiles ``t_final_q*``, ``steps_q*``
+    (accepted + rejected), ``grad_evals_q*``, ``drift_q*`` (balance_drift),
+    ``n_loss_increased``, ``status_<name>``. Every quantile ``<name>_q*`` comes with
+    ``<name>_n``, the number of finite values it is taken over.
     """
     varying = varying_factors(study)
     n_expected = study.spec["data"]["n_datasets"] * study.spec["flows_per_dataset"]
@@ -220,16 +247,16 @@ def prop51_violations(ds):
 
 def bound_violations(ds):
     """Every flow with ``v_l1_max`` above its bound (Lemma 3.6, or the Gram bound of
-    :func:`lcnfast.analysis.rank_report`). Columns: ``cell``, ``dataset``, ``replicate``,
-    ``bound`` (which), ``v_l1_max``, ``value`` (the bound)."""
+    :func:`lcnfast.analysis.rank_report`) or not finite (diverged), as counted in the report's
+    table. Columns: ``cell``, ``dataset``, ``replicate``, ``bound`` (which), ``v_l1_max``,
+    ``value`` (the bound)."""
     parts = []
     obs = ds["v_l1_max"].values
     for name, var in (("Lemma 3.6", "lemma36_bound"), ("Gram", "gram_bound")):
         if var not in ds:
             continue
         b = ds[var].values
-        with np.errstate(invalid="ignore"):
-            sel = np.isfinite(b) & np.isfinite(obs) & (obs > b * (1 + BOUND_RTOL))
+        sel = _above(obs, b)
         part = _flow_coords(ds, sel)
         part.update(bound=name, v_l1_max=obs[sel], value=b[sel])
         parts.append(pd.DataFrame(part))
@@ -258,10 +285,16 @@ def markdown_table(df):
     return "\n".join(lines)
 
 
-def _q(row, name):
-    """'q10 / q50 / q90' of ``name`` from a cell_summary row."""
+def _q(row, name, of="n_flows"):
+    """'q10 / q50 / q90' of ``name`` from a cell_summary row, followed by '(k finite of n)'
+    when the quantiles are over fewer than the ``row[of]`` flows they describe (the others
+    diverged), 'none finite (n)' when over none of them."""
     vals = [row.get(f"{name}_q{round(100 * q)}", np.nan) for q in _Q]
-    return "–" if all(pd.isna(v) for v in vals) else " / ".join(_fmt(v) for v in vals)
+    n, total = int(row.get(f"{name}_n", 0)), int(row[of])
+    if n == 0:
+        return f"none finite ({total})" if total else "–"
+    text = " / ".join(_fmt(v) for v in vals)
+    return text if n == total else f"{text} ({n} finite of {total})"
 
 
 def _cell_frame(table, varying, columns):
@@ -279,7 +312,9 @@ def _cell_frame(table, varying, columns):
 
 
 def _ci(row):
-    return f"{_fmt(row['frac_ref'])} [{_fmt(row['ref_lo'])}, {_fmt(row['ref_hi'])}]"
+    """'k/n = fraction [low, high]': the flows at the reference of all n flows of the cell."""
+    return (f"{int(row['k_ref'])}/{int(row['n_ref'])} = {_fmt(row['frac_ref'])} "
+            f"[{_fmt(row['ref_lo'])}, {_fmt(row['ref_hi'])}]")  # fmt: skip
 
 
 def _counts(row, names, prefix):
@@ -361,7 +396,9 @@ def _limits_section(table, varying):
         "its loss matches the minimum over the image of pi computed by multistart Newton "
         "(lcnfast.analysis.image_minimum)); *best found* = within "
         "gap_tol L(v=0) of the lowest limit loss among the flows of the same cell and dataset "
-        "(`reached_best`: no proof of globality). Intervals: Wilson score, 95%.",
+        "(`reached_best`: no proof of globality). *k/n*: k of all the cell's n flows; a flow "
+        "without a finite limit (non_finite: diverged) counts as not at the reference. "
+        "Intervals: Wilson score, 95%.",
         markdown_table(_cell_frame(table, varying, cols)),
     ])  # fmt: skip
 
@@ -404,11 +441,17 @@ def _prop51_section(table, ds, varying):
 
 
 def _within(key):
-    """'k/n' flows within a bound, marked when some are not, 'n/a' when it does not apply."""
+    """'k/n' flows within a bound of the n where it applies, marked when some are not (with
+    how many of those have a non-finite v_l1_max: diverged), 'n/a' when it does not apply."""
 
     def fn(r):
         n, ok = int(r[f"n_{key}"]), int(r[f"n_{key}_ok"])
-        return "n/a" if n == 0 else (f"{ok}/{n}" if ok == n else f"**{ok}/{n}: VIOLATED**")
+        if n == 0:
+            return "n/a"
+        if ok == n:
+            return f"{ok}/{n}"
+        bad = int(r[f"n_{key}_nonfinite"])
+        return f"**{ok}/{n}: VIOLATED**" + (f" ({bad} non-finite)" if bad else "")
 
     return fn
 
@@ -416,9 +459,9 @@ def _within(key):
 def _bounds_section(table, ds, varying):
     cols = {
         "Lemma 3.6 within": _within("lemma36"),
-        "bound / v_l1_max (10/50/90%)": lambda r: _q(r, "lemma36_ratio"),
+        "bound / v_l1_max (10/50/90%)": lambda r: _q(r, "lemma36_ratio", "n_lemma36"),
         "Gram bound within": _within("gram"),
-        "Gram bound / v_l1_max": lambda r: _q(r, "gram_ratio"),
+        "Gram bound / v_l1_max": lambda r: _q(r, "gram_ratio", "n_gram"),
     }
     bad = bound_violations(ds)
     return "\n\n".join([
@@ -426,8 +469,10 @@ def _bounds_section(table, ds, varying):
         "Along a flow the loss decreases, so ||v(t)||_1 <= g(L(w_0)) (Lemma 3.6, needs X X^T of "
         "full rank); the Gram bound needs only the window Gram A > 0 (lcnfast.analysis."
         "rank_report). `v_l1_max` is the largest ||v||_1 over the accepted states of a flow; "
-        "the ratio bound / v_l1_max measures how loose the bound is (1: tight). n/a: the "
-        "bound's hypothesis fails on the cell's data.",
+        "the ratio bound / v_l1_max measures how loose the bound is (1: tight). *within k/n*: "
+        "k of the n flows of the cell where the bound applies; a flow whose v_l1_max is not "
+        "finite (diverged) is not within it (ratio 0). n/a: the bound's hypothesis fails on "
+        "the cell's data, or L(w_0) is not finite.",
         markdown_table(_cell_frame(table, varying, cols)),
         "Every flow stays within the bounds that apply." if bad.empty else
         f"**{len(bad)} flow(s) above a bound:**\n\n" + markdown_table(bad),
@@ -450,7 +495,8 @@ def _integration_section(table, varying):
         "rejected), the gradient evaluations; the balancedness drift max_i |delta_i(t_final) "
         "- delta_i(0)| (0 for the exact flow, Lemma 3.3: the integrator's error); the number "
         "of flows whose loss increased on an accepted step (above rounding); and why the flows "
-        "stopped.",
+        "stopped. Quantiles are over the flows with a finite value: *(k finite of n)* when "
+        "some of the cell's n flows have none (diverged: see the status).",
         markdown_table(_cell_frame(table, varying, cols)),
     ])  # fmt: skip
 
@@ -462,8 +508,10 @@ def _figures(ds, study, table, figdir):
     grad_tols = {c.index: c.integrator["grad_tol"] for c in study.cells}
     made = [
         (_fig.loss_time(ds, titles, figdir / "loss_time.png"),
-         "Loss against time per cell: median and 10-90% band over the flows (log-log; the "
-         "left edge is t = 0; converged flows stay at their final loss)."),
+         "Loss against time per cell: median and 10-90% band over the flows with a finite "
+         "value at each time (log-log; the left edge is t = 0; converged flows stay at their "
+         "final loss, flows stopped otherwise leave the band: a panel says \"at the end: k of "
+         "n flows\" when some did)."),
         (_fig.loss_gap_time(ds, titles, figdir / "loss_gap_time.png", gap_tol),
          "Relative gap to the best limit of the flow's dataset, (L(t) - L_best) / L(v=0), "
          "floored at gap_tol (dashed): the approach to the best value, comparable across "
@@ -475,8 +523,8 @@ def _figures(ds, study, table, figdir):
          "Losses at the limits per cell (limit_loss), stacked by dataset; dashed: the global "
          "minimum over w (where decided) or the best value found."),
         (_fig.fraction_global(table, figdir / "fraction_global.png", titles),
-         "Fraction of flows at the global minimum (filled) or at the best value found (open) "
-         "per cell, with Wilson 95% intervals."),
+         "Fraction of all the cell's flows at the global minimum (filled) or at the best value "
+         "found (open), diverged flows counted as not there, with Wilson 95% intervals."),
         (_fig.paper_figure1(figdir / "losses.png"),
          "The losses of section 3.3 on r in [-4, 4] (the paper's Figure 1), evaluated with "
          "lcnfast.losses."),

@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -346,15 +348,49 @@ def _client(workers, scheduler, threads_per_worker):
         with client:
             yield client
         return
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        env=_worker_env(threads_per_worker),
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
-        yield client
+    with _sigint_ignored():  # the worker processes start here and inherit it
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            env=_worker_env(threads_per_worker),
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
+        try:
+            yield client
+        except KeyboardInterrupt:
+            client.run(_silence_distributed_logs)
+            raise
+
+
+def _silence_distributed_logs():
+    """Log only distributed's critical errors in this process (a worker, by ``Client.run``):
+    after Ctrl-C the cluster closes under the shards still running, and a worker then writing
+    one logs that its file lock (a distributed semaphore) could not be released: an error of
+    the shutdown, not of the results (the shard is rerun by the next run)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process for the block (main thread only), so that the
+    processes started in it inherit SIGINT ignored: a LocalCluster's workers, which share the
+    terminal's process group and so get its Ctrl-C too. Without this, each worker died of it
+    with a traceback (and the nannies and the lock of the shard being written logged errors)
+    while this process stopped the run; now this process alone handles Ctrl-C, cancels the
+    shards and closes the cluster, and the run ends with its "interrupted" summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
