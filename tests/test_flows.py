@@ -511,7 +511,7 @@ def test_early_stops_warn_once_per_run_with_their_counts():
     out = lf.flows._outputs(5, p.arch.n_params, p.arch.k_v, 1)
     out.status[:] = [I.MAX_STEPS, I.STEP_UNDERFLOW, I.MAX_STEPS, I.REACHED_END, I.CONVERGED]
     with pytest.warns(lf.flows.FlowWarning) as rec:
-        lf.flows._conclude(out, np.zeros((5, p.arch.n_params)), False, "gradient_flow", 1.0)
+        lf.flows._conclude(p, out, np.zeros((5, p.arch.n_params)), False, "gradient_flow", 1.0)
     assert len(rec) == 1
     assert "3 of 5 flows" in str(rec[0].message)
     assert "2 max_steps, 1 step_underflow" in str(rec[0].message)
