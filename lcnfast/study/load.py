@@ -78,10 +78,10 @@ def load(study_dir, *, cells=None):
     if not shards:
         which = "" if cells is None else f" of cells {sorted(cells)}"
         raise ValueError(f"study_dir: {study_dir} has no finished shards{which} yet")
-    parts = [
+    parts = _common_dimension_coords([
         open_dataset(Path(study_dir) / "shards" / f"{s.name}.nc")
         for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0))
-    ]
+    ])
     ds = xr.concat(
         parts,
         dim="flow",
@@ -101,6 +101,19 @@ def load(study_dir, *, cells=None):
         "n_flows_expected": study.n_flows,
     }
     return ds
+
+
+def _common_dimension_coords(parts):
+    """The shards with every dimension coordinate that any of them has: ``loss_level`` is in
+    the shards of integrators with ``loss_levels`` only, and ``xr.concat(coords="different")``
+    refuses a coordinate that three or more shards do not all have. With it everywhere, the
+    levels are the union (``join="outer"``) and ``t_below`` is NaN for flows without them."""
+    coords = {}
+    for p in parts:
+        for name in p.dims:
+            if name != "flow" and name in p.coords:
+                coords.setdefault(name, p[name].variable)
+    return [p.assign_coords({k: v for k, v in coords.items() if k not in p.dims}) for p in parts]
 
 
 def _best_found(ds):
