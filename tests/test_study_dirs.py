@@ -104,6 +104,37 @@ def test_a_damaged_spec_json_is_named_by_every_command(study, capsys, text):
         assert "done in" not in err  # the report's ticker does not claim success
 
 
+def test_a_study_directory_is_read_without_the_files_its_spec_named(tmp_path, capsys):
+    """data.inputs = {file} and report.sections are files of the spec's, read when it runs. A
+    finished study directory was unreadable once one moved (damaged spec.json: no such file)
+    or the data file changed (does not match its hash), though X and Y are in datasets/. Now
+    status, load, reanalyse and the report read it (the report without the sections, saying
+    so); a run of the spec with the changed file is still another spec's."""
+    X = np.random.default_rng(0).standard_normal((6, 4))
+    np.savez(tmp_path / "X.npz", X=X)
+    sec = tmp_path / "sec.py"
+    sec.write_text("def sections(ds, study, figures_dir):\n    return [('Mine', 'ok')]\n")
+    spec = tmp_path / "files.toml"
+    spec.write_text(SPEC.replace("m = 4", 'inputs = {file = "X.npz"}')
+                    + '\n[report]\nsections = "sec.py"\n')  # fmt: skip
+    out = tmp_path / "out"
+    run_study(spec, out, progress=False, report=False)
+    ref = load(out)
+    (tmp_path / "X.npz").rename(tmp_path / "moved.npz")
+    sec.rename(tmp_path / "moved.py")
+    rc, text, err = lcn(capsys, "study", "status", out)
+    assert rc == 0 and "flows 3/3 done" in text, err
+    rc, _, err = lcn(capsys, "study", "reanalyse", out, "--quiet")  # and the report
+    assert rc == 0, err
+    assert f"lcnfast: warning: report.sections: no such file: {sec}" in err
+    assert "the study's own sections are left out" in (out / "report.md").read_text()
+    np.savez(tmp_path / "X.npz", X=X + 1)  # another file in its place
+    assert_same_results(load(out), ref)
+    (tmp_path / "moved.py").rename(sec)
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--no-report", "--quiet")
+    assert rc == 2 and "(differing keys: data.inputs)" in error_line(err)
+
+
 # ----------------------------------------------------------------------------- shard files
 def test_damaged_shards_are_named_skipped_then_set_aside_and_recomputed(study, capsys):
     spec, out, ref = study

@@ -15,8 +15,7 @@ from ..io import open_dataset
 from ..problem import Problem
 from .runner import SPEC_FILE, read_spec_file
 from .shards import finished_shards, read_dataset
-from .spec import COORDS, FACTORS, load_spec
-from .spec_values import spec_warnings_off
+from .spec import COORDS, FACTORS, stored_study
 
 __all__ = ["load", "load_problem", "read_spec"]
 
@@ -25,10 +24,12 @@ FLOW_LEVELS = ("cell", *(COORDS[f] for f in FACTORS), "dataset", "replicate")
 
 
 def read_spec(study_dir):
-    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path). Raises
-    ValueError naming ``spec.json`` when it is missing, damaged (see
-    :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does not
-    match its hash."""
+    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path), as its
+    run recorded it: the files the spec names (``data.inputs``, ``report.sections``) are not
+    read again (:func:`lcnfast.study.spec.stored_study`), so the directory stays readable when
+    they move or change. Raises ValueError naming ``spec.json`` when it is missing, damaged
+    (see :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does
+    not match its hash."""
     if not isinstance(study_dir, (str, os.PathLike)):
         raise TypeError(f"study_dir must be a path (str or os.PathLike), got {study_dir!r}")
     p = Path(study_dir) / SPEC_FILE
@@ -36,8 +37,7 @@ def read_spec(study_dir):
         raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
     rec = read_spec_file(p)
     try:
-        with spec_warnings_off():  # warned about when it was run
-            study = load_spec(rec["spec"])
+        study = stored_study(rec["spec"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"damaged {SPEC_FILE}: {p}: {e}") from None
     if study.spec_hash != rec["spec_hash"]:

@@ -38,6 +38,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numba
@@ -552,6 +553,17 @@ def _custom_sections(path, ds, study, figdir):
     return out
 
 
+def _study_sections(path, ds, study, figdir):
+    """The markdown of the study's own sections (``report.sections``). A file gone since the
+    run (moved, or the study directory copied to another machine) leaves them out, saying so
+    in the report and in a warning: the rest of the report needs only the study directory."""
+    if not Path(path).is_file():
+        msg = f"report.sections: no such file: {path}: the study's own sections are left out"
+        warnings.warn(msg, stacklevel=3)
+        return [f"## The study's own sections\n\n*{msg}.*"]
+    return [f"## {heading}\n\n{md}" for heading, md in _custom_sections(path, ds, study, figdir)]
+
+
 def write_report(study_dir):
     """Write ``report.md`` and ``figures/*.png`` of a study directory (see the module
     docstring for the content); returns the path of ``report.md``. Works on a partial study
@@ -575,8 +587,7 @@ def write_report(study_dir):
         _figures_section(_figures(ds, study, table, figdir)),
     ]
     if rep["sections"]:
-        extra = _custom_sections(rep["sections"], ds, study, figdir)
-        parts += [f"## {heading}\n\n{md}" for heading, md in extra]
+        parts += _study_sections(rep["sections"], ds, study, figdir)
     path = d / REPORT_FILE
     tmp = d / f".{REPORT_FILE}.tmp"
     tmp.write_text("\n\n".join(parts) + "\n")
