@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 
-from lcnfast.study import load, load_problem, load_spec, run_study
+from lcnfast.study import builtin_specs, load, load_problem, load_spec, run_study
 from lcnfast.study.load import read_spec
 from lcnfast.study.runner import open_study_dir
 from lcnfast.study.shards import write_datasets
@@ -198,6 +198,22 @@ def test_load_spec_arguments(tmp_path):
     p.write_bytes(b'name = "\xff\xfe"\n')
     with pytest.raises(ValueError, match=r"binary\.toml: not a UTF-8 TOML file"):
         load_spec(p)
+
+
+def test_a_directory_never_shadows_a_built_in_study(tmp_path, monkeypatch):
+    """`study run quickstart --out quickstart` a second time said 'spec: no such file:
+    quickstart': the directory of the first run, in the current directory, was taken as the
+    spec. A name that is no file is a built-in's; a directory is never a spec."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()
+    assert load_spec("quickstart", quick=True).source == str(builtin_specs()["quickstart"])
+    (tmp_path / "somedir").mkdir()
+    with pytest.raises(ValueError, match=r"^spec: somedir is a directory, not a spec file$"):
+        load_spec("somedir")
+    with pytest.raises(ValueError, match=r"^spec: no such file: other\.toml$"):
+        load_spec("other.toml")
+    with pytest.raises(ValueError, match=r"^spec: 'other' is neither a \.toml file nor a built-in"):
+        load_spec("other")
 
 
 # ----------------------------------------------------------------------------- study directories

@@ -261,19 +261,26 @@ def builtin_specs():
 
 
 def _find(spec):
+    """The TOML file of ``spec``: an existing file, else the built-in study of that name (a
+    directory of the name, such as a study's output ``--out quickstart``, never shadows it)."""
     p = Path(spec).expanduser()
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise SpecError(f"spec: no such file: {p}")
+    if p.is_file():
         return p
+    name = os.fspath(spec)
     builtin = builtin_specs()
-    if spec in builtin:
-        return builtin[spec]
-    local = Path("studies") / f"{spec}.toml"
+    if name in builtin:
+        return builtin[name]
+    local = Path("studies") / f"{name}.toml"
     if local.is_file():
         return local
+    if p.is_dir():
+        raise SpecError(f"spec: {p} is a directory, not a spec file")
+    if p.exists():
+        raise SpecError(f"spec: {p} is not a regular file")
+    if p.suffix == ".toml":
+        raise SpecError(f"spec: no such file: {p}")
     known = ", ".join(builtin) or "none found"
-    raise SpecError(f"spec: {spec!r} is neither a .toml file nor a built-in study ({known})")
+    raise SpecError(f"spec: {name!r} is neither a .toml file nor a built-in study ({known})")
 
 
 def load_spec(spec, *, quick=False):
