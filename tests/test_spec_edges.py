@@ -308,18 +308,25 @@ def test_levels_that_differ_get_distinct_labels_and_equal_ones_are_refused():
 
 def test_an_error_in_the_quick_table_names_its_key_and_line(tmp_path):
     """[quick] flows_per_dataset = 0 was reported as 'flows_per_dataset: ... line 2' (the
-    full-size value's line, which is fine)."""
+    full-size value's line, which is fine). The full size validates [quick] too: a typo
+    (flow_per_dataset) or a bad value in it passed a run without --quick silently."""
     p = tmp_path / "fz.toml"
-    p.write_text(TOML + "\n[quick]\nflows_per_dataset = 0\n")
-    load_spec(p)  # the full size is valid
-    with pytest.raises(ValueError) as e:
-        load_spec(p, quick=True)
-    assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
-    for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
-                        ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):
-        p.write_text(TOML + extra)
-        with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
-            load_spec(p, quick=True)
+    for quick in (True, False):
+        p.write_text(TOML + "\n[quick]\nflows_per_dataset = 0\n")
+        with pytest.raises(ValueError) as e:
+            load_spec(p, quick=quick)
+        assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
+        p.write_text(TOML + "\n[quick]\nflow_per_dataset = 2\n")
+        with pytest.raises(ValueError, match=r"^quick\.flow_per_dataset: unknown key \(did you "
+                           rf"mean 'flows_per_dataset'\?\).*line 18\)$"):  # fmt: skip
+            load_spec(p, quick=quick)
+        for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
+                            ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):
+            p.write_text(TOML + extra)
+            with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
+                load_spec(p, quick=quick)
+    p.write_text(TOML + "\n[quick]\nflows_per_dataset = 1\n")
+    assert load_spec(p).spec["flows_per_dataset"] == 2
 
 
 def test_a_dataset_too_large_for_memory_is_a_spec_error():

@@ -350,13 +350,17 @@ def stored_study(spec):
 
 def _make_study(raw, ctx, base, quick):
     """Resolve ``raw`` (a parsed spec) into a :class:`Study`; the data of a spec not read
-    back from a run (``ctx.stored``, checked when it ran) are drawn once per process."""
+    back from a run (``ctx.stored``, checked when it ran) are drawn once per process. The
+    ``[quick]`` table is validated at the full size too (resolved, then dropped): a typo in
+    it is found by the first run, not by a later ``--quick`` one."""
     resolved = _resolve(raw, ctx, base, quick)
     cells, digest = _cells(resolved), spec_hash(resolved)
     spec_checks.shard_count(ctx, resolved, len(cells))
     if not ctx.stored and digest not in _DATA_CHECKED:  # each step of a run reads the spec
         spec_checks.datasets_are_usable(ctx, resolved, cells)
         _DATA_CHECKED.add(digest)
+    if not quick and "quick" in raw:
+        _resolve(raw, copy.copy(ctx), base, True)  # its own overrides: errors at quick.<key>
     return Study(resolved, digest, cells, ctx.source)
 
 
