@@ -367,23 +367,29 @@ def _make_study(raw, ctx, base, quick):
 def _unresolve(raw, quick, stored):
     """A resolved spec (``raw``, a copy) back to the input of :func:`_resolve`, and its quick
     flag: what _resolve adds is stripped (the flag and the ``-quick`` suffix, None defaults;
-    a file's sha256 unless ``stored``, so that :func:`load_spec` hashes the file again)."""
+    a file's sha256 unless ``stored``, so that :func:`load_spec` hashes the file again).
+    Values of the wrong type (a damaged ``spec.json``) are left for _resolve to refuse,
+    naming their key."""
     if raw.pop("format_version") != FORMAT_VERSION:
         raise SpecError("format_version: written by another version of lcnfast.study")
     if raw.pop("quick", False):
-        raw["name"] = raw["name"].removesuffix("-quick")
+        if isinstance(raw.get("name"), str):
+            raw["name"] = raw["name"].removesuffix("-quick")
         raw["quick"] = {}
         quick = True
-    raw["integrator"] = [_unresolve_integrator(x) for x in raw["integrator"]]
-    if not stored:
-        raw["data"]["inputs"] = [
+    if isinstance(raw.get("integrator"), list):
+        raw["integrator"] = [_unresolve_integrator(x) for x in raw["integrator"]]
+    data = raw.get("data")
+    if not stored and isinstance(data, dict) and isinstance(data.get("inputs"), list):
+        data["inputs"] = [
             {"file": x["file"]} if isinstance(x, dict) and "file" in x else x
-            for x in raw["data"]["inputs"]
+            for x in data["inputs"]
         ]
-    raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
+    if isinstance(raw.get("report"), dict):
+        raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
     return raw, quick
 
 
 def _unresolve_integrator(x):
-    out = {k: v for k, v in x.items() if v is not None}
-    return out
+    """A resolved integrator without its None defaults (anything but a table: as it is)."""
+    return {k: v for k, v in x.items() if v is not None} if isinstance(x, dict) else x

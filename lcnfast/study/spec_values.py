@@ -151,7 +151,7 @@ def _t_end(ctx, path, x, grad_tol):
 def integrator(ctx, path, x):
     K.table(ctx, path, x)
     method = x.get("method", DEFAULT_METHOD)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ctx.error(f"{path}.method", f"must be one of {sorted(METHODS)}, got {method!r}")
     required, optional = METHODS[method]
     K.known(ctx, path, x, {"method", *required, *optional})
