@@ -318,7 +318,7 @@ def test_an_error_in_the_quick_table_names_its_key_and_line(tmp_path):
         assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
         p.write_text(TOML + "\n[quick]\nflow_per_dataset = 2\n")
         with pytest.raises(ValueError, match=r"^quick\.flow_per_dataset: unknown key \(did you "
-                           rf"mean 'flows_per_dataset'\?\).*line 18\)$"):  # fmt: skip
+                           r"mean 'flows_per_dataset'\?\).*line 18\)$"):  # fmt: skip
             load_spec(p, quick=quick)
         for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
                             ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):

@@ -201,7 +201,8 @@ def test_bad_sections_file(study_dir, loaded, tmp_path):
     ("def sections(ds, study, figures_dir):\n    return [('a', ds.attrs['nope'])]\n",
      ValueError, r"bad\.py, line 2: KeyError: 'nope' \(in sections\(\)\)"),
     ("def sections(ds, study, figures_dir):\n    return None\n",
-     TypeError, r"bad\.py: sections\(\) must return a list of \(heading, markdown\) pairs, got None"),
+     TypeError, r"bad\.py: sections\(\) must return a list of \(heading, markdown\) pairs, "
+                "got None"),
     ("def sections(ds, study, figures_dir):\n    yield 1 / 0\n",
      ValueError, r"bad\.py, line 2: ZeroDivisionError: division by zero \(in sections\(\)\)"),
     ("def sections(ds, study, figures_dir)\n    return []\n",

@@ -170,8 +170,8 @@ def sections_module(path):
     try:
         loader.exec_module(module)
     except SyntaxError as e:
-        where = f"{p}, line {e.lineno}" if e.filename == str(p) else f"{p}: {e.filename}, line {e.lineno}"
-        raise ValueError(f"report.sections: {where}: SyntaxError: {e.msg}") from None
+        at = f", line {e.lineno}" if e.filename == str(p) else f": {e.filename}, line {e.lineno}"
+        raise ValueError(f"report.sections: {p}{at}: SyntaxError: {e.msg}") from None
     except Exception as e:  # the file's own code: whatever it raises is the file's error
         raise ValueError(f"report.sections: {raised(e, p)} (on import)") from None
     if not callable(getattr(module, "sections", None)):
