@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 
-from lcnfast.study import load, load_problem, load_spec, run_study
+from lcnfast.study import builtin_specs, load, load_problem, load_spec, run_study
 from lcnfast.study.load import read_spec
 from lcnfast.study.runner import open_study_dir
 from lcnfast.study.shards import write_datasets
@@ -242,6 +242,22 @@ def test_load_spec_arguments(tmp_path):
         load_spec(p)
 
 
+def test_a_directory_never_shadows_a_built_in_study(tmp_path, monkeypatch):
+    """`study run quickstart --out quickstart` a second time said 'spec: no such file:
+    quickstart': the directory of the first run, in the current directory, was taken as the
+    spec. A name that is no file is a built-in's; a directory is never a spec."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()
+    assert load_spec("quickstart", quick=True).source == str(builtin_specs()["quickstart"])
+    (tmp_path / "somedir").mkdir()
+    with pytest.raises(ValueError, match=r"^spec: somedir is a directory, not a spec file$"):
+        load_spec("somedir")
+    with pytest.raises(ValueError, match=r"^spec: no such file: other\.toml$"):
+        load_spec("other.toml")
+    with pytest.raises(ValueError, match=r"^spec: 'other' is neither a \.toml file nor a built-in"):
+        load_spec("other")
+
+
 # ----------------------------------------------------------------------------- study directories
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
@@ -334,18 +350,25 @@ def test_levels_that_differ_get_distinct_labels_and_equal_ones_are_refused():
 
 def test_an_error_in_the_quick_table_names_its_key_and_line(tmp_path):
     """[quick] flows_per_dataset = 0 was reported as 'flows_per_dataset: ... line 2' (the
-    full-size value's line, which is fine)."""
+    full-size value's line, which is fine). The full size validates [quick] too: a typo
+    (flow_per_dataset) or a bad value in it passed a run without --quick silently."""
     p = tmp_path / "fz.toml"
-    p.write_text(TOML + "\n[quick]\nflows_per_dataset = 0\n")
-    load_spec(p)  # the full size is valid
-    with pytest.raises(ValueError) as e:
-        load_spec(p, quick=True)
-    assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
-    for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
-                        ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):
-        p.write_text(TOML + extra)
-        with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
-            load_spec(p, quick=True)
+    for quick in (True, False):
+        p.write_text(TOML + "\n[quick]\nflows_per_dataset = 0\n")
+        with pytest.raises(ValueError) as e:
+            load_spec(p, quick=quick)
+        assert str(e.value) == f"quick.flows_per_dataset: must be >= 1, got 0 ({p}, line 18)"
+        p.write_text(TOML + "\n[quick]\nflow_per_dataset = 2\n")
+        with pytest.raises(ValueError, match=r"^quick\.flow_per_dataset: unknown key \(did you "
+                           r"mean 'flows_per_dataset'\?\).*line 18\)$"):  # fmt: skip
+            load_spec(p, quick=quick)
+        for extra, line in (("\n[quick.data]\nm = [0]\n", 18),
+                            ("\n[quick]\nshard_size = 4\n\n[quick.data]\nm = [0]\n", 21)):
+            p.write_text(TOML + extra)
+            with pytest.raises(ValueError, match=rf"^quick\.data\.m\[0\]: .*line {line}\)$"):
+                load_spec(p, quick=quick)
+    p.write_text(TOML + "\n[quick]\nflows_per_dataset = 1\n")
+    assert load_spec(p).spec["flows_per_dataset"] == 2
 
 
 def test_a_dataset_too_large_for_memory_is_a_spec_error():

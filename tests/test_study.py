@@ -581,6 +581,21 @@ def test_run_until_converged_with_the_stiff_methods(tmp_path):
         load_spec(write_spec(tmp_path, TINY.replace("t_end = 20.0", "t_end = inf")))
 
 
+def test_loss_levels_on_some_integrators_load_with_t_below_nan_elsewhere(tmp_path):
+    """loss_levels on the rk45 integrator only, two architectures: load (and so status and
+    report) refused the finished study ("'loss_level' not present in all datasets"): only
+    some shards have the coordinate, and xr.concat refuses that from three shards on."""
+    text = TINY.replace("save = 6", "save = 6\nloss_levels = [0.5]")
+    st = load_spec(write_spec(tmp_path, text), quick=True)
+    run_study(st.spec, tmp_path / "out", progress=False, report=False)
+    ds = load(tmp_path / "out")
+    assert ds.sizes["flow"] == st.n_flows and list(ds.loss_level.values) == [0.5]
+    euler = (ds.integrator.values == ds.integrator.values[-1])
+    assert euler.sum() == st.n_flows // 2
+    assert np.isnan(ds.t_below.values[euler]).all()
+    assert np.isfinite(ds.t_below.values[~euler]).any()
+
+
 def test_no_docstring_points_outside_the_repository():
     """The design notes and the paper live outside the repository: nothing may cite them."""
     for p in [*(ROOT / "lcnfast").rglob("*.py"), *(ROOT / "studies").glob("*.py"), ROOT / "README.md"]:

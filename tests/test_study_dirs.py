@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import lcnfast
 from lcnfast import cli
-from lcnfast.study import draws, load, load_spec, run_study
+from lcnfast.study import draws, load, load_spec, read_spec, run_study
 from lcnfast.study.shards import finished_shards
 
 SPEC = """
@@ -102,6 +102,80 @@ def test_a_damaged_spec_json_is_named_by_every_command(study, capsys, text):
         assert rc == 2, (args, err)
         assert f"damaged spec.json: {out / 'spec.json'}" in error_line(err), args
         assert "done in" not in err  # the report's ticker does not claim success
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda s: s.pop("integrator"), "integrator: missing"),
+    (lambda s: s.update(integrator=[3]), "integrator[0]: must be a table"),
+    (lambda s: s.update(report=None), "report: must be a table"),
+    (lambda s: s["integrator"][0].update(method=["euler"]), "integrator[0].method: must be one"),
+    (lambda s: s.update(format_version=None), "format_version: missing"),
+])  # fmt: skip
+def test_a_spec_json_of_the_wrong_structure_is_damaged_not_a_traceback(study, capsys, edit, where):
+    """Valid JSON, but spec.integrator missing or [3], spec.report null: status, report and
+    reanalyse gave tracebacks (KeyError, AttributeError, exit 1); a method ["euler"] gave
+    'unhashable type: list', naming no key."""
+    _, out, _ = study
+    rec = json.loads((out / "spec.json").read_text())
+    edit(rec["spec"])
+    (out / "spec.json").write_text(json.dumps(rec))
+    for args in (["status", out], ["report", out], ["reanalyse", out, "--quiet"]):
+        rc, _, err = lcn(capsys, "study", *args)
+        assert rc == 2, (args, err)
+        assert f"damaged spec.json: {out / 'spec.json'}: {where}" in error_line(err), args
+
+
+def test_every_change_of_a_spec_json_key_is_damage_or_another_hash(study):
+    """Each key of the stored spec (two levels) deleted or given a value of another type:
+    read_spec accepts it (a key outside the hash) or raises ValueError, never another error."""
+    _, out, _ = study
+    rec = json.loads((out / "spec.json").read_text())
+    keys = [(k,) for k in rec["spec"]] + [
+        (k, j) for k, v in rec["spec"].items() if isinstance(v, dict) for j in v]
+    for path in keys:
+        for value in ("<delete>", None, [3], 3, "x", {}, [{}]):
+            spec = json.loads(json.dumps(rec["spec"]))
+            table = spec if len(path) == 1 else spec[path[0]]
+            if value == "<delete>":
+                del table[path[-1]]
+            else:
+                table[path[-1]] = value
+            (out / "spec.json").write_text(json.dumps({**rec, "spec": spec}))
+            try:
+                read_spec(out)
+            except ValueError:
+                pass
+
+
+def test_a_study_directory_is_read_without_the_files_its_spec_named(tmp_path, capsys):
+    """data.inputs = {file} and report.sections are files of the spec's, read when it runs. A
+    finished study directory was unreadable once one moved (damaged spec.json: no such file)
+    or the data file changed (does not match its hash), though X and Y are in datasets/. Now
+    status, load, reanalyse and the report read it (the report without the sections, saying
+    so); a run of the spec with the changed file is still another spec's."""
+    X = np.random.default_rng(0).standard_normal((6, 4))
+    np.savez(tmp_path / "X.npz", X=X)
+    sec = tmp_path / "sec.py"
+    sec.write_text("def sections(ds, study, figures_dir):\n    return [('Mine', 'ok')]\n")
+    spec = tmp_path / "files.toml"
+    spec.write_text(SPEC.replace("m = 4", 'inputs = {file = "X.npz"}')
+                    + '\n[report]\nsections = "sec.py"\n')  # fmt: skip
+    out = tmp_path / "out"
+    run_study(spec, out, progress=False, report=False)
+    ref = load(out)
+    (tmp_path / "X.npz").rename(tmp_path / "moved.npz")
+    sec.rename(tmp_path / "moved.py")
+    rc, text, err = lcn(capsys, "study", "status", out)
+    assert rc == 0 and "flows 3/3 done" in text, err
+    rc, _, err = lcn(capsys, "study", "reanalyse", out, "--quiet")  # and the report
+    assert rc == 0, err
+    assert f"lcnfast: warning: report.sections: no such file: {sec}" in err
+    assert "the study's own sections are left out" in (out / "report.md").read_text()
+    np.savez(tmp_path / "X.npz", X=X + 1)  # another file in its place
+    assert_same_results(load(out), ref)
+    (tmp_path / "moved.py").rename(sec)
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--no-report", "--quiet")
+    assert rc == 2 and "(differing keys: data.inputs)" in error_line(err)
 
 
 # ----------------------------------------------------------------------------- shard files

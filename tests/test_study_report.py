@@ -265,6 +265,41 @@ def test_bad_sections_file(study_dir, loaded, tmp_path):
         R._custom_sections(str(bad), loaded, read_spec(study_dir), tmp_path)
 
 
+@pytest.mark.parametrize("code, error, what", [
+    ("def sections(ds, study, figures_dir):\n    return [('a', ds.attrs['nope'])]\n",
+     ValueError, r"bad\.py, line 2: KeyError: 'nope' \(in sections\(\)\)"),
+    ("def sections(ds, study, figures_dir):\n    return None\n",
+     TypeError, r"bad\.py: sections\(\) must return a list of \(heading, markdown\) pairs, "
+                "got None"),
+    ("def sections(ds, study, figures_dir):\n    yield 1 / 0\n",
+     ValueError, r"bad\.py, line 2: ZeroDivisionError: division by zero \(in sections\(\)\)"),
+    ("def sections(ds, study, figures_dir)\n    return []\n",
+     ValueError, r"bad\.py, line 1: SyntaxError: expected ':'"),
+    ("import no_such_module_here\n",
+     ValueError, r"bad\.py, line 1: ModuleNotFoundError: .* \(on import\)"),
+])  # fmt: skip
+def test_errors_of_the_sections_code_are_one_line_naming_it(study_dir, loaded, tmp_path, code,
+                                                            error, what):
+    """A KeyError inside sections() or a syntax error gave a traceback, a None return
+    "'NoneType' object is not iterable" without naming report.sections."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(code)
+    with pytest.raises(error, match=rf"^report\.sections: .*{what}$"):
+        R._custom_sections(str(bad), loaded, read_spec(study_dir), tmp_path)
+
+
+def test_a_run_refuses_a_bad_sections_file_before_any_flow(tmp_path):
+    """A sections file without sections() or with a syntax error failed the run after all
+    its flows (at the report); now the run refuses it first, naming report.sections."""
+    bad = tmp_path / "bad.txt"  # any suffix is imported
+    for code, what in (("x = 1\n", "defines no function sections"),
+                       ("def sections(ds, study, figures_dir)\n", "line 1: SyntaxError")):
+        bad.write_text(code)
+        with pytest.raises(ValueError, match=rf"^report\.sections: {bad}.*{what}"):
+            run_study(_spec(bad), out=tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+
+
 def test_load_sections_gives_the_reports_module(study_dir, loaded, tmp_path):
     """lcnfast.study.load_sections: the module the report calls, from a Study, a spec dict or a
     built-in name; re-read after an edit; a clear ValueError without a sections file."""

@@ -77,12 +77,15 @@ class Locator:
 class Ctx:
     """Where a spec came from, for errors: ``error(path, msg)`` names the key path and its TOML
     line. ``overrides``: the key paths a ``[quick]`` table replaced; an error at or under one
-    of them is reported at ``quick.<path>``, where the value is written."""
+    of them is reported at ``quick.<path>``, where the value is written. ``stored``: the spec
+    is one a run recorded (:func:`lcnfast.study.spec.stored_study`): its external files are
+    taken as recorded, not read."""
 
-    def __init__(self, text, source):
+    def __init__(self, text, source, stored=False):
         self.loc = Locator(text)
         self.source = source
         self.overrides = ()
+        self.stored = stored
 
     def error(self, path, msg):
         if any(path == o or path.startswith((o + ".", o + "[")) for o in self.overrides):

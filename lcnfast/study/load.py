@@ -15,8 +15,7 @@ from ..io import open_dataset
 from ..problem import Problem
 from .runner import SPEC_FILE, read_spec_file
 from .shards import finished_shards, read_dataset
-from .spec import COORDS, FACTORS, load_spec
-from .spec_values import spec_warnings_off
+from .spec import COORDS, FACTORS, stored_study
 
 __all__ = ["load", "load_problem", "read_spec"]
 
@@ -25,10 +24,12 @@ FLOW_LEVELS = ("cell", *(COORDS[f] for f in FACTORS), "dataset", "replicate")
 
 
 def read_spec(study_dir):
-    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path). Raises
-    ValueError naming ``spec.json`` when it is missing, damaged (see
-    :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does not
-    match its hash."""
+    """The :class:`lcnfast.study.Study` recorded in a study directory (a str or path), as its
+    run recorded it: the files the spec names (``data.inputs``, ``report.sections``) are not
+    read again (:func:`lcnfast.study.spec.stored_study`), so the directory stays readable when
+    they move or change. Raises ValueError naming ``spec.json`` when it is missing, damaged
+    (see :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does
+    not match its hash."""
     if not isinstance(study_dir, (str, os.PathLike)):
         raise TypeError(f"study_dir must be a path (str or os.PathLike), got {study_dir!r}")
     p = Path(study_dir) / SPEC_FILE
@@ -36,8 +37,7 @@ def read_spec(study_dir):
         raise ValueError(f"study_dir: {study_dir} has no {SPEC_FILE}: not a study directory")
     rec = read_spec_file(p)
     try:
-        with spec_warnings_off():  # warned about when it was run
-            study = load_spec(rec["spec"])
+        study = stored_study(rec["spec"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"damaged {SPEC_FILE}: {p}: {e}") from None
     if study.spec_hash != rec["spec_hash"]:
@@ -78,10 +78,10 @@ def load(study_dir, *, cells=None):
     if not shards:
         which = "" if cells is None else f" of cells {sorted(cells)}"
         raise ValueError(f"study_dir: {study_dir} has no finished shards{which} yet")
-    parts = [
+    parts = _common_dimension_coords([
         open_dataset(Path(study_dir) / "shards" / f"{s.name}.nc")
         for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0))
-    ]
+    ])
     ds = xr.concat(
         parts,
         dim="flow",
@@ -101,6 +101,19 @@ def load(study_dir, *, cells=None):
         "n_flows_expected": study.n_flows,
     }
     return ds
+
+
+def _common_dimension_coords(parts):
+    """The shards with every dimension coordinate that any of them has: ``loss_level`` is in
+    the shards of integrators with ``loss_levels`` only, and ``xr.concat(coords="different")``
+    refuses a coordinate that three or more shards do not all have. With it everywhere, the
+    levels are the union (``join="outer"``) and ``t_below`` is NaN for flows without them."""
+    coords = {}
+    for p in parts:
+        for name in p.dims:
+            if name != "flow" and name in p.coords:
+                coords.setdefault(name, p[name].variable)
+    return [p.assign_coords({k: v for k, v in coords.items() if k not in p.dims}) for p in parts]
 
 
 def _best_found(ds):

@@ -34,10 +34,10 @@ dependency beyond pandas).
 from __future__ import annotations
 
 import datetime
-import hashlib
-import importlib.util
 import json
 import os
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numba
@@ -49,6 +49,7 @@ from .. import __version__
 from ..analysis import LABELS
 from ..flows import STATUS
 from . import figures as _fig
+from . import spec_checks
 from .load import load, read_spec
 from .spec import FACTORS, Study, load_spec
 from .spec_values import spec_warnings_off
@@ -565,31 +566,28 @@ def load_sections(spec):
     path = study.spec["report"]["sections"]
     if not path:
         raise ValueError(f"spec: study {study.name!r} has no report.sections file")
-    return _import_sections(path)
-
-
-def _import_sections(path):
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"report.sections: no such file: {p}")
-    name = "lcnfast_report_sections_" + hashlib.sha256(str(p).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "sections", None)):
-        raise ValueError(
-            f"report.sections: {p} defines no function sections(ds, study, figures_dir)"
-        )
-    return module
+    return spec_checks.sections_module(path)
 
 
 def _custom_sections(path, ds, study, figdir):
     """Import ``report.sections`` (a Python file) and return its ``sections(ds, study,
     figures_dir)``: a list of ``(heading, markdown)`` pairs (checked). ``ds`` is the study's
-    Dataset (:func:`lcnfast.study.load`), ``study`` its :class:`lcnfast.study.Study`, ``figures_dir`` where to put figures."""
+    Dataset (:func:`lcnfast.study.load`), ``study`` its :class:`lcnfast.study.Study`,
+    ``figures_dir`` where to put figures. Whatever goes wrong in the file's code is one
+    ValueError naming report.sections, the exception and its line in the file."""
     p = Path(path)
-    fn = _import_sections(p).sections
-    out = list(fn(ds, study, figdir))
+    fn = spec_checks.sections_module(p).sections
+    try:
+        got = fn(ds, study, figdir)
+        pairs = isinstance(got, Iterable) and not isinstance(got, (str, bytes, dict))
+        out = list(got) if pairs else None  # a generator runs here
+    except Exception as e:  # the study's own code, called with the study's data
+        raise ValueError(f"report.sections: {spec_checks.raised(e, p)} (in sections())") from None
+    if out is None:
+        raise TypeError(
+            f"report.sections: {p}: sections() must return a list of (heading, markdown) "
+            f"pairs, got {got!r:.80}"
+        )
     for i, item in enumerate(out):
         pair = isinstance(item, tuple) and len(item) == 2
         if not (pair and all(isinstance(s, str) for s in item)):
@@ -598,6 +596,17 @@ def _custom_sections(path, ds, study, figdir):
                 f"of strings, got {item!r}"
             )
     return out
+
+
+def _study_sections(path, ds, study, figdir):
+    """The markdown of the study's own sections (``report.sections``). A file gone since the
+    run (moved, or the study directory copied to another machine) leaves them out, saying so
+    in the report and in a warning: the rest of the report needs only the study directory."""
+    if not Path(path).is_file():
+        msg = f"report.sections: no such file: {path}: the study's own sections are left out"
+        warnings.warn(msg, stacklevel=3)
+        return [f"## The study's own sections\n\n*{msg}.*"]
+    return [f"## {heading}\n\n{md}" for heading, md in _custom_sections(path, ds, study, figdir)]
 
 
 def write_report(study_dir):
@@ -623,8 +632,7 @@ def write_report(study_dir):
         _figures_section(_figures(ds, study, table, figdir)),
     ]
     if rep["sections"]:
-        extra = _custom_sections(rep["sections"], ds, study, figdir)
-        parts += [f"## {heading}\n\n{md}" for heading, md in extra]
+        parts += _study_sections(rep["sections"], ds, study, figdir)
     path = d / REPORT_FILE
     tmp = d / f".{REPORT_FILE}.tmp"
     tmp.write_text("\n\n".join(parts) + "\n")

@@ -482,6 +482,8 @@ def run_study(
         raise TypeError(f"out must be a path (str or os.PathLike) or None, got {out!r}")
     study = load_spec(spec, quick=quick)
     _check_run_args(workers, scheduler, client, threads, shard_size)
+    if report:
+        spec_checks.sections_file(study)
     n_modes = sum(x is not None for x in (workers, scheduler, client))
     if shard_size is None:
         shard_size = study.spec["shard_size"]
@@ -591,6 +593,8 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     _check_flag(progress, "progress")
     _check_flag(report, "report")
     study = read_spec(study_dir)
+    if report:
+        spec_checks.sections_file(study, missing_ok=True)
     d = Path(study_dir).resolve()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     counts = {}

@@ -38,7 +38,7 @@ from .._signals import sigint_deferred
 from ..io import open_dataset, to_netcdf
 from ..problem import Problem
 from . import draws
-from .spec import COORDS, FACTORS, load_spec
+from .spec import COORDS, FACTORS, stored_study
 from .spec_values import log_save_times
 
 __all__ = [
@@ -223,7 +223,7 @@ _STUDIES = {}  # resolved spec (canonical JSON) -> Study, per process (dask work
 def _study(spec):
     key = json.dumps(spec, sort_keys=True)
     if key not in _STUDIES:
-        _STUDIES[key] = load_spec(spec)
+        _STUDIES[key] = stored_study(spec)
     return _STUDIES[key]
 
 

@@ -36,7 +36,9 @@ from . import spec_values as values
 from .labels import level_labels
 from ._keys import SpecError
 
-__all__ = ["Study", "Cell", "load_spec", "spec_diff", "FORMAT_VERSION", "builtin_specs"]
+__all__ = [
+    "Study", "Cell", "load_spec", "stored_study", "spec_diff", "FORMAT_VERSION", "builtin_specs",
+]  # fmt: skip
 
 #: version of the resolved-spec format and of the shard files (part of the spec hash)
 FORMAT_VERSION = 1
@@ -259,19 +261,26 @@ def builtin_specs():
 
 
 def _find(spec):
+    """The TOML file of ``spec``: an existing file, else the built-in study of that name (a
+    directory of the name, such as a study's output ``--out quickstart``, never shadows it)."""
     p = Path(spec).expanduser()
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise SpecError(f"spec: no such file: {p}")
+    if p.is_file():
         return p
+    name = os.fspath(spec)
     builtin = builtin_specs()
-    if spec in builtin:
-        return builtin[spec]
-    local = Path("studies") / f"{spec}.toml"
+    if name in builtin:
+        return builtin[name]
+    local = Path("studies") / f"{name}.toml"
     if local.is_file():
         return local
+    if p.is_dir():
+        raise SpecError(f"spec: {p} is a directory, not a spec file")
+    if p.exists():
+        raise SpecError(f"spec: {p} is not a regular file")
+    if p.suffix == ".toml":
+        raise SpecError(f"spec: no such file: {p}")
     known = ", ".join(builtin) or "none found"
-    raise SpecError(f"spec: {spec!r} is neither a .toml file nor a built-in study ({known})")
+    raise SpecError(f"spec: {name!r} is neither a .toml file nor a built-in study ({known})")
 
 
 def load_spec(spec, *, quick=False):
@@ -302,18 +311,7 @@ def load_spec(spec, *, quick=False):
     if isinstance(spec, dict):
         raw, text, source, base = copy.deepcopy(spec), None, None, Path.cwd()
         if raw.get("format_version") is not None:  # a resolved spec: strip what _resolve adds
-            if raw.pop("format_version") != FORMAT_VERSION:
-                raise SpecError("format_version: written by another version of lcnfast.study")
-            if raw.pop("quick", False):
-                raw["name"] = raw["name"].removesuffix("-quick")
-                raw["quick"] = {}
-                quick = True
-            raw["integrator"] = [_unresolve_integrator(x) for x in raw["integrator"]]
-            raw["data"]["inputs"] = [
-                {"file": x["file"]} if isinstance(x, dict) and "file" in x else x
-                for x in raw["data"]["inputs"]
-            ]
-            raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
+            raw, quick = _unresolve(raw, quick, stored=False)
     else:
         if not isinstance(spec, (str, os.PathLike)):
             raise TypeError(
@@ -329,16 +327,69 @@ def load_spec(spec, *, quick=False):
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{path}: invalid TOML: {e}") from None
-    ctx = K.Ctx(text, source)
+    return _make_study(raw, K.Ctx(text, source), base, quick)
+
+
+def stored_study(spec):
+    """The :class:`Study` of a resolved spec as a run recorded it (a study directory's
+    ``spec.json``, a shard's ``spec`` attribute, the spec a run hands to its shards).
+
+    Validated as :func:`load_spec` validates, but its external files are taken as recorded:
+    the ``data.inputs`` files keep their recorded sha256 (their X and Y are in the study's
+    ``datasets/*.nc``) and the ``report.sections`` path is not looked up. So a study directory
+    stays readable after a file it used moved or changed, with its own hash; a *run* of a spec
+    whose file changed still reads the file (:func:`load_spec`) and gets another hash.
+    Raises SpecError as :func:`load_spec`; gives none of its warnings (given by the run).
+    """
+    if not isinstance(spec, dict) or spec.get("format_version") is None:
+        raise SpecError("format_version: missing (not a resolved spec)")
+    raw, quick = _unresolve(copy.deepcopy(spec), False, stored=True)
+    with values.spec_warnings_off():  # warned about when it was run
+        return _make_study(raw, K.Ctx(None, None, stored=True), Path.cwd(), quick)
+
+
+def _make_study(raw, ctx, base, quick):
+    """Resolve ``raw`` (a parsed spec) into a :class:`Study`; the data of a spec not read
+    back from a run (``ctx.stored``, checked when it ran) are drawn once per process. The
+    ``[quick]`` table is validated at the full size too (resolved, then dropped): a typo in
+    it is found by the first run, not by a later ``--quick`` one."""
     resolved = _resolve(raw, ctx, base, quick)
     cells, digest = _cells(resolved), spec_hash(resolved)
     spec_checks.shard_count(ctx, resolved, len(cells))
-    if digest not in _DATA_CHECKED:  # each step of a run reads the spec: draw once
+    if not ctx.stored and digest not in _DATA_CHECKED:  # each step of a run reads the spec
         spec_checks.datasets_are_usable(ctx, resolved, cells)
         _DATA_CHECKED.add(digest)
-    return Study(resolved, digest, cells, source)
+    if not quick and "quick" in raw:
+        _resolve(raw, copy.copy(ctx), base, True)  # its own overrides: errors at quick.<key>
+    return Study(resolved, digest, cells, ctx.source)
+
+
+def _unresolve(raw, quick, stored):
+    """A resolved spec (``raw``, a copy) back to the input of :func:`_resolve`, and its quick
+    flag: what _resolve adds is stripped (the flag and the ``-quick`` suffix, None defaults;
+    a file's sha256 unless ``stored``, so that :func:`load_spec` hashes the file again).
+    Values of the wrong type (a damaged ``spec.json``) are left for _resolve to refuse,
+    naming their key."""
+    if raw.pop("format_version") != FORMAT_VERSION:
+        raise SpecError("format_version: written by another version of lcnfast.study")
+    if raw.pop("quick", False):
+        if isinstance(raw.get("name"), str):
+            raw["name"] = raw["name"].removesuffix("-quick")
+        raw["quick"] = {}
+        quick = True
+    if isinstance(raw.get("integrator"), list):
+        raw["integrator"] = [_unresolve_integrator(x) for x in raw["integrator"]]
+    data = raw.get("data")
+    if not stored and isinstance(data, dict) and isinstance(data.get("inputs"), list):
+        data["inputs"] = [
+            {"file": x["file"]} if isinstance(x, dict) and "file" in x else x
+            for x in data["inputs"]
+        ]
+    if isinstance(raw.get("report"), dict):
+        raw["report"] = {k: v for k, v in raw["report"].items() if v is not None}
+    return raw, quick
 
 
 def _unresolve_integrator(x):
-    out = {k: v for k, v in x.items() if v is not None}
-    return out
+    """A resolved integrator without its None defaults (anything but a table: as it is)."""
+    return {k: v for k, v in x.items() if v is not None} if isinstance(x, dict) else x

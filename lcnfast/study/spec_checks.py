@@ -1,5 +1,6 @@
 """Checks of a study spec that need the library's own rules: the analysis tolerances, the data
-each cell draws, the size of the saved trajectories, and the levels of every grid factor.
+each cell draws, the size of the saved trajectories, the levels of every grid factor, and the
+``report.sections`` file (imported before a run, by :func:`sections_file`).
 
 Private helpers of :mod:`lcnfast.study.spec`. Each check calls the validation that the run
 itself would meet (:mod:`lcnfast.analysis`, :mod:`lcnfast.data` through
@@ -9,6 +10,12 @@ refuse part-way (after ``spec.json`` and the first datasets are written) is refu
 """
 
 from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -50,10 +57,11 @@ def _arches(spec):
 def data_can_be_drawn(ctx, spec):
     """Draw the inputs of every (architecture, m, inputs) once, with a throwaway seed: the
     rank, nullity and file-shape checks of the run (lcnfast.data, draws) apply; a ``"file"``
-    target needs the file's Y of shape (d_N, m)."""
+    target needs the file's Y of shape (d_N, m). A stored spec's files (``ctx.stored``) were
+    checked when it ran: they may be gone since."""
     d = spec["data"]
     for i, inp in enumerate(d["inputs"]):
-        if inp == "gaussian":
+        if inp == "gaussian" or (ctx.stored and "file" in inp):
             continue
         path = f"data.inputs[{i}].{next(iter(inp))}"
         for j, arch in enumerate(_arches(spec)):
@@ -145,3 +153,55 @@ def datasets_are_usable(ctx, spec, cells):
             raise ctx.error("data", f"{e} ({where})") from None
         except MemoryError as e:
             raise ctx.error("data", f"a dataset does not fit in memory: {e} ({where})") from None
+
+
+def sections_module(path):
+    """Import the ``report.sections`` file ``path`` afresh (under a name derived from its path;
+    ``sys.path`` left alone) and check that it defines a callable ``sections``. Raises
+    ValueError naming ``report.sections`` and the file when it is missing, cannot be imported
+    (a syntax error with its line; an exception its code raises, with the type, message and
+    line) or defines no function ``sections``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"report.sections: no such file: {p}")
+    name = "lcnfast_report_sections_" + hashlib.sha256(str(p).encode()).hexdigest()[:12]
+    loader = importlib.machinery.SourceFileLoader(name, str(p))  # any suffix, not only .py
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    try:
+        loader.exec_module(module)
+    except SyntaxError as e:
+        at = f", line {e.lineno}" if e.filename == str(p) else f": {e.filename}, line {e.lineno}"
+        raise ValueError(f"report.sections: {p}{at}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # the file's own code: whatever it raises is the file's error
+        raise ValueError(f"report.sections: {raised(e, p)} (on import)") from None
+    if not callable(getattr(module, "sections", None)):
+        raise ValueError(
+            f"report.sections: {p} defines no function sections(ds, study, figures_dir)"
+        )
+    return module
+
+
+def raised(e, path):
+    """``<path>, line <n>: <Type>: <message>`` of an exception raised by the code of the file
+    ``path`` (n: the last line of that file in the traceback; without it if none)."""
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+    where = f"{path}, line {lines[-1]}" if lines else str(path)
+    return f"{where}: {type(e).__name__}: {e}"
+
+
+def sections_file(study, missing_ok=False):
+    """The ``report.sections`` file of ``study`` (a :class:`lcnfast.study.Study`), if any,
+    imports and defines ``sections``: checked before a run (or a re-analysis), whose report
+    would otherwise fail after every flow ran. Not by ``load_spec``: importing runs the file's
+    code, and listing the studies or a notebook reading a spec should not. ``missing_ok``: a
+    file gone is no error (a study directory's report leaves its sections out). Raises
+    SpecError naming ``report.sections``, the file and the spec's line."""
+    path = study.spec["report"]["sections"]
+    if path is None or (missing_ok and not Path(path).is_file()):
+        return
+    try:
+        sections_module(path)
+    except ValueError as e:
+        text = Path(study.source).read_text(encoding="utf-8") if study.source else None
+        ctx = K.Ctx(text, study.source)
+        raise ctx.error("report.sections", str(e).removeprefix("report.sections: ")) from None

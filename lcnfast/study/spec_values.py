@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _t_end(ctx, path, x, grad_tol):
 def integrator(ctx, path, x):
     K.table(ctx, path, x)
     method = x.get("method", DEFAULT_METHOD)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ctx.error(f"{path}.method", f"must be one of {sorted(METHODS)}, got {method!r}")
     required, optional = METHODS[method]
     K.known(ctx, path, x, {"method", *required, *optional})
@@ -196,6 +197,8 @@ def _loss_levels(ctx, path, x):
 def _inputs(ctx, path, x, base_dir):
     if x == "gaussian":
         return "gaussian"
+    if ctx.stored and isinstance(x, dict) and set(x) == {"file", "sha256"}:
+        return _recorded_file(ctx, path, x)
     if isinstance(x, dict) and len(x) == 1:
         (key, val), = x.items()
         if key == "low_rank":
@@ -223,6 +226,19 @@ def _inputs(ctx, path, x, base_dir):
         '{gram_near_singular = eps} or {file = "X.npz"}, '
         f"got {x!r}",
     )
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _recorded_file(ctx, path, x):
+    """A data file as a run recorded it, ``{file = absolute path, sha256 = its hash}``, not
+    read: its X and Y are in the study's datasets, and it may have moved or changed since."""
+    if not (isinstance(x["file"], str) and Path(x["file"]).is_absolute()):
+        raise ctx.error(f"{path}.file", f"must be an absolute path, got {x['file']!r}")
+    if not (isinstance(x["sha256"], str) and _SHA256_RE.match(x["sha256"])):
+        raise ctx.error(f"{path}.sha256", f"must be a SHA-256 in hex, got {x['sha256']!r}")
+    return dict(x)
 
 
 def _target(ctx, path, x):
@@ -291,7 +307,7 @@ def report(ctx, x, base_dir):
             raise ctx.error("report.sections", "must be the path of a Python file")
         p = Path(sections).expanduser()
         p = p if p.is_absolute() else (base_dir / p).resolve()
-        if not p.is_file():
+        if not ctx.stored and not p.is_file():  # a stored spec's: the report says if it is gone
             raise ctx.error("report.sections", f"no such file: {p}")
         sections = str(p)
     return {"title": title, "sections": sections}
