@@ -88,6 +88,14 @@ def test_a_missing_top_level_key_names_no_line_of_a_table(tmp_path):
     assert refused(p, "name: must be a name").endswith(f"({p}, line 1)")
 
 
+def test_a_toml_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A UTF-8 BOM (written by some Windows editors) gave 'invalid TOML: Invalid statement
+    (at line 1, column 1)'."""
+    p = tmp_path / "bom.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + TOML.encode())
+    assert load_spec(p).spec["name"] == "fz"
+
+
 # ----------------------------------------------------------------------------- integrator
 @pytest.mark.parametrize(
     "integrator, where",

@@ -319,7 +319,7 @@ def load_spec(spec, *, quick=False):
             )
         path = _find(spec)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no TOML
         except UnicodeDecodeError as e:
             raise SpecError(f"{path}: not a UTF-8 TOML file ({e.reason} at byte {e.start})") from None
         source, base = str(path), path.resolve().parent
