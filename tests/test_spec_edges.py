@@ -11,7 +11,7 @@ import pytest
 
 from lcnfast.study import builtin_specs, load, load_problem, load_spec, run_study
 from lcnfast.study.load import read_spec
-from lcnfast.study.runner import open_study_dir
+from lcnfast.study.directory import open_study_dir
 from lcnfast.study.shards import write_datasets
 
 BASE = {

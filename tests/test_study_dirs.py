@@ -291,12 +291,12 @@ def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", read_only)
     rc, _, err = lcn(capsys, "study", "report", out)
     assert rc == 1 and error_line(err) == f"lcnfast: error: {out / 'figures'}: Read-only file system"
-    from lcnfast.study import runner
+    from lcnfast.study import directory
 
     def no_lock(path, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(runner, "open", no_lock, raising=False)
+    monkeypatch.setattr(directory, "open", no_lock, raising=False)
     rc, _, err = lcn(capsys, "study", "reanalyse", out, "--quiet")
     assert rc == 1 and error_line(err).endswith(".lock: Read-only file system")
 
@@ -304,7 +304,7 @@ def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
 def test_out_expands_the_home_directory(tmp_path, monkeypatch):
     """``--out=~/x`` reaches lcnfast unexpanded (the shell expands ``~`` only at the start of
     a word): it made a directory named ``~`` in the current directory."""
-    from lcnfast.study.runner import study_dir_for
+    from lcnfast.study.directory import study_dir_for
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert study_dir_for(None, "~/x") == tmp_path / "x"

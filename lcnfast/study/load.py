@@ -13,7 +13,7 @@ import xarray as xr
 from .. import analysis as _analysis
 from ..io import open_dataset
 from ..problem import Problem
-from .runner import SPEC_FILE, read_spec_file
+from .directory import SPEC_FILE, read_spec_file
 from .shards import finished_shards, read_dataset
 from .spec import COORDS, FACTORS, stored_study
 
@@ -28,7 +28,7 @@ def read_spec(study_dir):
     run recorded it: the files the spec names (``data.inputs``, ``report.sections``) are not
     read again (:func:`lcnfast.study.spec.stored_study`), so the directory stays readable when
     they move or change. Raises ValueError naming ``spec.json`` when it is missing, damaged
-    (see :func:`lcnfast.study.runner.read_spec_file`; a spec that does not validate) or does
+    (see :func:`lcnfast.study.directory.read_spec_file`; a spec that does not validate) or does
     not match its hash."""
     if not isinstance(study_dir, (str, os.PathLike)):
         raise TypeError(f"study_dir must be a path (str or os.PathLike), got {study_dir!r}")

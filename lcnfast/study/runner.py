@@ -19,17 +19,13 @@ Ctrl-C stops a run after the shards already written: run the same command again 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,14 +37,14 @@ from ..flows import STATUS, counting_finished_flows, threads as _threads
 from .shards import finished_shards, plan, reanalyse_shard, run_shard
 from .shards import shard_path, write_datasets
 from . import _keys, spec_checks
-from .spec import EXECUTION_KEYS, load_spec, spec_diff
+from .directory import (SPEC_FILE, check_spec_file, lock, open_study_dir,
+                        remove_partial_files, study_dir_for)
+from .spec import load_spec
 from .._notice import FlowProgress, Ticker, interactive, quiet
 from .._signals import sigint_deferred
 from .warm import compile_rodas_tail, compiling_aside, warm_analysis, warm_up
 
-__all__ = ["run_study", "RunSummary", "study_dir_for", "open_study_dir"]
-
-SPEC_FILE = "spec.json"
+__all__ = ["run_study", "RunSummary"]
 
 
 @dataclass
@@ -112,161 +108,6 @@ class RunSummary:
         if self.report is not None:
             out.append(f"report: {self.report}")
         return out
-
-
-# ----------------------------------------------------------------------------- the directory
-def study_dir_for(study, out=None):
-    """The output directory: ``out`` (``~`` expanded, as the shell does not in ``--out=~/x``),
-    or ``data/<study name>`` under the current directory."""
-    return Path(out).expanduser() if out is not None else Path("data") / study.name
-
-
-def _check_writable(d):
-    probe = d / f".write-test-{os.getpid()}"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"out: cannot write to {d}: {e.strerror}") from None
-
-
-def read_spec_file(path):
-    """The record ``{"spec_hash": ..., "spec": {...}}`` of a study directory's ``spec.json``
-    at ``path``. Raises ValueError naming the file when it is damaged: not UTF-8 JSON, or not
-    an object with a string ``spec_hash`` and an object ``spec``."""
-    try:
-        rec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"damaged {SPEC_FILE}: {path}: {e}") from None
-    if not (
-        isinstance(rec, dict)
-        and isinstance(rec.get("spec_hash"), str)
-        and isinstance(rec.get("spec"), dict)
-    ):
-        raise ValueError(
-            f"damaged {SPEC_FILE}: {path}: not an object with 'spec_hash' (a string) and "
-            "'spec' (an object)"
-        )
-    return rec
-
-
-def _write_spec_file(study, d):
-    """Write ``d/spec.json`` (flushed to the disk, renamed into place) and ``d/spec.toml``, the
-    spec's source file (removed when the spec has none)."""
-    text = json.dumps({"spec_hash": study.spec_hash, "spec": study.spec}, indent=1)
-    tmp = d / f".{SPEC_FILE}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / SPEC_FILE)
-    if study.source:
-        shutil.copyfile(study.source, d / "spec.toml")
-    else:
-        (d / "spec.toml").unlink(missing_ok=True)
-
-
-def _holds_results(d):
-    """Whether ``d/shards`` holds any file but a writer's temporary ones (a shard of its
-    spec, finished or damaged)."""
-    shards = d / "shards"
-    return shards.is_dir() and any(
-        not p.name.startswith(".lcnfast-partial-") for p in shards.iterdir()
-    )
-
-
-def _take_over(study, d):
-    """Give the study directory ``d``, whose spec differs from ``study``'s but which holds no
-    results (a run that failed before its first shard), to ``study``: under the lock, its
-    ``spec.json`` is replaced and the old spec's data files removed, with a warning."""
-    with _lock(d):
-        old = read_spec_file(d / SPEC_FILE)
-        if old["spec_hash"] == study.spec_hash:  # another run of this spec took it meanwhile
-            return
-        keys = spec_diff(old["spec"], study.spec) or ["(format)"]
-        if _holds_results(d):
-            raise ValueError(
-                f"out: {d} holds the results of another spec (differing keys: "
-                f"{', '.join(keys)}); use another --out directory or delete {d}"
-            )
-        for p in (d / "datasets").glob("*"):
-            p.unlink()
-        _write_spec_file(study, d)
-    warnings.warn(
-        f"out: {d} held no results of its spec (differing keys: {', '.join(keys)}): "
-        "its spec.json is replaced by this spec and its data files removed",
-        stacklevel=3,
-    )
-
-
-def open_study_dir(study, d):
-    """Create or check a study directory for ``study``; returns its Path.
-
-    Raises ValueError when it is unwritable, holds results of another spec (naming the keys
-    that differ), has a damaged ``spec.json``, or is a non-empty directory that is not a study
-    directory. A directory of another spec that holds no results (its run failed before
-    finishing a shard) is taken over by ``study``, with a warning.
-    """
-    d = Path(d)
-    if d.exists() and not d.is_dir():
-        raise ValueError(f"out: {d} exists and is not a directory")
-    spec_file = d / SPEC_FILE
-    if spec_file.exists():
-        if read_spec_file(spec_file)["spec_hash"] != study.spec_hash:
-            _take_over(study, d)
-    elif d.exists() and any(p for p in d.iterdir() if p.name != ".lock"):
-        raise ValueError(
-            f"out: {d} is not empty and holds no {SPEC_FILE}: not a study directory; "
-            "use an empty or new directory"
-        )
-    try:
-        (d / "shards").mkdir(parents=True, exist_ok=True)
-        (d / "datasets").mkdir(exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out: cannot create {d}: {e.strerror}") from None
-    _check_writable(d)
-    if not spec_file.exists():
-        _write_spec_file(study, d)
-    return d
-
-
-def _check_spec_file(study, d):
-    """Raise ValueError unless ``d/spec.json`` is ``study``'s (checked under the lock: another
-    run may have written or replaced it since :func:`open_study_dir`). Returns the keys
-    outside the hash (``description``, ``report``, ``shard_size``) that this run's spec
-    changed: ``spec.json`` and ``spec.toml`` are rewritten with them, so that the report
-    takes a new title or sections file (before, the first run's stayed, without a word)."""
-    old = read_spec_file(d / SPEC_FILE)
-    if old["spec_hash"] != study.spec_hash:
-        raise ValueError(f"out: another run gave {d} to another spec meanwhile; run again")
-    changed = [k for k in EXECUTION_KEYS if old["spec"].get(k) != study.spec.get(k)]
-    if changed:
-        _write_spec_file(study, d)
-    return changed
-
-
-@contextlib.contextmanager
-def _lock(d):
-    fh = open(d / ".lock", "w")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"out: another run is using {d} (lock {d / '.lock'})") from None
-        yield
-    finally:
-        fh.close()
-
-
-def _remove_partial_files(d):
-    """Partial files of killed runs or workers (lcnfast.to_netcdf writes
-    ``.lcnfast-partial-*.nc`` and renames it; the lock guarantees no writer is active)."""
-    n = 0
-    for sub in ("shards", "datasets"):
-        for p in (d / sub).glob(".lcnfast-partial-*"):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 def _check_flag(value, name):
@@ -498,11 +339,11 @@ def run_study(
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
     distributed = n_modes == 1
-    with _lock(d), quiet():  # the runner says what it is doing itself
-        changed = _check_spec_file(study, d)
+    with lock(d), quiet():  # the runner says what it is doing itself
+        changed = check_spec_file(study, d)
         if changed:
             say(f"{SPEC_FILE}: {', '.join(changed)} updated from the spec (they change no number)")
-        if _remove_partial_files(d):
+        if remove_partial_files(d):
             say("removed temporary files of an interrupted run")
         done = finished_shards(d, study.spec_hash, set_aside=True)
         todo = plan(study, done, shard_size)
@@ -562,7 +403,7 @@ def run_study(
         finally:
             if bar is not None:
                 bar.close()
-        _remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
+        remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
         if report and not summary.interrupted:
             from .report import write_report
 
@@ -598,8 +439,8 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     d = Path(study_dir).resolve()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     counts = {}
-    with _lock(d), (contextlib.nullcontext() if progress else quiet()):
-        _remove_partial_files(d)
+    with lock(d), (contextlib.nullcontext() if progress else quiet()):
+        remove_partial_files(d)
         done = finished_shards(d, study.spec_hash, set_aside=True)
         say(f"study {study.name}: analysing {len(done)} shards again -> {d}")
         bar = FlowProgress(sum(s.n_flows for s in done), study.name, progress)
