@@ -12,7 +12,7 @@ invariant of the exact flow), evaluated per flow with a stated tolerance. Its ve
 - **not tested**: no flow of the study falls under the claim.
 
 An *estimate* answers a question the paper leaves open with a fraction and its Wilson 95%
-interval (:func:`lcnfast.study.report.wilson`).
+interval (:func:`lcnfast.study.statistics.wilson`).
 
 Used by the studies' own report sections (``report.sections`` in a spec):
 ``[("Claims", claims_markdown([check(...), ...], ds))]``.
@@ -25,14 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .report import markdown_table, wilson
+from .report import markdown_table
+from .statistics import BOUND_RTOL, wilson
 
 __all__ = ["Check", "check", "claims_markdown", "estimate_row", "bound_checks", "quantiles_row"]
 
 #: at most this many violating flows are listed per claim (their count is always given)
 MAX_LISTED = 25
-#: relative rounding allowance in ``v_l1_max <= bound`` (as lcnfast.study.report)
-BOUND_RTOL = 1e-9
 
 
 @dataclass(frozen=True)

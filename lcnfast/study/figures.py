@@ -360,7 +360,7 @@ def fraction_global(table, path, titles=None):
     """Fraction of flows at the global minimum per cell, with Wilson 95% intervals; each cell
     labelled by its factor levels (``titles``: :func:`panel_titles`), else by number.
 
-    ``table`` is :func:`lcnfast.study.report.cell_summary`; the denominator is every flow of
+    ``table`` is :func:`lcnfast.study.statistics.cell_summary`; the denominator is every flow of
     the cell (a diverged flow counts as not at the reference). Filled circles: ``is_global``
     (a convex loss: the analysis knows the global minimum over w); open squares:
     ``reached_best``, the fraction at the best value found in the cell's dataset (an upper

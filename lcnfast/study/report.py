@@ -8,7 +8,7 @@ a report too, saying so) and writes, in this order:
 2. the spec: the grid's factors and their levels, datasets and flows, integrator settings,
    analysis tolerances;
 3. tables with one row per cell (columns: the factors that vary, then results), from
-   :func:`cell_summary`:
+   :func:`lcnfast.study.statistics.cell_summary`:
 
    - *limit points*: fractions of the labels of :func:`lcnfast.analysis.classify`, and the
      fraction at the global minimum (``is_global``, where the analysis decides it: the
@@ -43,7 +43,6 @@ from pathlib import Path
 import numba
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from .. import __version__
 from ..analysis import LABELS
@@ -53,6 +52,8 @@ from . import spec_checks
 from .load import load, read_spec
 from .spec import FACTORS, Study, load_spec
 from .spec_values import spec_warnings_off
+from .statistics import (bound_violations, cell_summary, prop51_violations, varying_factors,
+                         wilson)
 
 __all__ = [
     "write_report",
@@ -66,202 +67,7 @@ __all__ = [
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
-#: relative allowance for rounding in ``v_l1_max <= bound`` (as lcnfast.analysis.rank_report)
-BOUND_RTOL = 1e-9
 _Q = _fig.QUANTILES
-
-
-# ----------------------------------------------------------------------------- statistics
-def wilson(k, n, confidence=0.95):
-    """Wilson score interval ``(low, high)`` for ``k`` successes in ``n`` trials (scipy's
-    ``binomtest(k, n).proportion_ci(method="wilson")``); ``(nan, nan)`` when ``n = 0``."""
-    if n == 0:
-        return (np.nan, np.nan)
-    ci = scipy.stats.binomtest(int(k), int(n)).proportion_ci(
-        confidence_level=confidence, method="wilson"
-    )
-    return (float(ci.low), float(ci.high))
-
-
-def _quantiles(x, name):
-    """``{name_q10: ..., name_q50: ..., name_q90: ..., name_n: ...}``: the quantiles over the
-    finite values of x and their number ``name_n`` (the denominator: a diverged flow's value
-    is often inf or NaN, and would otherwise leave the quantiles unnoticed)."""
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    qs = np.quantile(x, _Q) if x.size else np.full(len(_Q), np.nan)
-    return {**{f"{name}_q{round(100 * q)}": float(v) for q, v in zip(_Q, qs)},
-            f"{name}_n": int(x.size)}  # fmt: skip
-
-
-def _label_stats(sub):
-    label = sub["label"].values
-    return {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
-
-
-def _global_known(sub):
-    """Whether the analysis knows the global minimum over w for these flows (a convex loss:
-    ``loss_global_min`` is finite, ``is_global`` decided for every finite limit)."""
-    known = [np.isfinite(sub[v].values).any() for v in ("is_global", "loss_global_min") if v in sub]
-    return any(known)
-
-
-def _reference_stats(sub):
-    """Fraction at the global minimum over w (``is_global``) where the analysis knows it, or
-    else at the best value found (``reached_best``), with its Wilson interval.
-
-    The denominator ``n_ref`` is every flow of the cell: a flow without a finite limit
-    (diverged: ``is_global`` NaN, ``reached_best`` false) counts as not at the reference.
-    Counting only the flows where ``is_global`` is decided made 1 global flow among 16, 15 of
-    them diverged, read "1 [0.207, 1]".
-    """
-    if _global_known(sub):
-        ref, hit = "global", sub["is_global"].values == 1
-    else:
-        ref, hit = "best found", sub["reached_best"].values.astype(bool)
-    k, n = int(hit.sum()), hit.size
-    lo, hi = wilson(k, n)
-    return {"reference": ref, "k_ref": k, "n_ref": n, "frac_ref": k / n if n else np.nan,
-            "ref_lo": lo, "ref_hi": hi}  # fmt: skip
-
-
-def _prop51_mask(sub):
-    """Boolean masks over flows: Prop. 5.1 applies (``prop51_ok`` is not NaN: stride 1 and a
-    convex loss), the limit is critical and not at the convex minimum, it has a common root."""
-    K = sub.sizes["flow"]
-    ok = sub["prop51_ok"].values.astype(float) if "prop51_ok" in sub else np.full(K, np.nan)
-    applicable = np.isfinite(ok)
-    nonglobal = applicable & sub["is_critical"].values.astype(bool)
-    if "attains_convex_min" in sub:
-        nonglobal &= ~sub["attains_convex_min"].values.astype(bool)
-    return applicable, nonglobal, sub["has_common_root"].values.astype(bool)
-
-
-def _prop51_stats(sub):
-    applicable, nonglobal, common = _prop51_mask(sub)
-    if not applicable.any():
-        return {"prop51": False}
-    jac = sub["jac_deficient"].values.astype(bool)
-    return {
-        "prop51": True,
-        "n_nonglobal_critical": int(nonglobal.sum()),
-        "n_common_root": int((nonglobal & common).sum()),
-        "n_jac_deficient": int((nonglobal & jac).sum()),
-        "n_prop51_violations": int((nonglobal & ~common).sum()),
-    }
-
-
-def _above(obs, b):
-    """Flows whose ``v_l1_max`` (``obs``) is not within their finite bound ``b``: above it,
-    or not finite (a diverged flow: inf or NaN)."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(b) & ~(obs <= b * (1 + BOUND_RTOL))
-
-
-def _bound_stats(sub):
-    """Per bound (``lemma36``, ``gram``): ``n_<key>`` flows where it applies (a finite bound),
-    ``n_<key>_ok`` of them within it (a flow whose ``v_l1_max`` is not finite, diverged, is
-    not), ``n_<key>_nonfinite`` of them with a non-finite ``v_l1_max``, and the quantiles of
-    bound / v_l1_max over them (0 for an infinite v_l1_max)."""
-    out = {}
-    obs = sub["v_l1_max"].values
-    for key, var in (("lemma36", "lemma36_bound"), ("gram", "gram_bound")):
-        b = sub[var].values if var in sub else np.full(obs.shape, np.nan)
-        applies = np.isfinite(b)
-        out[f"n_{key}"] = int(applies.sum())
-        out[f"n_{key}_ok"] = int((applies & ~_above(obs, b)).sum())
-        out[f"n_{key}_nonfinite"] = int((applies & ~np.isfinite(obs)).sum())
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out.update(_quantiles(b[applies] / obs[applies], f"{key}_ratio"))
-    return out
-
-
-def _integration_stats(sub):
-    out = {}
-    out.update(_quantiles(sub["t_final"].values, "t_final"))
-    out.update(_quantiles(sub["n_accepted"].values + sub["n_rejected"].values, "steps"))
-    out.update(_quantiles(sub["n_grad_evals"].values, "grad_evals"))
-    out.update(_quantiles(sub["balance_drift"].values, "drift"))
-    out["n_loss_increased"] = int(sub["loss_increased"].values.astype(bool).sum())
-    status = sub["status"].values
-    out.update({f"status_{name}": int((status == code).sum()) for code, name in STATUS.items()})
-    return out
-
-
-def varying_factors(study):
-    """The factors with more than one level in the study, in grid order."""
-    return [f for f in FACTORS if len({str(c.labels[f]) for c in study.cells}) > 1]
-
-
-def cell_summary(ds, study):
-    """One row per cell of the study (index ``cell``; cells without flows yet have
-    ``n_flows = 0`` and NaN): the labels of the varying factors, ``n_flows``, ``n_expected``,
-    ``frac_<label>`` per label, the reference fraction (``reference`` = "global" or "best
-    found", ``k_ref`` of ``n_ref`` = all the cell's flows, diverged ones counted as not at
-    the reference, ``frac_ref``, Wilson ``ref_lo``, ``ref_hi``), Prop. 5.1 counts (``prop51``
-    applicable, ``n_nonglobal_critical``, ``n_common_root``, ``n_jac_deficient``,
-    ``n_prop51_violations``), bounds (``n_lemma36`` flows with a bound, ``n_lemma36_ok``
-    within it, ``n_lemma36_nonfinite`` with a non-finite v_l1_max, ``lemma36_ratio_q10/50/90``
-    = bound / v_l1_max; the same for ``gram``), and quantiles ``t_final_q*``, ``steps_q*``
-    (accepted + rejected), ``grad_evals_q*``, ``drift_q*`` (balance_drift),
-    ``n_loss_increased``, ``status_<name>``. Every quantile ``<name>_q*`` comes with
-    ``<name>_n``, the number of finite values it is taken over.
-    """
-    varying = varying_factors(study)
-    n_expected = study.spec["data"]["n_datasets"] * study.spec["flows_per_dataset"]
-    cell_of_flow = ds["cell"].values
-    rows = {}
-    for c in study.cells:
-        row = {f: c.labels[f] for f in varying}
-        sel = np.flatnonzero(cell_of_flow == c.index)
-        row.update(n_flows=sel.size, n_expected=n_expected)
-        if sel.size:
-            sub = ds.isel(flow=sel)
-            for part in (_label_stats, _reference_stats, _prop51_stats, _bound_stats,
-                         _integration_stats):  # fmt: skip
-                row.update(part(sub))
-        rows[c.index] = row
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "cell"
-    return df
-
-
-def _flow_coords(ds, sel):
-    """The coordinates (cell, dataset, replicate) of the flows ``sel`` (a boolean mask)."""
-    return {k: ds[k].values[sel] for k in ("cell", "dataset", "replicate")}
-
-
-def prop51_violations(ds):
-    """Every flow that violates Prop. 5.1: stride 1, convex loss, a critical limit not at the
-    convex minimum and no common root of the layer polynomials. Columns: ``cell``,
-    ``dataset``, ``replicate``, ``label``, ``limit_loss``, ``loss_gap``,
-    ``min_root_distance``, ``jac_deficient`` (a rank-deficient Jacobian of pi would still
-    indicate a common root the root test missed)."""
-    _, nonglobal, common = _prop51_mask(ds)
-    sel = nonglobal & ~common
-    out = _flow_coords(ds, sel)
-    out["label"] = [LABELS[k] for k in ds["label"].values[sel]]
-    for var in ("limit_loss", "loss_gap", "min_root_distance", "jac_deficient"):
-        out[var] = ds[var].values[sel] if var in ds else np.full(sel.sum(), np.nan)
-    return pd.DataFrame(out)
-
-
-def bound_violations(ds):
-    """Every flow with ``v_l1_max`` above its bound (Lemma 3.6, or the Gram bound of
-    :func:`lcnfast.analysis.rank_report`) or not finite (diverged), as counted in the report's
-    table. Columns: ``cell``, ``dataset``, ``replicate``, ``bound`` (which), ``v_l1_max``,
-    ``value`` (the bound)."""
-    parts = []
-    obs = ds["v_l1_max"].values
-    for name, var in (("Lemma 3.6", "lemma36_bound"), ("Gram", "gram_bound")):
-        if var not in ds:
-            continue
-        b = ds[var].values
-        sel = _above(obs, b)
-        part = _flow_coords(ds, sel)
-        part.update(bound=name, v_l1_max=obs[sel], value=b[sel])
-        parts.append(pd.DataFrame(part))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 # ----------------------------------------------------------------------------- markdown
