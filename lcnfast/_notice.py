@@ -219,6 +219,7 @@ class FlowProgress:
         self.t0 = self.last = time.perf_counter()
         self.delay = delay
         self.postfix = ""
+        self._shown = None  # (done, postfix) of the last line written off a terminal
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = None
@@ -242,18 +243,26 @@ class FlowProgress:
                 self.postfix = postfix
                 self.bar.set_postfix_str(postfix)
             now = time.perf_counter()
-            if self.lines and (now - self.last >= self.interval or (n and self.done == self.total)):
-                el = now - self.t0
-                eta = el / self.done * (self.total - self.done) if self.done else math.nan
-                extra = f", {self.postfix}" if self.postfix else ""
-                print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
-                      f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
-                self.last = now
+            if self.lines and now - self.last >= self.interval:
+                self._line(now)
+
+    def _line(self, now):
+        el = now - self.t0
+        eta = el / self.done * (self.total - self.done) if self.done else math.nan
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
+              f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        self.last = now
+        self._shown = (self.done, self.postfix)
 
     def close(self):
+        """End the display: off a terminal, a last line with the final count and postfix
+        unless the last line already showed them."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
+        if self.lines and self._shown != (self.done, self.postfix):
+            self._line(time.perf_counter())
         self.bar.close()
 
 

@@ -113,6 +113,14 @@ def test_flow_progress_lines_off_a_terminal(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("demo: 4/10 flows, shards 1/3, ") and "ETA" in lines[0]
     assert lines[-1].startswith("demo: 10/10 flows, shards 1/3, ")
+    # the last line shows the final count and postfix once, also when the flows were all
+    # counted before the postfix came (a study's shard: its flows, then "shards 3/3")
+    p = _notice.FlowProgress(10, "demo", True, interval=60.0)
+    p.update(10)
+    p.update(0, "shards 3/3")
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("demo: 10/10 flows, shards 3/3, "), lines
 
 
 def test_flow_progress_moves_while_no_flow_finishes(capsys, monkeypatch):
@@ -130,7 +138,7 @@ def test_flow_progress_moves_while_no_flow_finishes(capsys, monkeypatch):
     monkeypatch.setattr(_notice, "interactive", lambda: False)
     p = _notice.FlowProgress(10, "demo", True, interval=0.3, tick=0.05)
     p.update(2)
-    time.sleep(1.0)
+    time.sleep(1.2)
     p.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) >= 3 and all(x.startswith("demo: 2/10 flows, ") for x in lines), lines
