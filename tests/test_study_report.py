@@ -354,6 +354,29 @@ def test_final_loss_histogram_of_flows_at_one_limit(study_dir, loaded, tmp_path)
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_loss_bands_take_a_log_axis_unless_a_loss_is_truly_negative():
+    """The square loss of an exact fit ends a few 1e-14 below 0 through the Gram formula's
+    rounding: its panels were drawn on a linear axis (0-500), the whole decay to 1e-24 a flat
+    line next to log-scale panels. A loss negative beyond rounding (the generalized Huber loss
+    with beta < -1) keeps the linear axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lcnfast.study import figures as F
+
+    t = np.array([0.0, 1.0, 10.0, 100.0])
+    exact_fit = np.array([[400.0, 3.0, 1e-12, -4.3e-14], [500.0, 2.0, 1e-20, 2.4e-24]])
+    truly_negative = np.array([[3.0, 1.0, -0.5, -0.69], [2.0, 0.5, -0.6, -0.69]])
+    fig, (a, b) = plt.subplots(1, 2)
+    F._band(a, t, exact_fit, 0.1)
+    F._band(b, t, truly_negative, 0.1)
+    assert a.get_yscale() == "log" and b.get_yscale() == "linear"
+    assert a.get_ylim()[0] > 0 and a.get_ylim()[0] < 1e-20  # down to the smallest positive
+    plt.close(fig)
+
+
 def test_final_loss_histogram_marks_the_global_minimum_over_w(loaded):
     """The dashed line of each dataset is the global minimum over w (loss_global_min: the
     image minimum for a non-filling or strided architecture, above the convex minimum) where

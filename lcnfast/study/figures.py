@@ -151,16 +151,27 @@ def _time_zero(ds):
     return pos.min() / 3.0 if pos.size else 1.0
 
 
+#: values below 0 by at most this fraction of the largest |value| are rounding, not a sign
+ROUNDING_NEGATIVE = 1e-10
+
+
 def _band(ax, t, vals, t0, color="C0"):
     """Draw the quantile band of ``vals`` (flow, time) against ``t`` with t = 0 moved to t0;
-    a log y axis unless some value is <= 0 (the generalized Huber loss with beta < -1 is
-    negative near r = 0)."""
+    a log y axis unless some value is truly negative (the generalized Huber loss with
+    beta < -1 is negative near r = 0). Values at or below 0 by rounding only (the square
+    loss of an exact fit through the Gram formula ends at ~-1e-14 with a loss of 1e2 at the
+    start: eps times the terms that cancel) are drawn at the smallest positive value: a
+    linear axis hid the whole decay of such cells, next to log-scale panels."""
     x = np.where(t > 0, t, t0)
+    finite = vals[np.isfinite(vals)]
+    positive = finite[finite > 0]
+    rounding = finite.size and finite.min() > -ROUNDING_NEGATIVE * np.abs(finite).max()
+    if rounding and positive.size < finite.size and positive.size:
+        vals = np.where(np.isfinite(vals) & (vals < positive.min()), positive.min(), vals)
     lo, med, hi = _quantiles(vals)
     ax.fill_between(x, lo, hi, color=color, alpha=0.3, lw=0, label="10-90%")
     ax.plot(x, med, color=color, lw=1.5, label="median")
-    finite = vals[np.isfinite(vals)]
-    ax.set_yscale("log" if finite.size and finite.min() > 0 else "linear")
+    ax.set_yscale("log" if rounding and positive.size else "linear")
 
 
 def _band_count(ax, vals):
