@@ -418,7 +418,8 @@ def common_roots(roots, root_layer, zero_layer, tol):
     ----------
     roots : complex (K, k_v - 1), root_layer : int (k_v - 1,), zero_layer : bool (K, N)
         As returned by :func:`layer_roots`: ``root_layer`` holds 1-based layers in ``1..N``
-        (a layer of degree 0 has no slot), ``N`` being given by ``zero_layer``.
+        (a layer of degree 0 has no slot), ``N`` being given by ``zero_layer``. For one
+        parameter vector, roots (k_v - 1,) and zero_layer (N,), the results have no K axis.
     tol : float in [0, 1)
         Chordal distance below which two roots coincide (see the module docstring).
 
@@ -432,6 +433,9 @@ def common_roots(roots, root_layer, zero_layer, tol):
         layers (0 when a zero layer shares roots, NaN when fewer than two layers have roots);
         ``pair_shares`` (K, N, N) bool: layers i, j (0-based) share a root.
     """
+    if np.ndim(roots) == 1 and np.ndim(zero_layer) == 1:  # layer_roots of one vector
+        out = common_roots(np.asarray(roots)[None], root_layer, np.asarray(zero_layer)[None], tol)
+        return {key: val[0] for key, val in out.items()}
     tol = _check_fraction(tol, "tol")
     z, root_layer, zero_layer = _check_layers(roots, root_layer, zero_layer)
     K, nr = z.shape

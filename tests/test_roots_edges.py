@@ -283,6 +283,21 @@ def _layers():
     return np.array([[1.0 + 0j, 2.0], [1.0, 1.0]]), np.array([1, 2]), np.zeros((2, 2), bool)
 
 
+def test_common_roots_takes_layer_roots_of_one_vector():
+    """layer_roots(arch, w) of one w gives roots (k_v - 1,) and zero_layer (N,); common_roots
+    refused them ("roots must have shape (K, n_roots)") though its docstring takes what
+    layer_roots returns. One vector in, results without the K axis out, as for a batch."""
+    arch = Architecture(8, (3, 3))
+    w = np.array([1.0, -3.0, 2.0, 1.0, 5.0, 6.0])  # roots {1, 2} and {-2, -3} (or reciprocals)
+    W = np.stack([w, [1.0, -3.0, 2.0, 2.0, -3.0, 1.0]])  # the second: both layers have a root 1
+    one = roots.common_roots(*roots.layer_roots(arch, w), 1e-6)
+    batch = roots.common_roots(*roots.layer_roots(arch, W), 1e-6)
+    for key, val in batch.items():
+        assert np.shape(one[key]) == val.shape[1:]
+        np.testing.assert_array_equal(one[key], val[0])
+    assert batch["has_common_root"].tolist() == [False, True]
+
+
 def test_common_roots_checks_layers_against_zero_layer():
     z, rl, zl = _layers()
     assert roots.common_roots(z, rl, zl, 1e-4)["has_common_root"].tolist() == [False, True]
