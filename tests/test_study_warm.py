@@ -179,3 +179,24 @@ def test_the_process_aside_dies_with_its_parent(tmp_path):
     else:
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the child outlived its parent by 10 s")
+
+
+def test_the_warm_up_of_a_run_needs_the_study_directory_only(tmp_path):
+    """A run hands its steps (and its dask workers, on other machines with --scheduler) the
+    resolved spec: the warm-up read it with load_spec, which opens the spec's data files
+    again, so a worker without the file failed ('no such file') though X and Y are in the
+    study directory. It reads it as the run recorded it."""
+    from lcnfast.study.shards import write_datasets
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "X.npz", X=rng.standard_normal((6, 8)))
+    toml = SPEC.replace("m = 8", 'inputs = { file = "X.npz" }').split("[[integrator]]")
+    p = tmp_path / "warm.toml"
+    p.write_text(toml[0] + "[[integrator]]" + toml[1])  # euler only: the cheapest
+    study = load_spec(str(p))
+    d = tmp_path / "out"
+    (d / "datasets").mkdir(parents=True)
+    write_datasets(study, d)
+    (tmp_path / "X.npz").unlink()  # as on a worker that sees only the study directory
+    warm.warm_up(study.spec, str(d))
+    warm.warm_analysis(study.spec, str(d))

@@ -34,7 +34,7 @@ from ..flows import FlowWarning
 from ..problem import Problem
 from . import draws
 from .shards import integrate, read_dataset
-from .spec import load_spec
+from .spec import load_spec, stored_study
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def _run_tiny(problem, cell, seed, n_threads):
         return integrate(problem, W0, _tiny(cell.integrator), n_threads)
 
 
+def _read(spec):
+    """The Study of ``spec``: a resolved spec (the dict a run hands its steps and dask workers)
+    as the run recorded it (:func:`.spec.stored_study`: its data files are not read again, so
+    a worker of a remote cluster needs the study directory only), else a TOML file or name
+    through :func:`.spec.load_spec`."""
+    if isinstance(spec, dict) and "format_version" in spec:
+        return stored_study(spec)
+    return load_spec(spec)
+
+
 def _problem(study_dir, cell):
     """The Problem of ``cell``'s first dataset (written by :func:`.shards.write_datasets`)."""
     X, Y = read_dataset(study_dir, cell.index, 0)
@@ -103,7 +113,7 @@ def warm_up(spec, study_dir, n_threads=None, between=None):
     flows and their classification per distinct loss and integrator method (on the study's
     data, which must be written). ``between()``, if given, is called before each setting
     (the runner's check for a deferred Ctrl-C)."""
-    study = load_spec(spec)
+    study = _read(spec)
     for cell in _settings(study):
         if between is not None:
             between()
@@ -116,7 +126,7 @@ def warm_analysis(spec, study_dir, between=None):
     """Compile the kernels of the flows' end diagnostics (Hessians, gradients) and of the
     classification for each distinct loss, without integrating (the part of the warm-up that
     runs alongside :func:`compiling_aside`); ``between()`` as :func:`warm_up`'s."""
-    study = load_spec(spec)
+    study = _read(spec)
     done = set()
     for cell in _settings(study):
         if cell.loss["name"] in done:
@@ -144,7 +154,7 @@ def _synthetic_problem(cell, rng):
 def compile_integrators(spec):
     """Compile (or load) the integrators of every setting of ``spec`` on synthetic data of the
     right shapes: the body of the process :func:`compiling_aside` starts."""
-    study = load_spec(spec)
+    study = _read(spec)
     rng = np.random.default_rng(0)
     for cell in _settings(study):
         _run_tiny(_synthetic_problem(cell, rng), cell, study.spec["seed"], 1)
@@ -173,7 +183,7 @@ def compile_rodas_tail(spec, between=None):
     from .._flow_args import loss_levels_arg
     from ..flows import _outputs
 
-    study = load_spec(spec)
+    study = _read(spec)
     rng = np.random.default_rng(0)
     for cell in _settings(study):
         if cell.integrator["method"] not in ("auto", "rosenbrock"):
@@ -216,7 +226,7 @@ def compiling_aside(spec, enabled=True):
     """Within the block, a second process compiles the integrators of ``spec`` into Numba's
     disk cache (see the module docstring); on leaving, waits for it. Its failure costs only
     time: the warm-up then compiles in this process (logged as a warning with the reason)."""
-    study = load_spec(spec)
+    study = _read(spec)
     if not enabled or _cpus() < 2 or not _numba_cache.caching_available() or _integrators_cached(study):
         yield None
         return
