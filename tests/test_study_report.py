@@ -184,6 +184,32 @@ def test_diverged_flows_count_in_every_denominator(study_dir, loaded):
     assert (row["reference"], row["k_ref"], row["n_ref"]) == ("global", 0, 6)
 
 
+def test_the_studies_sections_count_the_reference_as_the_report_does():
+    """The built-in studies' sections (limits, init_scale) switched to "best found" for a
+    whole cell as soon as one flow's is_global was undecided (a diverged flow), while the
+    report's table kept the global minimum with the diverged flow counted as not at it: the
+    two disagreed on the same cell. Both count with statistics.at_reference now."""
+    import importlib.util
+    import xarray as xr
+
+    from lcnfast.study.statistics import at_reference
+
+    sub = xr.Dataset({"is_global": ("flow", [1.0, np.nan, 0.0, 1.0]),
+                      "loss_global_min": ("flow", [0.5] * 4),
+                      "reached_best": ("flow", [True, False, True, True])})
+    hit, ref = at_reference(sub)
+    assert ref == "global" and hit.tolist() == [True, False, False, True]
+    undecided = sub.assign(is_global=("flow", [np.nan] * 4), loss_global_min=("flow", [np.nan] * 4))
+    hit, ref = at_reference(undecided)
+    assert ref == "best found" and hit.tolist() == [True, False, True, True]
+    for name in ("limits", "init_scale"):
+        path = Path(__file__).parents[1] / "studies" / "sections" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"sections_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.at_reference is at_reference
+
+
 def test_report_of_a_cell_whose_flows_are_never_finite(study_dir, loaded, tmp_path):
     """Every flow of cell 0 non-finite at every save time (init scale 1e60: the loss is inf at
     t = 0 and the flows stop there): the figures are drawn, that cell's band panels empty

@@ -18,8 +18,8 @@ from ..flows import STATUS
 from .figures import QUANTILES as _Q
 from .spec import FACTORS
 
-__all__ = ["wilson", "cell_summary", "varying_factors", "prop51_violations", "bound_violations",
-           "BOUND_RTOL"]
+__all__ = ["wilson", "at_reference", "cell_summary", "varying_factors", "prop51_violations",
+           "bound_violations", "BOUND_RTOL"]
 
 #: relative allowance for rounding in ``v_l1_max <= bound`` (as lcnfast.analysis.rank_report)
 BOUND_RTOL = 1e-9
@@ -59,6 +59,17 @@ def _global_known(sub):
     return any(known)
 
 
+def at_reference(sub):
+    """``(hit, reference)`` for the flows ``sub`` (a cell's, or any group's): per flow, at the
+    global minimum over w where the analysis knows it (``is_global == 1``, reference
+    ``"global"``; a diverged flow, ``is_global`` NaN, is not), else at the best value found in
+    its dataset (``reached_best``, reference ``"best found"``). The report's tables and the
+    studies' own sections count with it, so that they agree."""
+    if _global_known(sub):
+        return sub["is_global"].values == 1, "global"
+    return sub["reached_best"].values.astype(bool), "best found"
+
+
 def _reference_stats(sub):
     """Fraction at the global minimum over w (``is_global``) where the analysis knows it, or
     else at the best value found (``reached_best``), with its Wilson interval.
@@ -68,10 +79,7 @@ def _reference_stats(sub):
     Counting only the flows where ``is_global`` is decided made 1 global flow among 16, 15 of
     them diverged, read "1 [0.207, 1]".
     """
-    if _global_known(sub):
-        ref, hit = "global", sub["is_global"].values == 1
-    else:
-        ref, hit = "best found", sub["reached_best"].values.astype(bool)
+    hit, ref = at_reference(sub)
     k, n = int(hit.sum()), hit.size
     lo, hi = wilson(k, n)
     return {"reference": ref, "k_ref": k, "n_ref": n, "frac_ref": k / n if n else np.nan,

@@ -29,6 +29,7 @@ from lcnfast import Architecture, Problem
 from lcnfast.study import load_problem
 from lcnfast.study.claims import check, claims_markdown, estimate_row
 from lcnfast.study.report import markdown_table
+from lcnfast.study.statistics import at_reference
 
 LEVEL = 0.5
 #: the slope of t_esc against log(1/sigma) over sigma in [1e-3, 0.3] matches 1/s within this
@@ -141,8 +142,7 @@ def _limits_table(ds):
     ).groups.items():
         sub = ds.isel(flow=np.asarray(idx))
         common = sub["has_common_root"].values.astype(bool)
-        g = sub["is_global"].values.astype(float)
-        hit = (g == 1) if np.isfinite(g).all() else sub["reached_best"].values.astype(bool)
+        hit, _ = at_reference(sub)  # as the report's tables: diverged flows are not at it
         rows.append({
             "architecture": arch, "init": dist, "sigma": sigma,
             "limits with a common root": estimate_row(int(common.sum()), common.size),

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # not pyplot: no backend chosen, none chan
 from lcnfast.analysis import LABELS
 from lcnfast.study.claims import check, claims_markdown, estimate_row
 from lcnfast.study.report import markdown_table
+from lcnfast.study.statistics import at_reference
 
 #: two limit values are the same critical value when they differ by at most this times the
 #: loss of the zero network (L(v=0)): flows stop at ||grad L|| <= 1e-10, which moves the loss
@@ -22,15 +23,6 @@ from lcnfast.study.report import markdown_table
 VALUE_RTOL = 1e-7
 #: a root of multiplicity >= 2 (on the discriminant) or a root shared between layers
 MULTIPLE = 2
-
-
-def _global(sub):
-    """(hit, reference): per flow 1/0 at the global minimum where the analysis decides it
-    (``is_global``), else at the best value found in its dataset (``reached_best``)."""
-    g = sub["is_global"].values.astype(float) if "is_global" in sub else None
-    if g is not None and np.isfinite(g).all():
-        return g == 1, "global"
-    return sub["reached_best"].values.astype(bool), "best found"
 
 
 def distinct_values(values, scale, rtol=VALUE_RTOL):
@@ -49,7 +41,7 @@ def _cell_rows(ds, study):
         if sel.size == 0:
             continue
         sub = ds.isel(flow=sel)
-        hit, ref = _global(sub)
+        hit, ref = at_reference(sub)
         nonglob = crit[sel] & ~hit
         n_values = [
             distinct_values(
