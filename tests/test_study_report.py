@@ -401,6 +401,17 @@ def test_loss_bands_take_a_log_axis_unless_a_loss_is_truly_negative():
     assert a.get_yscale() == "log" and b.get_yscale() == "linear"
     assert a.get_ylim()[0] > 0 and a.get_ylim()[0] < 1e-20  # down to the smallest positive
     plt.close(fig)
+    # a diverging flow's gradient norms near 1e302 took the log axis's margins past float64
+    # ("overflow encountered in exp" on the report's stderr): drawn as gaps
+    import warnings
+
+    diverging = np.array([[1.0, 1e100, 1e302, np.nan], [1.0, 0.5, 0.1, 0.01]])
+    fig, ax = plt.subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F._band(ax, t, diverging, 0.1)
+        assert ax.get_yscale() == "log" and np.all(np.isfinite(ax.get_ylim()))
+    plt.close(fig)
 
 
 def test_final_loss_histogram_marks_the_global_minimum_over_w(loaded):

@@ -153,6 +153,8 @@ def _time_zero(ds):
 
 #: values below 0 by at most this fraction of the largest |value| are rounding, not a sign
 ROUNDING_NEGATIVE = 1e-10
+#: larger values are not drawn (a log axis with its margins would pass float64's range)
+PLOT_MAX = 1e250
 
 
 def _band(ax, t, vals, t0, color="C0"):
@@ -163,6 +165,10 @@ def _band(ax, t, vals, t0, color="C0"):
     start: eps times the terms that cancel) are drawn at the smallest positive value: a
     linear axis hid the whole decay of such cells, next to log-scale panels."""
     x = np.where(t > 0, t, t0)
+    # a diverging flow's last saves reach ~1e302 (grad norms): matplotlib's log autoscale
+    # adds its margins past float64's range there ("overflow encountered in exp"); drawn as
+    # gaps, like the non-finite values that follow them
+    vals = np.where(np.abs(vals) <= PLOT_MAX, vals, np.nan)
     finite = vals[np.isfinite(vals)]
     positive = finite[finite > 0]
     rounding = finite.size and finite.min() > -ROUNDING_NEGATIVE * np.abs(finite).max()
