@@ -187,11 +187,10 @@ def threads(n_threads):
 def _initial_points(problem, w0):
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a lcnfast.Problem, got {type(problem).__name__}")
-    W0, _single = problem._params(w0, "w0")
-    # a copy of our own: W0 becomes the Dataset's w_init (the caller's array, when already
-    # C-contiguous float64, would change with it), and a read-only w0 would be a second
-    # Numba type, every integrator compiled again
-    return W0.copy()
+    W0, _single = problem._params(w0, "w0")  # writable, C-contiguous float64
+    # W0 becomes the Dataset's w_init: our own array, not the caller's (which _params returns
+    # as it is when already C-contiguous writable float64, and which the caller may reuse)
+    return W0.copy() if np.may_share_memory(W0, w0) else W0
 
 
 def _outputs(K, n, kv, T, Q=0):

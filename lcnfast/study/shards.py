@@ -220,7 +220,9 @@ def read_dataset(study_dir, cell, dataset):
 _STUDIES = {}  # resolved spec (canonical JSON) -> Study, per process (dask workers reuse it)
 
 
-def _study(spec):
+def recorded_study(spec):
+    """The Study of a run's resolved spec (a dict), as the run recorded it
+    (:func:`.spec.stored_study`), validated once per process and spec."""
     key = json.dumps(spec, sort_keys=True)
     if key not in _STUDIES:
         _STUDIES[key] = stored_study(spec)
@@ -295,7 +297,7 @@ def reanalyse_shard(study_dir, spec, path):
     """Analyse a finished shard file again with this version of :mod:`lcnfast.analysis`
     (nothing is integrated again: the flows' stored end points and invariants are used) and
     rewrite it atomically. Returns ``{"shard", "label"}`` (label counts)."""
-    study = _study(spec)
+    study = recorded_study(spec)
     path = Path(path)
     m = _SHARD_RE.match(path.name)
     if not m:
@@ -327,7 +329,7 @@ def run_shard(study_dir, spec, shard, n_threads=None):
     ``spec`` is the resolved spec (a dict: it travels to dask workers as plain data).
     """
     t0 = time.perf_counter()
-    study = _study(spec)
+    study = recorded_study(spec)
     shard = Shard(*shard)
     cell = study.cells[shard.cell]
     X, Y = read_dataset(study_dir, shard.cell, shard.dataset)

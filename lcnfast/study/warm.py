@@ -33,8 +33,8 @@ from .. import analysis as _analysis
 from ..flows import FlowWarning
 from ..problem import Problem
 from . import draws
-from .shards import integrate, read_dataset
-from .spec import load_spec, stored_study
+from .shards import integrate, read_dataset, recorded_study
+from .spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ def _run_tiny(problem, cell, seed, n_threads):
 
 def _read(spec):
     """The Study of ``spec``: a resolved spec (the dict a run hands its steps and dask workers)
-    as the run recorded it (:func:`.spec.stored_study`: its data files are not read again, so
+    as the run recorded it (:func:`.shards.recorded_study`: its data files are not read again, so
     a worker of a remote cluster needs the study directory only), else a TOML file or name
     through :func:`.spec.load_spec`."""
     if isinstance(spec, dict) and "format_version" in spec:
-        return stored_study(spec)
+        return recorded_study(spec)
     return load_spec(spec)
 
 
