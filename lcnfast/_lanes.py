@@ -36,6 +36,7 @@ from ._jit import JIT_R as _JIT_R
 from ._data_path import _data_buf
 from ._kernels import _flag, _fs_loss_grad_buf
 from ._lane_width import LANES
+from ._transpose import lanes_to_rows, rows_to_lanes
 
 
 class LaneWorkspace(NamedTuple):
@@ -226,14 +227,11 @@ def _generated_rows(model, kern, W, out_loss, out_grad, f0, f1):
             gl = np.empty((n, c))
             Ll = np.empty(c)
             Vl = np.empty((kv, c))
-        for q in range(n):
-            for b in range(c):
-                Wl[q, b] = W[a + b, q]
+        rows_to_lanes(W, a, c, Wl)
         call_lane_kernel(kern, Wl, model.A, model.b, model.yy, gl, Ll, Vl)
         for b in range(c):
             out_loss[a + b] = Ll[b]
-            for q in range(n):
-                out_grad[a + b, q] = gl[q, b]
+        lanes_to_rows(gl, c, out_grad, a)
     return _zero_sum(out_loss, f0, f1)
 
 
@@ -249,15 +247,15 @@ def _loss_grad_blocks(model, W, out_loss, out_grad, blk0, blk1, want_loss):
     Ll = np.empty(LANES)
     for blk in range(blk0, blk1):
         f0 = blk * LANES
-        for b in range(LANES):
-            f = f0 + b if f0 + b < K else f0
+        c = min(LANES, K - f0)
+        rows_to_lanes(W, f0, c, Wl)
+        for b in range(c, LANES):
             for q in range(n):
-                Wl[q, b] = W[f, q]
+                Wl[q, b] = W[f0, q]
         loss_grad_lanes(model, Wl, ws, gl, Ll, want_loss)
-        for b in range(min(LANES, K - f0)):
+        for b in range(c):
             out_loss[f0 + b] = Ll[b]
-            for q in range(n):
-                out_grad[f0 + b, q] = gl[q, b]
+        lanes_to_rows(gl, c, out_grad, f0)
     r0 = blk0 * LANES
     r1 = min(K, blk1 * LANES)
     flag = 0.0
