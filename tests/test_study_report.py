@@ -450,3 +450,31 @@ def test_fraction_global_labels_cells_by_their_levels():
     title = "cell 3\narchitecture=(16; 3,3; 1,1)\ntarget=v=[1, 0, -2, 0, 1]"
     assert F._cell_label(title) == "3: (16; 3,3; 1,1), v=[1, 0, -2, 0, 1]"
     assert F._cell_label("cell 0") == "0:"
+
+
+def test_degenerate_limits_that_only_the_relative_tolerance_calls_degenerate_are_named(
+        study_dir, loaded):
+    """Claim: a degenerate limit whose balanced spectrum is positive above the absolute
+    resolution max(g^(2/3), eps L(v=0)) is one that only eig_tol * rho calls degenerate (an
+    ill-conditioned minimum, as on nearly singular data: lambda_min / rho ~ 3e-8 there); the
+    report counts those per cell and says so, and does not count degenerate limits with an
+    eigenvalue at the resolution (a true zero) or labels other than degenerate."""
+    ds = loaded.copy(deep=True)
+    study = read_spec(study_dir)
+    flows = np.flatnonzero(ds["cell"].values == 0)
+    deg = R.LABELS.index("degenerate")
+    g = ds["limit_grad_norm"].values[flows[:3]]
+    ds["label"].values[flows[:3]] = deg
+    ds["hess_scale_balanced"].values[flows[:3]] = 1e3
+    # two above the resolution g^(2/3) (by 10x), one at it: only the first two count
+    ds["hess_min_eig_balanced"].values[flows[:3]] = 10 * g ** (2 / 3) * np.array([1, 2, 0.1])
+    row = R.cell_summary(ds, study).loc[0]
+    assert row["n_degenerate_pd"] == 2
+    ratios = 10 * g[:2] ** (2 / 3) * np.array([1, 2]) / 1e3
+    assert row["degenerate_pd_ratio_min"] == pytest.approx(ratios.min())
+    assert row["degenerate_pd_ratio_max"] == pytest.approx(ratios.max())
+    text = R._limits_section(R.cell_summary(ds, study), R.varying_factors(study))
+    assert "by the relative tolerance only: in cells 0 (2 of 6" in text
+    # nothing to say on the untouched study
+    clean = R._limits_section(R.cell_summary(loaded, study), R.varying_factors(study))
+    assert "relative tolerance only" not in clean

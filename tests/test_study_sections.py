@@ -84,6 +84,26 @@ def test_strided_cluster_values_joins_within_the_tolerance_and_numbers_by_value(
     assert strided.cluster_values([2.0, 1.0], 0.5).tolist() == [1, 0]
 
 
+def test_strided_kronecker_architectures_are_those_whose_taps_never_add():
+    """Claim: pi is a Kronecker product exactly when every coefficient of v is one product of
+    taps; checked against the explicit count of products per coefficient, and on the study's
+    architectures: (2,2;2,2) and (2,2,2;2,2,2) are, (3,2;2,2) (stride 2 < width 3) is not."""
+    from lcnfast import Architecture
+
+    for d0, k, s in [(16, (2, 2), (2, 2)), (16, (2, 2, 2), (2, 2, 2)), (17, (3, 2), (2, 2)),
+                     (16, (3, 3, 3), (1, 1, 1)), (20, (2, 3), (3, 1)), (21, (3, 2), (3, 1))]:
+        arch = Architecture(d0, k, s)
+        # products per coefficient of v: the polynomial product of all-ones filters
+        counts = np.ones(1)
+        for ki, S in zip(arch.k, arch.dilations):
+            f = np.zeros((ki - 1) * S + 1)
+            f[::S] = 1.0
+            counts = np.convolve(counts, f)
+        assert strided.is_kronecker(arch) == bool(counts.max() == 1), (k, s)
+    assert strided.is_kronecker(Architecture(16, (2, 2), (2, 2)))
+    assert not strided.is_kronecker(Architecture(17, (3, 2), (2, 2)))
+
+
 def test_strided_expected_rank_is_the_image_dimension_of_all_strided_architectures():
     from lcnfast import Architecture
 
@@ -141,3 +161,16 @@ def test_factorisations_shuffle_baseline_is_the_chance_agreement():
     # with two equally frequent labels, a random permutation agrees on ~1/2 of the flows
     assert fact.shuffle_baseline(final, final, rng) == pytest.approx(0.5, abs=0.03)
     assert fact.shuffle_baseline(final, np.array(["a"] * 100), rng) == 0.5
+
+
+# -------------------------------------------------------------------------------- rank
+def test_rank_open_case_is_an_estimate_over_the_flows_with_a_singular_gram():
+    """The rank study reports flows with a singular window Gram A as an observation (a
+    fraction with its Wilson interval over exactly those flows), not as a verdict: the paper
+    proves nothing there, while A positive definite is covered by Theorem 3.4 (2)."""
+    rank = _load("rank")
+    converged = np.array([True, False, True, True, False])
+    pd_ = np.array([True, False, False, True, False])
+    text = rank._open_case(converged, pd_)
+    assert "1/3 = 0.333" in text and "observation, not a verdict" in text
+    assert "no flow" in rank._open_case(converged, np.ones(5, bool))

@@ -36,7 +36,11 @@ Conventions and tolerances (all keyword arguments, recorded in the output's attr
     point eigenvalues move by O(d); along a direction where L is quartic the eigenvalue at
     gradient norm g is O(g^(2/3)): the absolute floor calls such directions zero, and keeps a
     Hessian that vanishes as a whole (an l_p interpolating limit, p >= 4) from being judged
-    against its own rounding. Raise ``eig_tol`` when ``grad_tol`` is large.
+    against its own rounding. Raise ``eig_tol`` when ``grad_tol`` is large. The relative part
+    cannot tell an ill-conditioned minimum from a degenerate point: a strict minimum with
+    ``lambda_min / rho < eig_tol`` (e.g. on data with a nearly singular window Gram, where
+    ~3e-8 was seen) is labelled ``degenerate`` (study reports name such limits); refine the
+    limit (a Newton-converged flow: ``rosenbrock``/``auto``) and lower ``eig_tol`` to decide.
 ``gap_tol`` (relative, default 1e-6)
     ``L(w) - L_ref <= gap_tol * L_scale`` with ``L_scale = L(v = 0)`` (the loss of the zero
     network; ``||Y||_F^2`` for the square loss; 1 if that is 0). Used for ``is_global``,

@@ -97,7 +97,8 @@ def lemma36_bound(problem, loss_value):
 def rank_report(problem, ds=None, *, loss0=None):
     """Rank conditions on the data, and the bound of Lemma 3.6 against observed ||v(t)||_1.
 
-    Two conditions (which of them decides convergence is open: the paper assumes the first):
+    Two conditions (the paper assumes the first; the second suffices for convergence too, by
+    Theorem 3.4 (2) and the Gram bound below; what a singular A allows is open):
 
     - the paper's hypothesis: ``X X^T`` (d0, d0) has full rank (needs m >= d0);
     - the window Gram ``A`` (k_v, k_v) is positive definite, i.e. ``v -> V X`` is injective.

@@ -207,7 +207,29 @@ def _limits_section(table, varying):
         "without a finite limit (non_finite: diverged) counts as not at the reference. "
         "Intervals: Wilson score, 95%.",
         markdown_table(_cell_frame(table, varying, cols)),
-    ])  # fmt: skip
+    ] + _degenerate_pd_note(table))  # fmt: skip
+
+
+def _degenerate_pd_note(table):
+    """[markdown] for the cells with degenerate limits that only the relative tolerance
+    calls degenerate (statistics._relative_only_degenerate), else []."""
+    if "n_degenerate_pd" not in table or not (table["n_degenerate_pd"].fillna(0) > 0).any():
+        return []
+    rows = table[table["n_degenerate_pd"].fillna(0) > 0]
+    cells = ", ".join(
+        f"{cell} ({int(r['n_degenerate_pd'])} of {int(r['n_flows'])}, lambda_min / rho "
+        f"{_fmt(r['degenerate_pd_ratio_min'])} to {_fmt(r['degenerate_pd_ratio_max'])})"
+        for cell, r in rows.iterrows()
+    )
+    return [
+        "*degenerate* by the relative tolerance only: in cells " + cells + ", degenerate "
+        "limits have a positive definite projected Hessian whose smallest eigenvalue lies "
+        "above the absolute resolution max(g^(2/3), eps L(v=0)) but below eig_tol rho (rho "
+        "the largest |eigenvalue|). These are ill-conditioned minima (e.g. a nearly singular "
+        "window Gram) or points the tolerance cannot resolve: the label cannot tell them "
+        "apart (`hess_min_eig_balanced`, `hess_scale_balanced` per flow; refine the limits "
+        "and classify them with a smaller eig_tol to decide)."
+    ]
 
 
 def _prop51_section(table, ds, varying):

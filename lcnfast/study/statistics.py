@@ -49,7 +49,32 @@ def _quantiles(x, name):
 
 def _label_stats(sub):
     label = sub["label"].values
-    return {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
+    out = {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
+    out.update(_relative_only_degenerate(sub, label))
+    return out
+
+
+def _relative_only_degenerate(sub, label):
+    """``n_degenerate_pd``: flows labelled degenerate whose balanced projected Hessian is
+    positive definite above the absolute resolution of lcnfast.analysis, ``max(g^(2/3),
+    eps L(v=0))`` (g = ||grad L|| at the limit), so that only the relative part
+    ``eig_tol * rho`` calls their smallest eigenvalue zero: ill-conditioned minima (e.g. data
+    with a nearly singular window Gram) or points the tolerance cannot resolve.
+    ``degenerate_pd_ratio_min/max``: the range of lambda_min / rho over them."""
+    need = ("hess_min_eig_balanced", "hess_scale_balanced", "limit_grad_norm")
+    if not all(v in sub for v in need):
+        return {"n_degenerate_pd": 0}
+    lam = sub["hess_min_eig_balanced"].values
+    rho = sub["hess_scale_balanced"].values
+    with np.errstate(invalid="ignore"):
+        floor = np.abs(sub["limit_grad_norm"].values) ** (2.0 / 3.0)
+        if "loss_scale" in sub:
+            floor = np.fmax(floor, np.finfo(float).eps * sub["loss_scale"].values)
+        pd_ = (label == LABELS.index("degenerate")) & (lam > floor)
+        ratio = lam[pd_] / rho[pd_]
+    return {"n_degenerate_pd": int(pd_.sum()),
+            "degenerate_pd_ratio_min": float(ratio.min()) if ratio.size else np.nan,
+            "degenerate_pd_ratio_max": float(ratio.max()) if ratio.size else np.nan}  # fmt: skip
 
 
 def _global_known(sub):
@@ -165,8 +190,9 @@ def cell_summary(ds, study):
     within it, ``n_lemma36_nonfinite`` with a non-finite v_l1_max, ``lemma36_ratio_q10/50/90``
     = bound / v_l1_max; the same for ``gram``), and quantiles ``t_final_q*``, ``steps_q*``
     (accepted + rejected), ``grad_evals_q*``, ``drift_q*`` (balance_drift),
-    ``n_loss_increased``, ``status_<name>``. Every quantile ``<name>_q*`` comes with
-    ``<name>_n``, the number of finite values it is taken over.
+    ``n_loss_increased``, ``status_<name>``, ``n_degenerate_pd`` (degenerate only by the
+    relative eig_tol, with ``degenerate_pd_ratio_min/max``). Every quantile ``<name>_q*``
+    comes with ``<name>_n``, the number of finite values it is taken over.
     """
     varying = varying_factors(study)
     n_expected = study.spec["data"]["n_datasets"] * study.spec["flows_per_dataset"]

@@ -194,8 +194,9 @@ def _claims(ds, fl):
     glob = fl["is_global"].values
     ok = np.where(np.isfinite(fl["match"].values), fl["match"].values <= MATCH_TOL, np.nan)
     return [
-        check("Stride 1: at the global minimum each layer's roots are roots of the optimal v "
-              "(v's polynomial is the product of the layer polynomials)",
+        check("Consistency, stride 1: at the global minimum each layer's roots are roots of "
+              "the optimal v (true at any w with pi(w) = v*, by Prop. 2.1: v's polynomial is "
+              "the product of the layer polynomials; this tests the roots and the tolerances)",
               f"matched chordal distance <= {MATCH_TOL:g} (flows stop at ||grad L|| <= "
               "1e-10; a simple root moves by ~||v - v*|| / |p'(z)|)", ok, applies=glob,
               detail={"match distance": fl["match"].values}),
