@@ -454,11 +454,12 @@ def test_fraction_global_labels_cells_by_their_levels():
 
 def test_degenerate_limits_that_only_the_relative_tolerance_calls_degenerate_are_named(
         study_dir, loaded):
-    """Claim: a degenerate limit whose balanced spectrum is positive above the absolute
-    resolution max(g^(2/3), eps L(v=0)) is one that only eig_tol * rho calls degenerate (an
-    ill-conditioned minimum, as on nearly singular data: lambda_min / rho ~ 3e-8 there); the
-    report counts those per cell and says so, and does not count degenerate limits with an
-    eigenvalue at the resolution (a true zero) or labels other than degenerate."""
+    """Claim: a degenerate limit whose balanced spectrum is positive above what a quartic
+    direction shows at its gradient norm g (12 rho^(1/3) (g/4)^(2/3)) is one that only
+    eig_tol * rho calls degenerate (an ill-conditioned minimum, as on nearly singular data:
+    lambda_min / rho ~ 3e-8 there); the report counts those per cell and says so, and does not
+    count degenerate limits below that (a quartic direction, as at the common-root limits of
+    the limits study) or labels other than degenerate."""
     ds = loaded.copy(deep=True)
     study = read_spec(study_dir)
     flows = np.flatnonzero(ds["cell"].values == 0)
@@ -466,11 +467,12 @@ def test_degenerate_limits_that_only_the_relative_tolerance_calls_degenerate_are
     g = ds["limit_grad_norm"].values[flows[:3]]
     ds["label"].values[flows[:3]] = deg
     ds["hess_scale_balanced"].values[flows[:3]] = 1e3
-    # two above the resolution g^(2/3) (by 10x), one at it: only the first two count
-    ds["hess_min_eig_balanced"].values[flows[:3]] = 10 * g ** (2 / 3) * np.array([1, 2, 0.1])
+    quartic = 12 * 1e3 ** (1 / 3) * (g / 4) ** (2 / 3)
+    # two above the quartic eigenvalue (by 2x and 4x), one below it: only the first two count
+    ds["hess_min_eig_balanced"].values[flows[:3]] = quartic * np.array([2, 4, 0.9])
     row = R.cell_summary(ds, study).loc[0]
     assert row["n_degenerate_pd"] == 2
-    ratios = 10 * g[:2] ** (2 / 3) * np.array([1, 2]) / 1e3
+    ratios = quartic[:2] * np.array([2, 4]) / 1e3
     assert row["degenerate_pd_ratio_min"] == pytest.approx(ratios.min())
     assert row["degenerate_pd_ratio_max"] == pytest.approx(ratios.max())
     text = R._limits_section(R.cell_summary(ds, study), R.varying_factors(study))

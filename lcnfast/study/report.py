@@ -223,12 +223,13 @@ def _degenerate_pd_note(table):
     )
     return [
         "*degenerate* by the relative tolerance only: in cells " + cells + ", degenerate "
-        "limits have a positive definite projected Hessian whose smallest eigenvalue lies "
-        "above the absolute resolution max(g^(2/3), eps L(v=0)) but below eig_tol rho (rho "
-        "the largest |eigenvalue|). These are ill-conditioned minima (e.g. a nearly singular "
-        "window Gram) or points the tolerance cannot resolve: the label cannot tell them "
-        "apart (`hess_min_eig_balanced`, `hess_scale_balanced` per flow; refine the limits "
-        "and classify them with a smaller eig_tol to decide)."
+        "limits have a positive definite projected Hessian whose smallest eigenvalue is "
+        "below eig_tol rho (rho the largest |eigenvalue|) but above what a degenerate "
+        "direction shows at the limit's gradient norm g (12 rho^(1/3) (g/4)^(2/3): a quartic "
+        "direction L = c delta^4 with c up to rho). Most likely ill-conditioned strict "
+        "minima (e.g. a nearly singular window Gram), which the relative tolerance cannot "
+        "tell from degenerate points (`hess_min_eig_balanced`, `hess_scale_balanced` per "
+        "flow; classify the limits with a smaller eig_tol to label them)."
     ]
 
 

@@ -56,10 +56,14 @@ def _label_stats(sub):
 
 def _relative_only_degenerate(sub, label):
     """``n_degenerate_pd``: flows labelled degenerate whose balanced projected Hessian is
-    positive definite above the absolute resolution of lcnfast.analysis, ``max(g^(2/3),
-    eps L(v=0))`` (g = ||grad L|| at the limit), so that only the relative part
-    ``eig_tol * rho`` calls their smallest eigenvalue zero: ill-conditioned minima (e.g. data
-    with a nearly singular window Gram) or points the tolerance cannot resolve.
+    positive definite above what a degenerate direction shows at the limit's gradient norm g,
+    ``max(12 rho^(1/3) (g/4)^(2/3), eps L(v=0))``: along a quartic direction
+    ``L = c delta^4`` the gradient ``g = 4 c delta^3`` comes with the eigenvalue
+    ``12 c delta^2 = 12 c^(1/3) (g/4)^(2/3)``, here with c up to rho (the largest
+    |eigenvalue|, the Hessian's own scale). Only the relative part ``eig_tol * rho`` of
+    lcnfast.analysis calls their smallest eigenvalue zero: ill-conditioned minima, e.g. on data
+    with a nearly singular window Gram (measured: lambda_min / g^(2/3) ~ 35-8000 there, ~3-11
+    at the quartic common-root limits of the `limits` study, which this leaves out).
     ``degenerate_pd_ratio_min/max``: the range of lambda_min / rho over them."""
     need = ("hess_min_eig_balanced", "hess_scale_balanced", "limit_grad_norm")
     if not all(v in sub for v in need):
@@ -67,7 +71,8 @@ def _relative_only_degenerate(sub, label):
     lam = sub["hess_min_eig_balanced"].values
     rho = sub["hess_scale_balanced"].values
     with np.errstate(invalid="ignore"):
-        floor = np.abs(sub["limit_grad_norm"].values) ** (2.0 / 3.0)
+        g = np.abs(sub["limit_grad_norm"].values)
+        floor = 12.0 * np.cbrt(rho) * (g / 4.0) ** (2.0 / 3.0)
         if "loss_scale" in sub:
             floor = np.fmax(floor, np.finfo(float).eps * sub["loss_scale"].values)
         pd_ = (label == LABELS.index("degenerate")) & (lam > floor)
