@@ -126,8 +126,8 @@ def _cmd_status(a):
 
     study = read_spec(a.dir)
     done = finished_shards(a.dir, study.spec_hash)
-    n_done = sum(s.n_flows for s in done)
     todo = plan(study, done, study.spec["shard_size"])
+    n_done = study.n_flows - sum(s.n_flows for s in todo)  # each flow once (shards can overlap)
     print(f"study {study.name} ({a.dir}), spec hash {study.spec_hash[:12]}")
     print(f"cells {len(study.cells)}, flows {n_done}/{study.n_flows} done in {len(done)} shards")
     if todo:

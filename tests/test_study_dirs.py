@@ -223,6 +223,92 @@ def test_a_damaged_dataset_file_is_written_again(study):
     assert_same_results(ref, load(out))
 
 
+def _damage_inside(path, readable_header):
+    """Overwrite 64 bytes of ``path`` somewhere its header still reads (readable_header(path)
+    passes) while its data no longer do (lcnfast.open_dataset raises): a disk fault inside
+    the file. The first such offset, so the test is deterministic."""
+    data = path.read_bytes()
+    for offset in range(len(data) // 3, len(data) - 64, 97):
+        path.write_bytes(data[:offset] + bytes(range(64)) + data[offset + 64:])
+        try:
+            readable_header(path)
+        except (OSError, RuntimeError, AttributeError):
+            continue
+        try:
+            lcnfast.open_dataset(path)
+        except (OSError, RuntimeError, ValueError, KeyError, AttributeError):
+            return offset
+    pytest.fail(f"no offset of {path} damages the data but not the header")
+
+
+def test_a_shard_damaged_inside_is_named_then_set_aside_and_recomputed(study, capsys):
+    """A shard whose header reads (spec hash, flow count) but whose data do not passed the
+    finished-shard check; then status, load and the report failed with a raw 'NetCDF: HDF
+    error' traceback naming no file, and no run could repair it. Now reading it names the
+    file in one line, and a run with its report sets it aside and computes its flows again."""
+    from lcnfast.study.shards import DamagedShardError, _shard_header
+
+    spec, out, ref = study
+    p = sorted((out / "shards").glob("c*.nc"))[1]
+    _damage_inside(p, _shard_header)
+    assert len(finished_shards(out, load_spec(spec).spec_hash)) == 3  # the header passes
+    rc, _, err = lcn(capsys, "study", "status", out)
+    assert rc == 1 and f"shard file {p} is damaged" in error_line(err)
+    with pytest.raises(DamagedShardError, match="run the study again"):
+        load(out)
+    with pytest.warns(UserWarning, match=r"is damaged \(its data cannot be read\): moved"):
+        s = run_study(spec, out, progress=False)
+    assert s.report is not None and s.n_flows_run == 1
+    assert (out / "shards" / (p.name + ".damaged")).exists()
+    assert_same_results(ref, load(out))
+
+
+def test_a_dataset_file_damaged_inside_is_written_again(study):
+    """The same for a dataset file (X, Y): a file whose header reads but whose contents do
+    not is written again (a run reads it in full before it counts as written; the robustness
+    hunt's damage left every run failing in the warm-up with a raw 'NetCDF: HDF error'), and
+    the results are the same."""
+    from lcnfast.study.shards import _file_hash
+
+    spec, out, ref = study
+    data = next((out / "datasets").glob("*.nc"))
+    _damage_inside(data, _file_hash)
+    victim = sorted((out / "shards").glob("c*.nc"))[0]
+    victim.unlink()  # a flow to run, so the run reads the data
+    run_study(spec, out, progress=False, report=False)
+    lcnfast.open_dataset(data)  # written again
+    assert_same_results(ref, load(out))
+
+
+def test_a_shard_under_another_shards_name_is_not_finished(study):
+    """A shard file copied over another shard's name (a manual copy, a merge gone wrong) has
+    the right spec and flow count: it was accepted, and load duplicated its flows and lost
+    the real ones. Its recorded name now decides."""
+    spec, out, ref = study
+    a, b = sorted((out / "shards").glob("c*.nc"))[:2]
+    shutil.copy(a, b)
+    with pytest.warns(UserWarning, match=rf"shard file {b} is damaged \(it holds shard {a.stem}\)"):
+        assert len(finished_shards(out, load_spec(spec).spec_hash)) == 2
+    with pytest.warns(UserWarning, match="moved"):
+        run_study(spec, out, progress=False, report=False)
+    assert_same_results(ref, load(out))
+
+
+def test_overlapping_shards_give_each_flow_once(study, tmp_path, capsys):
+    """Shards of two sizes over the same flows (a run resumed with another --shard-size
+    while the workers of an interrupted --scheduler run still wrote theirs): status counted
+    6/3 flows and load returned every flow twice. Each flow is now read once."""
+    spec, out, ref = study
+    other = tmp_path / "other"
+    run_study(spec, other, shard_size=2, progress=False, report=False)
+    for p in (other / "shards").glob("c*.nc"):  # flows 0-1 and 2 again, in other files
+        shutil.copy(p, out / "shards" / p.name)
+    assert len(list((out / "shards").glob("c*.nc"))) == 4  # f2-3 is the same name
+    rc, text, err = lcn(capsys, "study", "status", out)
+    assert rc == 0 and "flows 3/3 done in 4 shards" in text, err
+    assert_same_results(ref, load(out))
+
+
 def test_to_netcdf_flushes_the_file_and_its_directory_to_disk(tmp_path, monkeypatch):
     synced = []
     real = os.fsync

@@ -11,10 +11,9 @@ import numpy as np
 import xarray as xr
 
 from .. import analysis as _analysis
-from ..io import open_dataset
 from ..problem import Problem
 from .directory import SPEC_FILE, read_spec_file
-from .shards import finished_shards, read_dataset
+from .shards import finished_shards, open_shard, read_dataset
 from .spec import COORDS, FACTORS, stored_study
 
 __all__ = ["load", "load_problem", "read_spec"]
@@ -78,10 +77,7 @@ def load(study_dir, *, cells=None):
     if not shards:
         which = "" if cells is None else f" of cells {sorted(cells)}"
         raise ValueError(f"study_dir: {study_dir} has no finished shards{which} yet")
-    parts = _common_dimension_coords([
-        open_dataset(Path(study_dir) / "shards" / f"{s.name}.nc")
-        for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0))
-    ])
+    parts = _common_dimension_coords(_distinct_flows(study_dir, shards))
     ds = xr.concat(
         parts,
         dim="flow",
@@ -101,6 +97,23 @@ def load(study_dir, *, cells=None):
         "n_flows_expected": study.n_flows,
     }
     return ds
+
+
+def _distinct_flows(study_dir, shards):
+    """The Datasets of the finished ``shards``, each flow once: shards of other sizes can
+    overlap (a run resumed with another ``--shard-size`` while workers of the interrupted one
+    still wrote theirs); a flow is the same computation in each, so the first file in
+    (cell, dataset, first flow) order keeps it."""
+    parts = []
+    covered = {}  # (cell, dataset) -> the end of the flows read so far
+    for s in sorted(shards, key=lambda s: (s.cell, s.dataset, s.f0)):
+        start = max(s.f0, covered.get((s.cell, s.dataset), 0))
+        if start >= s.f1:
+            continue
+        covered[(s.cell, s.dataset)] = s.f1
+        part = open_shard(Path(study_dir) / "shards" / f"{s.name}.nc")
+        parts.append(part.isel(flow=slice(start - s.f0, None)) if start > s.f0 else part)
+    return parts
 
 
 def _common_dimension_coords(parts):

@@ -34,7 +34,8 @@ import numpy as np
 from .. import analysis as _analysis
 from .._flow_args import thread_count
 from ..flows import STATUS, counting_finished_flows, threads as _threads
-from .shards import finished_shards, plan, reanalyse_shard, run_shard
+from .shards import (DamagedShardError, finished_shards, plan, reanalyse_shard, run_shard,
+                     set_aside_damaged)
 from .shards import shard_path, write_datasets
 from . import _keys, spec_checks
 from .directory import (SPEC_FILE, check_spec_file, lock, open_study_dir,
@@ -144,6 +145,22 @@ def _run_local(study, d, todo, n_threads, progress, summary):
             s = run_shard(str(d), study.spec, tuple(shard), n_threads)
         summary.add(s)
         progress.update(s["n_flows"] - counted.done, f"shards {i + 1}/{len(todo)}")
+
+
+def _report_repairing(study, d, shard_size, n_threads, summary):
+    """``write_report(d)``; a shard file whose data cannot be read (its header passed
+    finished_shards: a disk fault inside it) is set aside and its flows are computed again
+    here, then the report is written again (at most once per shard file)."""
+    from .report import write_report
+
+    while True:
+        try:
+            return write_report(d)
+        except DamagedShardError as e:
+            set_aside_damaged(e.path)
+            todo = plan(study, finished_shards(d, study.spec_hash, set_aside=True), shard_size)
+            bar = FlowProgress(sum(s.n_flows for s in todo), study.name, False)
+            _run_local(study, d, todo, n_threads, bar, summary)
 
 
 def _worker_env(threads_per_worker):
@@ -405,12 +422,10 @@ def run_study(
                 bar.close()
         remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
         if report and not summary.interrupted:
-            from .report import write_report
-
             t0 = time.perf_counter()
             with Ticker("writing the report (tables, figures)", progress and interactive()) \
                     if progress else contextlib.nullcontext():
-                summary.report = write_report(d)
+                summary.report = _report_repairing(study, d, shard_size, threads, summary)
             summary.report_seconds = time.perf_counter() - t0
         summary.wall_seconds = time.perf_counter() - t_start
     if progress:

@@ -84,11 +84,39 @@ def _file_hash(path):
 
 
 def _shard_header(path):
-    """``(spec hash, number of flows)`` of a shard file; OSError or RuntimeError when it
-    cannot be opened as netCDF (truncated, empty, not netCDF)."""
+    """``(spec hash, number of flows, recorded shard name)`` of a shard file; OSError or
+    RuntimeError when it cannot be opened as netCDF (truncated, empty, not netCDF)."""
     with netCDF4.Dataset(path) as f:
         n = f.dimensions["flow"].size if "flow" in f.dimensions else None
-        return getattr(f, "spec_hash", None), n
+        return getattr(f, "spec_hash", None), n, getattr(f, "shard", None)
+
+
+class DamagedShardError(OSError):
+    """A shard file whose header reads but whose data do not (a disk fault inside the file):
+    ``path``; a run sets it aside and computes its flows again. An OSError: the command line
+    names the file in one line and exits with status 1, as for any file it cannot read."""
+
+    def __init__(self, path, reason):
+        self.path = Path(path)
+        super().__init__(
+            f"shard file {path} is damaged ({reason}): run the study again (`lcnfast study "
+            "run`, which sets the file aside and computes its flows again)"
+        )
+
+
+def open_shard(path):
+    """The Dataset of a finished shard file, fully read; :class:`DamagedShardError` naming it
+    when its data cannot be read (the header check of :func:`finished_shards` passed)."""
+    try:
+        return open_dataset(path)
+    except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as e:
+        raise DamagedShardError(path, getattr(e, "strerror", None) or str(e)) from e
+
+
+def set_aside_damaged(path):
+    """Rename the damaged shard file ``path`` to ``<name>.damaged`` (with a warning): a run,
+    which holds the directory's lock, then computes its flows again."""
+    _set_aside(Path(path), "its data cannot be read", True)
 
 
 def _set_aside(path, reason, move):
@@ -114,9 +142,11 @@ def finished_shards(study_dir, spec_hash, *, set_aside=False):
     """Shards whose file exists and carries ``spec_hash`` (others raise: never mixed).
 
     A shard file that cannot be opened as netCDF (truncated, empty: a copy cut short, a disk
-    fault) or does not hold its shard's flows is not finished: a warning names it, and with
-    ``set_aside`` (a run, which holds the directory's lock) it is renamed to
-    ``<name>.damaged``, so that the run computes its flows again.
+    fault), does not hold its shard's flows or records another shard's name (a file copied
+    or renamed by hand) is not finished: a warning names it, and with ``set_aside`` (a run,
+    which holds the directory's lock) it is renamed to ``<name>.damaged``, so that the run
+    computes its flows again. Only the header is read here; damage inside the data shows
+    when the shard is read (:func:`open_shard`).
     """
     done = []
     for p in sorted((Path(study_dir) / "shards").glob("*.nc")):
@@ -125,8 +155,8 @@ def finished_shards(study_dir, spec_hash, *, set_aside=False):
             continue
         shard = Shard(*map(int, m.groups()))
         try:
-            h, n = _shard_header(p)
-        except (OSError, RuntimeError) as e:
+            h, n, name = _shard_header(p)
+        except (OSError, RuntimeError, AttributeError) as e:  # AttributeError: a damaged attribute
             _set_aside(p, getattr(e, "strerror", None) or str(e), set_aside)
             continue
         if h != spec_hash:
@@ -137,16 +167,23 @@ def finished_shards(study_dir, spec_hash, *, set_aside=False):
         if n != shard.n_flows:
             _set_aside(p, f"{n} flows, not {shard.n_flows}", set_aside)
             continue
+        if name is not None and name != shard.name:
+            _set_aside(p, f"it holds shard {name}", set_aside)
+            continue
         done.append(shard)
     return done
 
 
 def _dataset_written(path, spec_hash):
-    """Whether the dataset file ``path`` exists and holds data of ``spec_hash`` (a file that
-    cannot be read is written again)."""
+    """Whether the dataset file ``path`` exists and holds data of ``spec_hash``, read in full
+    (a file that cannot be read, header or data, is written again: the data are drawn again
+    from the seeds, the same numbers)."""
     try:
-        return path.exists() and _file_hash(path) == spec_hash
-    except (OSError, RuntimeError):
+        if not (path.exists() and _file_hash(path) == spec_hash):
+            return False
+        open_dataset(path)  # as the run reads it: every variable and attribute
+        return True
+    except (OSError, RuntimeError, KeyError, ValueError, AttributeError):
         return False
 
 
@@ -306,8 +343,7 @@ def reanalyse_shard(study_dir, spec, path):
     cell = study.cells[shard.cell]
     X, Y = read_dataset(study_dir, shard.cell, shard.dataset)
     problem = Problem(cell.arch(), X, Y, cell.loss_fn())
-    with open_dataset(path) as f:
-        ds = f.load()
+    ds = open_shard(path)
     if ds.attrs.get("spec_hash") != study.spec_hash:
         raise ValueError(f"{path} belongs to another spec: use its own study directory")
     t0 = time.perf_counter()
