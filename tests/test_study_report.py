@@ -466,13 +466,18 @@ def test_degenerate_limits_that_only_the_relative_tolerance_calls_degenerate_are
     deg = R.LABELS.index("degenerate")
     g = ds["limit_grad_norm"].values[flows[:3]]
     ds["label"].values[flows[:3]] = deg
-    ds["hess_scale_balanced"].values[flows[:3]] = 1e3
-    quartic = 12 * 1e3 ** (1 / 3) * (g / 4) ** (2 / 3)
+    ds["hess_scale_balanced"].values[flows[:3]] = 1e6
+    quartic = 12 * 1e6 ** (1 / 3) * (g / 4) ** (2 / 3)
     # two above the quartic eigenvalue (by 2x and 4x), one below it: only the first two count
     ds["hess_min_eig_balanced"].values[flows[:3]] = quartic * np.array([2, 4, 0.9])
+    assert (quartic * 4 < 1e-6 * 1e6).all()  # all three under eig_tol * rho
     row = R.cell_summary(ds, study).loc[0]
     assert row["n_degenerate_pd"] == 2
-    ratios = quartic[:2] * np.array([2, 4]) / 1e3
+    # degenerate for another reason (an eigenvalue above eig_tol * rho is not what made it so)
+    ds2 = ds.copy(deep=True)
+    ds2["hess_min_eig_balanced"].values[flows[0]] = 2.0
+    assert R.cell_summary(ds2, study).loc[0]["n_degenerate_pd"] == 1
+    ratios = quartic[:2] * np.array([2, 4]) / 1e6
     assert row["degenerate_pd_ratio_min"] == pytest.approx(ratios.min())
     assert row["degenerate_pd_ratio_max"] == pytest.approx(ratios.max())
     text = R._limits_section(R.cell_summary(ds, study), R.varying_factors(study))
