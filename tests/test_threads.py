@@ -172,7 +172,14 @@ def test_an_interrupt_while_waiting_stops_the_workers_before_it_propagates():
         ended.append(bool(stop[0]))
 
     stop = np.zeros(1, np.int64)
-    with pytest.raises(KeyboardInterrupt):
-        run_workers(worker, (stop,), 2, stop)
+    # Python's own handler, whatever this process inherited: started in the background by a
+    # non-interactive shell (`nohup ... &`), a process begins with SIGINT ignored, and the
+    # signal would never arrive (a CI run launched that way failed here after 30 s)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_workers(worker, (stop,), 2, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert ended == [True]
     assert stop[0] == 1
