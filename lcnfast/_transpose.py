@@ -68,25 +68,30 @@ def _transpose4x4(typingctx, src, s0, s_stride, dst, d0, d_stride):
 
 
 @nb.njit(**_JIT)
+def _copy_transposed(src, s0, s_stride, dst, d0, d_stride, rows, cols):
+    """``dst[d0 + j d_stride + i] = src[s0 + i s_stride + j]`` for i < rows, j < cols: the
+    (rows, cols) block of the flat array src at s0 (rows s_stride apart) into dst transposed;
+    4 x 4 blocks by :func:`_transpose4x4`, the last cols % 4 and rows % 4 one by one."""
+    r4 = rows - rows % 4
+    c4 = cols - cols % 4
+    for i in range(0, r4, 4):
+        for j in range(0, c4, 4):
+            _transpose4x4(src, s0 + i * s_stride + j, s_stride, dst, d0 + j * d_stride + i,
+                          d_stride)  # fmt: skip
+    for i in range(r4):
+        for j in range(c4, cols):
+            dst[d0 + j * d_stride + i] = src[s0 + i * s_stride + j]
+    for i in range(r4, rows):
+        for j in range(cols):
+            dst[d0 + j * d_stride + i] = src[s0 + i * s_stride + j]
+
+
+@nb.njit(**_JIT)
 def rows_to_lanes(W, f0, c, Wl):
     """``Wl[q, b] = W[f0 + b, q]`` for b < c, q < n: rows f0..f0+c-1 of W (K, n) into the
     lanes of Wl (n, >= c); both C-contiguous, the ranges the caller's duty."""
     n = W.shape[1]
-    lanes = Wl.shape[1]
-    src = W.reshape(W.size)
-    dst = Wl.reshape(Wl.size)
-    n4 = n - n % 4
-    c4 = c - c % 4
-    for b in range(0, c4, 4):
-        row = (f0 + b) * n
-        for q in range(0, n4, 4):
-            _transpose4x4(src, row + q, n, dst, q * lanes + b, lanes)
-    for q in range(n4, n):
-        for b in range(c4):
-            dst[q * lanes + b] = src[(f0 + b) * n + q]
-    for b in range(c4, c):
-        for q in range(n):
-            dst[q * lanes + b] = src[(f0 + b) * n + q]
+    _copy_transposed(W.reshape(W.size), f0 * n, n, Wl.reshape(Wl.size), 0, Wl.shape[1], c, n)
 
 
 @nb.njit(**_JIT)
@@ -94,18 +99,4 @@ def lanes_to_rows(Gl, c, G, f0):
     """``G[f0 + b, q] = Gl[q, b]`` for b < c, q < n: the first c lanes of Gl (n, >= c) into
     rows f0..f0+c-1 of G (K, n); both C-contiguous, the ranges the caller's duty."""
     n = G.shape[1]
-    lanes = Gl.shape[1]
-    src = Gl.reshape(Gl.size)
-    dst = G.reshape(G.size)
-    n4 = n - n % 4
-    c4 = c - c % 4
-    for b in range(0, c4, 4):
-        row = (f0 + b) * n
-        for q in range(0, n4, 4):
-            _transpose4x4(src, q * lanes + b, lanes, dst, row + q, n)
-    for q in range(n4, n):
-        for b in range(c4):
-            dst[(f0 + b) * n + q] = src[q * lanes + b]
-    for b in range(c4, c):
-        for q in range(n):
-            dst[(f0 + b) * n + q] = src[q * lanes + b]
+    _copy_transposed(Gl.reshape(Gl.size), 0, Gl.shape[1], G.reshape(G.size), f0 * n, n, n, c)
