@@ -153,10 +153,14 @@ def _report_repairing(study, d, shard_size, n_threads, summary):
     here, then the report is written again (at most once per shard file)."""
     from .report import write_report
 
+    repaired = set()
     while True:
         try:
             return write_report(d)
         except DamagedShardError as e:
+            if e.path in repaired:  # damaged again once computed again: the disk, not the file
+                raise
+            repaired.add(e.path)
             set_aside_damaged(e.path)
             todo = plan(study, finished_shards(d, study.spec_hash, set_aside=True), shard_size)
             bar = FlowProgress(sum(s.n_flows for s in todo), study.name, False)
