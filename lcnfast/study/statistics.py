@@ -9,13 +9,11 @@ otherwise; quantiles are over the flows with a finite value and say how many tho
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import scipy.stats
 
-from ..analysis import DEFAULTS, LABELS
+from ..analysis import LABELS
 from ..flows import STATUS
 from .figures import QUANTILES as _Q
 from .spec import FACTORS
@@ -49,22 +47,23 @@ def _quantiles(x, name):
             f"{name}_n": int(x.size)}  # fmt: skip
 
 
-def _label_stats(sub):
+def _label_stats(sub, eig_tol):
     label = sub["label"].values
     out = {f"frac_{name}": float(np.mean(label == code)) for code, name in enumerate(LABELS)}
-    out.update(_relative_only_degenerate(sub, label))
+    out.update(_relative_only_degenerate(sub, label, eig_tol))
     return out
 
 
-def _relative_only_degenerate(sub, label):
+def _relative_only_degenerate(sub, label, eig_tol):
     """``n_degenerate_pd``: flows labelled degenerate whose balanced projected Hessian is
     positive definite above what a degenerate direction shows at the limit's gradient norm g,
     ``max(12 rho^(1/3) (g/4)^(2/3), g^(2/3), eps L(v=0))``: along a quartic direction
     ``L = c delta^4`` the gradient ``g = 4 c delta^3`` comes with the eigenvalue
     ``12 c delta^2 = 12 c^(1/3) (g/4)^(2/3)``, here with c up to rho (the largest
-    |eigenvalue|, the Hessian's own scale), and at most ``eig_tol * rho``: only the relative
-    part of lcnfast.analysis's tolerance calls their smallest eigenvalue zero: ill-conditioned minima, e.g. on data
-    with a nearly singular window Gram (measured: lambda_min / g^(2/3) ~ 35-8000 there, ~3-11
+    |eigenvalue|, the Hessian's own scale), and at most ``eig_tol * rho`` (the study's
+    analysis tolerance): only the relative part of lcnfast.analysis's threshold calls their
+    smallest eigenvalue zero. Ill-conditioned minima, e.g. on data with a nearly singular
+    window Gram (measured: lambda_min / g^(2/3) ~ 35-8000 there, ~3-11
     at the quartic common-root limits of the `limits` study, which this leaves out).
     ``degenerate_pd_ratio_min/max``: the range of lambda_min / rho over them."""
     need = ("hess_min_eig_balanced", "hess_scale_balanced", "limit_grad_norm")
@@ -78,17 +77,11 @@ def _relative_only_degenerate(sub, label):
         floor = np.fmax(12.0 * np.cbrt(rho) * (g / 4.0) ** (2.0 / 3.0), g ** (2.0 / 3.0))
         if "loss_scale" in sub:
             floor = np.fmax(floor, np.finfo(float).eps * sub["loss_scale"].values)
-        pd_ = (label == LABELS.index("degenerate")) & (lam > floor) & (lam <= _eig_tol(sub) * rho)
+        pd_ = (label == LABELS.index("degenerate")) & (lam > floor) & (lam <= eig_tol * rho)
         ratio = lam[pd_] / rho[pd_]
     return {"n_degenerate_pd": int(pd_.sum()),
             "degenerate_pd_ratio_min": float(ratio.min()) if ratio.size else np.nan,
             "degenerate_pd_ratio_max": float(ratio.max()) if ratio.size else np.nan}  # fmt: skip
-
-
-def _eig_tol(sub):
-    """The study's ``analysis.eig_tol`` (from the spec a loaded study Dataset carries)."""
-    spec = json.loads(sub.attrs.get("spec", "{}"))
-    return float(spec.get("analysis", {}).get("eig_tol", DEFAULTS["eig_tol"]))
 
 
 def _global_known(sub):
@@ -218,8 +211,8 @@ def cell_summary(ds, study):
         row.update(n_flows=sel.size, n_expected=n_expected)
         if sel.size:
             sub = ds.isel(flow=sel)
-            for part in (_label_stats, _reference_stats, _prop51_stats, _bound_stats,
-                         _integration_stats):  # fmt: skip
+            row.update(_label_stats(sub, study.spec["analysis"]["eig_tol"]))
+            for part in (_reference_stats, _prop51_stats, _bound_stats, _integration_stats):
                 row.update(part(sub))
         rows[c.index] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
