@@ -1,6 +1,6 @@
 """Gradient descent ``w <- w - h grad L(w)`` (explicit Euler on eq. 1.7) for many flows at
-once, ``LANES`` flows per worker (see :mod:`lcnfast._integrate` for the layout, the load
-balancing and the interruption).
+once, ``LANES`` flows per worker (``opt.width`` through the generated kernel; see
+:mod:`lcnfast._integrate` for the layout, the load balancing and the interruption).
 
 Private module: inputs are validated by :mod:`lcnfast.flows`.
 """
@@ -33,7 +33,7 @@ def _lane_norms(G, V, Y, gn, v1, wn):
     # runs this and the step below every step: 4.0-4.3e7 -> 5.2-5.3e7 evaluations/s on one
     # thread. The Dormand-Prince stage combinations go further: see
     # lcnfast._rk45._rk_stage_point.
-    nl = Y.shape[1]  # = LANES
+    nl = Y.shape[1]  # the lane count
     for b in range(nl):
         gn[b] = 0.0
         v1[b] = 0.0
@@ -53,35 +53,37 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 @nb.njit(**_JIT)
 def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     """Gradient descent for the rows of W0 (K, n) into ``out`` (_integrate.FlowOutputs),
-    ``LANES`` flows at a time, taking the next flow from ``counter`` (1,) int64 shared with
-    the other workers; gradients through the generated kernel ``kern`` when ``use_kern``.
-    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt. Run on several
-    threads at once by lcnfast._threads.run_workers."""
+    ``LANES`` flows at a time (``opt.width`` when ``use_kern``), taking the next flow from
+    ``counter`` (1,) int64 shared with the other workers; gradients through the generated
+    kernel ``kern`` when ``use_kern``. ``stop`` (1,) int64: set ``stop[0]`` from another thread
+    to interrupt. Run on several threads at once by lcnfast._threads.run_workers."""
     K, n = W0.shape
     N = model.k.shape[0]
     lws = new_lane_workspace(model)
-    V = lws.P[N]  # (k_v, LANES) final filters of the last evaluation
-    Y = np.zeros((n, LANES))
-    G = np.zeros((n, LANES))
-    L = np.zeros(LANES)
-    L_prev = np.zeros(LANES)
-    gn = np.zeros(LANES)
-    v1 = np.zeros(LANES)
-    wn = np.zeros(LANES)
-    flow = np.full(LANES, -1, np.int64)
-    step = np.zeros(LANES, np.int64)
-    next_save = np.zeros(LANES, np.int64)  # step of the lane's next save (no modulo per step)
+    # flows side by side: opt.width through the generated kernel (which takes any width), else
+    # the generic lane kernels' LANES
+    nl = opt.width if use_kern else LANES
+    V = lws.P[N] if not use_kern else np.zeros((model.k_v, nl))  # (k_v, nl) final filters
+    Y = np.zeros((n, nl))
+    G = np.zeros((n, nl))
+    L = np.zeros(nl)
+    L_prev = np.zeros(nl)
+    gn = np.zeros(nl)
+    v1 = np.zeros(nl)
+    wn = np.zeros(nl)
+    flow = np.full(nl, -1, np.int64)
+    step = np.zeros(nl, np.int64)
+    next_save = np.zeros(nl, np.int64)  # step of the lane's next save (no modulo per step)
     h = opt.h
     # the hot arrays, out of their tuples once (see "The hot path" below)
     A = model.A
     bvec = model.b
     yy = model.yy
-    M = np.zeros((3, LANES))  # running maxima per lane, see _lane_maxima
+    M = np.zeros((3, nl))  # running maxima per lane, see _lane_maxima
     levels = opt.levels
-    nl = Y.shape[1]  # = LANES, for the step's loop: read at run time, see _lane_norms
     while True:
         n_active = 0
-        for b in range(LANES):
+        for b in range(nl):
             if flow[b] < 0:
                 f = _fetch_add(counter, 0, 1)
                 if f < K:
@@ -103,7 +105,7 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
         else:
             loss_grad_lanes(model, Y, lws, G, L, _flag(True))
         _lane_norms(G, V, Y, gn, v1, wn)
-        for b in range(LANES):
+        for b in range(nl):
             f = flow[b]
             if f < 0:
                 continue
@@ -145,7 +147,7 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             step[b] = j + 1
             L_prev[b] = L[b]
         if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows at their state
-            for b in range(LANES):
+            for b in range(nl):
                 f = flow[b]
                 if f >= 0:
                     j = step[b] - 1

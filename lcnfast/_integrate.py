@@ -8,7 +8,8 @@ Private module: inputs are validated by :mod:`lcnfast.flows`.
 Layout and load balancing: one worker kernel runs per thread
 (:func:`lcnfast._threads.run_workers`: Python threads entering the ``nogil`` kernel, which
 compiles in far less time than a ``prange`` wrapper would). A worker advances ``LANES`` flows
-side by side (:mod:`lcnfast._lanes`): every Runge-Kutta stage or Euler step evaluates the
+side by side (:mod:`lcnfast._lanes`), or ``opt.width`` through the generated kernel
+(:func:`lcnfast._lane_width.flow_width`): every Runge-Kutta stage or Euler step evaluates the
 gradients of all its lanes in one SIMD pass, while each lane keeps its own time, step size,
 accept/reject decisions and stopping rule. When a lane's flow stops, the lane takes the next
 unstarted flow from a counter shared by all workers (an atomic fetch-and-add), so uneven flows
@@ -100,6 +101,7 @@ class RKOptions(NamedTuple):
     max_steps: int  # attempted (accepted + rejected) steps per flow
     save_t: np.ndarray  # (T,) increasing save times in [0, t_end]
     levels: np.ndarray  # (Q,) loss levels whose first passage times are wanted (Q = 0: none)
+    width: int  # flows side by side per worker with the generated kernel (_lane_width.flow_width)
 
 
 class EulerOptions(NamedTuple):
@@ -109,6 +111,7 @@ class EulerOptions(NamedTuple):
     save_every: int  # save after every save_every steps (and at step 0)
     n_save: int  # number of saved rows (T)
     levels: np.ndarray  # (Q,) loss levels whose first passage times are wanted (Q = 0: none)
+    width: int  # flows side by side per worker with the generated kernel (_lane_width.flow_width)
 
 
 class FlowOutputs(NamedTuple):

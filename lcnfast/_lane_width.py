@@ -4,6 +4,11 @@ Chosen once, when lcnfast is imported, from the CPU that Numba compiles for: 16 
 has AVX-512 (``+avx512f``), else 8. The environment variable ``LCNFAST_LANES`` overrides the
 choice: a power of two from 1 to 64 (empty counts as unset).
 
+The integrators' workers keep this many flows side by side with the generic lane kernels.
+Through the straight-line kernel generated for the square loss (:mod:`lcnfast._codegen`),
+which takes any number of lanes at run time, a worker keeps :func:`flow_width` flows instead:
+more lanes for large runs, since each call of that kernel has a fixed cost.
+
 The width is a compile-time constant of the kernels, so :mod:`lcnfast._numba_cache` keys the
 on-disk cache on it as well as on the sources. Results never depend on it: each lane's
 arithmetic is that of one flow alone (tests/test_lane_width.py checks it bitwise).
@@ -53,3 +58,27 @@ def lane_width(environ: Mapping[str, str] = os.environ) -> int:
 
 
 LANES = lane_width()
+
+# The widest group of flows a worker keeps in the generated kernel's lanes, per integrator.
+# Measured (square loss (32; 3,3,3), m = 128, one thread, AVX2; studies/bench_width.py):
+# one call of the generated kernel costs ~50 ns plus ~9 ns per lane, so at 8 lanes the fixed
+# part is a third of the gradient; gradient descent ran 2.2-2.6e7 evaluations/s at 8 lanes,
+# 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows); Dormand-Prince, whose seven stage
+# arrays per lane outgrow the 32 KiB L1 cache at 64 lanes, was fastest at 32.
+MAX_FLOW_WIDTH = {"euler": 64, "rk45": 32}
+GROUPS_PER_WORKER = 4  # at least this many full groups of flows per worker
+
+
+def flow_width(n_flows: int, n_workers: int, method: str) -> int:
+    """How many flows a worker of ``method`` ("euler" or "rk45") keeps side by side through
+    the generated kernel: the widest of LANES, 2 LANES, 4 LANES, ... up to
+    ``MAX_FLOW_WIDTH[method]`` that still gives each of ``n_workers`` workers
+    ``GROUPS_PER_WORKER`` groups of ``n_flows`` flows (never below LANES). A wide group pays
+    the kernel's fixed cost once for more flows; enough groups per worker keep the workers
+    busy to the end (lanes refill one flow at a time; the last group of each worker runs
+    partly empty). Results do not depend on it (each lane computes its flow alone)."""
+    width = LANES
+    while (2 * width <= MAX_FLOW_WIDTH[method]
+           and n_flows >= GROUPS_PER_WORKER * n_workers * 2 * width):
+        width *= 2
+    return width

@@ -1,6 +1,6 @@
 """Dormand-Prince 5(4) with FSAL and a per-flow step size for many flows at once, ``LANES``
-flows per worker (see :mod:`lcnfast._integrate` for the layout, the load balancing and the
-interruption).
+flows per worker (``opt.width`` through the generated kernel; see :mod:`lcnfast._integrate`
+for the layout, the load balancing and the interruption).
 
 Conventions follow scipy's ``RK45`` (the reference behaviour): RMS error norm of
 ``err / (atol + rtol max(|y|,|y_new|))``, step factor ``SAFETY * err^(-1/5)`` clipped to
@@ -34,44 +34,45 @@ from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
 
 
 class _RKLanes(NamedTuple):
-    """Per-worker state of LANES Dormand-Prince flows (lane index last)."""
+    """Per-worker state of nl Dormand-Prince flows (lane index last; nl = LANES or opt.width)."""
 
-    flow: np.ndarray  # (LANES,) flow index, -1 idle
-    t: np.ndarray  # (LANES,) current time
-    h_abs: np.ndarray  # (LANES,) proposed step size
-    h: np.ndarray  # (LANES,) step size of the current attempt (0 for idle lanes)
-    min_step: np.ndarray  # (LANES,)
-    rejected: np.ndarray  # (LANES,) bool: the current step had a rejection
-    n_acc: np.ndarray  # (LANES,) int64
-    n_rej: np.ndarray  # (LANES,) int64
-    evals: np.ndarray  # (LANES,) int64
-    si: np.ndarray  # (LANES,) int64 next save index
-    L: np.ndarray  # (LANES,) loss at y
-    gn: np.ndarray  # (LANES,) ||grad L|| at y
-    L_new: np.ndarray  # (LANES,)
-    Y: np.ndarray  # (n, LANES) state
-    Y_new: np.ndarray  # (n, LANES)
-    Ytmp: np.ndarray  # (n, LANES) stage points / error estimate
-    Kst: np.ndarray  # (7, n, LANES) stages, Kst[0] = f(y) (FSAL)
-    G: np.ndarray  # (n, LANES) gradients from the lane kernel
-    V: np.ndarray  # (k_v, LANES) final filter at y
-    M: np.ndarray  # (3, LANES) running maxima (_lane_maxima)
+    flow: np.ndarray  # (nl,) flow index, -1 idle
+    t: np.ndarray  # (nl,) current time
+    h_abs: np.ndarray  # (nl,) proposed step size
+    h: np.ndarray  # (nl,) step size of the current attempt (0 for idle lanes)
+    min_step: np.ndarray  # (nl,)
+    rejected: np.ndarray  # (nl,) bool: the current step had a rejection
+    n_acc: np.ndarray  # (nl,) int64
+    n_rej: np.ndarray  # (nl,) int64
+    evals: np.ndarray  # (nl,) int64
+    si: np.ndarray  # (nl,) int64 next save index
+    L: np.ndarray  # (nl,) loss at y
+    gn: np.ndarray  # (nl,) ||grad L|| at y
+    L_new: np.ndarray  # (nl,)
+    Y: np.ndarray  # (n, nl) state
+    Y_new: np.ndarray  # (n, nl)
+    Ytmp: np.ndarray  # (n, nl) stage points / error estimate
+    Kst: np.ndarray  # (7, n, nl) stages, Kst[0] = f(y) (FSAL)
+    G: np.ndarray  # (n, nl) gradients from the lane kernel
+    V: np.ndarray  # (k_v, nl) final filter at y
+    M: np.ndarray  # (3, nl) running maxima (_lane_maxima)
     y1: np.ndarray  # (n,) one-flow scratch
     y2: np.ndarray  # (n,)
     g1: np.ndarray  # (n,)
 
 
 @nb.njit(**_JIT)
-def _rk_lanes(n, kv):
-    z = np.zeros(LANES)
-    zi = np.zeros(LANES, np.int64)
+def _rk_lanes(n, kv, nl):
+    """The state of nl lanes (n parameters, k_v filter entries)."""
+    z = np.zeros(nl)
+    zi = np.zeros(nl, np.int64)
     return _RKLanes(
-        np.full(LANES, -1, np.int64),
+        np.full(nl, -1, np.int64),
         z.copy(),
         z.copy(),
         z.copy(),
         z.copy(),
-        np.zeros(LANES, np.bool_),
+        np.zeros(nl, np.bool_),
         zi.copy(),
         zi.copy(),
         zi.copy(),
@@ -79,13 +80,13 @@ def _rk_lanes(n, kv):
         z.copy(),
         z.copy(),
         z.copy(),
-        np.zeros((n, LANES)),
-        np.zeros((n, LANES)),
-        np.zeros((n, LANES)),
-        np.zeros((7, n, LANES)),
-        np.zeros((n, LANES)),
-        np.zeros((kv, LANES)),
-        np.zeros((3, LANES)),
+        np.zeros((n, nl)),
+        np.zeros((n, nl)),
+        np.zeros((n, nl)),
+        np.zeros((7, n, nl)),
+        np.zeros((n, nl)),
+        np.zeros((kv, nl)),
+        np.zeros((3, nl)),
         np.zeros(n),
         np.zeros(n),
         np.zeros(n),
@@ -205,9 +206,9 @@ def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
     return -1, h, h, min_step
 
 
-# The stage combinations and the error norm work on flat views of the (n, LANES) lane arrays
-# (index j = i * LANES + b; the worker makes the views once) with the step sizes broadcast to
-# the same layout (H, once per step): each is one loop over n * LANES elements that LLVM
+# The stage combinations and the error norm work on flat views of the (n, nl) lane arrays
+# (index j = i * nl + b; the worker makes the views once) with the step sizes broadcast to
+# the same layout (H, once per step): each is one loop over n * nl elements that LLVM
 # vectorises, the stage sums held in registers. For that the number of stages must be a
 # compile-time constant, so the six stages are written out (_rk_stages, _rk_stages_kern) and
 # _rk_stage_point is inlined with a constant stage. The earlier form (a loop over stages, lanes
@@ -218,7 +219,7 @@ def _rk_prepare(t, h_abs, min_step, rejected, n_tried, t_end, max_steps):
 
 @nb.njit(inline="always", **_JIT)
 def _rk_step_sizes(h, H):
-    """H[i * LANES + b] = h[b] (the step size of lane b in the flat layout)."""
+    """H[i * nl + b] = h[b] (the step size of lane b in the flat layout)."""
     nl = h.shape[0]
     for i in range(H.shape[0] // nl):
         for b in range(nl):
@@ -228,8 +229,8 @@ def _rk_step_sizes(h, H):
 @nb.njit(inline="always", **_JIT)
 def _rk_stage_point(Kf, Yf, H, st, dst):
     """The points y + h sum_q a_{st,q} K_q of Dormand-Prince stage st (1..6; 6: the new
-    points, with the weights DP_B) in every lane into the flat dst (n * LANES,); Kf the flat
-    stages (7, n * LANES). Inlined, with st a constant at the call site: the stage sum is then
+    points, with the weights DP_B) in every lane into the flat dst (n * nl,); Kf the flat
+    stages (7, n * nl). Inlined, with st a constant at the call site: the stage sum is then
     unrolled and held in registers."""
     coef = DP_A[st] if st < 6 else DP_B
     for j in range(Yf.shape[0]):
@@ -241,7 +242,7 @@ def _rk_stage_point(Kf, Yf, H, st, dst):
 
 @nb.njit(inline="always", **_JIT)
 def _rk_stage_slope(Kst, st, G):
-    nl = G.shape[1]  # = LANES, read at run time (see _euler._lane_norms)
+    nl = G.shape[1]  # the lane count, read at run time (see _euler._lane_norms)
     for i in range(G.shape[0]):
         for b in range(nl):
             Kst[st, i, b] = -G[i, b]
@@ -296,8 +297,8 @@ def _rk_stages_kern(kern, A, bvec, yy, h, Kst, Kf, Yf, H, acc, accf, Y_new, Ynf,
 @nb.njit(**_JIT)
 def _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, out):
     """Per lane the error norm's sum of squares sum_i (e_i / sc_i)^2 of the attempted step,
-    e = h sum_q E_q K_q, sc = atol + rtol max(|y|, |y_new|) (scipy's RK45), into out (LANES,);
-    flat views as in _rk_stage_point, R (n * LANES,) scratch for the terms. Each lane's sum in
+    e = h sum_q E_q K_q, sc = atol + rtol max(|y|, |y_new|) (scipy's RK45), into out (nl,);
+    flat views as in _rk_stage_point, R (n * nl,) scratch for the terms. Each lane's sum in
     the order of one flow."""
     for j in range(Yf.shape[0]):
         e = 0.0
@@ -318,7 +319,7 @@ def _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, out):
 def _rk_decide_lanes(err2, n, flow, h, h_abs, rejected, accepted, P):
     """Accept or reject the attempted step of every running lane (flow >= 0, h > 0) from its
     error norm err = sqrt(err2 / n) as scipy's RK45 does, and its next proposed step size into
-    h_abs; accepted (LANES,) bool out, False for the other lanes. P (LANES,): scratch for
+    h_abs; accepted (nl,) bool out, False for the other lanes. P (nl,): scratch for
     err^(-1/5). A NaN sum with atol = 0 must have been replaced by the caller (see
     _err_sumsq_at_rest). The decisions and step sizes are selected across the lanes at once
     (SIMD); only the powers are taken lane by lane (libm's pow, which has no vector form
@@ -375,17 +376,17 @@ def _rk_dense_saves(model, opt, out, s, b, h, t, t_new, ws):
 def _rk_accept_lanes(accepted, Y, Y_new, Kst, V, V_new, G, gn, wn, v1, nonfinite):
     """Move the accepted lanes to their new state (Y, the FSAL stage, the filter V) and take
     per lane ||grad L||_2 (from G), ||w||_2, ||v||_1 and a finiteness test of w (0.0 if
-    finite, else NaN) of the new state, each lane's sums in index order. The lane loops run
-    to the constant LANES, so LLVM unrolls them into scalar code; with the run-time count (as
-    in _euler._lane_norms) rk45 was no faster (1024 flows, 3 alternating rounds)."""
+    finite, else NaN) of the new state, each lane's sums in index order (lanes: the arrays'
+    last axis)."""
     n = Y.shape[0]
-    for b in range(LANES):
+    nl = Y.shape[1]
+    for b in range(nl):
         gn[b] = 0.0
         wn[b] = 0.0
         v1[b] = 0.0
         nonfinite[b] = 0.0
     for i in range(n):
-        for b in range(LANES):
+        for b in range(nl):
             if accepted[b]:
                 Y[i, b] = Y_new[i, b]
                 Kst[0, i, b] = Kst[6, i, b]
@@ -393,11 +394,11 @@ def _rk_accept_lanes(accepted, Y, Y_new, Kst, V, V_new, G, gn, wn, v1, nonfinite
             wn[b] += Y[i, b] * Y[i, b]
             nonfinite[b] += Y[i, b] * 0.0
     for i in range(V.shape[0]):
-        for b in range(LANES):
+        for b in range(nl):
             if accepted[b]:
                 V[i, b] = V_new[i, b]
             v1[b] += abs(V[i, b])
-    for b in range(LANES):
+    for b in range(nl):
         gn[b] = math.sqrt(gn[b])
         wn[b] = math.sqrt(wn[b])
 
@@ -436,16 +437,20 @@ def _rk_levels(model, opt, out, s, b, h, t, t_new, L_new, ws):
 @nb.njit(**_JIT)
 def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     """Dormand-Prince 5(4) for the rows of W0 (K, n) into ``out`` (_integrate.FlowOutputs),
-    ``LANES`` flows at a time, taking the next flow from ``counter`` (1,) int64 shared with
-    the other workers; gradients through the generated kernel ``kern`` when ``use_kern``.
-    ``stop`` (1,) int64: set ``stop[0]`` from another thread to interrupt. Run on several
-    threads at once by lcnfast._threads.run_workers."""
+    ``LANES`` flows at a time (``opt.width`` when ``use_kern``), taking the next flow from
+    ``counter`` (1,) int64 shared with the other workers; gradients through the generated
+    kernel ``kern`` when ``use_kern``. ``stop`` (1,) int64: set ``stop[0]`` from another thread
+    to interrupt. Run on several threads at once by lcnfast._threads.run_workers."""
     K, n = W0.shape
-    s = _rk_lanes(n, model.k_v)
+    # flows side by side: opt.width through the generated kernel (which takes any width), else
+    # the generic lane kernels' LANES
+    nl = opt.width if use_kern else LANES
+    s = _rk_lanes(n, model.k_v, nl)
     lws = new_lane_workspace(model)
     ws = new_workspace(model)
     # the hot arrays, out of their tuples once (see above)
-    V_new = lws.P[model.k.shape[0]]  # (k_v, LANES): v of the last lane evaluation
+    # (k_v, nl): v of the last lane evaluation
+    V_new = lws.P[model.k.shape[0]] if not use_kern else np.zeros((model.k_v, nl))
     flow, t, h, h_abs, rejected, L, L_new = s.flow, s.t, s.h, s.h_abs, s.rejected, s.L, s.L_new
     min_step, si = s.min_step, s.si
     t_end, max_steps, atol, rtol = opt.t_end, opt.max_steps, opt.atol, opt.rtol
@@ -455,26 +460,26 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     M = s.M  # running maxima per lane, see _lane_maxima
     save_t, levels = opt.save_t, opt.levels
     T = save_t.shape[0]
-    # flat views (n * LANES,) of the lane arrays, see _rk_stage_point
-    Kf = Kst.reshape((7, n * LANES))
-    Yf, Ynf, Ytf = Y.reshape(n * LANES), Y_new.reshape(n * LANES), Ytmp.reshape(n * LANES)
-    H = np.zeros(n * LANES)  # h per lane, flat
-    R = np.zeros(n * LANES)
-    err2 = np.zeros(LANES)
-    P = np.zeros(LANES)  # err^(-1/5) per lane
-    accepted = np.zeros(LANES, np.bool_)
-    gn = np.zeros(LANES)
-    wn = np.zeros(LANES)
-    v1 = np.zeros(LANES)
-    nonfinite = np.zeros(LANES)
+    # flat views (n * nl,) of the lane arrays, see _rk_stage_point
+    Kf = Kst.reshape((7, n * nl))
+    Yf, Ynf, Ytf = Y.reshape(n * nl), Y_new.reshape(n * nl), Ytmp.reshape(n * nl)
+    H = np.zeros(n * nl)  # h per lane, flat
+    R = np.zeros(n * nl)
+    err2 = np.zeros(nl)
+    P = np.zeros(nl)  # err^(-1/5) per lane
+    accepted = np.zeros(nl, np.bool_)
+    gn = np.zeros(nl)
+    wn = np.zeros(nl)
+    v1 = np.zeros(nl)
+    nonfinite = np.zeros(nl)
     while True:
         if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows where they are
-            for b in range(LANES):
+            for b in range(nl):
                 if flow[b] >= 0:
                     _rk_finish(out, s, b, INTERRUPTED)
             break
         n_active = 0
-        for b in range(LANES):
+        for b in range(nl):
             while flow[b] < 0:  # refill an idle lane
                 f = _fetch_add(counter, 0, 1)
                 if f >= K:
@@ -502,11 +507,11 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             _rk_stages(model, lws, h, Kst, Kf, Yf, H, Ytmp, Ytf, Y_new, Ynf, G, L_new)
         _rk_err_sumsq(Kf, Yf, Ynf, H, atol, rtol, R, err2)  # H: this step's, set by the stages
         if atol == 0.0:  # 0 / 0 from a component at rest
-            for b in range(LANES):
+            for b in range(nl):
                 if flow[b] >= 0 and h[b] > 0.0 and err2[b] != err2[b]:
                     err2[b] = _err_sumsq_at_rest(s, b, h[b], opt)
         _rk_decide_lanes(err2, n, flow, h, h_abs, rejected, accepted, P)
-        for b in range(LANES):  # what an accepted step passes on its way
+        for b in range(nl):  # what an accepted step passes on its way
             if flow[b] < 0 or not h[b] > 0.0:
                 continue
             evals[b] += 6
@@ -521,7 +526,7 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
             if levels.shape[0] > 0 and _levels_crossed(opt, out, flow[b], L_new[b]):
                 evals[b] += _rk_levels(model, opt, out, s, b, h[b], t[b], t_new, L_new[b], ws)
         _rk_accept_lanes(accepted, Y, Y_new, Kst, V, V_new, G, gn, wn, v1, nonfinite)
-        for b in range(LANES):  # the accepted lanes' new state: records, saves, stopping
+        for b in range(nl):  # the accepted lanes' new state: records, saves, stopping
             if not accepted[b]:
                 continue
             f = flow[b]

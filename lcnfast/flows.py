@@ -131,7 +131,7 @@ from . import _euler, _rk45
 from . import _flow_args as A
 from . import _integrate as I
 from . import _rosenbrock as R
-from ._lane_width import LANES
+from ._lane_width import LANES, flow_width
 from ._notice import FlowProgress, interactive, watch_status
 from ._signals import sigint_sets
 from ._threads import run_workers
@@ -425,13 +425,14 @@ def gradient_flow(
     K, n = W0.shape
     A.check_save_size(K, save_t.size, n)
     levels = A.loss_levels_arg(loss_levels)
-    opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t, levels)
     out = _outputs(K, n, problem.arch.k_v, save_t.size, levels.size)
     progress = _progress_wanted(progress)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
+        width = flow_width(K, nt, "rk45") if use and method == "rk45" else LANES
+        opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t, levels, width)
         if method == "rk45":
             stopped = _run(_rk45.rk45_worker, (problem.model, kern, use, W0, opt, out), nt,
                            out.status, progress, "gradient_flow (rk45)")
@@ -452,7 +453,7 @@ def gradient_flow(
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
     run_attrs["interrupted"] = int(stopped)
-    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, opt.width, wall, attrs)
     ds["newton_step_final"] = ("flow", R.newton_step_norm(problem, out.w_final), {
         "long_name": "||H^+ grad L||_2 at w_final (H = Hess L, eigenvalues below "
         f"{R.NEWTON_RCOND:g} max|eig| left out): estimated distance to the limit"})
@@ -522,12 +523,13 @@ def gradient_descent(
     K, n = W0.shape
     A.check_save_size(K, n_save, n)
     levels = A.loss_levels_arg(loss_levels)
-    opt = I.EulerOptions(h, n_steps, gtol, save_every, n_save, levels)
     out = _outputs(K, n, problem.arch.k_v, n_save, levels.size)
     progress = _progress_wanted(progress)
     with threads(n_threads) as nt:
         t0 = _time.perf_counter()
         kern, use = problem._lane_kernel(K * (n_steps + 1))
+        width = flow_width(K, nt, "euler") if use else LANES
+        opt = I.EulerOptions(h, n_steps, gtol, save_every, n_save, levels, width)
         stopped = _run(_euler.euler_worker, (problem.model, kern, use, W0, opt, out), nt,
                        out.status, progress, "gradient_descent")
         wall = _time.perf_counter() - t0
@@ -537,7 +539,7 @@ def gradient_descent(
     if grad_tol is not None:
         run_attrs["grad_tol"] = gtol
     run_attrs["interrupted"] = int(stopped)
-    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, wall, attrs)
+    ds = _dataset(problem, W0, out, save_t, run_attrs, nt, opt.width, wall, attrs)
     ds["h_lambda_max_final"] = ("flow", h * _lambda_max(problem, out.w_final), {
         "long_name": "h * largest eigenvalue of Hess L at w_final: gradient descent is locally "
         "stable at a minimum only if this is < 2 (at >= 2 it cannot converge there)"})
@@ -588,7 +590,7 @@ def balancedness(arch, W):
         return np.diff(sq, axis=1)
 
 
-def _versions(n_threads):
+def _versions(n_threads, lanes):
     from . import __version__
 
     return {
@@ -599,11 +601,13 @@ def _versions(n_threads):
         # not on a Numba threading layer
         "threading_layer": "threads",
         "n_threads": int(n_threads),
-        "lanes": LANES,  # flows side by side in the lane kernels (lcnfast._lane_width)
+        # flows side by side per worker (LANES, or more through the generated kernel:
+        # lcnfast._lane_width.flow_width)
+        "lanes": int(lanes),
     }
 
 
-def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
+def _dataset(problem, W0, out, save_t, run_attrs, n_threads, lanes, wall, extra_attrs):
     arch = problem.arch
     loss = problem.loss_fn
     F, P, T, V, R = "flow", "param", "time", "v_tap", "pair"
@@ -670,7 +674,7 @@ def _dataset(problem, W0, out, save_t, run_attrs, n_threads, wall, extra_attrs):
         "data_sha256": problem._data_sha256,
         **run_attrs,
         "gradient_kernel": problem.kernel_in_use,
-        **_versions(n_threads),
+        **_versions(n_threads, lanes),
         "wall_time_s": wall,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -216,3 +216,53 @@ def test_importing_lcnfast_with_a_bad_lane_width_fails_clearly(tmp_path):
                        text=True, check=False)
     assert r.returncode != 0
     assert "ValueError: LCNFAST_LANES must be a power of two" in r.stderr
+
+
+# ----------------------------------------------------------------------------- flow width
+def test_the_flow_width_grows_with_the_flows_per_worker_up_to_each_methods_cap():
+    fw, L = _lane_width.flow_width, _lanes.LANES
+    caps = _lane_width.MAX_FLOW_WIDTH
+    assert fw(1, 1, "euler") == fw(37, 2, "rk45") == L  # few flows: the generic width
+    for method, cap in caps.items():
+        assert fw(10**6, 2, method) == max(cap, L)
+        for n_workers in (1, 2, 3):
+            for n_flows in (1, 63, 64, 127, 128, 1000, 4096):
+                w = fw(n_flows, n_workers, method)
+                assert w >= L and w & (w - 1) == 0 and w <= max(cap, L)
+                # each worker gets GROUPS_PER_WORKER full groups, unless at the floor LANES
+                assert w == L or n_flows >= _lane_width.GROUPS_PER_WORKER * n_workers * w
+                # and the next width up would not give it them
+                assert 2 * w > cap or n_flows < _lane_width.GROUPS_PER_WORKER * n_workers * 2 * w
+
+
+@pytest.mark.parametrize("run", ["gd", "rk45"])
+def test_results_through_the_generated_kernel_are_bitwise_the_same_for_every_flow_width(run):
+    """Claim: the integrators give bitwise the same Dataset (every variable) whatever the
+    number of flows a worker keeps in the generated kernel's lanes (lcnfast._lane_width.
+    flow_width; the kernel takes any width at run time, so one process checks every width).
+    Why bitwise: as for LANES (module docstring). 37 flows stopping at different steps
+    (grad_tol), with saves and loss levels, on two threads: lanes refill at different moments
+    at each width, and the widest groups stay partly empty. Checked able to fail: gradient
+    descent stepping with h * (1 + 2.2e-16 (width > LANES)) fails it (differences ~1e-12)."""
+    arch = Architecture(14, (3, 2, 3), (1, 2, 1))
+    td = data.teacher(arch, 24, noise=0.1, seed=18)
+    p = Problem(arch, td.X, td.Y, losses.square(), kernel="generated")
+    w0 = data.initial_filters(arch, K, scale=0.5, seed=2)
+    results = {}
+    for width in sorted({_lanes.LANES, 2 * _lanes.LANES, 64}):
+        with mock.patch("lcnfast.flows.flow_width", lambda *_, w=width: w):
+            if run == "gd":
+                ds = lcnfast.gradient_descent(p, w0, h=1e-3, n_steps=400, save_every=100,
+                                              grad_tol=0.1, loss_levels=[1.0, 0.5],
+                                              n_threads=2)
+            else:
+                ds = lcnfast.gradient_flow(p, w0, t_end=0.5, save_times=[0.0, 0.2, 0.5],
+                                           grad_tol=0.1, loss_levels=[1.0, 0.5], n_threads=2)
+        assert ds.attrs["lanes"] == width and ds.attrs["gradient_kernel"] == "generated"
+        results[width] = ds
+    first, *others = results.values()
+    steps = first.n_accepted.values
+    assert steps.max() >= 100 and len(np.unique(steps)) > 1  # uneven flows
+    for ds in others:
+        for name, var in first.data_vars.items():
+            np.testing.assert_array_equal(ds[name].values, var.values, err_msg=name)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _numba_cache
+from .._lane_width import LANES
 from .. import analysis as _analysis
 from ..flows import FlowWarning
 from ..problem import Problem
@@ -190,7 +191,8 @@ def compile_rodas_tail(spec, between=None):
             continue
         problem = _synthetic_problem(cell, rng)
         model, n, kv = problem.model, problem.arch.n_params, problem.arch.k_v
-        opt = _integrate.RKOptions(1.0, 1e-6, 1e-9, 0.0, 1, np.zeros(1), loss_levels_arg(None))
+        opt = _integrate.RKOptions(1.0, 1e-6, 1e-9, 0.0, 1, np.zeros(1), loss_levels_arg(None),
+                                   LANES)
         out = _outputs(1, n, kv, 1)
         wk = _rosenbrock.new_work(model, n)
         scratch = (wk.kW, wk.kG, wk.kL, wk.kV)

@@ -1,0 +1,104 @@
+"""How many flows a worker should keep side by side through the generated kernel.
+
+    python studies/bench_width.py [--threads N] [--rounds R] [--quick]
+
+The straight-line kernel generated for the square loss (``lcnfast._codegen``) takes any number
+of lanes at run time, and each call has a fixed cost (~50 ns on a 2-core AVX2 EPYC, against
+~9 ns per lane). ``lcnfast._lane_width.flow_width`` therefore gives the integrators' workers
+more lanes than ``LANES`` on large runs, up to ``MAX_FLOW_WIDTH[method]``. This script measures
+what that cap should be: on the benchmark's square-loss case ((32; 3,3,3), m = 128, as
+``studies/benchmark.py``), gradient descent (4096 flows, h = 1e-3, 4000 steps) and
+Dormand-Prince (1024 flows, rtol 1e-8, atol 1e-10, t_end = 50) at every width from LANES to
+64, the widths alternating within each round (the host's drift shifts them alike), each run's
+width forced by replacing ``flow_width``. Per width: the best and the median of the rounds in
+gradient evaluations per second. Every round also prints the load average and the numpy
+matmul rate (GFLOP/s) right after it. The results of every width are checked bitwise equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from unittest import mock
+
+# Import the lcnfast of this repository (python puts studies/ first on sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import lcnfast  # noqa: E402
+from lcnfast import Architecture, Problem, _lane_width, data, losses  # noqa: E402
+from lcnfast.flows import FlowWarning  # noqa: E402
+
+
+def matmul_gflops(n=2000, repeats=3):
+    a = np.random.default_rng(0).standard_normal((n, n))
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.dot(a, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def runs(quick):
+    """name -> (call, number of flows): the two integrators on the square-loss case."""
+    arch = Architecture(32, (3, 3, 3), (1, 1, 1))
+    td = data.teacher(arch, 128, noise=0.1, seed=0)
+    prob = Problem(arch, td.X, td.Y, losses.square(), kernel="generated")
+    w0 = data.initial_filters(arch, 4096, scale=0.5, seed=1)
+    n_gd, K_rk, t_end = (400, 256, 5.0) if quick else (4000, 1024, 50.0)
+    return {
+        "euler": (lambda nt: lcnfast.gradient_descent(prob, w0, h=1e-3, n_steps=n_gd,
+                                                      save_every=n_gd, n_threads=nt), 4096),
+        "rk45": (lambda nt: lcnfast.gradient_flow(prob, w0[:K_rk], t_end=t_end, rtol=1e-8,
+                                                  atol=1e-10, save_times=[0.0, t_end],
+                                                  n_threads=nt), K_rk),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="threads (default: Numba's)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    args = ap.parse_args()
+    widths = [w for w in (1, 2, 4, 8, 16, 32, 64) if w >= _lane_width.LANES]
+    warnings.simplefilter("ignore", FlowWarning)  # flows at the edge of stability: expected
+    print(f"LANES {_lane_width.LANES}, MAX_FLOW_WIDTH {_lane_width.MAX_FLOW_WIDTH}, "
+          f"threads {args.threads or 'Numba default'}, widths {widths}")
+    for name, (call, K) in runs(args.quick).items():
+        print(f"{name}, {K} flows: flow_width would choose "
+              f"{_lane_width.flow_width(K, args.threads or os.cpu_count(), name)}")
+        rates = {w: [] for w in widths}
+        first = {}
+        for rnd in range(args.rounds + 1):  # round 0: compile / load and warm up
+            for w in widths:
+                with mock.patch("lcnfast.flows.flow_width", lambda *_, w=w: w):
+                    t0 = time.perf_counter()
+                    ds = call(args.threads)
+                    dt = time.perf_counter() - t0
+                assert ds.attrs["lanes"] == w
+                if rnd == 0:
+                    first[w] = ds
+                    if w != widths[0]:
+                        for var in ds.data_vars:
+                            np.testing.assert_array_equal(ds[var].values,
+                                                          first[widths[0]][var].values)
+                    continue
+                rates[w].append(int(ds.n_grad_evals.sum()) / dt)
+            if rnd:
+                print(f"  round {rnd}: " + ", ".join(f"{w}: {rates[w][-1]:.3g}" for w in widths)
+                      + f" /s (load {os.getloadavg()[0]:.2f}, matmul {matmul_gflops():.0f} "
+                      "GFLOP/s)")
+        for w in widths:
+            print(f"  width {w:2d}: best {max(rates[w]):.3g}, median "
+                  f"{float(np.median(rates[w])):.3g} gradient evaluations/s")
+
+
+if __name__ == "__main__":
+    main()
