@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from lcnfast.study import load, read_spec, run_study, write_report
@@ -92,6 +93,42 @@ def test_figures_are_pngs_and_linked(study_dir, text):
         assert path.is_file(), name
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         assert f"(figures/{name})" in text
+
+
+def test_a_figure_write_that_fails_leaves_the_earlier_figure_whole(tmp_path, monkeypatch):
+    """Claim: figures are replaced atomically. A write that dies halfway (here PIL raising
+    after half the PNG, as a SIGKILL or a full disk would stop it) leaves the earlier file
+    byte for byte and no temporary file; a write that succeeds replaces it. Checked able to
+    fail: saving straight to the path leaves a truncated PNG."""
+    from matplotlib.figure import Figure
+
+    import lcnfast.study.figures as F
+
+    path = tmp_path / "fig.png"
+    F._save(Figure(figsize=(2, 2)), path)
+    before = path.read_bytes()
+    assert before[:8] == PNG_MAGIC
+
+    real_save = PIL.Image.Image.save
+
+    def dies_halfway(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        if not isinstance(fp, (str, Path)):  # matplotlib's own PNG, into memory
+            return
+        data = Path(fp).read_bytes()
+        Path(fp).write_bytes(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    monkeypatch.setattr(PIL.Image.Image, "save", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        F._save(fig, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]
+    monkeypatch.setattr(PIL.Image.Image, "save", real_save)
+    F._save(fig, path)
+    assert path.read_bytes() != before and path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_header_and_spec(text):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -108,13 +109,21 @@ def _title_lines(titles):
 
 def _save(fig, path):
     """Write ``fig`` as a PNG with an adaptive 256-colour palette: line plots and bands lose
-    nothing visible, and a study's figures shrink ~3-4x (a 48-panel grid ~1 MB -> ~0.3 MB)."""
+    nothing visible, and a study's figures shrink ~3-4x (a 48-panel grid ~1 MB -> ~0.3 MB).
+    Atomically: the PNG goes to a hidden file beside ``path``, renamed over it once complete,
+    so a report killed while it writes leaves the previous figure or none, never a truncated
+    one."""
     path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=_DPI, format="png")
     buf.seek(0)
-    with PIL.Image.open(buf) as im:
-        im.convert("RGB").quantize(colors=256).save(path, optimize=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with PIL.Image.open(buf) as im:
+            im.convert("RGB").quantize(colors=256).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
