@@ -364,6 +364,33 @@ def test_a_failed_shard_write_is_one_line(study, capsys, monkeypatch):
     assert rc == 1 and f"no space left on {out / 'shards'}" in error_line(err)
 
 
+def test_a_spec_file_that_cannot_be_written_names_it_and_a_later_run_starts_over(
+        tiny, tmp_path, capsys, monkeypatch):
+    """Claim: a run that fails writing ``spec.json`` (a file size limit, ``ulimit -f``: EFBIG)
+    says which file in one line, leaves no temporary file, and the next run in the same
+    directory starts the study instead of refusing a directory "not a study directory".
+    Checked able to fail on the code before the fix (its run raised the OSError itself, exit
+    status 1)."""
+    from lcnfast.study import directory
+
+    spec, _, ds = tiny
+    out = tmp_path / "out"
+    real_fsync = os.fsync
+
+    def too_large(fd):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(directory.os, "fsync", too_large)
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--no-report", "--quiet")
+    assert rc == 2  # as for every unusable --out directory
+    assert error_line(err) == f"lcnfast: error: out: cannot write {out / 'spec.json'}: File too large"
+    assert sorted(p.name for p in out.iterdir()) == ["datasets", "shards"]
+    monkeypatch.setattr(directory.os, "fsync", real_fsync)
+    rc, _, err = lcn(capsys, "study", "run", spec, "--out", out, "--no-report", "--quiet")
+    assert rc == 0, err
+    xr.testing.assert_identical(load(out)[["loss_final", "w_final"]], ds[["loss_final", "w_final"]])
+
+
 # ----------------------------------------------------------------------------- unwritable, unreachable
 def test_a_read_only_directory_is_one_line(study, capsys, monkeypatch):
     _, out, _ = study

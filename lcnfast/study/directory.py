@@ -65,15 +65,31 @@ def _write_spec_file(study, d):
     spec's source file (removed when the spec has none)."""
     text = json.dumps({"spec_hash": study.spec_hash, "spec": study.spec}, indent=1)
     tmp = d / f".{SPEC_FILE}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / SPEC_FILE)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / SPEC_FILE)
+    except OSError as e:  # a full disk, a file size limit: name the file, leave no trace
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"out: cannot write {d / SPEC_FILE}: {e.strerror or e}") from None
     if study.source:
         shutil.copyfile(study.source, d / "spec.toml")
     else:
         (d / "spec.toml").unlink(missing_ok=True)
+
+
+def _unfinished_start(d):
+    """Whether ``d`` holds only what a run leaves when it fails before writing its
+    ``spec.json`` (a full disk, a file size limit): the lock, empty ``shards/`` and
+    ``datasets/``, the spec's temporary file. Such a directory counts as empty."""
+    for p in d.iterdir():
+        if p.name in ("shards", "datasets") and p.is_dir() and not any(p.iterdir()):
+            continue
+        if p.name not in (".lock", f".{SPEC_FILE}.tmp"):
+            return False
+    return True
 
 
 def _holds_results(d):
@@ -124,7 +140,7 @@ def open_study_dir(study, d):
     if spec_file.exists():
         if read_spec_file(spec_file)["spec_hash"] != study.spec_hash:
             _take_over(study, d)
-    elif d.exists() and any(p for p in d.iterdir() if p.name != ".lock"):
+    elif d.exists() and not _unfinished_start(d):
         raise ValueError(
             f"out: {d} is not empty and holds no {SPEC_FILE}: not a study directory; "
             "use an empty or new directory"
