@@ -34,15 +34,7 @@ import lcnfast  # noqa: E402
 from lcnfast import Architecture, Problem, _lane_width, data, losses  # noqa: E402
 from lcnfast.flows import FlowWarning  # noqa: E402
 
-
-def matmul_gflops(n=2000, repeats=3):
-    a = np.random.default_rng(0).standard_normal((n, n))
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.dot(a, a)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+from benchmark import matmul_gflops  # noqa: E402  (studies/benchmark.py)
 
 
 def runs(quick):
@@ -92,9 +84,9 @@ def main():
                     continue
                 rates[w].append(int(ds.n_grad_evals.sum()) / dt)
             if rnd:
+                gflops = matmul_gflops(2000, 3)[0]
                 print(f"  round {rnd}: " + ", ".join(f"{w}: {rates[w][-1]:.3g}" for w in widths)
-                      + f" /s (load {os.getloadavg()[0]:.2f}, matmul {matmul_gflops():.0f} "
-                      "GFLOP/s)")
+                      + f" /s (load {os.getloadavg()[0]:.2f}, matmul {gflops:.0f} GFLOP/s)")
         for w in widths:
             print(f"  width {w:2d}: best {max(rates[w]):.3g}, median "
                   f"{float(np.median(rates[w])):.3g} gradient evaluations/s")

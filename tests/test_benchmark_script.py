@@ -1,4 +1,5 @@
-"""``studies/benchmark.py --quick`` runs and its correctness checks hold.
+"""``studies/benchmark.py --quick`` runs and its correctness checks hold (and
+``studies/bench_width.py --quick`` runs).
 
 The benchmark is a script, not a test of speed (figures on a shared host are no pass/fail
 criterion): this runs its quick size once, so that the script cannot rot, and checks what it
@@ -48,3 +49,18 @@ def test_quick_benchmark_runs_and_its_checks_hold(tmp_path):
                  "uneven flows, 2 threads"):
         row = next(t for t in targets.splitlines() if line in t)
         assert "matmul" in row and "load" in row and ("met" in row or "NOT met" in row), row
+
+
+def test_the_flow_width_benchmark_runs_and_its_widths_agree():
+    """``studies/bench_width.py --quick --rounds 1`` runs (it checks itself that every width
+    gives bitwise the same Dataset, and exits non-zero otherwise) and prints a rate per width
+    and integrator with the load and the matmul rate of its round."""
+    r = subprocess.run([sys.executable, str(REPO / "studies" / "bench_width.py"), "--quick",
+                        "--rounds", "1", "--threads", "2"],
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for method in ("euler", "rk45"):
+        assert f"{method}, " in r.stdout
+    rounds = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("round 1:")]
+    assert len(rounds) == 2 and all("load" in ln and "GFLOP/s" in ln for ln in rounds), r.stdout
+    assert r.stdout.count("width 64: best") == 2

@@ -307,6 +307,42 @@ def test_grad_tol_stops_each_flow_on_its_own():
     assert float(before.grad_norm_final[0]) > 1e-4
 
 
+@pytest.mark.parametrize("kernel", ["generated", "generic"])
+def test_gradient_descent_records_the_same_whether_a_step_saves_or_not(kernel):
+    """Claim: gradient descent's records -- first passage times of loss levels (t_below), the
+    running maxima of the loss increase, ||v||_1 and ||w||_2, final states, steps and statuses
+    -- are bitwise the same whether every step saves or only the first and last. Why: a step
+    at which a lane saves takes that lane through the full per-lane checks, while lanes with
+    nothing to record on a step take the checks across the lanes at once
+    (``_euler._quiet_lanes``, ``_quiet_step``); both must record the same (the saved rows are
+    not compared, they differ by construction). 37 flows stopping at different steps
+    (grad_tol), some diverging to non-finite values, levels crossed mid-run. Checked able to
+    fail: a lane's level bound never updated (``lev_top[b] = -inf``) misses every crossing after
+    step 0."""
+    arch = lf.Architecture(14, (3, 2, 3), (1, 2, 1))
+    td = lf.data.teacher(arch, 24, noise=0.1, seed=18)
+    p = lf.Problem(arch, td.X, td.Y, square(), kernel=kernel)
+    w0 = lf.data.initial_filters(arch, 37, scale=0.5, seed=2)
+    w0[:3] *= 40.0  # these overflow within a few steps
+    L0 = float(np.median(p.loss(w0)))
+    levels = [L0 * q for q in (0.5, 0.1, 0.02, 1e-3)]
+    n = 400
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lf.flows.FlowWarning)
+        every = lf.gradient_descent(p, w0, h=1e-3, n_steps=n, save_every=1, grad_tol=0.05,
+                                    loss_levels=levels, n_threads=2)
+        ends = lf.gradient_descent(p, w0, h=1e-3, n_steps=n, save_every=n, grad_tol=0.05,
+                                   loss_levels=levels, n_threads=2)
+    statuses = set(every.status.values.tolist())
+    assert {I.CONVERGED, I.REACHED_END, I.NON_FINITE} <= statuses, statuses
+    tb = every.t_below.values
+    assert np.sum((tb > 0) & np.isfinite(tb)) >= 10  # crossed mid-run, not at the start
+    for name, var in every.data_vars.items():
+        if "time" in var.dims:
+            continue
+        np.testing.assert_array_equal(ends[name].values, var.values, err_msg=name)
+
+
 def test_grad_tol_at_start_and_max_steps():
     p = make_problem(ARCHS[0], square())
     zero = np.zeros(p.arch.n_params)  # a critical point: the gradient vanishes there
