@@ -15,7 +15,7 @@ import numpy as np
 from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
                          _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
-                         _park, _plain_ok, _start)
+                         _level_top, _park, _plain_ok, _start)
 from ._jit import JIT as _JIT
 from ._kernels import _flag
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
@@ -77,16 +77,6 @@ def _quiet_step(quiet, L, L_prev, v1, wn, M, step):
         M[1, b] = wn[b] if (q and wn[b] > M[1, b]) else M[1, b]
         L_prev[b] = L[b] if q else L_prev[b]
         step[b] += 1 if q else 0
-
-
-@nb.njit(**_JIT)
-def _level_top(levels, t_below, f):
-    """The largest of ``levels`` flow f has not reached yet (t_below NaN), -inf if none."""
-    top = -math.inf
-    for q in range(levels.shape[0]):
-        if math.isnan(t_below[f, q]) and levels[q] > top:
-            top = levels[q]
-    return top
 
 
 @nb.njit(**_JIT)
