@@ -15,7 +15,7 @@ import numpy as np
 from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
                          _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
-                         _level_top, _park, _plain_ok, _start)
+                         _level_top, _park, _pick, _plain_ok, _start)
 from ._jit import JIT as _JIT
 from ._kernels import _flag
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
@@ -51,32 +51,34 @@ def _lane_norms(G, V, Y, gn, v1, wn):
 
 
 @nb.njit(**_JIT)
-def _quiet_lanes(flow, step, next_save, L, gn, wn, lev_top, grad_tol, n_steps, quiet):
+def _quiet_lanes(flow, step, next_save, L, gn, wn, lev_top, grad_tol, n_steps, qm):
     """Per lane, whether this step needs nothing of it but its running maxima and the next
-    step (SIMD over the lanes): a running flow past its first step, its norms in the plain
-    range, its loss finite and above every level it has not reached yet (``lev_top``), no save
-    due, not converged, not at its last step. The other lanes take the full per-lane checks of
-    :func:`euler_worker`, which give these lanes the same outcome one by one."""
-    for b in range(quiet.shape[0]):
-        quiet[b] = ((flow[b] >= 0) & (step[b] != 0) & (step[b] != next_save[b])
-                    & (step[b] < n_steps) & (gn[b] >= _NORM_MIN) & (gn[b] < math.inf)
-                    & (wn[b] >= _NORM_MIN) & (wn[b] < math.inf) & (abs(L[b]) < math.inf)
-                    & (L[b] > lev_top[b]) & ~(gn[b] <= grad_tol))
+    step (SIMD over the lanes): qm[b] = -1 (a mask for _integrate._pick) for a running flow
+    past its first step, its norms in the plain range, its loss finite and above every level
+    it has not reached yet (``lev_top``), no save due, not converged, not at its last step;
+    else 0. The other lanes take the full per-lane checks of :func:`euler_worker`, which give
+    these lanes the same outcome one by one."""
+    for b in range(qm.shape[0]):
+        q = ((flow[b] >= 0) & (step[b] != 0) & (step[b] != next_save[b])
+             & (step[b] < n_steps) & (gn[b] >= _NORM_MIN) & (gn[b] < math.inf)
+             & (wn[b] >= _NORM_MIN) & (wn[b] < math.inf) & (abs(L[b]) < math.inf)
+             & (L[b] > lev_top[b]) & ~(gn[b] <= grad_tol))
+        qm[b] = -np.int64(q)
 
 
 @nb.njit(**_JIT)
-def _quiet_step(quiet, L, L_prev, v1, wn, M, step):
-    """For the quiet lanes (:func:`_quiet_lanes`), what the per-lane checks would do: the
-    running maxima of the loss increase, ||v||_1 and ||w||_2, and the next step (SIMD over
-    the lanes: every lane stores, the others their own values back)."""
-    for b in range(quiet.shape[0]):
-        q = quiet[b]
+def _quiet_step(qm, L, L_prev, v1, wn, M, step):
+    """For the quiet lanes (qm[b] = -1, :func:`_quiet_lanes`), what the per-lane checks would
+    do: the running maxima of the loss increase, ||v||_1 and ||w||_2, and the next step (SIMD
+    over the lanes, selecting by the bits: _integrate._pick)."""
+    for b in range(qm.shape[0]):
+        q = qm[b]
         d = L[b] - L_prev[b]
-        M[2, b] = d if (q and d > M[2, b]) else M[2, b]
-        M[0, b] = v1[b] if (q and v1[b] > M[0, b]) else M[0, b]
-        M[1, b] = wn[b] if (q and wn[b] > M[1, b]) else M[1, b]
-        L_prev[b] = L[b] if q else L_prev[b]
-        step[b] += 1 if q else 0
+        M[2, b] = _pick(q & -np.int64(d > M[2, b]), d, M[2, b])
+        M[0, b] = _pick(q & -np.int64(v1[b] > M[0, b]), v1[b], M[0, b])
+        M[1, b] = _pick(q & -np.int64(wn[b] > M[1, b]), wn[b], M[1, b])
+        L_prev[b] = _pick(q, L[b], L_prev[b])
+        step[b] -= q
 
 
 @nb.njit(**_JIT)
@@ -110,7 +112,7 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     yy = model.yy
     M = np.zeros((3, nl))  # running maxima per lane, see _lane_maxima
     levels = opt.levels
-    quiet = np.zeros(nl, np.bool_)  # lanes that need no per-lane checks this step
+    qm = np.zeros(nl, np.int64)  # -1: a lane that needs no per-lane checks this step
     lev_top = np.full(nl, -math.inf)  # per lane: the largest level its flow has not reached
     while True:
         n_active = 0
@@ -136,11 +138,10 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
         else:
             loss_grad_lanes(model, Y, lws, G, L, _flag(True))
         _lane_norms(G, V, Y, gn, v1, wn)
-        _quiet_lanes(flow, step, next_save, L, gn, wn, lev_top, opt.grad_tol, opt.n_steps,
-                     quiet)
+        _quiet_lanes(flow, step, next_save, L, gn, wn, lev_top, opt.grad_tol, opt.n_steps, qm)
         for b in range(nl):  # the per-lane checks, of the lanes that are not quiet
             f = flow[b]
-            if f < 0 or quiet[b]:
+            if f < 0 or qm[b] != 0:
                 continue
             if not _plain_ok(gn[b]):  # rare: sum of squares out of range, see _norm2
                 gn[b] = _lane_norm2_scaled(G, b)
@@ -180,7 +181,7 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                 continue
             step[b] = j + 1
             L_prev[b] = L[b]
-        _quiet_step(quiet, L, L_prev, v1, wn, M, step)
+        _quiet_step(qm, L, L_prev, v1, wn, M, step)
         if _atomic_load(stop, 0) != 0:  # interrupted: end the running flows at their state
             for b in range(nl):
                 f = flow[b]
