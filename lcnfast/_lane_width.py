@@ -64,8 +64,10 @@ LANES = lane_width()
 # one call of the generated kernel costs ~50 ns plus ~9 ns per lane, so at 8 lanes the fixed
 # part is a third of the gradient; gradient descent ran 2.2-2.6e7 evaluations/s at 8 lanes,
 # 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows). Dormand-Prince was fastest at 32 (384
-# flows, one thread: 3.17e7 against 2.77e7 at 64; 1024 flows, two threads: even); a likely
-# reason: at 64 lanes its seven stage arrays alone fill the 32 KiB L1 cache (n = 9).
+# flows, one thread: 3.17e7 against 2.77e7 at 64; 1024 flows, two threads: even), and is no
+# faster at 64 since its bookkeeping runs across the lanes (4096 flows, two threads, 4
+# alternating rounds: 7.4-8.2e7 at 64, 7.4-8.4e7 at 32); a likely reason: at 64 lanes its
+# seven stage arrays alone fill the 32 KiB L1 cache (n = 9).
 MAX_FLOW_WIDTH = {"euler": 64, "rk45": 32}
 GROUPS_PER_WORKER = 4  # at least this many full groups of flows per worker
 
