@@ -260,11 +260,11 @@ def test_kernel_steps_have_no_reference_counting(name):
     else:
         from lcnfast._lanes import LANES as lanes
 
-        Kst, Y, acc, Y_new = np.zeros((7, n, lanes)), *(np.zeros((n, lanes)) for _ in range(3))
+        Gst, Y, acc, Y_new = np.zeros((7, n, lanes)), *(np.zeros((n, lanes)) for _ in range(3))
         flat = lambda a: a.reshape(-1, n * lanes) if a.ndim == 3 else a.reshape(-1)  # noqa: E731
-        args = (kern, m.A, m.b, m.yy, np.full(lanes, 1e-3), Kst, flat(Kst), flat(Y),
-                np.zeros(n * lanes), acc, flat(acc), Y_new, flat(Y_new), np.zeros((n, lanes)),
-                np.zeros(lanes), np.zeros((kv, lanes)))
+        args = (kern, m.A, m.b, m.yy, np.full(lanes, 1e-3), Gst, flat(Gst), flat(Y),
+                np.zeros(n * lanes), acc, flat(acc), Y_new, flat(Y_new), np.zeros(lanes),
+                np.zeros((kv, lanes)))
     uncached(*args)
     sig = uncached.signatures[0]
     ir = uncached.inspect_llvm(sig)
