@@ -15,7 +15,7 @@ import numpy as np
 from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
                          _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
-                         _level_top, _park, _pick, _plain_ok, _start)
+                         _level_top, _park, _pick, _pick_maxima, _plain_ok, _start)
 from ._jit import JIT as _JIT
 from ._kernels import _flag
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
@@ -73,10 +73,7 @@ def _quiet_step(qm, L, L_prev, v1, wn, M, step):
     over the lanes, selecting by the bits: _integrate._pick)."""
     for b in range(qm.shape[0]):
         q = qm[b]
-        d = L[b] - L_prev[b]
-        M[2, b] = _pick(q & -np.int64(d > M[2, b]), d, M[2, b])
-        M[0, b] = _pick(q & -np.int64(v1[b] > M[0, b]), v1[b], M[0, b])
-        M[1, b] = _pick(q & -np.int64(wn[b] > M[1, b]), wn[b], M[1, b])
+        _pick_maxima(q, M, b, L[b] - L_prev[b], v1[b], wn[b])
         L_prev[b] = _pick(q, L[b], L_prev[b])
         step[b] -= q
 

@@ -205,6 +205,16 @@ def _pick(mask, a, b):
 
 
 @nb.njit(inline="always", **_JIT)
+def _pick_maxima(q, M, b, d, v1, wn):
+    """Lane b's running maxima (see _lane_maxima) of the loss increase d, ||v||_1 v1 and
+    ||w||_2 wn where the mask q is -1 (a quiet lane), each kept unless exceeded, by the bits
+    (_pick); where q is 0, unchanged."""
+    M[2, b] = _pick(q & -np.int64(d > M[2, b]), d, M[2, b])
+    M[0, b] = _pick(q & -np.int64(v1 > M[0, b]), v1, M[0, b])
+    M[1, b] = _pick(q & -np.int64(wn > M[1, b]), wn, M[1, b])
+
+
+@nb.njit(inline="always", **_JIT)
 def _plain_ok(nrm):
     """Whether ``nrm`` (the square root of a plain sum of squares) stands (see above)."""
     return (nrm >= _NORM_MIN and nrm < math.inf) or nrm != nrm

@@ -27,7 +27,7 @@ from ._integrate import (_NORM_MIN, CONVERGED, DP_A, DP_B, DP_E, DP_P, ERROR_EXP
                          SAFETY, STEP_UNDERFLOW, _atomic_load, _fetch_add, _finish_lane,
                          _initial_step, _l1, _lane_maxima_from, _lane_norm2_scaled, _level_top,
                          _levels_at_start, _levels_crossed, _locate_levels, _norm2, _over, _park,
-                         _pick, _plain_ok, _record, _start, _ulp_above)
+                         _pick, _pick_maxima, _plain_ok, _record, _start, _ulp_above)
 from ._jit import JIT as _JIT
 from ._kernels import loss_grad_ws, new_workspace
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
@@ -452,10 +452,7 @@ def _rk_quiet_update(qm, t, t_new, L, L_new, gn_s, gn, v1, wn, M):
     ||v||_1 and ||w||_2 (SIMD over the lanes, selecting by the bits; see _integrate._pick)."""
     for b in range(qm.shape[0]):
         q = qm[b]
-        d = L_new[b] - L[b]
-        M[2, b] = _pick(q & -np.int64(d > M[2, b]), d, M[2, b])
-        M[0, b] = _pick(q & -np.int64(v1[b] > M[0, b]), v1[b], M[0, b])
-        M[1, b] = _pick(q & -np.int64(wn[b] > M[1, b]), wn[b], M[1, b])
+        _pick_maxima(q, M, b, L_new[b] - L[b], v1[b], wn[b])
         t[b] = _pick(q, t_new[b], t[b])
         L[b] = _pick(q, L_new[b], L[b])
         gn_s[b] = _pick(q, gn[b], gn_s[b])
