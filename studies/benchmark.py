@@ -385,8 +385,10 @@ def report(res):
 def bench_flows(quick, repeats):
     """Gradient descent and Dormand-Prince on the square-loss case, 4096 flows (quick: fewer).
 
-    (a) gradient descent, h = 1e-3, 20,000 steps: gradient evaluations per second (best of 3);
-    (b) rk45, rtol = 1e-8, atol = 1e-10, t_end = 200: wall time and steps per flow, next to
+    (a) gradient descent, h = 1e-3, 20,000 steps: gradient evaluations per second (best of 3
+        runs in each of 2 rounds);
+    (b) rk45, rtol = 1e-8, atol = 1e-10, t_end = 200, one run in each round after (a)'s: wall
+        time (the best) and steps per flow, next to
         scipy's solve_ivp(RK45) on the same flows with lcnfast's gradient, one flow at a time
         (a subset timed, scaled to all flows);
     (c) even flows (gradient descent, every flow the same steps) and (d) uneven flows
@@ -410,25 +412,37 @@ def bench_flows(quick, repeats):
     lcnfast.gradient_descent(prob, w0[:16], h=1e-3, n_steps=10)
     lcnfast.gradient_descent(Problem(arch, td.X, td.Y, losses.square(), kernel="generated"),
                              w0[:16], h=1e-3, n_steps=10)
-    dt = math.inf
-    for _ in range(1 if quick else 3):  # a 2-s run: the best of 3 (one run read 2.15 s, 1.84 s)
+    lcnfast.gradient_flow(prob, w0[:16], t_end=0.1)  # compile / load
+    # (a) and (b) in alternating rounds (quick: one), each figure its best: gradient descent
+    # the best of 3 runs (~1 s each) per round, then one rk45 run (~40 s). Issue 18's ratio
+    # compares them: one rk45 run against gradient descent's best read 84% and 66% in two
+    # runs of the same code on the shared host (the second with the second core contested:
+    # even flows 79% efficient in the same run); rounds give rk45 a best too.
+    dt, dt_rk, load_gd, load_rk = math.inf, math.inf, None, None
+    for _ in range(1 if quick else 2):
+        for _ in range(1 if quick else 3):
+            t0 = time.perf_counter()
+            gd = lcnfast.gradient_descent(prob, w0, h=1e-3, n_steps=n_gd, save_every=n_gd)
+            t = time.perf_counter() - t0
+            if t < dt:
+                dt, load_gd = t, load_average()
         t0 = time.perf_counter()
-        gd = lcnfast.gradient_descent(prob, w0, h=1e-3, n_steps=n_gd, save_every=n_gd)
-        dt = min(dt, time.perf_counter() - t0)
+        rk = lcnfast.gradient_flow(prob, w0, t_end=t_end, rtol=1e-8, atol=1e-10,
+                                   save_times=[0.0, t_end])
+        t = time.perf_counter() - t0
+        if t < dt_rk:
+            dt_rk, load_rk = t, load_average()
     evals = int(gd.n_grad_evals.sum())
     out["gd"] = {"n_steps": n_gd, "wall_s": dt, "grad_evals_per_s": evals / dt,
                  "status_counts": np.bincount(gd.status.values, minlength=5).tolist(),
-                 "load": load_average()}
+                 "load": load_gd}
     out["gd"]["gradient_kernel"] = gd.attrs["gradient_kernel"]
+    rounds = "" if quick else ", best of 2 rounds x 3 runs"
     print(f"  (a) gradient descent, h=1e-3, {n_gd} steps, K={K}: {dt:.2f} s, "
           f"{evals / dt:.3g} gradient evaluations/s [{gd.attrs['gradient_kernel']} kernel] "
-          f"(load {out['gd']['load']:.1f})")
+          f"(load {out['gd']['load']:.1f}{rounds})")
 
-    lcnfast.gradient_flow(prob, w0[:16], t_end=0.1)  # compile / load
-    t0 = time.perf_counter()
-    rk = lcnfast.gradient_flow(prob, w0, t_end=t_end, rtol=1e-8, atol=1e-10,
-                               save_times=[0.0, t_end])
-    dt = time.perf_counter() - t0
+    dt = dt_rk
     steps = rk.n_accepted.values + rk.n_rejected.values
     evals = int(rk.n_grad_evals.sum())
     n_sub = 2 if quick else 8
@@ -446,12 +460,12 @@ def bench_flows(quick, repeats):
                    "scipy_wall_s_scaled": dt_sp, "speedup_vs_scipy": dt_sp / dt,
                    "scipy_accepted_subset": sp_steps,
                    "lcnfast_accepted_subset": rk.n_accepted.values[:n_sub].tolist(),
-                   "load": load_average()}
+                   "load": load_rk}
     out["rk45"]["gradient_kernel"] = rk.attrs["gradient_kernel"]
     print(f"  (b) rk45, rtol=1e-8, atol=1e-10, t_end={t_end:g}, K={K}: {dt:.2f} s, "
           f"{steps.mean():.0f} steps/flow ({rk.n_rejected.mean():.0f} rejected), "
           f"{evals / dt:.3g} gradient evaluations/s [{rk.attrs['gradient_kernel']} kernel] "
-          f"(load {out['rk45']['load']:.1f})")
+          f"(load {out['rk45']['load']:.1f}{rounds and ', best of 2 rounds'})")
     print(f"      scipy solve_ivp(RK45) one flow at a time: {dt_sp:.1f} s for {K} flows "
           f"(timed on {n_sub}, scaled) -> lcnfast {dt_sp / dt:.0f}x faster; accepted steps "
           f"scipy {sp_steps} vs lcnfast {rk.n_accepted.values[:n_sub].tolist()}")
