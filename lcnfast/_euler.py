@@ -107,7 +107,7 @@ def euler_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     A = model.A
     bvec = model.b
     yy = model.yy
-    M = np.zeros((3, nl))  # running maxima per lane, see _lane_maxima
+    M = np.zeros((3, nl))  # running maxima per lane, see _lane_maxima_from
     levels = opt.levels
     qm = np.zeros(nl, np.int64)  # -1: a lane that needs no per-lane checks this step
     lev_top = np.full(nl, -math.inf)  # per lane: the largest level its flow has not reached

@@ -206,7 +206,7 @@ def _pick(mask, a, b):
 
 @nb.njit(inline="always", **_JIT)
 def _pick_maxima(q, M, b, d, v1, wn):
-    """Lane b's running maxima (see _lane_maxima) of the loss increase d, ||v||_1 v1 and
+    """Lane b's running maxima (see _lane_maxima_from) of the loss increase d, ||v||_1 v1 and
     ||w||_2 wn where the mask q is -1 (a quiet lane), each kept unless exceeded, by the bits
     (_pick); where q is 0, unchanged."""
     M[2, b] = _pick(q & -np.int64(d > M[2, b]), d, M[2, b])
@@ -282,7 +282,8 @@ def _record(out, f, v1, wn):
 @nb.njit(**_JIT)
 def _lane_maxima_from(out, f, M, b):
     """Start lane b's running maxima from flow f's values in ``out`` (after _start and the
-    record of its initial state)."""
+    record of its initial state). M (3, nl), one column per lane: M[0] max ||v||_1, M[1] max
+    ||w||_2, M[2] the largest loss increase of a step; written back by _finish_lane."""
     M[0, b] = out.v_l1_max[f]
     M[1, b] = out.w_norm_max[f]
     M[2, b] = out.max_loss_increase[f]
@@ -385,7 +386,7 @@ def _locate_levels(model, ws, opt, out, f, y0, C, t, h, t_new, L_old, L_new, ytm
 
 @nb.njit(**_JIT)
 def _finish_lane(out, f, Y, V, M, b, L, gn, t, status, n_acc, n_rej, evals):
-    """Write lane b's flow f: its state, filter, running maxima M[:, b] (see _lane_maxima)
+    """Write lane b's flow f: its state, filter, running maxima M[:, b] (see _lane_maxima_from)
     and counts."""
     out.v_l1_max[f] = M[0, b]
     out.w_norm_max[f] = M[1, b]

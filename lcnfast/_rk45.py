@@ -54,7 +54,7 @@ class _RKLanes(NamedTuple):
     Ytmp: np.ndarray  # (n, nl) stage points / error estimate
     Gst: np.ndarray  # (7, n, nl) stage gradients (see _NEG_A), Gst[0] = grad L(y) (FSAL)
     V: np.ndarray  # (k_v, nl) final filter at y
-    M: np.ndarray  # (3, nl) running maxima (_lane_maxima)
+    M: np.ndarray  # (3, nl) running maxima (_lane_maxima_from)
     y1: np.ndarray  # (n,) one-flow scratch
     y2: np.ndarray  # (n,)
     g1: np.ndarray  # (n,)
@@ -514,7 +514,7 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     Y, Y_new, Gst, V, Ytmp = s.Y, s.Y_new, s.Gst, s.V, s.Ytmp
     G = Gst[6]  # (n, nl) the gradients at the new points (stage 7)
     A, bvec, yy = model.A, model.b, model.yy
-    M = s.M  # running maxima per lane, see _lane_maxima
+    M = s.M  # running maxima per lane, see _lane_maxima_from
     save_t, levels = opt.save_t, opt.levels
     T = save_t.shape[0]
     # flat views (n * nl,) of the lane arrays, see _rk_stage_point
