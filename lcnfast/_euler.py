@@ -14,40 +14,11 @@ import numpy as np
 
 from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
-                         _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
+                         _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled, _lane_norms,
                          _level_top, _park, _pick, _pick_maxima, _plain_ok, _start)
 from ._jit import JIT as _JIT
 from ._kernels import _flag
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
-
-
-@nb.njit(**_JIT)
-def _lane_norms(G, V, Y, gn, v1, wn):
-    """Per lane: ||G||_2, ||V||_1, ||Y||_2 (sums in index order, SIMD over lanes; the caller
-    checks the 2-norms of its running lanes with :func:`_plain_ok`)."""
-    # The lane loops of this and the other lane helpers run to the arrays' lane count, not to
-    # the constant LANES: with a constant trip count of 16 LLVM unrolls a loop completely
-    # before its loop vectoriser sees it, and Numba leaves the SLP vectoriser off, so every
-    # lane went scalar (this function: 32 scalar square roots, 152 ns per call; 68 ns with
-    # the run-time count, vectorised, bitwise the same). Measured on gradient descent, which
-    # runs this and the step below every step: 4.0-4.3e7 -> 5.2-5.3e7 evaluations/s on one
-    # thread. The Dormand-Prince stage combinations go further: see
-    # lcnfast._rk45._rk_stage_point.
-    nl = Y.shape[1]  # the lane count
-    for b in range(nl):
-        gn[b] = 0.0
-        v1[b] = 0.0
-        wn[b] = 0.0
-    for i in range(G.shape[0]):
-        for b in range(nl):
-            gn[b] += G[i, b] * G[i, b]
-            wn[b] += Y[i, b] * Y[i, b]
-    for i in range(V.shape[0]):
-        for b in range(nl):
-            v1[b] += abs(V[i, b])
-    for b in range(nl):
-        gn[b] = math.sqrt(gn[b])
-        wn[b] = math.sqrt(wn[b])
 
 
 @nb.njit(**_JIT)
