@@ -34,7 +34,7 @@ import lcnfast  # noqa: E402
 from lcnfast import Architecture, Problem, _lane_width, data, losses  # noqa: E402
 from lcnfast.flows import FlowWarning  # noqa: E402
 
-from benchmark import matmul_gflops  # noqa: E402  (studies/benchmark.py)
+from benchmark import matmul_gflops, positive_int  # noqa: E402  (studies/benchmark.py)
 
 
 def runs(quick):
@@ -55,8 +55,9 @@ def runs(quick):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=None, help="threads (default: Numba's)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="threads (default: Numba's)")
+    ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     args = ap.parse_args()
     widths = [w for w in (1, 2, 4, 8, 16, 32, 64) if w >= _lane_width.LANES]

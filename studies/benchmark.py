@@ -63,6 +63,7 @@ from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 import lcnfast  # noqa: E402
 from lcnfast import Architecture, Problem, data, losses  # noqa: E402
 from lcnfast import _kernels  # noqa: E402
+from lcnfast.cli import _positive_int as positive_int  # noqa: E402  (also bench_width.py's)
 from lcnfast.problem import n_chunks  # noqa: E402
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -655,7 +656,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (smaller batches, fewer repeats)")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 7, quick 3)")
+    ap.add_argument("--repeats", type=positive_int, default=None,
+                    help="timing repeats (default 9, quick 5)")
     args = ap.parse_args(argv)
     # the flows are timed, not judged: gradient descent at h = 1e-3 ends many flows at
     # h lambda_max >= 2 by design of the workloads, and would warn at every run

@@ -51,6 +51,18 @@ def test_quick_benchmark_runs_and_its_checks_hold(tmp_path):
         assert "matmul" in row and "load" in row and ("met" in row or "NOT met" in row), row
 
 
+def test_the_benchmarks_refuse_counts_below_one():
+    """``benchmark.py --repeats 0`` once meant the default (``args.repeats or 9``) and ``-1`` no
+    timing round at all (every figure inf); ``bench_width.py --rounds 0`` ended in a traceback
+    (the best of no rates). Refused by argparse now: exit status 2, naming the option."""
+    for script, option in (("benchmark.py", "--repeats"), ("bench_width.py", "--rounds"),
+                           ("bench_width.py", "--threads")):
+        for bad in ("0", "-1", "two"):
+            r = subprocess.run([sys.executable, str(REPO / "studies" / script), option, bad],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert r.returncode == 2 and option in r.stderr, (script, bad, r.stderr[-500:])
+
+
 def test_the_flow_width_benchmark_runs_and_its_widths_agree():
     """``studies/bench_width.py --quick --rounds 1`` runs (it checks itself that every width
     gives bitwise the same Dataset, and exits non-zero otherwise) and prints a rate per width
