@@ -387,7 +387,7 @@ def test_dask_workers_give_the_same_results(reference, tmp_path):
 def test_dask_worker_dying_mid_shard_is_recomputed(reference, tmp_path):
     from dask.distributed import Client, LocalCluster
 
-    from lcnfast.study.runner import _numba_threads_plugin, _worker_env
+    from lcnfast.study.on_dask import _numba_threads_plugin, _worker_env
 
     spec, _, ref, _ = reference
     out = tmp_path / "dying"

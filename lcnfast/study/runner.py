@@ -10,7 +10,8 @@
 3. plans the shards not finished yet (a resumption computes nothing twice);
 4. compiles the kernels once, before fan-out, saying so;
 5. runs the shards in this process, or as dask futures on a ``LocalCluster`` of worker
-   processes (``workers``) or an existing cluster (``scheduler``), with a progress bar;
+   processes (``workers``) or an existing cluster (``scheduler``; :mod:`.on_dask`), with a
+   progress bar;
 6. prints a summary and writes the report.
 
 Ctrl-C stops a run after the shards already written: run the same command again to resume.
@@ -19,12 +20,9 @@ Ctrl-C stops a run after the shards already written: run the same command again 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from .shards import shard_path, write_datasets
 from . import _keys, spec_checks
 from .directory import (SPEC_FILE, check_spec_file, lock, open_study_dir,
                         remove_partial_files, study_dir_for)
+from .on_dask import run_on_dask
 from .spec import load_spec
 from .._notice import FlowProgress, Ticker, interactive, quiet
 from .._signals import sigint_deferred
@@ -167,116 +166,6 @@ def _report_repairing(study, d, shard_size, n_threads, summary):
             _run_local(study, d, todo, n_threads, bar, summary)
 
 
-def _worker_env(threads_per_worker):
-    return {
-        "NUMBA_NUM_THREADS": str(threads_per_worker),
-        "LCNFAST_NOTICES": "0",  # the client says what the workers do
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-
-
-def _numba_threads_plugin(n):
-    """A dask WorkerPlugin that makes Numba use ``n`` threads on every worker, restarted ones
-    included: the worker process imports lcnfast (and so Numba) before the nanny's ``env``
-    reaches ``os.environ``, so Numba's configuration must be reloaded there."""
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    class NumbaThreads(WorkerPlugin):
-        name = "lcnfast-numba-threads"
-
-        def __init__(self, n):
-            self.n = n
-
-        def setup(self, worker):
-            import numba
-
-            os.environ["NUMBA_NUM_THREADS"] = str(self.n)
-            numba.config.reload_config()
-
-    return NumbaThreads(n)
-
-
-@contextlib.contextmanager
-def _client(workers, scheduler, threads_per_worker):
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler is not None:
-        try:
-            client = Client(scheduler)
-        except OSError as e:  # "Timed out trying to connect to ... after 30 s"
-            raise OSError(f"scheduler: {e}") from e
-        with client:
-            yield client
-        return
-    with _sigint_ignored():  # the worker processes start here and inherit it
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            env=_worker_env(threads_per_worker),
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster, Client(cluster) as client:
-        try:
-            yield client
-        except KeyboardInterrupt:
-            client.run(_silence_distributed_logs)
-            raise
-
-
-def _silence_distributed_logs():
-    """Log only distributed's critical errors in this process (a worker, by ``Client.run``):
-    after Ctrl-C the cluster closes under the shards still running, and a worker then writing
-    one logs that its file lock (a distributed semaphore) could not be released: an error of
-    the shutdown, not of the results (the shard is rerun by the next run)."""
-    for name in list(logging.root.manager.loggerDict):
-        if name == "distributed" or name.startswith("distributed."):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored in this process for the block (main thread only), so that the
-    processes started in it inherit SIGINT ignored: a LocalCluster's workers, which share the
-    terminal's process group and so get its Ctrl-C too. Without this, each worker died of it
-    with a traceback (and the nannies and the lock of the shard being written logged errors)
-    while this process stopped the run; now this process alone handles Ctrl-C, cancels the
-    shards and closes the cluster, and the run ends with its "interrupted" summary."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
-    from dask.distributed import as_completed
-
-    spec = study.spec
-    futures = client.map(
-        run_shard,
-        [str(d)] * len(todo),
-        [spec] * len(todo),
-        [tuple(s) for s in todo],
-        [threads_per_worker] * len(todo),
-        key=[f"lcnfast-{study.spec_hash[:12]}-{s.name}" for s in todo],
-        pure=False,
-    )
-    try:
-        for i, fut in enumerate(as_completed(futures), start=1):
-            s = fut.result()
-            summary.add(s)
-            progress.update(s["n_flows"], f"shards {i}/{len(todo)}")
-    finally:
-        client.cancel(futures)
-
-
 def _whole(x):
     return not isinstance(x, bool) and isinstance(x, int) and x >= 1
 
@@ -346,20 +235,11 @@ def run_study(
     _check_run_args(workers, scheduler, client, threads, shard_size)
     if report:
         spec_checks.sections_file(study)
-    n_modes = sum(x is not None for x in (workers, scheduler, client))
-    if shard_size is None:
-        shard_size = study.spec["shard_size"]
-    else:
-        try:  # the spec's shard_size passed these checks in load_spec
-            spec_checks.save_sizes(_keys.Ctx(None, None), study.spec, shard_size)
-            spec_checks.shard_count(_keys.Ctx(None, None), study.spec, len(study.cells),
-                                    shard_size)
-        except ValueError as e:
-            raise ValueError(f"shard_size={shard_size}: {e}") from None
+    shard_size = _shard_size(study, shard_size)
     d = open_study_dir(study, study_dir_for(study, out)).resolve()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    say = _say(progress)
     summary = RunSummary(study_dir=d, n_flows_total=study.n_flows)
-    distributed = n_modes == 1
+    distributed = sum(x is not None for x in (workers, scheduler, client)) == 1
     with lock(d), quiet():  # the runner says what it is doing itself
         changed = check_spec_file(study, d)
         if changed:
@@ -375,55 +255,22 @@ def run_study(
             f"datasets x {study.spec['flows_per_dataset']} flows = {study.n_flows} flows; "
             f"{n_todo} to run in {len(todo)} shards ({len(done)} shards done) -> {d}"
         )
-        bar = None
         try:
-            local = todo and not distributed
             # a LocalCluster's workers share this machine's cache: compile here, on both cores,
             # and they load the kernels (each worker compiling for itself would share the cores)
-            here = bool(todo) and (local or workers is not None)
-            what = (
-                f"preparing the kernels for {_loss_names(study)} (compiled on the first run, "
-                "30-60 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
-            )
-            t0 = time.perf_counter()
-            # Ctrl-C while Numba compiles is lost or breaks Numba (lcnfast._signals): noted,
-            # and raised between the steps (noted.check), each at most a few compiles long
-            with sigint_deferred(say) as noted, _threads(threads), Ticker(
-                what, progress and interactive()
-            ) if progress else contextlib.nullcontext():
-                with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
-                    write_datasets(study, d)
-                    if here:
-                        noted.check()
-                        compile_rodas_tail(study.spec, between=noted.check)  # core 2's last
-                        warm_analysis(study.spec, str(d), between=noted.check)
-                if here:
-                    warm_up(study.spec, str(d), threads, between=noted.check)
-                    summary.compile_seconds = time.perf_counter() - t0
-            if local:
+            here = bool(todo) and (not distributed or workers is not None)
+            _prepare(study, d, threads, here, progress, say, summary)
+            if todo and not distributed:
                 bar = FlowProgress(n_todo, study.name, progress)
-                _run_local(study, d, todo, threads, bar, summary)
+                try:
+                    _run_local(study, d, todo, threads, bar, summary)
+                finally:
+                    bar.close()
             elif todo:
-                tpw = threads or 1
-                with (
-                    contextlib.nullcontext(client) if client is not None
-                    else _client(workers, scheduler, tpw)
-                ) as cl:
-                    cl.register_plugin(_numba_threads_plugin(tpw))
-                    say(f"dask: {len(cl.scheduler_info()['workers'])} workers; " + (
-                        "loading the kernels on each ..." if here else "compiling kernels on "
-                        "each (the first run compiles for about a minute, later runs load them) ..."))
-                    t0 = time.perf_counter()
-                    cl.run(warm_up, study.spec, str(d), tpw)
-                    summary.compile_seconds += time.perf_counter() - t0
-                    say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
-                    bar = FlowProgress(n_todo, study.name, progress)
-                    _run_dask(study, d, todo, cl, bar, summary, tpw)
+                run_on_dask(study, d, todo, (client, workers, scheduler), threads, here,
+                            progress, say, summary)  # fmt: skip
         except KeyboardInterrupt:
             summary.interrupted = True
-        finally:
-            if bar is not None:
-                bar.close()
         remove_partial_files(d)  # of workers killed mid-write (their shards were rerun)
         if report and not summary.interrupted:
             t0 = time.perf_counter()
@@ -436,6 +283,51 @@ def run_study(
         for line in summary.lines():
             print(line, file=sys.stderr)
     return summary
+
+
+def _say(progress):
+    """``say(*parts)``: a message line on stderr when ``progress``, else nothing."""
+    if progress:
+        return lambda *a: print(*a, file=sys.stderr, flush=True)
+    return lambda *a: None
+
+
+def _shard_size(study, shard_size):
+    """The run's flows per shard: the spec's unless ``shard_size`` is given, which must pass
+    the spec's own checks (the spec's value passed them in load_spec)."""
+    if shard_size is None:
+        return study.spec["shard_size"]
+    try:
+        spec_checks.save_sizes(_keys.Ctx(None, None), study.spec, shard_size)
+        spec_checks.shard_count(_keys.Ctx(None, None), study.spec, len(study.cells), shard_size)
+    except ValueError as e:
+        raise ValueError(f"shard_size={shard_size}: {e}") from None
+    return shard_size
+
+
+def _prepare(study, d, threads, here, progress, say, summary):
+    """Write the data of every dataset (once) and, if ``here`` (the shards run in this process,
+    or on a LocalCluster that loads what this one compiles), compile or load every kernel the
+    run needs, the integrators in a second process meanwhile (lcnfast.study.warm), with a
+    ticker. Ctrl-C while Numba compiles is lost or breaks Numba (lcnfast._signals): it is
+    noted, and raised between the steps (``noted.check``), each at most a few compiles long."""
+    what = (
+        f"preparing the kernels for {_loss_names(study)} (compiled on the first run, "
+        "30-60 s on 2 cores; later runs load them in seconds)" if here else "writing the data"
+    )
+    t0 = time.perf_counter()
+    with sigint_deferred(say) as noted, _threads(threads), Ticker(
+        what, progress and interactive()
+    ) if progress else contextlib.nullcontext():
+        with compiling_aside(study.spec, enabled=here):  # the integrators, on core 2
+            write_datasets(study, d)
+            if here:
+                noted.check()
+                compile_rodas_tail(study.spec, between=noted.check)  # core 2's last
+                warm_analysis(study.spec, str(d), between=noted.check)
+        if here:
+            warm_up(study.spec, str(d), threads, between=noted.check)
+            summary.compile_seconds = time.perf_counter() - t0
 
 
 def reanalyse_study(study_dir, *, progress=True, report=True):
@@ -456,7 +348,7 @@ def reanalyse_study(study_dir, *, progress=True, report=True):
     if report:
         spec_checks.sections_file(study, missing_ok=True)
     d = Path(study_dir).resolve()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    say = _say(progress)
     counts = {}
     with lock(d), (contextlib.nullcontext() if progress else quiet()):
         remove_partial_files(d)

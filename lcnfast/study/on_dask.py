@@ -1,0 +1,161 @@
+"""Running a study's shards as dask futures: on a ``LocalCluster`` of worker processes started
+here (``workers``), or on a running cluster (``scheduler``, ``client``).
+
+Private to :mod:`lcnfast.study.runner`. The workers load the kernels before their first
+shard (compiled here for a ``LocalCluster``, which shares this machine's cache; compiled by
+each worker of a remote cluster), then the shards run as futures (``client.map``,
+``as_completed``) and the progress bar counts them as they end. Ctrl-C reaches this process
+alone (a ``LocalCluster``'s workers start with SIGINT ignored): it cancels the futures and
+closes the cluster; a shard a worker is running then runs on to its end, since dask cannot
+stop a running task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+
+from .._notice import FlowProgress
+from .shards import run_shard
+from .warm import warm_up
+
+__all__ = ["run_on_dask"]
+
+
+def run_on_dask(study, d, todo, cluster, threads, compiled_here, progress, say, summary):
+    """Run the shards ``todo`` of ``study`` (directory ``d``) on dask, adding each shard's
+    figures to ``summary`` as it ends. ``cluster``: ``(client, workers, scheduler)``, exactly
+    one not None (see :func:`lcnfast.study.run_study`); ``threads``: Numba threads per worker
+    (None: 1); ``compiled_here``: whether this process has compiled the kernels into the cache
+    the workers share (a ``LocalCluster``), so that they only load them."""
+    client, workers, scheduler = cluster
+    tpw = threads or 1
+    with (contextlib.nullcontext(client) if client is not None
+          else _client(workers, scheduler, tpw)) as cl:  # fmt: skip
+        cl.register_plugin(_numba_threads_plugin(tpw))
+        say(f"dask: {len(cl.scheduler_info()['workers'])} workers; " + (
+            "loading the kernels on each ..." if compiled_here else "compiling kernels on "
+            "each (the first run compiles for about a minute, later runs load them) ..."))
+        t0 = time.perf_counter()
+        cl.run(warm_up, study.spec, str(d), tpw)
+        summary.compile_seconds += time.perf_counter() - t0
+        say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
+        bar = FlowProgress(sum(s.n_flows for s in todo), study.name, progress)
+        try:
+            _run_dask(study, d, todo, cl, bar, summary, tpw)
+        finally:
+            bar.close()
+
+
+def _worker_env(threads_per_worker):
+    return {
+        "NUMBA_NUM_THREADS": str(threads_per_worker),
+        "LCNFAST_NOTICES": "0",  # the client says what the workers do
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _numba_threads_plugin(n):
+    """A dask WorkerPlugin that makes Numba use ``n`` threads on every worker, restarted ones
+    included: the worker process imports lcnfast (and so Numba) before the nanny's ``env``
+    reaches ``os.environ``, so Numba's configuration must be reloaded there."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class NumbaThreads(WorkerPlugin):
+        name = "lcnfast-numba-threads"
+
+        def __init__(self, n):
+            self.n = n
+
+        def setup(self, worker):
+            import numba
+
+            os.environ["NUMBA_NUM_THREADS"] = str(self.n)
+            numba.config.reload_config()
+
+    return NumbaThreads(n)
+
+
+@contextlib.contextmanager
+def _client(workers, scheduler, threads_per_worker):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler)
+        except OSError as e:  # "Timed out trying to connect to ... after 30 s"
+            raise OSError(f"scheduler: {e}") from e
+        with client:
+            yield client
+        return
+    with _sigint_ignored():  # the worker processes start here and inherit it
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            env=_worker_env(threads_per_worker),
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
+        try:
+            yield client
+        except KeyboardInterrupt:
+            client.run(_silence_distributed_logs)
+            raise
+
+
+def _silence_distributed_logs():
+    """Log only distributed's critical errors in this process (a worker, by ``Client.run``):
+    after Ctrl-C the cluster closes under the shards still running, and a worker then writing
+    one logs that its file lock (a distributed semaphore) could not be released: an error of
+    the shutdown, not of the results (the shard is rerun by the next run)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process for the block (main thread only), so that the
+    processes started in it inherit SIGINT ignored: a LocalCluster's workers, which share the
+    terminal's process group and so get its Ctrl-C too. Without this, each worker died of it
+    with a traceback (and the nannies and the lock of the shard being written logged errors)
+    while this process stopped the run; now this process alone handles Ctrl-C, cancels the
+    shards and closes the cluster, and the run ends with its "interrupted" summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
+    from dask.distributed import as_completed
+
+    spec = study.spec
+    futures = client.map(
+        run_shard,
+        [str(d)] * len(todo),
+        [spec] * len(todo),
+        [tuple(s) for s in todo],
+        [threads_per_worker] * len(todo),
+        key=[f"lcnfast-{study.spec_hash[:12]}-{s.name}" for s in todo],
+        pure=False,
+    )
+    try:
+        for i, fut in enumerate(as_completed(futures), start=1):
+            s = fut.result()
+            summary.add(s)
+            progress.update(s["n_flows"], f"shards {i}/{len(todo)}")
+    finally:
+        client.cancel(futures)
