@@ -25,7 +25,6 @@ Private module.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import threading
@@ -248,10 +247,11 @@ class FlowProgress:
 
     def _line(self, now):
         el = now - self.t0
-        eta = el / self.done * (self.total - self.done) if self.done else math.nan
+        # no flow finished yet: no rate, so no ETA ("?" as tqdm's bar shows it; was "nan s")
+        eta = f"{el / self.done * (self.total - self.done):.0f} s" if self.done else "?"
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {self.done}/{self.total} flows{extra}, {el:.0f} s elapsed, "
-              f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+              f"ETA {eta}", file=sys.stderr, flush=True)
         self.last = now
         self._shown = (self.done, self.postfix)
 

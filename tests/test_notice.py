@@ -121,6 +121,13 @@ def test_flow_progress_lines_off_a_terminal(capsys):
     p.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo: 10/10 flows, shards 3/3, "), lines
+    # before the first flow ends there is no rate: the ETA is "?" (it read "ETA nan s" in the
+    # lines of a study whose first shard ran for minutes)
+    p = _notice.FlowProgress(10, "demo", True, interval=0.0)
+    p.update(0, "shards 0/3")
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(ln.endswith(" s elapsed, ETA ?") for ln in lines), lines
 
 
 def test_flow_progress_moves_while_no_flow_finishes(capsys, monkeypatch):
