@@ -12,6 +12,10 @@ Public API (see README.md):
   conditions on X X^T and the window Gram, summaries; :mod:`lcnfast.roots` -- layer roots.
 """
 
+from . import _command
+
+_command.quiet_interrupt()  # a Ctrl-C while the rest imports (~1.2 s): see _command
+
 from importlib.metadata import PackageNotFoundError, version
 
 from . import _notice, _numba_cache
