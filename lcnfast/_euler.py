@@ -14,8 +14,8 @@ import numpy as np
 
 from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, INTERRUPTED, NON_FINITE, REACHED_END, _atomic_load,
-                         _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled, _lane_norms,
-                         _level_top, _park, _pick, _pick_maxima, _plain_ok, _start)
+                         _fetch_add, _finish_lane, _lane_maxima_from, _lane_norm2_scaled,
+                         _lane_norms, _level_top, _park, _pick, _pick_maxima, _plain_ok, _start)
 from ._jit import JIT as _JIT
 from ._kernels import _flag
 from ._lanes import LANES, loss_grad_lanes, new_lane_workspace
