@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import secrets
 import socket
@@ -47,18 +48,28 @@ def _alive(pid):
     return True
 
 
+def partial_writer_gone(name, age, other_host_age):
+    """Whether the ``to_netcdf`` temporary file ``name`` (``.lcnfast-partial-<host>-<pid>-``
+    ``<random>.nc``), last modified ``age`` seconds ago, was left by a writer that no longer
+    runs: a process of this host that is gone (never this one), or, since a process of another
+    host cannot be asked, a file of another host unchanged for ``other_host_age`` seconds."""
+    if not (name.startswith(_PARTIAL) and name.endswith(".nc")):
+        return False
+    prefix = f"{_PARTIAL}{_host()}-"
+    if not name.startswith(prefix):
+        return age >= other_host_age
+    pid = name[len(prefix) :].split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
 def _remove_stale_partials(directory):
     """Remove this host's partial files in ``directory`` whose writer no longer runs."""
-    prefix = f"{_PARTIAL}{_host()}-"
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if not (name.startswith(prefix) and name.endswith(".nc")):
-            continue
-        pid = name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if partial_writer_gone(name, 0.0, math.inf):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(directory, name))
 

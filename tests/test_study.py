@@ -281,10 +281,30 @@ def test_run_writes_shards_with_everything_needed(reference):
 def test_rerun_skips_finished_shards(reference, tmp_path):
     spec, out, ds, _ = reference
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.nc")}
-    partial = out / "shards" / ".lcnfast-partial-somehost-99999-x1y2.nc"  # a killed writer's
-    partial.write_bytes(b"half a file")
+    # partial files: removed where the writer is gone, kept where it may still write (a shard
+    # an interrupted run left running on a cluster: lcnfast.study.on_dask)
+    from lcnfast import io as lio
+    from lcnfast.study.directory import REMOTE_PARTIAL_AGE
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = lio._host()
+    partial = {
+        name: out / "shards" / f".lcnfast-partial-{name}-0123456789ab.nc"
+        for name in (f"{host}-{dead.pid}", f"{host}-{os.getpid()}", "somehost-99999",
+                     "otherhost-99999")
+    }  # fmt: skip
+    for p in partial.values():
+        p.write_bytes(b"half a file")
+    old = time.time() - REMOTE_PARTIAL_AGE - 60
+    os.utime(partial["somehost-99999"], (old, old))
     s = run_study(spec, out, progress=False, report=False)
-    assert not partial.exists()
+    gone = {name for name, p in partial.items() if not p.exists()}
+    # this host's dead writer and another host's file unchanged for 11 minutes go; a live
+    # writer of this host (this process) and a fresh file of another host stay
+    assert gone == {f"{host}-{dead.pid}", "somehost-99999"}, gone
+    for name in set(partial) - gone:
+        partial[name].unlink()
     assert s.n_flows_run == 0 and s.n_shards_skipped == 8
     assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.nc")} == mtimes
 
@@ -453,6 +473,26 @@ CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_i
        "sys.argv[0] = 'lcnfast'; runpy.run_module('lcnfast', run_name='__main__')")
 
 
+def _interrupted_cli(args, cwd, ready, env):
+    """Run ``lcnfast ARGS`` in its own process group (as a terminal's job), Ctrl-C the group
+    once ``ready()`` (polled; the workers may compile first), and return (returncode, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, err
+
+
 def test_ctrl_c_on_dask_workers_ends_with_the_summary_and_no_traceback(tmp_path):
     """Ctrl-C in a terminal reaches its whole process group, the LocalCluster's workers too:
     they died of it with tracebacks (and nanny and lock errors) in the run's output. Now they
@@ -463,27 +503,73 @@ def test_ctrl_c_on_dask_workers_ends_with_the_summary_and_no_traceback(tmp_path)
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "study", "run", str(spec), "--out", str(out), "--no-report",
-         "--workers", "2"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group, as a terminal's job
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 900  # the workers may compile first
-        while not list((out / "shards").glob("c*.nc")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
+    returncode, err = _interrupted_cli(
+        ["study", "run", str(spec), "--out", str(out), "--no-report", "--workers", "2"], tmp_path,
+        ready=lambda: list((out / "shards").glob("c*.nc")), env=env)  # fmt: skip
+    assert returncode == 130, err
     assert "Traceback" not in err and " - ERROR - " not in err, err
     assert "interrupted: the shards written are kept" in err
     assert len(list((out / "shards").glob("c*.nc"))) < 24  # stopped with shards to run
+
+
+# Two shards of 2 flows, each running for ~10-20 s on this 2-core AVX2 host: longer than a
+# resumed run takes to start and submit them again.
+LONG_SHARDS = SLOW_DASK.replace("flows_per_dataset = 24", "flows_per_dataset = 4").replace(
+    "t_end = 100.0", "t_end = 500.0").replace('name = "slow-dask"', 'name = "long-shards"')
+
+
+def test_ctrl_c_on_a_running_cluster_then_resume_computes_no_shard_twice(tmp_path):
+    """On a cluster that outlives the run (``--scheduler``), the shards its workers are
+    running at Ctrl-C run on to their end (dask cannot stop them). A run resumed before then
+    submitted them again, and a shard could be computed twice, on another worker. Now the
+    interrupted run leaves them to the scheduler (fire_and_forget), and the resumed run's
+    futures attach to them: the scheduler still holds both after the first run has ended, the
+    resumed run plans both (no file yet), and each shard file is written exactly once (one
+    inode each, watched throughout)."""
+    from dask.distributed import Client, LocalCluster
+
+    from lcnfast.study.on_dask import _worker_env
+
+    spec = tmp_path / "long.toml"
+    spec.write_text(LONG_SHARDS)
+    out = tmp_path / "out"
+    shards = out / "shards"
+    inodes = {}
+    watching = threading.Event()
+
+    def watch():  # every inode each shard file has had (a second write replaces it)
+        while not watching.wait(0.02):
+            for p in shards.glob("c*.nc") if shards.is_dir() else ():
+                try:
+                    inodes.setdefault(p.name, set()).add(p.stat().st_ino)
+                except FileNotFoundError:
+                    pass
+
+    def ours(client):
+        return {k for keys in client.processing().values() for k in keys
+                if str(k).startswith("lcnfast-")}  # fmt: skip
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=_worker_env(1),
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        args = ["study", "run", str(spec), "--out", str(out), "--no-report", "--scheduler",
+                cluster.scheduler_address]  # fmt: skip
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            returncode, err = _interrupted_cli(
+                args, tmp_path, ready=lambda: len(ours(client)) == 2, env=_env())  # both running
+            assert returncode == 130 and "Traceback" not in err, err
+            assert len(ours(client)) == 2 and not list(shards.glob("c*.nc"))  # left running
+            r = subprocess.run([sys.executable, "-c", CLI, *args], env=_env(), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=900)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            assert "4 to run in 2 shards (0 shards done)" in r.stderr, r.stderr  # submitted again
+        finally:
+            watching.set()
+            watcher.join()
+    names = sorted(p.name for p in shards.glob("c*.nc"))
+    assert len(names) == 2 and sorted(inodes) == names
+    assert all(len(v) == 1 for v in inodes.values()), inodes  # each written once
 
 
 def test_command_line_end_to_end(tmp_path):

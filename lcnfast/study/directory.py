@@ -14,15 +14,20 @@ import fcntl
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
+from ..io import partial_writer_gone
 from .spec import EXECUTION_KEYS, spec_diff
 
 __all__ = ["SPEC_FILE", "study_dir_for", "read_spec_file", "open_study_dir", "check_spec_file",
            "lock", "remove_partial_files"]
 
 SPEC_FILE = "spec.json"
+
+# a partial file of another host's writer younger than this may still be written (seconds)
+REMOTE_PARTIAL_AGE = 600.0
 
 
 def study_dir_for(study, out=None):
@@ -185,11 +190,21 @@ def lock(d):
 
 
 def remove_partial_files(d):
-    """Partial files of killed runs or workers (lcnfast.to_netcdf writes
-    ``.lcnfast-partial-*.nc`` and renames it; the lock guarantees no writer is active)."""
+    """Remove the partial files of killed runs or workers (lcnfast.to_netcdf writes
+    ``.lcnfast-partial-<host>-<pid>-*.nc`` and renames it), and only those: the lock keeps
+    other runs out, but not the shards an interrupted run left running on a cluster
+    (lcnfast.study.on_dask), which a resumed run attaches to. So a file whose writer may still
+    run stays: one of a live process of this host, or one of another host modified within
+    the last ``REMOTE_PARTIAL_AGE`` seconds. Returns the number removed."""
+    now = time.time()
     n = 0
     for sub in ("shards", "datasets"):
         for p in (d / sub).glob(".lcnfast-partial-*"):
-            p.unlink(missing_ok=True)
-            n += 1
+            try:
+                age = now - p.stat().st_mtime
+            except FileNotFoundError:  # renamed into place meanwhile
+                continue
+            if partial_writer_gone(p.name, age, REMOTE_PARTIAL_AGE):
+                p.unlink(missing_ok=True)
+                n += 1
     return n

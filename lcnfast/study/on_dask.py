@@ -5,9 +5,10 @@ Private to :mod:`lcnfast.study.runner`. The workers load the kernels before thei
 shard (compiled here for a ``LocalCluster``, which shares this machine's cache; compiled by
 each worker of a remote cluster), then the shards run as futures (``client.map``,
 ``as_completed``) and the progress bar counts them as they end. Ctrl-C reaches this process
-alone (a ``LocalCluster``'s workers start with SIGINT ignored): it cancels the futures and
-closes the cluster; a shard a worker is running then runs on to its end, since dask cannot
-stop a running task.
+alone (a ``LocalCluster``'s workers start with SIGINT ignored): it cancels the shards not
+started and closes the cluster of its own. On a cluster that outlives the run, the shards its
+workers are running at Ctrl-C run on to their end (dask cannot stop a running task) and write
+their files; a run resumed before then attaches to them instead of computing them twice.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def run_on_dask(study, d, todo, cluster, threads, compiled_here, progress, say, 
         say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
         bar = FlowProgress(sum(s.n_flows for s in todo), study.name, progress)
         try:
-            _run_dask(study, d, todo, cl, bar, summary, tpw)
+            # a cluster of this run's own (workers) closes with it; another outlives it
+            _run_dask(study, d, todo, cl, bar, summary, tpw, outlives=workers is None)
         finally:
             bar.close()
 
@@ -139,7 +141,10 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, old)
 
 
-def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
+def _run_dask(study, d, todo, client, progress, summary, threads_per_worker, outlives):
+    """The shards ``todo`` as futures, counted into ``progress`` and ``summary`` as they end.
+    Interrupted (Ctrl-C), on a cluster that ``outlives`` the run, the shards its workers are
+    running are left to finish (:func:`_leave_running`) and the others are cancelled."""
     from dask.distributed import as_completed
 
     spec = study.spec
@@ -149,7 +154,7 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
         [spec] * len(todo),
         [tuple(s) for s in todo],
         [threads_per_worker] * len(todo),
-        key=[f"lcnfast-{study.spec_hash[:12]}-{s.name}" for s in todo],
+        key=[shard_key(study, s) for s in todo],
         pure=False,
     )
     try:
@@ -157,5 +162,31 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker):
             s = fut.result()
             summary.add(s)
             progress.update(s["n_flows"], f"shards {i}/{len(todo)}")
+    except KeyboardInterrupt:
+        if outlives:
+            _leave_running(client, futures)
+        raise
     finally:
-        client.cancel(futures)
+        client.cancel(futures)  # all but those left running (they have another holder)
+
+
+def shard_key(study, shard):
+    """The dask key of a shard's task: the spec's hash and the shard's flows, so that a run
+    resumed on the same cluster names a shard's task as the interrupted run did."""
+    return f"lcnfast-{study.spec_hash[:12]}-{shard.name}"
+
+
+def _leave_running(client, futures):
+    """Hand the futures of the shards the workers are running (the scheduler's
+    ``processing``) to ``fire_and_forget``: they run to their end and write their files
+    (dask cannot stop a running task; released, they would run on anyway, their results
+    dropped), and a run resumed before they end submits the same keys (:func:`shard_key`),
+    which the scheduler attaches to the running tasks instead of computing them twice. Best
+    effort: an unreachable scheduler leaves the shards to the next run."""
+    from dask.distributed import fire_and_forget
+
+    try:
+        running = {k for keys in client.processing().values() for k in keys}
+    except (OSError, TimeoutError):
+        return
+    fire_and_forget([f for f in futures if f.key in running])
