@@ -48,7 +48,7 @@ def _alive(pid):
     return True
 
 
-def partial_writer_gone(name, age, other_host_age):
+def _partial_writer_gone(name, age, other_host_age):
     """Whether the ``to_netcdf`` temporary file ``name`` (``.lcnfast-partial-<host>-<pid>-``
     ``<random>.nc``), last modified ``age`` seconds ago, was left by a writer that no longer
     runs: a process of this host that is gone (never this one), or, since a process of another
@@ -69,7 +69,7 @@ def _remove_stale_partials(directory):
     except OSError:
         return
     for name in names:
-        if partial_writer_gone(name, 0.0, math.inf):
+        if _partial_writer_gone(name, 0.0, math.inf):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(directory, name))
 

@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..io import partial_writer_gone
+from ..io import _partial_writer_gone
 from .spec import EXECUTION_KEYS, spec_diff
 
 __all__ = ["SPEC_FILE", "study_dir_for", "read_spec_file", "open_study_dir", "check_spec_file",
@@ -204,7 +204,7 @@ def remove_partial_files(d):
                 age = now - p.stat().st_mtime
             except FileNotFoundError:  # renamed into place meanwhile
                 continue
-            if partial_writer_gone(p.name, age, REMOTE_PARTIAL_AGE):
+            if _partial_writer_gone(p.name, age, REMOTE_PARTIAL_AGE):
                 p.unlink(missing_ok=True)
                 n += 1
     return n
