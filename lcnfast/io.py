@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 
 import xarray as xr
 
@@ -143,6 +144,21 @@ def _write_error(exc, directory, path):
     return OSError(getattr(exc, "errno", None) or errno.EIO, f"cannot write it: {reason}", path)
 
 
+def _thread_write_lock():
+    """A context in which xarray writes a netCDF file under a lock of this process, not one
+    of the dask scheduler in use. In a dask worker (a study's shard) xarray took a distributed
+    lock: a round trip to the scheduler per write, and a client of the worker's own which,
+    when the cluster closed under a write after Ctrl-C, printed "Exception ignored in
+    Client.__del__ ... IOLoop is closed" at the end of an interrupted run. The data written
+    are numpy arrays and the file (a fresh temporary one) is ours alone: xarray's thread lock
+    suffices. ``scheduler="synchronous"`` is what makes xarray choose it; dask is only asked
+    if it is loaded already (otherwise xarray takes that lock anyway)."""
+    dask = sys.modules.get("dask")
+    if dask is None or not hasattr(dask, "config"):
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
+
+
 def to_netcdf(ds, path, *, complevel=4):
     """Write ``ds`` to ``path`` (netCDF4, zlib-compressed) atomically.
 
@@ -180,7 +196,9 @@ def to_netcdf(ds, path, *, complevel=4):
     _remove_stale_partials(directory)
     tmp = _create_partial(directory)
     try:
-        out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(out, complevel))
+        with _thread_write_lock():
+            out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                          encoding=_encoding(out, complevel))  # fmt: skip
         if old is not None:  # keep the owner (where permitted) and mode of the file replaced
             st = os.stat(tmp)
             if (st.st_uid, st.st_gid) != (old.st_uid, old.st_gid):

@@ -144,3 +144,26 @@ def test_kill_9_during_a_write_leaves_a_named_partial_that_the_next_write_remove
     assert left.startswith(f".lcnfast-partial-{lio._host()}-{proc.pid}-") and left.endswith(".nc")
     lf.to_netcdf(_ds(), tmp_path / "other.nc")
     assert _partials(tmp_path) == []
+
+
+def _write_in_a_task(path):
+    lf.to_netcdf(xr.Dataset({"a": ("x", np.arange(3.0))}), path)
+    return path
+
+
+def test_a_write_in_a_dask_task_takes_no_lock_of_the_scheduler(tmp_path):
+    """In a dask worker (a study's shard) xarray took a distributed lock for every write: a
+    round trip to the scheduler, and a worker client whose shutdown under a write after Ctrl-C
+    printed "Exception ignored in Client.__del__ ... IOLoop is closed". to_netcdf writes under
+    a lock of its own process: the scheduler holds no semaphore afterwards (it held one named
+    after the temporary file)."""
+    from dask.distributed import Client, LocalCluster
+
+    path = tmp_path / "in_task.nc"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        assert client.submit(_write_in_a_task, str(path)).result() == str(path)
+        names = client.run_on_scheduler(lambda dask_scheduler: list(
+            getattr(dask_scheduler.extensions.get("semaphores"), "max_leases", {})))  # fmt: skip
+    assert names == [], names
+    assert lf.open_dataset(path).a.values.tolist() == [0.0, 1.0, 2.0]

@@ -512,10 +512,12 @@ def test_ctrl_c_on_dask_workers_ends_with_the_summary_and_no_traceback(tmp_path)
     assert len(list((out / "shards").glob("c*.nc"))) < 24  # stopped with shards to run
 
 
-# Two shards of 2 flows, each running for ~10-20 s on this 2-core AVX2 host: longer than a
-# resumed run takes to start and submit them again.
-LONG_SHARDS = SLOW_DASK.replace("flows_per_dataset = 24", "flows_per_dataset = 4").replace(
-    "t_end = 100.0", "t_end = 500.0").replace('name = "slow-dask"', 'name = "long-shards"')
+# Two shards of 2 flows, each running for ~10-15 s on this 2-core AVX2 host (2e6 rk45 steps,
+# to max_steps: ~7 us a step): longer than a resumed run takes to start and submit them again.
+LONG_SHARDS = (SLOW_DASK.replace("flows_per_dataset = 24", "flows_per_dataset = 4")
+               .replace("t_end = 100.0", "t_end = 1e4")
+               .replace("max_steps = 200000", "max_steps = 2000000")
+               .replace('name = "slow-dask"', 'name = "long-shards"'))  # fmt: skip
 
 
 def test_ctrl_c_on_a_running_cluster_then_resume_computes_no_shard_twice(tmp_path):

@@ -158,8 +158,10 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker, out
         pure=False,
     )
     try:
-        for i, fut in enumerate(as_completed(futures), start=1):
-            s = fut.result()
+        # with_results: the results come on dask's own thread, so that Ctrl-C finds this one
+        # waiting on a condition, not inside a call into the client's event loop (there, on
+        # distributed 2026.8-2026.11, it also logged a NameError from dask's sync())
+        for i, (_, s) in enumerate(as_completed(futures, with_results=True), start=1):
             summary.add(s)
             progress.update(s["n_flows"], f"shards {i}/{len(todo)}")
     except KeyboardInterrupt:
