@@ -115,9 +115,10 @@ def _client(workers, scheduler, threads_per_worker):
 
 def _silence_distributed_logs():
     """Log only distributed's critical errors in this process (a worker, by ``Client.run``):
-    after Ctrl-C the cluster closes under the shards still running, and a worker then writing
-    one logs that its file lock (a distributed semaphore) could not be released: an error of
-    the shutdown, not of the results (the shard is rerun by the next run)."""
+    after Ctrl-C the LocalCluster closes under the shards still running, and distributed logs
+    errors of that shutdown, not of the results (the shards are rerun by the next run). The
+    one seen most, a shard file's distributed lock that could not be released, is gone since
+    lcnfast.to_netcdf takes a lock of its process (lcnfast.io._thread_write_lock)."""
     for name in list(logging.root.manager.loggerDict):
         if name == "distributed" or name.startswith("distributed."):
             logging.getLogger(name).setLevel(logging.CRITICAL)
