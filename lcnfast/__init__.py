@@ -18,7 +18,9 @@ _command.quiet_interrupt()  # a Ctrl-C while the rest imports (~1.2 s): see _com
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _notice, _numba_cache
+from . import _notice, _numba_cache, _threading_layer
+
+_threading_layer.preload_tbb()  # Numba's prange kernels on TBB where installed: see the module
 
 _numba_cache.purge_stale()  # before any cached kernel is loaded: see _numba_cache
 _notice.install_compile_notices()  # a compile of a few seconds or more says so on stderr

@@ -1,5 +1,5 @@
 """``studies/benchmark.py --quick`` runs and its correctness checks hold (and
-``studies/bench_width.py --quick`` runs).
+``studies/bench_width.py --quick`` and ``studies/bench_busy_core.py --quick`` run).
 
 The benchmark is a script, not a test of speed (figures on a shared host are no pass/fail
 criterion): this runs its quick size once, so that the script cannot rot, and checks what it
@@ -19,6 +19,7 @@ checks besides speed, read from its JSON output:
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_the_benchmarks_refuse_counts_below_one():
     timing round at all (every figure inf); ``bench_width.py --rounds 0`` ended in a traceback
     (the best of no rates). Refused by argparse now: exit status 2, naming the option."""
     for script, option in (("benchmark.py", "--repeats"), ("bench_width.py", "--rounds"),
-                           ("bench_width.py", "--threads")):
+                           ("bench_width.py", "--threads"), ("bench_busy_core.py", "--rounds")):
         for bad in ("0", "-1", "two"):
             r = subprocess.run([sys.executable, str(REPO / "studies" / script), option, bad],
                                capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -76,3 +77,19 @@ def test_the_flow_width_benchmark_runs_and_its_widths_agree():
     rounds = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("round 1:")]
     assert len(rounds) == 2 and all("load" in ln and "GFLOP/s" in ln for ln in rounds), r.stdout
     assert r.stdout.count("width 64: best") == 2
+
+
+def test_the_busy_core_benchmark_runs_each_layer_in_its_own_process():
+    """``studies/bench_busy_core.py --quick --rounds 1`` runs: each available threading layer
+    in a child that really ran on it (the script exits non-zero otherwise), four figures per
+    layer, the round's load and matmul rate. TBB is a dependency where it has wheels (x86-64)
+    and OpenMP comes with Numba's wheels, so both must run there."""
+    r = subprocess.run([sys.executable, str(REPO / "studies" / "bench_busy_core.py"), "--quick",
+                        "--rounds", "1"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for layer in ("tbb", "omp") if platform.machine() in ("x86_64", "AMD64") else ("omp",):
+        row = next(ln for ln in r.stdout.splitlines() if f"round 1, {layer}:" in ln)
+        assert "not available" not in row, row
+        us = [float(case.split()[-1]) for case in row.split(": ", 1)[1].split(" | ")]
+        assert len(us) == 4 and all(0 < t < 1e6 for t in us), row
+    assert "load" in r.stdout and "GFLOP/s" in r.stdout

@@ -1,13 +1,16 @@
 """Results do not depend on the number of threads nor on how flows are batched.
 
 The batched kernels split a batch into chunks over ``prange`` (a few per thread), so the
-chunking differs between thread counts; each flow's arithmetic must not. The integrators' own
+chunking differs between thread counts and between Numba's threading layers (TBB where its
+wheel is installed: lcnfast._threading_layer; OpenMP otherwise); each flow's arithmetic must
+not. The integrators' own
 thread and batch invariance is tested with each method (test_flows, test_rosenbrock,
 test_events); here also the thread runner they use, lcnfast._threads.run_workers.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -21,6 +24,7 @@ import numpy as np
 import pytest
 
 from lcnfast import Architecture, Problem, data, losses
+from lcnfast._threading_layer import TBB_LIBRARY, preload_tbb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,24 +48,39 @@ SCRIPT = textwrap.dedent(
         np.save(f"{out}/{name}_filter.npy", p.final_filter(W))
         # a few flows alone
         np.save(f"{out}/{name}_single_grad.npy", np.stack([p.grad(W[i]) for i in (0, 101, 202)]))
-    print(numba.get_num_threads())
+        # a batch big enough for the prange kernels (smaller ones stay on the calling thread)
+        np.save(f"{out}/{name}_big_grad.npy", p.grad(np.tile(W, (20, 1))))
+    print(numba.get_num_threads(), numba.threading_layer())
     """
 )
 
 NAMES = [
     f"{loss}_{what}"
     for loss in ("square", "logcosh")
-    for what in ("loss", "grad", "hessian", "filter", "single_grad")
+    for what in ("loss", "grad", "hessian", "filter", "single_grad", "big_grad")
 ]
 
 
-def _run(tmp_path, threads):
-    out = tmp_path / f"threads{threads}"
+def _tbb_wheel_installed():
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _run(tmp_path, threads, layer=None):
+    """The SCRIPT's arrays from a child with ``threads`` Numba threads on the threading layer
+    ``layer`` (None: lcnfast's choice, which the child must have used)."""
+    out = tmp_path / f"threads{threads}{layer or ''}"
     out.mkdir()
     script = tmp_path / "compute.py"
     script.write_text(SCRIPT)
     env = dict(os.environ)
     env["NUMBA_NUM_THREADS"] = str(threads)
+    env.pop("NUMBA_THREADING_LAYER", None)
+    if layer is not None:
+        env["NUMBA_THREADING_LAYER"] = layer
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     res = subprocess.run(
         [sys.executable, str(script), str(out)],
@@ -71,20 +90,30 @@ def _run(tmp_path, threads):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split()[-1] == str(threads)  # the child really used that many threads
+    # the child really used that many threads, on that layer
+    assert res.stdout.split()[-2:] == [str(threads), layer or lcnfast_layer()]
     return {name: np.load(out / f"{name}.npy") for name in NAMES}
 
 
-def test_results_bitwise_identical_for_one_and_two_threads(tmp_path):
+def lcnfast_layer():
+    """The threading layer lcnfast's prange kernels run on: TBB where its wheel is installed
+    (the x86-64 platforms, a dependency there), else OpenMP (Numba's wheels have it)."""
+    return "tbb" if _tbb_wheel_installed() else "omp"
+
+
+def test_results_bitwise_identical_for_one_and_two_threads_on_either_layer(tmp_path):
     one = _run(tmp_path, 1)
     two = _run(tmp_path, 2)
+    two_omp = _run(tmp_path, 2, "omp") if lcnfast_layer() != "omp" else two
     for name in NAMES:
-        assert one[name].shape == two[name].shape, name
-        assert np.array_equal(one[name], two[name]), name
+        for res in (two, two_omp):
+            assert one[name].shape == res[name].shape, name
+            assert np.array_equal(one[name], res[name]), name
     # and each flow alone equals the same flow inside the batch
     for res in (one, two):
         for loss in ("square", "logcosh"):
             assert np.array_equal(res[f"{loss}_single_grad"], res[f"{loss}_grad"][[0, 101, 202]])
+            assert np.array_equal(res[f"{loss}_big_grad"][-203:], res[f"{loss}_grad"])
     assert one["square_grad"].shape == (203, 9)
     assert one["logcosh_hessian"].shape == (203, 9, 9)
 
@@ -183,3 +212,16 @@ def test_an_interrupt_while_waiting_stops_the_workers_before_it_propagates():
         signal.signal(signal.SIGINT, previous)
     assert ended == [True]
     assert stop[0] == 1
+
+
+def test_preload_tbb_loads_the_wheels_library_or_nothing(tmp_path):
+    """preload_tbb returns the path of the library it loaded, and None without a wheel (the
+    platforms with no tbb wheel: Numba then runs OpenMP), without an error."""
+    assert preload_tbb("no-such-distribution-lcnfast") is None
+    assert preload_tbb("pytest") is None  # installed, but holds no TBB library
+    path = preload_tbb()
+    if _tbb_wheel_installed():
+        assert path is not None and path.name.startswith(TBB_LIBRARY.split(".")[0])
+        assert path.is_file()
+    else:
+        assert path is None
