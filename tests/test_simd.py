@@ -2,6 +2,7 @@
 
 import re
 
+import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
 import pytest
@@ -107,13 +108,16 @@ def _axpy_asm(with_prefer_512):
 
 def test_prefer_512_sets_the_attribute_and_512_bit_vectors_follow_on_avx512():
     """The attribute and noinline are in the function's IR; with AVX-512 the loop is
-    vectorised with zmm registers, which it is not without the attribute (LLVM's default on
-    these CPUs is 256 bits)."""
+    vectorised with zmm registers. Without the attribute LLVM picks by its tuning for the CPU:
+    256 bits on Intel's AVX-512 cores (the data path's case: README, "How it is fast"), 512 on
+    AMD's Zen 4 and 5 ("znver4", "znver5": LLVM's tuning there does not prefer 256 bits; seen
+    on a Zen 5 host on 2026-12-08), where the attribute changes nothing."""
     ir_text, asm = _axpy_asm(True)
     assert '"prefer-vector-width"="512"' in ir_text and "noinline" in ir_text
     _, asm_default = _axpy_asm(False)
     if _simd.RCP14:
         assert re.search(r"v(mul|add|fmadd\w*)pd\s+[^\n]*zmm", asm)
-        assert "zmm" not in asm_default
+        if not llvm.get_host_cpu_name().startswith("znver"):
+            assert "zmm" not in asm_default
     else:
         assert "zmm" not in asm
