@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark import matmul_gflops, positive_int  # studies/benchmark.py
+from bench_host import matmul_gflops, positive_int, without_openblas_coretype
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("tbb", "omp")
@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short windows (a smoke test)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    without_openblas_coretype()
     if args.child:
         child(args.quick)
         return

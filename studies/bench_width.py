@@ -34,7 +34,7 @@ import lcnfast  # noqa: E402
 from lcnfast import Architecture, Problem, _lane_width, data, losses  # noqa: E402
 from lcnfast.flows import FlowWarning  # noqa: E402
 
-from benchmark import matmul_gflops, positive_int  # noqa: E402  (studies/benchmark.py)
+from bench_host import matmul_gflops, positive_int, without_openblas_coretype  # noqa: E402
 
 
 def runs(quick):
@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     args = ap.parse_args()
+    without_openblas_coretype()
     widths = [w for w in (1, 2, 4, 8, 16, 32, 64) if w >= _lane_width.LANES]
     warnings.simplefilter("ignore", FlowWarning)  # flows at the edge of stability: expected
     print(f"LANES {_lane_width.LANES}, MAX_FLOW_WIDTH {_lane_width.MAX_FLOW_WIDTH}, "

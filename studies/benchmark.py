@@ -63,91 +63,14 @@ from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 import lcnfast  # noqa: E402
 from lcnfast import Architecture, Problem, data, losses  # noqa: E402
 from lcnfast import _kernels  # noqa: E402
-from lcnfast.cli import _positive_int as positive_int  # noqa: E402  (also bench_width.py's)
 from lcnfast.problem import n_chunks  # noqa: E402
 
-OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                 "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+from bench_host import (OPENBLAS_VARS, best_time, best_times, blas_info,  # noqa: E402
+                        load_average, matmul_call, matmul_gflops, positive_int,
+                        without_openblas_coretype)
 
 
-# ----------------------------------------------------------------------------- timing helpers
-def best_times(fns, repeats, min_time=0.05, settle=0.0):
-    """Best wall time of one call of each function of the dict ``fns``: after two warm-up calls
-    each, ``repeats`` rounds, each timing every function in turn (at least 3 calls and
-    ``min_time`` seconds; the mean of its calls), ``settle`` seconds of sleep after each.
-    Interleaved, so that the host's drift (up to ~40% within minutes here) shifts all of them
-    alike and their ratios stay meaningful."""
-    inner = {}
-    for name, fn in fns.items():
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - t0, 1e-9)
-        inner[name] = max(3, int(math.ceil(min_time / once)))
-    best = dict.fromkeys(fns, math.inf)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / inner[name])
-            time.sleep(settle)
-    return best
-
-
-def best_time(fn, repeats, min_time=0.05):
-    """:func:`best_times` of one function."""
-    return best_times({"fn": fn}, repeats, min_time)["fn"]
-
-
-def matmul_call(n):
-    """(call, flops) of an n x n float64 matrix product."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n))
-    b = rng.standard_normal((n, n))
-    return (lambda: np.dot(a, b)), 2.0 * n**3
-
-
-def matmul_gflops(n, repeats):
-    call, flops = matmul_call(n)
-    t = best_time(call, repeats, min_time=0.2)
-    return flops / t / 1e9, t
-
-
-# ----------------------------------------------------------------------------- environment
-def load_average():
-    """The host's 1-minute load average (NaN where the OS has none): printed next to every
-    flow figure, since on a shared host the other jobs set how much of the cores we get."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return math.nan
-
-
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-
-        infos = [
-            f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
-            f"{d.get('num_threads')} threads, {Path(d.get('filepath', '')).name})"
-            for d in threadpool_info()
-            if d.get("user_api") == "blas"
-        ]
-        if infos:
-            return "; ".join(infos) + " [threadpoolctl]"
-    except ImportError:
-        pass
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]
-        simd = cfg.get("SIMD Extensions", {})
-        return (f"{blas.get('name')} {blas.get('version')} (numpy build config; "
-                f"SIMD found: {', '.join(simd.get('found', [])[-3:])})")
-    except Exception as e:  # pragma: no cover - very old numpy
-        return f"unknown ({e})"
-
-
+# ----------------------------------------------------------------------------- kernel cache
 def _dispatchers():
     mods = [_kernels]
     for name in ("_data_path", "_data_entry", "_loss_rows", "_simd", "_lanes"):
@@ -658,7 +581,11 @@ def main(argv=None):
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     ap.add_argument("--repeats", type=positive_int, default=None,
                     help="timing repeats (default 9, quick 5)")
+    ap.add_argument("--keep-openblas-coretype", action="store_true",
+                    help="keep OPENBLAS_CORETYPE if set (by default the benchmark runs again "
+                         "without it: it pins numpy's matmul, the measure of the machine)")
     args = ap.parse_args(argv)
+    without_openblas_coretype(args.keep_openblas_coretype)
     # the flows are timed, not judged: gradient descent at h = 1e-3 ends many flows at
     # h lambda_max >= 2 by design of the workloads, and would warn at every run
     warnings.filterwarnings("ignore", category=lcnfast.flows.FlowWarning)
