@@ -9,6 +9,10 @@ call took 85-140 us on 2 threads against ~44 us on one (2-core AMD EPYC, 2026-12
 README, "Measured speed"). TBB's scheduler lets the calling thread take the chunks no other
 thread has started (work stealing): 50-57 us there, and the same ~30 us as OpenMP on quiet
 cores. Results do not depend on the layer: the chunks are whole blocks of independent lanes.
+TBB is also fork-safe: after a batched gradient, a process forked by multiprocessing (Python
+3.11's default on Linux) computes on; under GNU OpenMP (Numba's omp layer on Linux) each child
+died ("fork() called from a process already using GNU OpenMP, this is unsafe") and a pool of
+them waited forever (tests/test_threads.py).
 
 Numba loads TBB as ``libtbb.so.12`` (``libtbb.12.dylib``, ``tbb12.dll``) through the dynamic
 loader, which does not search the ``lib`` folder of a virtual environment where pip puts the

@@ -225,3 +225,46 @@ def test_preload_tbb_loads_the_wheels_library_or_nothing(tmp_path):
         assert path.is_file()
     else:
         assert path is None
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing as mp
+    import numpy as np
+    from lcnfast import Architecture, Problem, data, losses
+
+    arch = Architecture(16, (3, 3), (1, 1))
+    td = data.teacher(arch, 32, seed=0)
+    p = Problem(arch, td.X, td.Y, losses.square(), kernel="generic")
+    W = data.initial_filters(arch, 4096, seed=1)  # big enough for the prange kernels
+
+    def grad_bytes(_):
+        return p.grad(W).tobytes()
+
+    if __name__ == "__main__":
+        here = grad_bytes(0)  # the parent's thread team is up before the fork
+        with mp.get_context("fork").Pool(2) as pool:
+            there = pool.map(grad_bytes, range(2), chunksize=1)
+        print(all(g == here for g in there))
+    """
+)
+
+
+def test_a_forked_process_runs_the_batched_gradients_after_its_parent_did(tmp_path):
+    """multiprocessing's "fork" (Python 3.11's default on Linux) after a batched gradient: on
+    TBB the children compute the same bits as the parent. On GNU OpenMP (Numba's omp layer on
+    Linux) each child died with "Terminating: fork() called from a process already using GNU
+    OpenMP, this is unsafe." and the pool waited forever (checked 2026-12-08 with
+    NUMBA_THREADING_LAYER=omp). Where the tbb wheel is missing lcnfast runs on OpenMP, so the
+    claim is made only where it is installed."""
+    if lcnfast_layer() != "tbb":
+        pytest.skip("no tbb wheel on this platform: Numba runs OpenMP, which is not fork-safe")
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    env.pop("NUMBA_THREADING_LAYER", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         timeout=240)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-1] == "True", res.stdout
