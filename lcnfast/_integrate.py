@@ -198,7 +198,7 @@ def _ulp_above(t):
 _ROOT_LO = 1e-12
 _ROOT_HI = 1e12
 # the bits of x^(-1/5) are about (6/5) 1023 2^52 - bits(x) / 5 (the bits as a piecewise-linear
-# log2); the offset centres the first guess's error (within ~5% over the range)
+# log2); the offset centres the first guess's error (at most 4.1% over the range)
 _ROOT_GUESS = 1.2 * 1023 * 2.0**52 - 0.045 * 2.0**52
 
 
@@ -208,9 +208,11 @@ def _inv_fifth_root(x):
     the caller's factor does not depend on the root there), within 1 ulp of the exact root
     (tests/test_flows.py, against mpmath). libm's pow(x, -0.2) is within 3 ulp of it (its
     exponent, -0.2 in binary, is not -1/5): the two agree in ~46% of cases, and step sizes
-    then differ in their last bits. The first guess from the bits, four Newton steps
-    y <- y (6/5 - x y^5 / 5) (quadratic convergence: relative error 5e-2 -> ~1e-17), then a
-    last one as a correction y + y (1 - x y^5) / 5, which rounds once more on y only."""
+    then differ in their last bits. The first guess from the bits (relative error at most
+    4.1e-2, periodic in log2 x with period 5), four Newton steps y <- y (6/5 - x y^5 / 5)
+    (quadratic convergence: at most 5.4e-3, 8.5e-5, 2.2e-8, 2.1e-15 over a dense grid of the
+    range), then a last one as a correction y + y (1 - x y^5) / 5, which rounds once more on
+    y only."""
     x = x if x > _ROOT_LO else _ROOT_LO  # NaN too
     x = x if x < _ROOT_HI else _ROOT_HI
     y = np.int64(_ROOT_GUESS - 0.2 * np.float64(np.float64(x).view(np.int64))).view(np.float64)

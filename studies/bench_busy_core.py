@@ -23,13 +23,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench_host import matmul_gflops, positive_int, without_openblas_coretype
+from bench_host import load_average, matmul_gflops, positive_int, without_openblas_coretype
 
-REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("tbb", "omp")
 CASES = ("quiet 2 threads", "quiet 1 thread", "busy 2 threads", "busy 1 thread")
 
@@ -37,8 +35,7 @@ CASES = ("quiet 2 threads", "quiet 1 thread", "busy 2 threads", "busy 1 thread")
 def child(quick):
     """In a child process with its NUMBA_THREADING_LAYER set: print one JSON line, the layer
     and, per case of CASES, the median time per call (us)."""
-    sys.path.insert(0, str(REPO))  # the lcnfast of this repository
-    import numba
+    import numba  # lcnfast: this repository's (bench_host put it first on sys.path)
 
     from lcnfast import Architecture, Problem, data, losses, threads
 
@@ -112,7 +109,7 @@ def main():
         if not figures:
             raise SystemExit("no threading layer could run")
         gflops = matmul_gflops(2000, 3)[0]
-        print(f"  (load {os.getloadavg()[0]:.2f}, matmul {gflops:.0f} GFLOP/s)")
+        print(f"  (load {load_average():.2f}, matmul {gflops:.0f} GFLOP/s)")
     for layer, cases in figures.items():
         print(f"{layer}, median of {len(cases[CASES[0]])} rounds:")
         for c, v in cases.items():
