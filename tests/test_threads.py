@@ -69,6 +69,12 @@ def _tbb_wheel_installed():
     return True
 
 
+def lcnfast_layer():
+    """The threading layer lcnfast's prange kernels run on: TBB where its wheel is installed
+    (the x86-64 platforms, a dependency there), else OpenMP (Numba's wheels have it)."""
+    return "tbb" if _tbb_wheel_installed() else "omp"
+
+
 def _run(tmp_path, threads, layer=None):
     """The SCRIPT's arrays from a child with ``threads`` Numba threads on the threading layer
     ``layer`` (None: lcnfast's choice, which the child must have used)."""
@@ -93,12 +99,6 @@ def _run(tmp_path, threads, layer=None):
     # the child really used that many threads, on that layer
     assert res.stdout.split()[-2:] == [str(threads), layer or lcnfast_layer()]
     return {name: np.load(out / f"{name}.npy") for name in NAMES}
-
-
-def lcnfast_layer():
-    """The threading layer lcnfast's prange kernels run on: TBB where its wheel is installed
-    (the x86-64 platforms, a dependency there), else OpenMP (Numba's wheels have it)."""
-    return "tbb" if _tbb_wheel_installed() else "omp"
 
 
 def test_results_bitwise_identical_for_one_and_two_threads_on_either_layer(tmp_path):
@@ -214,7 +214,7 @@ def test_an_interrupt_while_waiting_stops_the_workers_before_it_propagates():
     assert stop[0] == 1
 
 
-def test_preload_tbb_loads_the_wheels_library_or_nothing(tmp_path):
+def test_preload_tbb_loads_the_wheels_library_or_nothing():
     """preload_tbb returns the path of the library it loaded, and None without a wheel (the
     platforms with no tbb wheel: Numba then runs OpenMP), without an error."""
     assert preload_tbb("no-such-distribution-lcnfast") is None
