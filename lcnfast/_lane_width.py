@@ -63,12 +63,17 @@ LANES = lane_width()
 # Measured (square loss (32; 3,3,3), m = 128, one thread, AVX2; studies/bench_width.py):
 # one call of the generated kernel costs ~50 ns plus ~9 ns per lane, so at 8 lanes the fixed
 # part is a third of the gradient; gradient descent ran 2.2-2.6e7 evaluations/s at 8 lanes,
-# 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows). Dormand-Prince was fastest at 32 (384
-# flows, one thread: 3.17e7 against 2.77e7 at 64; 1024 flows, two threads: even), and is no
-# faster at 64 since its bookkeeping runs across the lanes (4096 flows, two threads, 4
-# alternating rounds: 7.4-8.2e7 at 64, 7.4-8.4e7 at 32); a likely reason: at 64 lanes its
-# seven stage arrays alone fill the 32 KiB L1 cache (n = 9).
-MAX_FLOW_WIDTH = {"euler": 64, "rk45": 32}
+# 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows). Dormand-Prince, whose bookkeeping runs
+# across the lanes, depends on the CPU. On a 2-core Zen 3 (AVX2, 32 KiB L1 data cache) it was
+# fastest at 32 (384 flows, one thread: 3.17e7 against 2.77e7 at 64; 1024 flows, two threads:
+# even; 4096 flows, two threads, 4 alternating rounds: 7.4-8.2e7 at 64, 7.4-8.4e7 at 32), its
+# seven stage arrays alone filling the L1 cache at 64 lanes (n = 9). On a 2-core Zen 5
+# (AVX-512, 48 KiB) 64 lanes were faster in every round (1024 flows, two threads, 4 rounds:
+# median 1.54e8 against 1.34e8 at 32, and 1.50e8 against 1.39e8 at 32 and 1.43e8 at 128 in
+# a second run, where gradient descent had 1.62e8 at 64, 1.58e8 at 128; 4096 flows, one
+# thread, 3 rounds: 7.6-8.2e7 against 7.1-7.6e7 at 32): with 512-bit vectors the fixed costs
+# weigh more. Hence its cap follows the CPU.
+MAX_FLOW_WIDTH = {"euler": 64, "rk45": 64 if target_has_avx512() else 32}
 GROUPS_PER_WORKER = 4  # at least this many full groups of flows per worker
 
 

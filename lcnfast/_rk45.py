@@ -296,24 +296,24 @@ def _rk_stages_kern(kern, A, bvec, yy, h, Gst, Gf, Yf, H, acc, accf, Y_new, Ynf,
 
 
 @nb.njit(**_JIT)
-def _rk_err_sumsq(Gf, Yf, Ynf, H, atol, rtol, R, out):
+def _rk_err_sumsq(Gf, Yf, Ynf, H, atol, rtol, out):
     """Per lane the error norm's sum of squares sum_i (e_i / sc_i)^2 of the attempted step,
     e = h sum_q E_q f_q (the weights _NEG_E on the gradients), sc = atol + rtol
-    max(|y|, |y_new|) (scipy's RK45), into out (nl,); flat views as in _rk_stage_point,
-    R (n * nl,) scratch for the terms. Each lane's sum in the order of one flow."""
-    for j in range(Yf.shape[0]):
-        e = 0.0
-        for q in range(7):
-            e += _NEG_E[q] * Gf[q, j]
-        e *= H[j]
-        sc = atol + rtol * max(abs(Yf[j]), abs(Ynf[j]))
-        R[j] = (e / sc) ** 2
+    max(|y|, |y_new|) (scipy's RK45), into out (nl,); flat views as in _rk_stage_point.
+    Each lane's sum in the order of one flow (i = 0, 1, ...), accumulated in the pass that
+    computes the terms."""
     nl = out.shape[0]
     for b in range(nl):
         out[b] = 0.0
     for i in range(Yf.shape[0] // nl):
         for b in range(nl):
-            out[b] += R[i * nl + b]
+            j = i * nl + b
+            e = 0.0
+            for q in range(7):
+                e += _NEG_E[q] * Gf[q, j]
+            e *= H[j]
+            sc = atol + rtol * max(abs(Yf[j]), abs(Ynf[j]))
+            out[b] += (e / sc) ** 2
 
 
 @nb.njit(**_JIT)
@@ -397,25 +397,38 @@ def _rk_dense_saves(model, opt, out, s, b, h, t, t_new, ws):
 @nb.njit(**_JIT)
 def _rk_accept_lanes(am, Y, Y_new, Gst, V, V_new, G, gn, wn, v1, nonfinite):
     """Move the accepted lanes (am[b] = -1, see _rk_step_counts) to their new state (Y, the
-    FSAL stage, the filter V) and take per lane ||grad L||_2 (from G), ||w||_2, ||v||_1
-    (_integrate._lane_norms) and a finiteness test of w (0.0 if finite, else NaN) of the new
-    state (lanes: the arrays' last axis). The moves select by the bits (_integrate._pick): as
-    stores under a condition they were masked stores, and this function cost 22-25 ns per
-    lane and step of the square-loss benchmark problem (32 lanes, one thread, timed alone);
-    now 11-16."""
+    FSAL stage, the filter V) and take per lane ||grad L||_2 (from G), ||w||_2, ||v||_1 and a
+    finiteness test of w (0.0 if finite, else NaN) of the new state (lanes: the arrays' last
+    axis), in the passes that move them; the sums in index order, as
+    _integrate._lane_norms. The moves select by the bits (_integrate._pick): as stores under
+    a condition they were masked stores, and this function cost 22-25 ns per lane and step of
+    the square-loss benchmark problem (32 lanes, one thread, timed alone, Zen 3); 11-16 with
+    the selects. With the norms in the passes of the moves instead of a pass of their own
+    (which read Y, V and G again), on a Zen 5: 12.9-13.7 -> 10.6-11.3 ns at 32 lanes, 9.7-10.2
+    -> 7.6-8.0 at 64 (bitwise the same)."""
     nl = Y.shape[1]
     for b in range(nl):
         nonfinite[b] = 0.0
+        gn[b] = 0.0
+        wn[b] = 0.0
+        v1[b] = 0.0
     for i in range(Y.shape[0]):
         for b in range(nl):
             y = _pick(am[b], Y_new[i, b], Y[i, b])
             Y[i, b] = y
             nonfinite[b] += y * 0.0
-            Gst[0, i, b] = _pick(am[b], Gst[6, i, b], Gst[0, i, b])
+            wn[b] += y * y
+            g = G[i, b]
+            gn[b] += g * g
+            Gst[0, i, b] = _pick(am[b], g, Gst[0, i, b])
     for i in range(V.shape[0]):
         for b in range(nl):
-            V[i, b] = _pick(am[b], V_new[i, b], V[i, b])
-    _lane_norms(G, V, Y, gn, v1, wn)
+            v = _pick(am[b], V_new[i, b], V[i, b])
+            V[i, b] = v
+            v1[b] += abs(v)
+    for b in range(nl):
+        gn[b] = math.sqrt(gn[b])
+        wn[b] = math.sqrt(wn[b])
 
 
 @nb.njit(**_JIT)
@@ -507,7 +520,6 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
     Gf = Gst.reshape((7, n * nl))
     Yf, Ynf, Ytf = Y.reshape(n * nl), Y_new.reshape(n * nl), Ytmp.reshape(n * nl)
     H = np.zeros(n * nl)  # h per lane, flat
-    R = np.zeros(n * nl)
     err2 = np.zeros(nl)
     P = np.zeros(nl)  # err^(-1/5) per lane
     accepted = np.zeros(nl, np.bool_)
@@ -556,7 +568,7 @@ def rk45_worker(model, kern, use_kern, W0, opt, out, counter, stop):
                             V_new)
         else:
             _rk_stages(model, lws, h, Gst, Gf, Yf, H, Ytmp, Ytf, Y_new, Ynf, L_new)
-        _rk_err_sumsq(Gf, Yf, Ynf, H, atol, rtol, R, err2)  # H: this step's, set by the stages
+        _rk_err_sumsq(Gf, Yf, Ynf, H, atol, rtol, err2)  # H: this step's, set by the stages
         if atol == 0.0:  # 0 / 0 from a component at rest
             for b in range(nl):
                 if flow[b] >= 0 and h[b] > 0.0 and err2[b] != err2[b]:

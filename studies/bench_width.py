@@ -1,6 +1,6 @@
 """How many flows a worker should keep side by side through the generated kernel.
 
-    python studies/bench_width.py [--threads N] [--rounds R] [--quick]
+    python studies/bench_width.py [--threads N] [--rounds R] [--max-width W] [--quick]
 
 The straight-line kernel generated for the square loss (``lcnfast._codegen``) takes any number
 of lanes at run time, and each call has a fixed cost (~50 ns on a 2-core AVX2 EPYC, against
@@ -9,8 +9,8 @@ more lanes than ``LANES`` on large runs, up to ``MAX_FLOW_WIDTH[method]``. This 
 what that cap should be: on the benchmark's square-loss case ((32; 3,3,3), m = 128, as
 ``studies/benchmark.py``), gradient descent (4096 flows, h = 1e-3, 4000 steps) and
 Dormand-Prince (1024 flows, rtol 1e-8, atol 1e-10, t_end = 50) at every width from LANES to
-64, the widths alternating within each round (the host's drift shifts them alike), each run's
-width forced by replacing ``flow_width``. Per width: the best and the median of the rounds in
+128 (``--max-width``), the widths alternating within each round (the host's drift shifts them
+alike), each run's width forced by replacing ``flow_width``. Per width: the best and the median of the rounds in
 gradient evaluations per second. Every round also prints the load average and the numpy
 matmul rate (GFLOP/s) right after it. The results of every width are checked bitwise equal.
 """
@@ -59,9 +59,11 @@ def main():
                     help="threads (default: Numba's)")
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    ap.add_argument("--max-width", type=positive_int, default=128,
+                    help="the widest width to measure (default 128)")
     args = ap.parse_args()
     without_openblas_coretype()
-    widths = [w for w in (1, 2, 4, 8, 16, 32, 64) if w >= _lane_width.LANES]
+    widths = [2**e for e in range(8) if _lane_width.LANES <= 2**e <= args.max_width]
     warnings.simplefilter("ignore", FlowWarning)  # flows at the edge of stability: expected
     print(f"LANES {_lane_width.LANES}, MAX_FLOW_WIDTH {_lane_width.MAX_FLOW_WIDTH}, "
           f"threads {args.threads or 'Numba default'}, widths {widths}")
