@@ -301,8 +301,9 @@ def _lane_norm2_scaled(X, b):
 @nb.njit(**_JIT)
 def _lane_norms(G, V, Y, gn, v1, wn):
     """Per lane (lanes: the arrays' last axis): ||G||_2, ||V||_1, ||Y||_2, sums in index order,
-    SIMD over the lanes; the new state's norms in gradient descent and Dormand-Prince. The
-    caller checks the 2-norms of its running lanes with :func:`_plain_ok`."""
+    SIMD over the lanes; the new state's norms in gradient descent (Dormand-Prince takes them
+    in the passes that move its accepted lanes: lcnfast._rk45._rk_accept_lanes). The caller
+    checks the 2-norms of its running lanes with :func:`_plain_ok`."""
     # The lane loops of this and the other lane helpers run to the arrays' lane count, not to
     # the constant LANES: with a constant trip count of 16 LLVM unrolls a loop completely
     # before its loop vectoriser sees it, and Numba leaves the SLP vectoriser off, so every

@@ -59,34 +59,75 @@ def lane_width(environ: Mapping[str, str] = os.environ) -> int:
 
 LANES = lane_width()
 
+def l1_data_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The size in bytes of CPU 0's level-1 data cache, as Linux reports it under ``sysfs``
+    (``index*/level``, ``type``, ``size`` such as "48K"); DEFAULT_L1_DATA_BYTES where it
+    cannot be read (another system, a container without sysfs)."""
+    units = {"K": 2**10, "M": 2**20}
+    try:
+        for entry in sorted(os.listdir(sysfs)):
+            base = os.path.join(sysfs, entry)
+            with open(os.path.join(base, "level")) as f_level, \
+                    open(os.path.join(base, "type")) as f_type:
+                if f_level.read().strip() != "1" or f_type.read().strip() not in ("Data",
+                                                                                "Unified"):
+                    continue
+            with open(os.path.join(base, "size")) as f_size:
+                size = f_size.read().strip()
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_L1_DATA_BYTES
+
+
+DEFAULT_L1_DATA_BYTES = 32 * 2**10
+L1_DATA_BYTES = l1_data_cache_bytes()
+
 # The widest group of flows a worker keeps in the generated kernel's lanes, per integrator.
 # Measured (square loss (32; 3,3,3), m = 128, one thread, AVX2; studies/bench_width.py):
 # one call of the generated kernel costs ~50 ns plus ~9 ns per lane, so at 8 lanes the fixed
 # part is a third of the gradient; gradient descent ran 2.2-2.6e7 evaluations/s at 8 lanes,
-# 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows). Dormand-Prince, whose bookkeeping runs
-# across the lanes, depends on the CPU. On a 2-core Zen 3 (AVX2, 32 KiB L1 data cache) it was
-# fastest at 32 (384 flows, one thread: 3.17e7 against 2.77e7 at 64; 1024 flows, two threads:
-# even; 4096 flows, two threads, 4 alternating rounds: 7.4-8.2e7 at 64, 7.4-8.4e7 at 32), its
-# seven stage arrays alone filling the L1 cache at 64 lanes (n = 9). On a 2-core Zen 5
-# (AVX-512, 48 KiB) 64 lanes were faster in every round (1024 flows, two threads, 4 rounds:
-# median 1.54e8 against 1.34e8 at 32, and 1.50e8 against 1.39e8 at 32 and 1.43e8 at 128 in
-# a second run, where gradient descent had 1.62e8 at 64, 1.58e8 at 128; 4096 flows, one
-# thread, 3 rounds: 7.6-8.2e7 against 7.1-7.6e7 at 32): with 512-bit vectors the fixed costs
-# weigh more. Hence its cap follows the CPU.
-MAX_FLOW_WIDTH = {"euler": 64, "rk45": 64 if target_has_avx512() else 32}
+# 3.3-3.8e7 at 32 and 3.8-4.4e7 at 64 (4096 flows).
+MAX_FLOW_WIDTH = {"euler": 64, "rk45": 64}
 GROUPS_PER_WORKER = 4  # at least this many full groups of flows per worker
+# Dormand-Prince's bookkeeping runs across the lanes over its seven stage arrays (7 n width
+# float64, n parameters), and its best width depends on whether they stay in the L1 cache:
+# at most RK45_STAGES_L1_SHARE of it. Measured (two threads, studies/bench_width.py and
+# alternating runs of each width): on a 2-core Zen 3 (AVX2, 32 KiB), (32; 3,3,3) with n = 9
+# was fastest at 32 lanes (384 flows, one thread: 3.17e7 gradient evaluations/s against 2.77e7
+# at 64; 4096 flows, 4 rounds: 7.4-8.4e7 against 7.4-8.2e7). On a 2-core Zen 5 (AVX-512, 48
+# KiB), n = 9 at 64 lanes (32 KiB of stages) beat 32 in every round (1024 flows, 4 rounds:
+# median 1.54e8 against 1.34e8, and 1.50e8 against 1.39e8 at 32 and 1.43e8 at 128 in a
+# second run); n = 12 ((48; 4,4,4)) and n = 15 ((64; 5,5,5)) ran alike at 32 and 64 (3
+# rounds: 8.7-9.5e7 against 8.4-10.1e7; 2.4-2.7e7 against 2.5-2.6e7); n = 21 ((64; 7,7,7)),
+# 74 KiB of stages at 64 lanes, ran 25% slower at 64 than at 32 (t_end = 2: 7.6-7.9e6
+# against 0.98-1.04e7), and fastest at 16 (t_end = 1: 1.29-1.33e7 against 1.20-1.24e7 at 32).
+# Two thirds of L1 separates these cases (n = 9: 64 lanes on Zen 5, 32 on Zen 3; n = 12 and
+# 15: 32; n = 21: 16).
+RK45_STAGES_L1_SHARE = 2 / 3
 
 
-def flow_width(n_flows: int, n_workers: int, method: str) -> int:
+def rk45_stages_fit(n_params: int, width: int, l1_bytes: int | None = None) -> bool:
+    """Whether Dormand-Prince's seven stage arrays of ``width`` flows with ``n_params``
+    parameters each take at most RK45_STAGES_L1_SHARE of the L1 data cache (``l1_bytes``,
+    default the host's, L1_DATA_BYTES)."""
+    l1 = L1_DATA_BYTES if l1_bytes is None else l1_bytes
+    return 7 * n_params * width * 8 <= RK45_STAGES_L1_SHARE * l1
+
+
+def flow_width(n_flows: int, n_workers: int, method: str, n_params: int = 0) -> int:
     """How many flows a worker of ``method`` ("euler" or "rk45") keeps side by side through
     the generated kernel: the widest of LANES, 2 LANES, 4 LANES, ... up to
     ``MAX_FLOW_WIDTH[method]`` that still gives each of ``n_workers`` workers
-    ``GROUPS_PER_WORKER`` groups of ``n_flows`` flows (never below LANES). A wide group pays
-    the kernel's fixed cost once for more flows; enough groups per worker keep the workers
-    busy to the end (lanes refill one flow at a time; the last group of each worker runs
-    partly empty). Results do not depend on it (each lane computes its flow alone)."""
+    ``GROUPS_PER_WORKER`` groups of ``n_flows`` flows (never below LANES); for "rk45" also
+    one whose stage arrays of ``n_params`` parameters per flow fit (:func:`rk45_stages_fit`).
+    A wide group pays the kernel's fixed cost once for more flows; enough groups per worker
+    keep the workers busy to the end (lanes refill one flow at a time; the last group of each
+    worker runs partly empty). Results do not depend on it (each lane computes its flow
+    alone)."""
     width = LANES
     while (2 * width <= MAX_FLOW_WIDTH[method]
-           and n_flows >= GROUPS_PER_WORKER * n_workers * 2 * width):
+           and n_flows >= GROUPS_PER_WORKER * n_workers * 2 * width
+           and (method != "rk45" or rk45_stages_fit(n_params, 2 * width))):
         width *= 2
     return width

@@ -25,7 +25,7 @@ from ._codegen import call_lane_kernel
 from ._integrate import (_NORM_MIN, CONVERGED, DP_A, DP_B, DP_E, DP_P, INTERRUPTED, MAX_FACTOR,
                          MAX_STEPS, MIN_FACTOR, NON_FINITE, REACHED_END, SAFETY, STEP_UNDERFLOW,
                          _atomic_load, _fetch_add, _finish_lane, _initial_step, _inv_fifth_root,
-                         _l1, _lane_maxima_from, _lane_norm2_scaled, _lane_norms, _level_top,
+                         _l1, _lane_maxima_from, _lane_norm2_scaled, _level_top,
                          _levels_at_start, _levels_crossed, _locate_levels, _norm2, _over, _park,
                          _pick, _pick_maxima, _plain_ok, _record, _start, _ulp_above)
 from ._jit import JIT as _JIT

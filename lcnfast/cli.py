@@ -196,7 +196,7 @@ def _cmd_info(a):
 
     from . import __version__, _numba_cache
     from ._codegen import cache_dir
-    from ._lane_width import ENV, LANES, MAX_FLOW_WIDTH, target_has_avx512
+    from ._lane_width import ENV, L1_DATA_BYTES, LANES, MAX_FLOW_WIDTH, target_has_avx512
 
     print(f"lcnfast {__version__} ({Path(__file__).resolve().parent})")
     print(f"numba {numba.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
@@ -205,7 +205,8 @@ def _cmd_info(a):
           f"threading layer {_threading_layer()} (setting {numba.config.THREADING_LAYER!r})")
     print(f"lane width {LANES} flows (LCNFAST_LANES={os.environ.get(ENV, '')!r}; "
           f"AVX-512 {'yes' if target_has_avx512() else 'no'}); through the generated kernel "
-          f"up to {max(LANES, max(MAX_FLOW_WIDTH.values()))} on large runs")
+          f"up to {max(LANES, max(MAX_FLOW_WIDTH.values()))} on large runs (rk45: while its "
+          f"stage arrays fit in 2/3 of the {L1_DATA_BYTES // 1024} KiB L1 data cache)")
     print(f"Numba cache directory: {_numba_cache.cache_dir() or 'none writable (uncached)'}")
     print(f"generated-kernel cache (LCNFAST_CACHE_DIR): {cache_dir()}")
     try:

@@ -431,7 +431,7 @@ def gradient_flow(
         t0 = _time.perf_counter()
         # estimate for kernel="auto": 7 evaluations per step, up to 1000 steps per flow
         kern, use = problem._lane_kernel(7 * K * min(max_steps, 1000))
-        width = flow_width(K, nt, "rk45") if use and method == "rk45" else LANES
+        width = flow_width(K, nt, "rk45", n) if use and method == "rk45" else LANES
         opt = I.RKOptions(t_end, rtol, atol, gtol, max_steps, save_t, levels, width)
         if method == "rk45":
             stopped = _run(_rk45.rk45_worker, (problem.model, kern, use, W0, opt, out), nt,

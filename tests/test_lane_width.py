@@ -235,6 +235,42 @@ def test_the_flow_width_grows_with_the_flows_per_worker_up_to_each_methods_cap()
                 assert 2 * w > cap or n_flows < _lane_width.GROUPS_PER_WORKER * n_workers * 2 * w
 
 
+def test_rk45_widths_keep_the_stage_arrays_within_two_thirds_of_the_l1_cache(monkeypatch):
+    """The measured cases of lcnfast._lane_width's comment: with 48 KiB of L1 (Zen 5) n = 9
+    takes 64 lanes, n = 12 and 15 take 32, n = 21 takes 16; with 32 KiB (Zen 3) n = 9 takes
+    32 (never below LANES, never above the cap or the flows' share). Gradient descent has no
+    such limit. 7 n width float64 against 2/3 of the cache, e.g. n = 9, 64 lanes: 32,256 <=
+    32,768 bytes."""
+    fw, L = _lane_width.flow_width, _lanes.LANES
+    fits = _lane_width.rk45_stages_fit
+    assert fits(9, 64, 48 * 1024) and not fits(9, 128, 48 * 1024)
+    assert fits(9, 32, 32 * 1024) and not fits(9, 64, 32 * 1024)
+    assert fits(21, 16, 48 * 1024) and not fits(21, 32, 48 * 1024)
+    for l1, n, want in ((48, 9, 64), (48, 12, 32), (48, 15, 32), (48, 21, 16), (32, 9, 32)):
+        monkeypatch.setattr(_lane_width, "L1_DATA_BYTES", l1 * 1024)
+        assert fw(10**6, 2, "rk45", n) == max(want, L), (l1, n)
+        assert fw(10**6, 2, "euler", n) == max(_lane_width.MAX_FLOW_WIDTH["euler"], L)
+        assert fw(256, 2, "rk45", n) == max(min(want, 32), L)  # 4 groups of 32 per worker
+
+
+def test_the_l1_data_cache_is_read_from_sysfs_or_taken_as_32_kib(tmp_path):
+    """Linux's cache description (index*/level, type, size): the level-1 data cache's size,
+    not the instruction cache's or level 2's; 32 KiB when the folder is missing or a size is
+    not a number."""
+    def cache(name, level, kind, size):
+        d = tmp_path / name
+        d.mkdir()
+        for f, v in (("level", level), ("type", kind), ("size", size)):
+            (d / f).write_text(f"{v}\n")
+    cache("index0", 1, "Instruction", "32K")
+    cache("index1", 1, "Data", "48K")
+    cache("index2", 2, "Unified", "1024K")
+    assert _lane_width.l1_data_cache_bytes(str(tmp_path)) == 48 * 1024
+    assert _lane_width.l1_data_cache_bytes(str(tmp_path / "none")) == 32 * 1024
+    (tmp_path / "index1" / "size").write_text("lots\n")
+    assert _lane_width.l1_data_cache_bytes(str(tmp_path)) == 32 * 1024
+
+
 @pytest.mark.parametrize("run", ["gd", "rk45"])
 def test_results_through_the_generated_kernel_are_bitwise_the_same_for_every_flow_width(run):
     """Claim: the integrators give bitwise the same Dataset (every variable) whatever the
