@@ -520,18 +520,33 @@ LONG_SHARDS = (SLOW_DASK.replace("flows_per_dataset = 24", "flows_per_dataset = 
                .replace('name = "slow-dask"', 'name = "long-shards"'))  # fmt: skip
 
 
-def test_ctrl_c_on_a_running_cluster_then_resume_computes_no_shard_twice(tmp_path):
+@pytest.fixture(scope="module")
+def outliving_cluster():
+    """A cluster that outlives the runs (as ``--scheduler`` finds one): two worker processes,
+    shared by the tests below so that its workers load the kernels once."""
+    from dask.distributed import Client, LocalCluster
+
+    from lcnfast.study.on_dask import _worker_env
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=_worker_env(1),
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        yield cluster, client
+
+
+@pytest.mark.parametrize("resume_size", [None, 4])
+def test_ctrl_c_on_a_running_cluster_then_resume_computes_no_shard_twice(
+        outliving_cluster, tmp_path, resume_size):  # fmt: skip
     """On a cluster that outlives the run (``--scheduler``), the shards its workers are
     running at Ctrl-C run on to their end (dask cannot stop them). A run resumed before then
     submitted them again, and a shard could be computed twice, on another worker. Now the
     interrupted run leaves them to the scheduler (fire_and_forget), and the resumed run's
     futures attach to them: the scheduler still holds both after the first run has ended, the
     resumed run plans both (no file yet), and each shard file is written exactly once (one
-    inode each, watched throughout)."""
-    from dask.distributed import Client, LocalCluster
-
-    from lcnfast.study.on_dask import _worker_env
-
+    inode each, watched throughout). Resumed with another shard size (``resume_size`` 4: one
+    shard of the 4 flows), the resumed run planned the same flows in other shards and
+    computed them twice; now it adopts the running shards (on_dask._adopt_running) and says
+    so, and again each of the two files is written once and no other."""
+    cluster, client = outliving_cluster
     spec = tmp_path / "long.toml"
     spec.write_text(LONG_SHARDS)
     out = tmp_path / "out"
@@ -547,30 +562,34 @@ def test_ctrl_c_on_a_running_cluster_then_resume_computes_no_shard_twice(tmp_pat
                 except FileNotFoundError:
                     pass
 
-    def ours(client):
+    def ours():
         return {k for keys in client.processing().values() for k in keys
                 if str(k).startswith("lcnfast-")}  # fmt: skip
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=_worker_env(1),
-                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
-        args = ["study", "run", str(spec), "--out", str(out), "--no-report", "--scheduler",
-                cluster.scheduler_address]  # fmt: skip
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            returncode, err = _interrupted_cli(
-                args, tmp_path, ready=lambda: len(ours(client)) == 2, env=_env())  # both running
-            assert returncode == 130 and "Traceback" not in err, err
-            assert len(ours(client)) == 2 and not list(shards.glob("c*.nc"))  # left running
-            r = subprocess.run([sys.executable, "-c", CLI, *args], env=_env(), cwd=tmp_path,
-                               capture_output=True, text=True, timeout=900)  # fmt: skip
-            assert r.returncode == 0, r.stderr
+    args = ["study", "run", str(spec), "--out", str(out), "--no-report", "--scheduler",
+            cluster.scheduler_address]  # fmt: skip
+    more = [] if resume_size is None else ["--shard-size", str(resume_size)]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        returncode, err = _interrupted_cli(
+            args, tmp_path, ready=lambda: len(ours()) == 2, env=_env())  # both running
+        assert returncode == 130 and "Traceback" not in err, err
+        assert len(ours()) == 2 and not list(shards.glob("c*.nc"))  # left running
+        r = subprocess.run([sys.executable, "-c", CLI, *args, *more], env=_env(), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        if resume_size is None:
             assert "4 to run in 2 shards (0 shards done)" in r.stderr, r.stderr  # submitted again
-        finally:
-            watching.set()
-            watcher.join()
+        else:
+            assert "4 to run in 1 shards (0 shards done)" in r.stderr, r.stderr
+            assert "attaching to 2 shards of another shard size" in r.stderr, r.stderr
+    finally:
+        watching.set()
+        watcher.join()
     names = sorted(p.name for p in shards.glob("c*.nc"))
-    assert len(names) == 2 and sorted(inodes) == names
+    assert names == ["c0000_d0000_f0000000-0000002.nc", "c0000_d0000_f0000002-0000004.nc"]
+    assert sorted(inodes) == names
     assert all(len(v) == 1 for v in inodes.values()), inodes  # each written once
 
 

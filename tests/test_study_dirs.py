@@ -564,3 +564,79 @@ def test_plan_covers_exactly_the_flows_not_done_in_blocks_of_shard_size(n_f, sha
                                                              for k in range(0, n_f, shard_size)]
     got = [(s.f0, s.f1) for s in todo if s.dataset == 1]
     assert got == _plan_one_entry_per_flow(n_f, [(s.f0, s.f1) for s in done], shard_size)
+
+
+class _Processing:
+    """A client whose scheduler is running ``keys`` (the one call _adopt_running makes)."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def processing(self):
+        return {"tcp://worker:1": list(self.keys)}
+
+
+@given(n_f=st.integers(1, 60), size=st.integers(1, 25), old_sizes=st.tuples(
+    st.integers(1, 25), st.integers(1, 25)), data=st.data())  # fmt: skip
+def test_a_resumed_dask_run_adopts_running_shards_of_another_size(n_f, size, old_sizes, data):
+    """A run interrupted on a cluster that outlives it leaves its running shards to finish;
+    resumed with another shard size, it planned their flows again (computed twice). Claims of
+    on_dask._adopt_running, for any plan (finished shards drawn as ranges), any shards of
+    another size running (the old partition's blocks, drawn), keys of another spec and a
+    planned shard's own key among them: the shards submitted cover exactly the planned flows,
+    none twice; each running shard whose flows are all planned and that overlaps no other
+    adopted one is submitted as it is (its key attaches to the running task); no other
+    running shard is; the planned shards are cut into pieces no larger than they were. The
+    running shards come from two earlier partitions (two interrupted runs), so they can
+    overlap each other."""
+    from types import SimpleNamespace
+
+    from lcnfast.study.on_dask import _adopt_running, shard_key
+    from lcnfast.study.shards import Shard, plan
+
+    study = SimpleNamespace(spec={"data": {"n_datasets": 2}, "flows_per_dataset": n_f},
+                            cells=[0], spec_hash="ab" * 32)  # fmt: skip
+    ranges = data.draw(st.lists(st.tuples(st.integers(0, n_f - 1), st.integers(1, 30)),
+                                max_size=4))  # fmt: skip
+    todo = plan(study, [Shard(0, 1, a, min(n_f, a + n)) for a, n in ranges], size)
+    old = sorted({Shard(0, d, f, min(n_f, f + k)) for k in old_sizes for d in (0, 1)
+                  for f in range(0, n_f, k)})  # fmt: skip
+    running = data.draw(st.lists(st.sampled_from(old), max_size=5, unique=True))
+    other = SimpleNamespace(spec_hash="cd" * 32)
+    keys = [shard_key(study, r) for r in running] + [shard_key(other, old[0])]
+    keys += [shard_key(study, todo[0])] if todo else []
+    submit, adopted = _adopt_running(_Processing(keys), study, todo)
+
+    def flows(shards):
+        return sorted((s.dataset, f) for s in shards for f in range(s.f0, s.f1))
+
+    assert flows(submit) == flows(todo)  # exactly the planned flows, each once
+    planned = set(flows(todo))
+    want = []
+    for r in sorted(running, key=lambda r: shard_key(study, r)):
+        if (r not in todo and all((r.dataset, f) in planned for f in range(r.f0, r.f1))
+                and not any(q.dataset == r.dataset and q.f0 < r.f1 and r.f0 < q.f1
+                            for q in want)):  # fmt: skip
+            want.append(r)
+    assert sorted(adopted) == sorted(want) and set(adopted) <= set(submit)
+    for s in submit:
+        if s not in adopted:  # a piece of one planned shard
+            home = [t for t in todo if t.dataset == s.dataset and t.f0 <= s.f0 and s.f1 <= t.f1]
+            assert len(home) == 1 and s.n_flows >= 1, s
+    assert _adopt_running(_Processing([]), study, todo) == (todo, [])
+
+
+def test_an_unreachable_scheduler_adopts_nothing():
+    """_adopt_running is best effort: a scheduler that does not answer leaves the plan as it
+    is (the shards it runs write their files anyway; a flow is read once)."""
+    from types import SimpleNamespace
+
+    from lcnfast.study.on_dask import _adopt_running
+    from lcnfast.study.shards import Shard
+
+    class Gone:
+        def processing(self):
+            raise OSError("connection refused")
+
+    todo = [Shard(0, 0, 0, 4)]
+    assert _adopt_running(Gone(), SimpleNamespace(spec_hash="ab" * 32), todo) == (todo, [])

@@ -8,7 +8,8 @@ each worker of a remote cluster), then the shards run as futures (``client.map``
 alone (a ``LocalCluster``'s workers start with SIGINT ignored): it cancels the shards not
 started and closes the cluster of its own. On a cluster that outlives the run, the shards its
 workers are running at Ctrl-C run on to their end (dask cannot stop a running task) and write
-their files; a run resumed before then attaches to them instead of computing them twice.
+their files; a run resumed before then attaches to them instead of computing them twice,
+also when it was given another shard size (:func:`_adopt_running`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 
 from .._notice import FlowProgress
-from .shards import run_shard
+from .shards import _SHARD_RE, Shard, run_shard
 from .warm import warm_up
 
 __all__ = ["run_on_dask"]
@@ -45,6 +46,10 @@ def run_on_dask(study, d, todo, cluster, threads, compiled_here, progress, say, 
         cl.run(warm_up, study.spec, str(d), tpw)
         summary.compile_seconds += time.perf_counter() - t0
         say(f"kernels ready on every worker in {time.perf_counter() - t0:.1f} s")
+        todo, adopted = _adopt_running(cl, study, todo)
+        if adopted:
+            say(f"attaching to {len(adopted)} shards of another shard size that the cluster is "
+                f"still running ({sum(s.n_flows for s in adopted)} flows)")
         bar = FlowProgress(sum(s.n_flows for s in todo), study.name, progress)
         try:
             # a cluster of this run's own (workers) closes with it; another outlives it
@@ -177,6 +182,55 @@ def shard_key(study, shard):
     """The dask key of a shard's task: the spec's hash and the shard's flows, so that a run
     resumed on the same cluster names a shard's task as the interrupted run did."""
     return f"lcnfast-{study.spec_hash[:12]}-{shard.name}"
+
+
+def _adopt_running(client, study, todo):
+    """``(todo, adopted)``: the shards to submit, with the shards of this spec that the cluster
+    is running under another partition adopted whole. A run interrupted on a cluster that
+    outlives it leaves its running shards to finish (:func:`_leave_running`); resumed with the
+    same shard size, it plans the same shards and its futures attach to them by key. Resumed
+    with another size, its plan cuts the same flows differently, and they were computed
+    twice. Now each such shard (its key names its flows: :func:`shard_key`) whose flows are
+    all still to run is submitted as it is, so that its future attaches to the running task,
+    and its flows are cut out of the planned shards. Shards that overlap an adopted one, or
+    flows already written, are not adopted (they write their file anyway; a flow is read
+    once, lcnfast.study.load). Best effort: an unreachable scheduler adopts nothing."""
+    try:
+        keys = sorted(str(k) for ks in client.processing().values() for k in ks)
+    except (OSError, TimeoutError):
+        return todo, []
+    prefix = shard_key(study, Shard(0, 0, 0, 0))[: -len(Shard(0, 0, 0, 0).name)]
+    planned = {s.name for s in todo}
+    blocks = {}  # (cell, dataset) -> the planned flow blocks [(f0, f1)]
+    for s in todo:
+        blocks.setdefault((s.cell, s.dataset), []).append((s.f0, s.f1))
+    adopted = []
+    for k in keys:
+        m = _SHARD_RE.match(k[len(prefix):] + ".nc") if k.startswith(prefix) else None
+        if m is None:
+            continue
+        r = Shard(*map(int, m.groups()))
+        inside = sum(max(0, min(b, r.f1) - max(a, r.f0))
+                     for a, b in blocks.get((r.cell, r.dataset), ()))  # fmt: skip
+        if r.name in planned or inside != r.n_flows or any(
+                (q.cell, q.dataset) == (r.cell, r.dataset) and q.f0 < r.f1 and r.f0 < q.f1
+                for q in adopted):  # fmt: skip
+            continue
+        adopted.append(r)
+    if not adopted:
+        return todo, []
+    rest = []
+    for s in todo:  # each planned shard less the adopted flows, in the pieces left
+        f = s.f0
+        for r in sorted(r for r in adopted if (r.cell, r.dataset) == (s.cell, s.dataset)):
+            if r.f0 >= s.f1:
+                break
+            if f < r.f0:
+                rest.append(Shard(s.cell, s.dataset, f, r.f0))
+            f = max(f, min(r.f1, s.f1))
+        if f < s.f1:
+            rest.append(Shard(s.cell, s.dataset, f, s.f1))
+    return rest + adopted, adopted
 
 
 def _leave_running(client, futures):
