@@ -59,28 +59,34 @@ def lane_width(environ: Mapping[str, str] = os.environ) -> int:
 
 LANES = lane_width()
 
+DEFAULT_L1_DATA_BYTES = 32 * 2**10  # where the host's cannot be read
+
+
 def l1_data_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """The size in bytes of CPU 0's level-1 data cache, as Linux reports it under ``sysfs``
     (``index*/level``, ``type``, ``size`` such as "48K"); DEFAULT_L1_DATA_BYTES where it
-    cannot be read (another system, a container without sysfs)."""
+    cannot be read (another system, a container without sysfs, a size that is no number)."""
+
+    def read(entry, name):
+        with open(os.path.join(sysfs, entry, name)) as f:
+            return f.read().strip()
+
     units = {"K": 2**10, "M": 2**20}
     try:
-        for entry in sorted(os.listdir(sysfs)):
-            base = os.path.join(sysfs, entry)
-            with open(os.path.join(base, "level")) as f_level, \
-                    open(os.path.join(base, "type")) as f_type:
-                if f_level.read().strip() != "1" or f_type.read().strip() not in ("Data",
-                                                                                "Unified"):
-                    continue
-            with open(os.path.join(base, "size")) as f_size:
-                size = f_size.read().strip()
-            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-    except (OSError, ValueError):
-        pass
+        entries = sorted(e for e in os.listdir(sysfs) if e.startswith("index"))
+    except OSError:
+        return DEFAULT_L1_DATA_BYTES
+    for entry in entries:
+        try:
+            if read(entry, "level") != "1" or read(entry, "type") not in ("Data", "Unified"):
+                continue
+            size = read(entry, "size")
+            return int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+        except (OSError, ValueError):
+            return DEFAULT_L1_DATA_BYTES
     return DEFAULT_L1_DATA_BYTES
 
 
-DEFAULT_L1_DATA_BYTES = 32 * 2**10
 L1_DATA_BYTES = l1_data_cache_bytes()
 
 # The widest group of flows a worker keeps in the generated kernel's lanes, per integrator.

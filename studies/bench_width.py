@@ -72,13 +72,17 @@ def main():
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     ap.add_argument("--max-width", type=positive_int, default=128,
-                    help="the widest width to measure (default 128)")
+                    help="the widest width to measure (default and at most 128)")
     ap.add_argument("--arch", type=parse_arch, default=Architecture(32, (3, 3, 3), (1, 1, 1)),
                     help="the architecture as D0:K1,K2,... (strides 1; default 32:3,3,3)")
     ap.add_argument("--t-end", type=float, default=50.0, help="rk45's t_end (default 50)")
     args = ap.parse_args()
-    without_openblas_coretype()
     widths = [2**e for e in range(8) if _lane_width.LANES <= 2**e <= args.max_width]
+    if not widths:
+        ap.error(f"--max-width must be at least LANES = {_lane_width.LANES}")
+    if not args.t_end > 0:  # NaN too
+        ap.error(f"--t-end must be a time > 0, not {args.t_end}")
+    without_openblas_coretype()
     warnings.simplefilter("ignore", FlowWarning)  # flows at the edge of stability: expected
     print(f"LANES {_lane_width.LANES}, MAX_FLOW_WIDTH {_lane_width.MAX_FLOW_WIDTH}, "
           f"threads {args.threads or 'Numba default'}, widths {widths}")

@@ -69,10 +69,12 @@ def test_the_benchmarks_refuse_counts_below_one():
     """``benchmark.py --repeats 0`` once meant the default (``args.repeats or 9``) and ``-1`` no
     timing round at all (every figure inf); ``bench_width.py --rounds 0`` ended in a traceback
     (the best of no rates). Refused by argparse now: exit status 2, naming the option; so is
-    a ``bench_width.py --arch`` that is no architecture ("0", "-1", "two")."""
+    a ``bench_width.py --arch`` that is no architecture ("0", "-1", "two") and a ``--t-end``
+    that is no time > 0."""
     for script, option in (("benchmark.py", "--repeats"), ("bench_width.py", "--rounds"),
                            ("bench_width.py", "--threads"), ("bench_width.py", "--max-width"),
-                           ("bench_width.py", "--arch"), ("bench_busy_core.py", "--rounds")):
+                           ("bench_width.py", "--arch"), ("bench_width.py", "--t-end"),
+                           ("bench_busy_core.py", "--rounds")):
         for bad in ("0", "-1", "two"):
             r = subprocess.run([sys.executable, str(REPO / "studies" / script), option, bad],
                                capture_output=True, text=True, timeout=120)  # fmt: skip

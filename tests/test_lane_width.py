@@ -256,12 +256,13 @@ def test_rk45_widths_keep_the_stage_arrays_within_two_thirds_of_the_l1_cache(mon
 def test_the_l1_data_cache_is_read_from_sysfs_or_taken_as_32_kib(tmp_path):
     """Linux's cache description (index*/level, type, size): the level-1 data cache's size,
     not the instruction cache's or level 2's; 32 KiB when the folder is missing or a size is
-    not a number."""
+    not a number; other entries of the folder do not count."""
     def cache(name, level, kind, size):
         d = tmp_path / name
         d.mkdir()
         for f, v in (("level", level), ("type", kind), ("size", size)):
             (d / f).write_text(f"{v}\n")
+    (tmp_path / "a_file").write_text("not a cache\n")  # entries other than index* are skipped
     cache("index0", 1, "Instruction", "32K")
     cache("index1", 1, "Data", "48K")
     cache("index2", 2, "Unified", "1024K")
