@@ -30,11 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_quick_benchmark_runs_and_its_checks_hold(tmp_path):
     """... and it runs without OPENBLAS_CORETYPE (studies/bench_host.py): set, it pins numpy's
-    matmul, the benchmark's measure of the machine, to that core's kernels."""
+    matmul, the benchmark's measure of the machine, to that core's kernels. Its targets are
+    for two threads, so it runs with NUMBA_NUM_THREADS=2 whatever this process has (with one,
+    its parallel-efficiency rows were missing), as does bench_width.py below."""
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(REPO / "studies" / "benchmark.py"), "--quick",
                         "--repeats", "1", "--json", str(out)],
-                       env=dict(os.environ, OPENBLAS_CORETYPE="Haswell"),
+                       env=dict(os.environ, OPENBLAS_CORETYPE="Haswell", NUMBA_NUM_THREADS="2"),
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("OPENBLAS_CORETYPE=Haswell pins numpy's matmul"), r.stdout[:300]
@@ -87,6 +89,7 @@ def test_the_flow_width_benchmark_runs_and_its_widths_agree():
     and integrator with the load and the matmul rate of its round."""
     r = subprocess.run([sys.executable, str(REPO / "studies" / "bench_width.py"), "--quick",
                         "--rounds", "1", "--threads", "2"],
+                       env=dict(os.environ, NUMBA_NUM_THREADS="2"),
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     for method in ("euler", "rk45"):

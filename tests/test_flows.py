@@ -20,6 +20,8 @@ from lcnfast import _rk45
 from lcnfast.losses import generalized_huber, log_cosh, lp, pseudo_huber, square
 
 LOSSES = [square(), lp(4), pseudo_huber(0.5), generalized_huber(1.0, -0.5), log_cosh(2.0)]
+# two threads, or the one a process started with NUMBA_NUM_THREADS=1 has
+TWO_THREADS = min(2, numba.config.NUMBA_NUM_THREADS)
 ARCHS = [((12, (3, 2, 2), (1, 1, 1))), ((20, (4, 3, 2), (2, 1, 1))), ((23, (3, 3), (2, 2)))]
 
 
@@ -382,9 +384,9 @@ def test_gradient_descent_records_the_same_whether_a_step_saves_or_not(kernel):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lf.flows.FlowWarning)
         every = lf.gradient_descent(p, w0, h=1e-3, n_steps=n, save_every=1, grad_tol=0.05,
-                                    loss_levels=levels, n_threads=2)
+                                    loss_levels=levels, n_threads=TWO_THREADS)
         ends = lf.gradient_descent(p, w0, h=1e-3, n_steps=n, save_every=n, grad_tol=0.05,
-                                   loss_levels=levels, n_threads=2)
+                                   loss_levels=levels, n_threads=TWO_THREADS)
     statuses = set(every.status.values.tolist())
     assert {I.CONVERGED, I.REACHED_END, I.NON_FINITE} <= statuses, statuses
     tb = every.t_below.values

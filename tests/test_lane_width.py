@@ -35,12 +35,15 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import numba
 import numpy as np
 import pytest
 
 import lcnfast
 from lcnfast import Architecture, Problem, _lane_width, _lanes, data, losses
 
+# two threads, or the one a process started with NUMBA_NUM_THREADS=1 has
+TWO_THREADS = min(2, numba.config.NUMBA_NUM_THREADS)
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 K = 37
@@ -291,10 +294,11 @@ def test_results_through_the_generated_kernel_are_bitwise_the_same_for_every_flo
             if run == "gd":
                 ds = lcnfast.gradient_descent(p, w0, h=1e-3, n_steps=400, save_every=100,
                                               grad_tol=0.1, loss_levels=[1.0, 0.5],
-                                              n_threads=2)
+                                              n_threads=TWO_THREADS)
             else:
                 ds = lcnfast.gradient_flow(p, w0, t_end=0.5, save_times=[0.0, 0.2, 0.5],
-                                           grad_tol=0.1, loss_levels=[1.0, 0.5], n_threads=2)
+                                           grad_tol=0.1, loss_levels=[1.0, 0.5],
+                                           n_threads=TWO_THREADS)
         assert ds.attrs["lanes"] == width and ds.attrs["gradient_kernel"] == "generated"
         results[width] = ds
     first, *others = results.values()
