@@ -178,10 +178,15 @@ def _run_dask(study, d, todo, client, progress, summary, threads_per_worker, out
         client.cancel(futures)  # all but those left running (they have another holder)
 
 
+def _key_prefix(study):
+    """The start of the dask keys of ``study``'s shards (:func:`shard_key`)."""
+    return f"lcnfast-{study.spec_hash[:12]}-"
+
+
 def shard_key(study, shard):
     """The dask key of a shard's task: the spec's hash and the shard's flows, so that a run
     resumed on the same cluster names a shard's task as the interrupted run did."""
-    return f"lcnfast-{study.spec_hash[:12]}-{shard.name}"
+    return _key_prefix(study) + shard.name
 
 
 def _adopt_running(client, study, todo):
@@ -199,7 +204,7 @@ def _adopt_running(client, study, todo):
         keys = sorted(str(k) for ks in client.processing().values() for k in ks)
     except (OSError, TimeoutError):
         return todo, []
-    prefix = shard_key(study, Shard(0, 0, 0, 0))[: -len(Shard(0, 0, 0, 0).name)]
+    prefix = _key_prefix(study)
     planned = {s.name for s in todo}
     blocks = {}  # (cell, dataset) -> the planned flow blocks [(f0, f1)]
     for s in todo:
